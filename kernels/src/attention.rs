@@ -1,0 +1,291 @@
+//! Causal scaled-dot-product attention with grouped-query attention (GQA),
+//! flash-attention style: the `(t, t)` score matrix is never stored. Forward
+//! keeps the row log-sum-exp (`lse`, f32) and backward recomputes the
+//! probabilities from it (Dao et al. 2022, "FlashAttention", Alg. 1 and 2).
+//!
+//! Layouts (transformers' projections before the head transpose):
+//! - `q, out (b, tq, n_head, hd)`
+//! - `k, v (b, cap, n_kv_head, hd)`, of which rows `0..tkv` are valid; `cap`
+//!   is `tkv` in training and the cache length in decoding
+//! - `lse (b, n_head, tq)`
+//!
+//! Query head `h` reads KV head `h / (n_head / n_kv_head)` (transformers'
+//! `repeat_kv`). Query row `i` sits at position `tkv − tq + i` and sees keys
+//! `0 ..= tkv − tq + i`. Scale `1/sqrt(hd)`.
+//!
+//! CPU: blocks of [`Q_BLOCK`] query rows against all visible keys, products
+//! through gemm, rayon over (batch, head, block). Backward is parallel over
+//! (batch, head) with per-head dK/dV partials summed over the heads of a
+//! group in a fixed order, so results do not depend on the thread count.
+//! Write rule: `out`, `lse`, `dq`, `dk`, `dv` are overwritten.
+
+use crate::matmul::gemm_strided;
+use crate::{arg_err, check_len, check_min_len, Result, SharedMut};
+use rayon::prelude::*;
+
+/// Query rows per block on the CPU (a block's scores are `Q_BLOCK x tkv`).
+pub const Q_BLOCK: usize = 64;
+
+/// Shape of an attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub b: usize,
+    /// query rows
+    pub tq: usize,
+    /// valid key rows (the query rows are the last `tq` positions of these)
+    pub tkv: usize,
+    /// key rows allocated per batch row in k and v (>= tkv)
+    pub cap: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub hd: usize,
+}
+
+impl AttnShape {
+    /// Training shape: `tq = tkv = cap = t`.
+    pub fn causal(b: usize, t: usize, n_head: usize, n_kv_head: usize, hd: usize) -> Self {
+        AttnShape { b, tq: t, tkv: t, cap: t, n_head, n_kv_head, hd }
+    }
+
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        let s = self;
+        if s.n_kv_head == 0 || s.n_head % s.n_kv_head != 0 {
+            return arg_err(op, format!("n_head {} must be a multiple of n_kv_head {}", s.n_head, s.n_kv_head));
+        }
+        if s.tq > s.tkv || s.tkv > s.cap {
+            return arg_err(op, format!("need tq {} <= tkv {} <= cap {}", s.tq, s.tkv, s.cap));
+        }
+        if s.hd == 0 {
+            return arg_err(op, "head_dim must be > 0");
+        }
+        Ok(())
+    }
+
+    fn q_len(&self) -> usize {
+        self.b * self.tq * self.n_head * self.hd
+    }
+    fn kv_len(&self) -> usize {
+        self.b * self.cap * self.n_kv_head * self.hd
+    }
+    fn lse_len(&self) -> usize {
+        self.b * self.n_head * self.tq
+    }
+}
+
+/// Forward: `out = softmax(q k^T / sqrt(hd) + causal mask) v`, `lse` saved.
+pub fn attention_fwd_cpu(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Result<()> {
+    const OP: &str = "attention_fwd";
+    s.validate(OP)?;
+    check_len(OP, "out", out.len(), s.q_len())?;
+    check_len(OP, "lse", lse.len(), s.lse_len())?;
+    check_len(OP, "q", q.len(), s.q_len())?;
+    check_min_len(OP, "k", k.len(), s.kv_len())?;
+    check_min_len(OP, "v", v.len(), s.kv_len())?;
+    let AttnShape { b, tq, tkv, cap, n_head: nh, n_kv_head: nkv, hd } = s;
+    if tq == 0 || b == 0 {
+        return Ok(());
+    }
+    let group = nh / nkv;
+    let blocks = tq.div_ceil(Q_BLOCK);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let off = tkv - tq;
+    let outp = SharedMut(out.as_mut_ptr());
+    let lsep = SharedMut(lse.as_mut_ptr());
+    (0..b * nh * blocks).into_par_iter().for_each(|task| {
+        let bi = task / (nh * blocks);
+        let h = (task / blocks) % nh;
+        let blk = task % blocks;
+        let g = h / group;
+        let i0 = blk * Q_BLOCK;
+        let i1 = (i0 + Q_BLOCK).min(tq);
+        let qn = i1 - i0;
+        let nk = off + i1; // keys visible to the last row of the block
+        let q_rs = (nh * hd) as isize;
+        let kv_rs = (nkv * hd) as isize;
+        let qbase = ((bi * tq + i0) * nh + h) * hd;
+        let kbase = (bi * cap * nkv + g) * hd;
+        let mut sc = vec![0f32; qn * nk];
+        // SAFETY: S (qn, nk) is local; q rows i0..i1 of head h and k rows
+        // 0..nk of kv head g lie inside q and k (lengths checked above).
+        unsafe {
+            gemm_strided(qn, nk, hd, sc.as_mut_ptr(), nk as isize, 1, false, q.as_ptr().add(qbase), q_rs, 1, k.as_ptr().add(kbase), 1, kv_rs, scale);
+        }
+        for r in 0..qn {
+            let vis = off + i0 + r + 1; // keys 0..vis are visible
+            let row = &mut sc[r * nk..(r + 1) * nk];
+            let m = row[..vis].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            let mut sum = 0f32;
+            for x in row[..vis].iter_mut() {
+                *x = (*x - m).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            for x in row[..vis].iter_mut() {
+                *x *= inv;
+            }
+            row[vis..].fill(0.0);
+            // SAFETY: lse element (bi, h, i0+r) belongs to this task only
+            unsafe { lsep.slice((bi * nh + h) * tq + i0 + r, 1)[0] = m + sum.ln() };
+        }
+        // SAFETY: out rows i0..i1 of head h (row stride nh*hd) belong to
+        // this task only; v rows 0..nk of kv head g are in bounds.
+        unsafe {
+            gemm_strided(qn, hd, nk, outp.ptr().add(qbase), q_rs, 1, false, sc.as_ptr(), nk as isize, 1, v.as_ptr().add(kbase), kv_rs, 1, 1.0);
+        }
+    });
+    Ok(())
+}
+
+/// Backward of [`attention_fwd_cpu`] for the training shape (`tq = tkv`):
+/// `dq`, `dk`, `dv` overwritten. `out` and `lse` are the forward's.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd_cpu(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    s: AttnShape,
+) -> Result<()> {
+    const OP: &str = "attention_bwd";
+    s.validate(OP)?;
+    if s.tq != s.tkv || s.cap != s.tkv {
+        return arg_err(OP, format!("backward needs tq == tkv == cap, got {} {} {}", s.tq, s.tkv, s.cap));
+    }
+    for (name, len) in [("dq", dq.len()), ("dout", dout.len()), ("q", q.len()), ("out", out.len())] {
+        check_len(OP, name, len, s.q_len())?;
+    }
+    for (name, len) in [("dk", dk.len()), ("dv", dv.len()), ("k", k.len()), ("v", v.len())] {
+        check_len(OP, name, len, s.kv_len())?;
+    }
+    check_len(OP, "lse", lse.len(), s.lse_len())?;
+    let AttnShape { b, tq: t, n_head: nh, n_kv_head: nkv, hd, .. } = s;
+    if t == 0 || b == 0 {
+        return Ok(());
+    }
+    let group = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let q_rs = (nh * hd) as isize;
+    let kv_rs = (nkv * hd) as isize;
+    // per query head partials of dK and dV: (b, nh, t, hd)
+    let mut pk = vec![0f32; b * nh * t * hd];
+    let mut pv = vec![0f32; b * nh * t * hd];
+    let dqp = SharedMut(dq.as_mut_ptr());
+    let pkp = SharedMut(pk.as_mut_ptr());
+    let pvp = SharedMut(pv.as_mut_ptr());
+    (0..b * nh).into_par_iter().for_each(|task| {
+        let bi = task / nh;
+        let h = task % nh;
+        let g = h / group;
+        let kbase = (bi * t * nkv + g) * hd;
+        // SAFETY: partial slabs (bi, h) are owned by this task.
+        let (dkh, dvh) = unsafe { (pkp.slice(task * t * hd, t * hd), pvp.slice(task * t * hd, t * hd)) };
+        let mut p = vec![0f32; Q_BLOCK * t];
+        let mut dp = vec![0f32; Q_BLOCK * t];
+        for i0 in (0..t).step_by(Q_BLOCK) {
+            let i1 = (i0 + Q_BLOCK).min(t);
+            let qn = i1 - i0;
+            let nk = i1;
+            let qbase = ((bi * t + i0) * nh + h) * hd;
+            let (p, dp) = (&mut p[..qn * nk], &mut dp[..qn * nk]);
+            // SAFETY (all gemm calls below): q/dout/out rows i0..i1 of head h
+            // (stride nh*hd), k/v rows 0..nk of kv head g (stride nkv*hd),
+            // local P/dP (qn, nk) and this task's partial slabs (t, hd); dq
+            // rows i0..i1 of head h belong to this task only.
+            unsafe {
+                gemm_strided(qn, nk, hd, p.as_mut_ptr(), nk as isize, 1, false, q.as_ptr().add(qbase), q_rs, 1, k.as_ptr().add(kbase), 1, kv_rs, scale);
+            }
+            for r in 0..qn {
+                let vis = i0 + r + 1;
+                let l = lse[(bi * nh + h) * t + i0 + r];
+                let row = &mut p[r * nk..(r + 1) * nk];
+                for x in row[..vis].iter_mut() {
+                    *x = (*x - l).exp();
+                }
+                row[vis..].fill(0.0);
+            }
+            unsafe {
+                // dV_h (nk, hd) += P^T (nk, qn) dO (qn, hd)
+                gemm_strided(nk, hd, qn, dvh.as_mut_ptr(), hd as isize, 1, true, p.as_ptr(), 1, nk as isize, dout.as_ptr().add(qbase), q_rs, 1, 1.0);
+                // dP (qn, nk) = dO (qn, hd) V^T (hd, nk)
+                gemm_strided(qn, nk, hd, dp.as_mut_ptr(), nk as isize, 1, false, dout.as_ptr().add(qbase), q_rs, 1, v.as_ptr().add(kbase), 1, kv_rs, 1.0);
+            }
+            for r in 0..qn {
+                let o = qbase + r * nh * hd;
+                let d = crate::dot(&dout[o..o + hd], &out[o..o + hd]);
+                let (pr, dpr) = (&p[r * nk..(r + 1) * nk], &mut dp[r * nk..(r + 1) * nk]);
+                for (x, &pp) in dpr.iter_mut().zip(pr) {
+                    // dS = P ⊙ (dP − D); the masked entries have P = 0
+                    *x = pp * (*x - d);
+                }
+            }
+            unsafe {
+                // dQ (qn, hd) = scale · dS (qn, nk) K (nk, hd)
+                gemm_strided(qn, hd, nk, dqp.ptr().add(qbase), q_rs, 1, false, dp.as_ptr(), nk as isize, 1, k.as_ptr().add(kbase), kv_rs, 1, scale);
+                // dK_h (nk, hd) += scale · dS^T (nk, qn) Q (qn, hd)
+                gemm_strided(nk, hd, qn, dkh.as_mut_ptr(), hd as isize, 1, true, dp.as_ptr(), 1, nk as isize, q.as_ptr().add(qbase), q_rs, 1, scale);
+            }
+        }
+    });
+    // sum the partials of the heads of each group, in head order
+    let dkp = SharedMut(dk.as_mut_ptr());
+    let dvp = SharedMut(dv.as_mut_ptr());
+    (0..b * t).into_par_iter().for_each(|bt| {
+        let bi = bt / t;
+        let ti = bt % t;
+        for g in 0..nkv {
+            let o = (bt * nkv + g) * hd;
+            // SAFETY: row (bi, ti) of dk/dv belongs to this task only
+            let (dkr, dvr) = unsafe { (dkp.slice(o, hd), dvp.slice(o, hd)) };
+            dkr.fill(0.0);
+            dvr.fill(0.0);
+            for h in g * group..(g + 1) * group {
+                let po = ((bi * nh + h) * t + ti) * hd;
+                for j in 0..hd {
+                    dkr[j] += pk[po + j];
+                    dvr[j] += pv[po + j];
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Naive reference (f64, full score matrix) for tests: returns (out, lse).
+pub fn attention_naive_f64(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> (Vec<f64>, Vec<f64>) {
+    let AttnShape { b, tq, tkv, cap, n_head: nh, n_kv_head: nkv, hd } = s;
+    let group = nh / nkv;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut out = vec![0f64; b * tq * nh * hd];
+    let mut lse = vec![0f64; b * nh * tq];
+    for bi in 0..b {
+        for h in 0..nh {
+            let g = h / group;
+            for i in 0..tq {
+                let vis = tkv - tq + i + 1;
+                let qo = ((bi * tq + i) * nh + h) * hd;
+                let sc: Vec<f64> = (0..vis)
+                    .map(|j| {
+                        let ko = ((bi * cap + j) * nkv + g) * hd;
+                        (0..hd).map(|d| q[qo + d] as f64 * k[ko + d] as f64).sum::<f64>() * scale
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+                lse[(bi * nh + h) * tq + i] = m + sum.ln();
+                for (j, x) in sc.iter().enumerate() {
+                    let p = (x - m).exp() / sum;
+                    let vo = ((bi * cap + j) * nkv + g) * hd;
+                    for d in 0..hd {
+                        out[qo + d] += p * v[vo + d] as f64;
+                    }
+                }
+            }
+        }
+    }
+    (out, lse)
+}

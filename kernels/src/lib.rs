@@ -1,0 +1,148 @@
+//! llama2-kernels: every kernel of the Llama 2 model, one module per family.
+//!
+//! Each family module holds the CPU implementation (`<family>_<pass>_cpu`),
+//! which is both the CPU backend's kernel and the specification the CUDA
+//! kernel of the same name is checked against. With the `cuda` feature the
+//! family's CUDA C source (`cu/<family>.cu`) and its typed launcher sit next
+//! to it.
+//!
+//! Public items:
+//! - [`Trans`], [`GradWrite`]: flags that reach kernels (enums, not bools)
+//! - [`KernelError`]: shape and argument errors of the CPU kernels
+//! - families: [`matmul`], [`embedding`], [`rmsnorm`], [`rope`], [`attention`],
+//!   [`swiglu`], [`cross_entropy`], [`adamw`], [`elementwise`]
+//!
+//! Conventions shared by all families: row-major storage, f32 on CPU, shapes
+//! named `b, t, c, n_head, n_kv_head, hd, v` and written in a comment at every
+//! buffer. CPU kernels run on the caller's rayon pool.
+
+pub mod adamw;
+pub mod attention;
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod embedding;
+pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
+
+/// Whether an operand of a matrix product is read as stored or transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trans {
+    /// use the matrix as stored (row-major)
+    N,
+    /// use the transpose of the stored matrix
+    T,
+}
+
+/// How a kernel writes its output.
+///
+/// Parameter gradients use `Accumulate` (`+=`, needed for gradient
+/// accumulation over micro-batches); activation gradients use `Overwrite`
+/// (`=`); the residual stream's gradient uses `Accumulate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradWrite {
+    /// `out = result`
+    Overwrite,
+    /// `out += result`
+    Accumulate,
+}
+
+/// Errors of the kernels: a buffer that does not match the shape the kernel
+/// was told, or an argument outside what the kernel supports.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("{op}: buffer `{buf}` has {got} elements, expected {expected}")]
+    Shape { op: &'static str, buf: &'static str, expected: usize, got: usize },
+    #[error("{op}: {msg}")]
+    Arg { op: &'static str, msg: String },
+}
+
+pub type Result<T> = std::result::Result<T, KernelError>;
+
+/// Checks that `buf` holds exactly `expected` elements.
+#[inline]
+pub fn check_len(op: &'static str, buf: &'static str, got: usize, expected: usize) -> Result<()> {
+    if got != expected {
+        return Err(KernelError::Shape { op, buf, expected, got });
+    }
+    Ok(())
+}
+
+/// Checks that `buf` holds at least `expected` elements.
+#[inline]
+pub fn check_min_len(op: &'static str, buf: &'static str, got: usize, expected: usize) -> Result<()> {
+    if got < expected {
+        return Err(KernelError::Shape { op, buf, expected, got });
+    }
+    Ok(())
+}
+
+/// Returns an argument error.
+pub fn arg_err<T>(op: &'static str, msg: impl Into<String>) -> Result<T> {
+    Err(KernelError::Arg { op, msg: msg.into() })
+}
+
+/// A raw pointer that may be shared between rayon tasks which write disjoint
+/// parts of the buffer it points into. Every use states why the parts are
+/// disjoint.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub *mut T);
+// SAFETY: the pointer is only dereferenced at indices that the tasks
+// partition among themselves (each use site documents the partition).
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The raw pointer (a method, so closures capture the whole wrapper).
+    #[inline]
+    pub(crate) fn ptr(&self) -> *mut T {
+        self.0
+    }
+
+    /// # Safety
+    /// `[off, off+len)` must lie inside the allocation and no other task may
+    /// access it while the returned slice lives.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}
+
+/// Dot product with 16 independent accumulators, so the compiler keeps it in
+/// vector registers (AVX-512: one zmm; AVX2: two ymm).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 16];
+    let chunks = n / 16;
+    for i in 0..chunks {
+        let (x, y) = (&a[i * 16..i * 16 + 16], &b[i * 16..i * 16 + 16]);
+        for j in 0..16 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut s = 0f32;
+    for i in chunks * 16..n {
+        s += a[i] * b[i];
+    }
+    // pairwise sum of the lanes
+    let mut w = 8;
+    while w > 0 {
+        for j in 0..w {
+            acc[j] += acc[j + w];
+        }
+        w /= 2;
+    }
+    acc[0] + s
+}
+
+/// `y += alpha * x`
+#[inline]
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}

@@ -1,0 +1,234 @@
+//! The backend seam: the fixed op set of the Llama model.
+//!
+//! The model's forward and backward are written once against [`Backend`];
+//! the CPU backend ([`crate::cpu::CpuBackend`], f32) and the CUDA backend
+//! (feature `cuda`: bf16 activations, fp32 master weights and optimizer
+//! state, fp32 accumulation) implement it.
+//!
+//! Memory: a backend owns its buffers ([`Backend::Buf`]); each is allocated
+//! with a [`BufKind`] that tells the backend which precision to store it in.
+//! Ops take windows of buffers: [`View`] (shared) and [`ViewMut`]
+//! (exclusive), so the borrow checker sees which buffers an op reads and
+//! which it writes. Host data (token ids, targets) is passed as slices.
+//!
+//! Every op documents its shapes and its write rule (`=` or `+=`).
+
+use crate::error::{Result, RtError};
+pub use llama2_kernels::adamw::AdamWStep;
+pub use llama2_kernels::attention::AttnShape;
+pub use llama2_kernels::cross_entropy::CeGrad;
+pub use llama2_kernels::matmul::Gemm;
+pub use llama2_kernels::rope::RopeShape;
+pub use llama2_kernels::{GradWrite, Trans};
+
+/// What a buffer holds, so the backend can choose its precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufKind {
+    /// activations and activation gradients (CPU f32; CUDA bf16)
+    Act,
+    /// model weights (CPU f32; CUDA fp32 master copy + bf16 working copy)
+    Param,
+    /// always f32: parameter gradients, optimizer moments, norm statistics
+    /// (rstd, lse), losses, the RoPE table
+    F32,
+}
+
+/// An owned buffer of a backend.
+pub trait Buffer: Send + Sync {
+    /// number of elements
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn kind(&self) -> BufKind;
+}
+
+/// A shared window `[off, off + len)` of a buffer.
+pub struct View<'a, B: Backend> {
+    pub buf: &'a B::Buf,
+    pub off: usize,
+    pub len: usize,
+}
+
+impl<B: Backend> Clone for View<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for View<'_, B> {}
+
+/// An exclusive window `[off, off + len)` of a buffer.
+pub struct ViewMut<'a, B: Backend> {
+    pub buf: &'a mut B::Buf,
+    pub off: usize,
+    pub len: usize,
+}
+
+impl<'a, B: Backend> View<'a, B> {
+    /// The whole buffer.
+    pub fn of(buf: &'a B::Buf) -> Self {
+        View { buf, off: 0, len: buf.len() }
+    }
+    /// Elements `[off, off + len)` of this window.
+    pub fn sub(self, off: usize, len: usize) -> Result<Self> {
+        check_range(off, len, self.len)?;
+        Ok(View { buf: self.buf, off: self.off + off, len })
+    }
+    /// Part `i` of `n` equal parts (layer `i` of a per-layer buffer).
+    pub fn part(self, i: usize, n: usize) -> Result<Self> {
+        let len = part_len(self.len, n)?;
+        self.sub(i * len, len)
+    }
+}
+
+impl<'a, B: Backend> ViewMut<'a, B> {
+    /// The whole buffer.
+    pub fn of(buf: &'a mut B::Buf) -> Self {
+        let len = buf.len();
+        ViewMut { buf, off: 0, len }
+    }
+    /// Elements `[off, off + len)` of this window.
+    pub fn sub(self, off: usize, len: usize) -> Result<Self> {
+        check_range(off, len, self.len)?;
+        Ok(ViewMut { buf: self.buf, off: self.off + off, len })
+    }
+    /// Part `i` of `n` equal parts.
+    pub fn part(self, i: usize, n: usize) -> Result<Self> {
+        let len = part_len(self.len, n)?;
+        self.sub(i * len, len)
+    }
+    /// A shorter-lived exclusive window over the same elements.
+    pub fn reborrow(&mut self) -> ViewMut<'_, B> {
+        ViewMut { buf: self.buf, off: self.off, len: self.len }
+    }
+    /// A shared window over the same elements.
+    pub fn as_view(&self) -> View<'_, B> {
+        View { buf: self.buf, off: self.off, len: self.len }
+    }
+}
+
+fn check_range(off: usize, len: usize, have: usize) -> Result<()> {
+    match off.checked_add(len) {
+        Some(end) if end <= have => Ok(()),
+        _ => Err(RtError::Range { off, len, have }),
+    }
+}
+
+fn part_len(len: usize, n: usize) -> Result<usize> {
+    if n == 0 || len % n != 0 {
+        return Err(RtError::Range { off: 0, len: n, have: len });
+    }
+    Ok(len / n)
+}
+
+/// Shorthand for a shared window of a whole buffer.
+pub fn v<B: Backend>(buf: &B::Buf) -> View<'_, B> {
+    View::of(buf)
+}
+
+/// Shorthand for an exclusive window of a whole buffer.
+pub fn vm<B: Backend>(buf: &mut B::Buf) -> ViewMut<'_, B> {
+    ViewMut::of(buf)
+}
+
+/// The op set of the Llama model. All shapes are row-major; `n` is a number
+/// of rows (`b * t`), `c` the model width.
+pub trait Backend: Send + Sync + Sized + 'static {
+    type Buf: Buffer;
+
+    /// "cpu" or "cuda:N"
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------
+    /// A zero-filled buffer of `n` elements.
+    fn alloc(&self, n: usize, kind: BufKind) -> Result<Self::Buf>;
+    /// Host f32 → buffer window (converted to the buffer's precision).
+    fn upload(&self, dst: ViewMut<Self>, src: &[f32]) -> Result<()>;
+    /// Buffer window → host f32. For a `Param` buffer: the master copy.
+    fn download(&self, src: View<Self>, dst: &mut [f32]) -> Result<()>;
+    /// `dst = 0`
+    fn zero(&self, dst: ViewMut<Self>) -> Result<()>;
+    /// `dst = src` (same length)
+    fn copy(&self, dst: ViewMut<Self>, src: View<Self>) -> Result<()>;
+    /// Waits until all queued work is done (a no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+
+    // ---- layers -------------------------------------------------------
+    /// `out (n, c) = table (v, c)[tokens (n)]`
+    fn embedding_fwd(&self, out: ViewMut<Self>, tokens: &[u32], table: View<Self>, v: usize, c: usize) -> Result<()>;
+    /// `dtable (v, c)[tokens[i]] += dout (n, c)[i]` (parameter grad: `+=`)
+    fn embedding_bwd(&self, dtable: ViewMut<Self>, dout: View<Self>, tokens: &[u32], v: usize, c: usize) -> Result<()>;
+    /// `C (m, n) (=|+=) op(A) (m, k) · op(B) (k, n)`
+    fn matmul(&self, c: ViewMut<Self>, a: View<Self>, b: View<Self>, g: Gemm) -> Result<()>;
+    /// `out (n, c) = x·rstd ⊙ weight`, `rstd (n)` saved (F32 buffer)
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_fwd(&self, out: ViewMut<Self>, rstd: ViewMut<Self>, inp: View<Self>, weight: View<Self>, n: usize, c: usize, eps: f32) -> Result<()>;
+    /// `dinp (n, c)` per `dinp_write`; `dweight (c) +=`
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_bwd(
+        &self,
+        dinp: ViewMut<Self>,
+        dweight: ViewMut<Self>,
+        dout: View<Self>,
+        inp: View<Self>,
+        weight: View<Self>,
+        rstd: View<Self>,
+        n: usize,
+        c: usize,
+        dinp_write: GradWrite,
+    ) -> Result<()>;
+    /// In place on `x (b, t, heads, hd)`; `table (max_t, hd/2, 2)` F32 from
+    /// `llama2_kernels::rope::rope_table`
+    fn rope_fwd(&self, x: ViewMut<Self>, table: View<Self>, s: RopeShape) -> Result<()>;
+    /// In place on the gradient `(b, t, heads, hd)`
+    fn rope_bwd(&self, dx: ViewMut<Self>, table: View<Self>, s: RopeShape) -> Result<()>;
+    /// Causal GQA attention: `out (b, tq, n_head, hd)`, `lse (b, n_head, tq)`
+    /// F32; `k, v (b, cap, n_kv_head, hd)`. See `llama2_kernels::attention`.
+    fn attention_fwd(&self, out: ViewMut<Self>, lse: ViewMut<Self>, q: View<Self>, k: View<Self>, v: View<Self>, s: AttnShape) -> Result<()>;
+    /// Backward (training shape): `dq, dk, dv` overwritten.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self,
+        dq: ViewMut<Self>,
+        dk: ViewMut<Self>,
+        dv: ViewMut<Self>,
+        dout: View<Self>,
+        q: View<Self>,
+        k: View<Self>,
+        v: View<Self>,
+        out: View<Self>,
+        lse: View<Self>,
+        s: AttnShape,
+    ) -> Result<()>;
+    /// `out = silu(gate) ⊙ up` (same lengths)
+    fn swiglu_fwd(&self, out: ViewMut<Self>, gate: View<Self>, up: View<Self>) -> Result<()>;
+    /// `dgate, dup` overwritten
+    fn swiglu_bwd(&self, dgate: ViewMut<Self>, dup: ViewMut<Self>, dout: View<Self>, gate: View<Self>, up: View<Self>) -> Result<()>;
+    /// Fused softmax-cross-entropy over `logits (n, v)`: `losses (n)` F32
+    /// overwritten; logits overwritten by dlogits unless `grad` is `None`.
+    /// Negative targets are ignored (loss 0, grad 0).
+    fn cross_entropy(&self, logits: ViewMut<Self>, losses: ViewMut<Self>, targets: &[i32], v: usize, grad: CeGrad) -> Result<()>;
+
+    // ---- element-wise ---------------------------------------------------
+    /// `out = a + b`
+    fn add(&self, out: ViewMut<Self>, a: View<Self>, b: View<Self>) -> Result<()>;
+    /// `x += y`
+    fn add_assign(&self, x: ViewMut<Self>, y: View<Self>) -> Result<()>;
+    /// `x *= s`
+    fn scale(&self, x: ViewMut<Self>, s: f32) -> Result<()>;
+    /// `out (rows.len(), c) = src (n, c)[rows]`
+    fn gather_rows(&self, out: ViewMut<Self>, src: View<Self>, rows: &[u32], c: usize) -> Result<()>;
+    /// `dst (n, c)[rows[i]] += src (rows.len(), c)[i]`
+    fn scatter_add_rows(&self, dst: ViewMut<Self>, src: View<Self>, rows: &[u32], c: usize) -> Result<()>;
+    /// `cache (b, cap, w)[:, pos0..pos0+t] = new (b, t, w)`
+    #[allow(clippy::too_many_arguments)]
+    fn kv_write(&self, cache: ViewMut<Self>, new: View<Self>, b: usize, t: usize, cap: usize, w: usize, pos0: usize) -> Result<()>;
+
+    // ---- optimizer ------------------------------------------------------
+    /// `Σ x²` (f64 on the host), for the global gradient norm
+    fn sum_squares(&self, x: View<Self>) -> Result<f64>;
+    /// One fused AdamW step (`llama2_kernels::adamw`). `params` is a `Param`
+    /// buffer window (the CUDA backend updates the fp32 master copy and
+    /// writes the bf16 copy in the same pass); `grads, m, v` are F32.
+    fn adamw(&self, params: ViewMut<Self>, grads: View<Self>, m: ViewMut<Self>, v: ViewMut<Self>, h: AdamWStep) -> Result<()>;
+}

@@ -1,0 +1,20 @@
+//! llama2-runtime: the backend seam and its implementations.
+//!
+//! Public items:
+//! - [`Backend`], [`Buffer`], [`BufKind`], [`View`], [`ViewMut`], [`v`], [`vm`]:
+//!   the op set of the model and its memory windows ([`backend`])
+//! - [`CpuBackend`], [`CpuBuf`]: the f32 CPU backend ([`cpu`])
+//! - [`RtError`], [`Result`] ([`error`])
+//! - [`rng::Rng`]: the seeded random number generator every stream derives from
+//! - re-exported kernel types: [`Gemm`], [`Trans`], [`GradWrite`], [`AttnShape`],
+//!   [`RopeShape`], [`CeGrad`], [`AdamWStep`]
+
+pub mod backend;
+pub mod cpu;
+pub mod error;
+pub mod rng;
+
+pub use backend::*;
+pub use cpu::{CpuBackend, CpuBuf};
+pub use error::{Result, RtError};
+pub use llama2_kernels as kernels;
