@@ -1,0 +1,3 @@
+//! One module per subcommand.
+pub mod gpu_check;
+pub mod tokenizer;
