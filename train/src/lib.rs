@@ -4,8 +4,10 @@
 //! - [`optim`]: AdamW with PyTorch semantics, global-norm clipping
 //! - [`schedule`]: warm-up + cosine, constant
 //! - [`step`]: the language-model training step (micro-batch accumulation)
+//! - [`data`]: llm.c token shards, sequential (or shuffled) batches
 //! - [`error`]: [`TrainError`]
 
+pub mod data;
 pub mod error;
 pub mod optim;
 pub mod schedule;
