@@ -12,8 +12,8 @@ pub enum ModelError {
     Config(String),
     #[error("{path}: {msg}; HINT: {hint}")]
     BadFile { path: PathBuf, msg: String, hint: &'static str },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("tensor `{name}`: {msg}")]
     Tensor { name: String, msg: String },
     #[error("{0}")]
@@ -22,7 +22,7 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.to_path_buf(), source }
+        ModelError::Io { path: path.to_path_buf(), err: source }
     }
 }
 

@@ -10,15 +10,15 @@ pub enum TrainError {
     Runtime(#[from] llama2_runtime::RtError),
     #[error("{path}: {msg}; HINT: {hint}")]
     BadFile { path: PathBuf, msg: String, hint: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }
 
 impl TrainError {
     pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        TrainError::Io { path: path.to_path_buf(), source }
+        TrainError::Io { path: path.to_path_buf(), err: source }
     }
 }
 
