@@ -156,7 +156,8 @@ fn fixture_batch(reference: &Checkpoint) -> (usize, usize, llama2::train::step::
     (b, t, mb)
 }
 
-const TORCH_ADAMW: llama2::train::optim::AdamWConfig = llama2::train::optim::AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-5, weight_decay: 0.1, grad_clip: 1.0 };
+const TORCH_ADAMW: llama2::train::optim::AdamWConfig =
+    llama2::train::optim::AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-5, weight_decay: 0.1, grad_clip: 1.0 };
 
 fn check_optimizer_alone(dir: &Path) {
     use llama2::train::optim::AdamW;

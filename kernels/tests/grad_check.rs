@@ -73,7 +73,14 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) {
             at = i;
         }
     }
-    assert!(worst <= rtol * scale, "{what}: max error {worst:.3e} at {at} ({} vs {}), {:.1}% of tolerance {:.1e} x {scale:.3e}", got[at], want[at], 100.0 * worst / (rtol * scale), rtol);
+    assert!(
+        worst <= rtol * scale,
+        "{what}: max error {worst:.3e} at {at} ({} vs {}), {:.1}% of tolerance {:.1e} x {scale:.3e}",
+        got[at],
+        want[at],
+        100.0 * worst / (rtol * scale),
+        rtol
+    );
 }
 
 // ---------------------------------------------------------------- rmsnorm

@@ -29,7 +29,13 @@ impl<B: Backend> Model<B> {
             return Err(ModelError::Invalid("backward needs training activations (all layers, all logit rows)".into()));
         }
         if gacts.b != b || gacts.t != t || tokens.len() != n || grads.len() != self.layout.total {
-            return Err(ModelError::Invalid(format!("backward: buffers for {}x{} / {} tokens / {} grads, batch {b}x{t}", gacts.b, gacts.t, tokens.len(), grads.len())));
+            return Err(ModelError::Invalid(format!(
+                "backward: buffers for {}x{} / {} tokens / {} grads, batch {b}x{t}",
+                gacts.b,
+                gacts.t,
+                tokens.len(),
+                grads.len()
+            )));
         }
         use llama2_runtime::Buffer;
         let lay = &self.layout;
@@ -62,7 +68,17 @@ impl<B: Backend> Model<B> {
             be.matmul(vm(&mut g.dln), v(&g.dup), self.p(P::Wup, l), dx(n, c, inter, acc))?;
             be.matmul(param_view_mut::<B>(grads, lay, P::Wgate, l), v(&g.dgate), v(&a.ln2).part(l, ls)?, dw(inter, c, n))?;
             be.matmul(param_view_mut::<B>(grads, lay, P::Wup, l), v(&g.dup), v(&a.ln2).part(l, ls)?, dw(inter, c, n))?;
-            be.rmsnorm_bwd(vm(&mut g.dres), param_view_mut::<B>(grads, lay, P::Ln2, l), v(&g.dln), v(&a.res_mid).part(l, ls)?, self.p(P::Ln2, l), v(&a.rstd2).part(l, ls)?, n, c, acc)?;
+            be.rmsnorm_bwd(
+                vm(&mut g.dres),
+                param_view_mut::<B>(grads, lay, P::Ln2, l),
+                v(&g.dln),
+                v(&a.res_mid).part(l, ls)?,
+                self.p(P::Ln2, l),
+                v(&a.rstd2).part(l, ls)?,
+                n,
+                c,
+                acc,
+            )?;
             // attention: res_mid = res_in + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))
             be.matmul(vm(&mut g.datt), v(&g.dres), self.p(P::Wo, l), dx(n, qd, c, ow))?;
             be.matmul(param_view_mut::<B>(grads, lay, P::Wo, l), v(&g.dres), v(&a.att).part(l, ls)?, dw(c, qd, n))?;
@@ -86,7 +102,17 @@ impl<B: Backend> Model<B> {
             be.matmul(param_view_mut::<B>(grads, lay, P::Wq, l), v(&g.dq), v(&a.ln1).part(l, ls)?, dw(qd, c, n))?;
             be.matmul(param_view_mut::<B>(grads, lay, P::Wk, l), v(&g.dk), v(&a.ln1).part(l, ls)?, dw(kvd, c, n))?;
             be.matmul(param_view_mut::<B>(grads, lay, P::Wv, l), v(&g.dv), v(&a.ln1).part(l, ls)?, dw(kvd, c, n))?;
-            be.rmsnorm_bwd(vm(&mut g.dres), param_view_mut::<B>(grads, lay, P::Ln1, l), v(&g.dln), res_in, self.p(P::Ln1, l), v(&a.rstd1).part(l, ls)?, n, c, acc)?;
+            be.rmsnorm_bwd(
+                vm(&mut g.dres),
+                param_view_mut::<B>(grads, lay, P::Ln1, l),
+                v(&g.dln),
+                res_in,
+                self.p(P::Ln1, l),
+                v(&a.rstd1).part(l, ls)?,
+                n,
+                c,
+                acc,
+            )?;
         }
         be.embedding_bwd(param_view_mut::<B>(grads, lay, P::Embed, 0), v(&g.dres), tokens, vocab, c)?;
         Ok(())

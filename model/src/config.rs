@@ -170,10 +170,7 @@ impl Config {
     pub fn from_hf_json(v: &Value) -> Result<Self> {
         let get = |k: &str| v.get(k).filter(|x| !x.is_null());
         let req = |k: &str| -> Result<usize> {
-            get(k)
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize)
-                .ok_or_else(|| ModelError::Config(format!("missing or non-integer field `{k}`")))
+            get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| ModelError::Config(format!("missing or non-integer field `{k}`")))
         };
         let opt_usize = |k: &str| -> Result<Option<usize>> {
             match get(k) {
@@ -190,7 +187,9 @@ impl Config {
         let id = |k: &str, d: u32| -> Result<u32> {
             match get(k) {
                 None => Ok(d),
-                Some(Value::Array(a)) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32).ok_or_else(|| ModelError::Config(format!("field `{k}` must hold integers"))),
+                Some(Value::Array(a)) => {
+                    a.first().and_then(|x| x.as_u64()).map(|x| x as u32).ok_or_else(|| ModelError::Config(format!("field `{k}` must hold integers")))
+                }
                 Some(x) => x.as_u64().map(|x| x as u32).ok_or_else(|| ModelError::Config(format!("field `{k}` must be an integer"))),
             }
         };

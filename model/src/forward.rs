@@ -71,14 +71,28 @@ impl<B: Backend> Model<B> {
             match cache.as_deref_mut() {
                 None => {
                     let shape = AttnShape::causal(b, t, nh, nkv, hd);
-                    be.attention_fwd(vm(&mut a.att).part(s, ls)?, vm(&mut a.lse).part(s, ls)?, v(&a.q).part(s, ls)?, v(&a.k).part(s, ls)?, v(&a.v).part(s, ls)?, shape)?;
+                    be.attention_fwd(
+                        vm(&mut a.att).part(s, ls)?,
+                        vm(&mut a.lse).part(s, ls)?,
+                        v(&a.q).part(s, ls)?,
+                        v(&a.k).part(s, ls)?,
+                        v(&a.v).part(s, ls)?,
+                        shape,
+                    )?;
                 }
                 Some(kc) => {
                     let (cap, nl) = (kc.cap, cfg.n_layers);
                     be.kv_write(vm(&mut kc.k).part(l, nl)?, v(&a.k).part(s, ls)?, b, t, cap, kvd, pos0)?;
                     be.kv_write(vm(&mut kc.v).part(l, nl)?, v(&a.v).part(s, ls)?, b, t, cap, kvd, pos0)?;
                     let shape = AttnShape { b, tq: t, tkv: pos0 + t, cap, n_head: nh, n_kv_head: nkv, hd };
-                    be.attention_fwd(vm(&mut a.att).part(s, ls)?, vm(&mut a.lse).part(s, ls)?, v(&a.q).part(s, ls)?, v(&kc.k).part(l, nl)?, v(&kc.v).part(l, nl)?, shape)?;
+                    be.attention_fwd(
+                        vm(&mut a.att).part(s, ls)?,
+                        vm(&mut a.lse).part(s, ls)?,
+                        v(&a.q).part(s, ls)?,
+                        v(&kc.k).part(l, nl)?,
+                        v(&kc.v).part(l, nl)?,
+                        shape,
+                    )?;
                 }
             }
             be.matmul(vm(&mut a.scratch), v(&a.att).part(s, ls)?, self.p(P::Wo, l), lin(n, c, qd))?;

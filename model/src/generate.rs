@@ -106,10 +106,7 @@ impl<B: Backend> Generator<B> {
     /// Buffers for `b` sequences of at most `cap` positions (prompt + new).
     pub fn new(be: &B, model: &Model<B>, b: usize, cap: usize) -> Result<Self> {
         if cap > model.rope_len {
-            return Err(ModelError::Invalid(format!(
-                "{cap} positions exceed max_position_embeddings {}; HINT: ask for fewer new tokens",
-                model.rope_len
-            )));
+            return Err(ModelError::Invalid(format!("{cap} positions exceed max_position_embeddings {}; HINT: ask for fewer new tokens", model.rope_len)));
         }
         Ok(Generator { b, cap, step: Acts::new(be, &model.cfg, b, 1, false, LogitRows::Last)?, cache: KvCache::new(be, &model.cfg, b, cap)? })
     }

@@ -66,7 +66,8 @@ impl Checkpoint {
         let index = path.join("model.safetensors.index.json");
         if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&index, format!("not valid JSON: {e}"), "re-save the model with transformers"))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| bad(&index, format!("not valid JSON: {e}"), "re-save the model with transformers"))?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -86,12 +87,22 @@ impl Checkpoint {
                 let f = f.as_str().unwrap_or_default();
                 match ck.index.get(name) {
                     Some(&i) if ck.files[i].path.file_name().and_then(|x| x.to_str()) == Some(f) => {}
-                    _ => return Err(bad(&index, format!("tensor `{name}` is listed in shard `{f}` but not found there"), "the index and the shards do not match")),
+                    _ => {
+                        return Err(bad(
+                            &index,
+                            format!("tensor `{name}` is listed in shard `{f}` but not found there"),
+                            "the index and the shards do not match",
+                        ))
+                    }
                 }
             }
             return Ok(ck);
         }
-        Err(bad(path, "no model.safetensors or model.safetensors.index.json here".into(), "pass the directory of a Hugging Face model (config.json + model.safetensors)"))
+        Err(bad(
+            path,
+            "no model.safetensors or model.safetensors.index.json here".into(),
+            "pass the directory of a Hugging Face model (config.json + model.safetensors)",
+        ))
     }
 
     fn open_files(paths: &[PathBuf]) -> Result<Self> {
@@ -146,7 +157,11 @@ impl Checkpoint {
     pub fn read_into(&self, name: &str, expected: &[usize], dst: &mut [f32]) -> Result<()> {
         let (path, view) = self.view(name)?;
         if view.shape() != expected {
-            return Err(bad(path, format!("tensor `{name}` has shape {:?}, config.json implies {expected:?}", view.shape()), "the weights do not belong to this config.json"));
+            return Err(bad(
+                path,
+                format!("tensor `{name}` has shape {:?}, config.json implies {expected:?}", view.shape()),
+                "the weights do not belong to this config.json",
+            ));
         }
         let n: usize = expected.iter().product();
         if dst.len() != n {

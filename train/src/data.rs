@@ -60,7 +60,11 @@ impl TokenShard {
         let n = hdr(2) as usize;
         let want = HEADER_BYTES + 2 * n;
         if map.len() != want {
-            return Err(bad(path, format!("header says {n} tokens ({want} bytes) but the file has {} bytes", map.len()), "the shard is truncated or corrupt; re-run `train-tool tokenize`"));
+            return Err(bad(
+                path,
+                format!("header says {n} tokens ({want} bytes) but the file has {} bytes", map.len()),
+                "the shard is truncated or corrupt; re-run `train-tool tokenize`",
+            ));
         }
         Ok(TokenShard { path: path.to_path_buf(), map, n })
     }
@@ -165,7 +169,11 @@ impl BatchReader {
         let need = b * t + 1;
         if !set.shards.iter().any(|s| s.len() >= need) {
             let path = set.shards.first().map(|s| s.path.clone()).unwrap_or_default();
-            return Err(bad(&path, format!("no shard holds the {need} tokens one batch of {b} x {t} needs"), "use a smaller --batch-size or --seq-len, or more data"));
+            return Err(bad(
+                &path,
+                format!("no shard holds the {need} tokens one batch of {b} x {t} needs"),
+                "use a smaller --batch-size or --seq-len, or more data",
+            ));
         }
         let mut r = BatchReader { set, b, t, vocab, wrap, shuffle, pos: DataPosition::default(), order: Vec::new() };
         r.make_order();

@@ -62,7 +62,13 @@ impl<B: Backend> LmTrainer<B> {
         let n = self.b * self.t;
         for (i, mb) in micro.iter().enumerate() {
             if mb.inputs.len() != n || mb.targets.len() != n {
-                return Err(TrainError::Invalid(format!("micro-batch {i}: {} inputs / {} targets for {}x{}", mb.inputs.len(), mb.targets.len(), self.b, self.t)));
+                return Err(TrainError::Invalid(format!(
+                    "micro-batch {i}: {} inputs / {} targets for {}x{}",
+                    mb.inputs.len(),
+                    mb.targets.len(),
+                    self.b,
+                    self.t
+                )));
             }
         }
         let count: usize = micro.iter().map(|mb| mb.targets.iter().filter(|&&x| x >= 0).count()).sum();

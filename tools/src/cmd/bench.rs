@@ -134,10 +134,7 @@ impl Job for TrainStepJob {
         let cfg = model.cfg.clone();
         let mut rng = Rng::derive(a.m.seed, "bench-data");
         let v = cfg.vocab_size as u64;
-        let mb = MicroBatch {
-            inputs: (0..b * t).map(|_| rng.below(v) as u32).collect(),
-            targets: (0..b * t).map(|_| rng.below(v) as i32).collect(),
-        };
+        let mb = MicroBatch { inputs: (0..b * t).map(|_| rng.below(v) as u32).collect(), targets: (0..b * t).map(|_| rng.below(v) as i32).collect() };
         let mut tr = LmTrainer::new(be, model, b, t, AdamWConfig::default())?;
         let mut times = Vec::new();
         for i in 0..a.warmup + a.steps {
@@ -153,7 +150,10 @@ impl Job for TrainStepJob {
         let flops = cfg.train_flops_per_token(t) * tps;
         let rss = peak_rss_mib();
         if a.json {
-            println!("{}", serde_json::json!({"step_ms_median": ms, "tokens_per_s": tps, "flops_per_s": flops, "device": be.name(), "params": cfg.n_params(), "peak_rss_mib": rss}));
+            println!(
+                "{}",
+                serde_json::json!({"step_ms_median": ms, "tokens_per_s": tps, "flops_per_s": flops, "device": be.name(), "params": cfg.n_params(), "peak_rss_mib": rss})
+            );
         } else {
             println!("train step {b}x{t} on {}: median {ms:.2} ms, {tps:.0} tokens/s, {:.2} TFLOP/s", be.name(), flops / 1e12);
         }

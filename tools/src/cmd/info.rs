@@ -44,7 +44,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let p = c.n_params() as f64;
     let (b, t) = (a.batch_size as usize, a.seq_len.map(|x| x as usize).unwrap_or(c.max_seq_len));
     let kv = (2 * c.n_layers * t * c.kv_dim()) as f64; // one sequence
-    // inference: weights + KV cache of one sequence + one position's activations
+                                                       // inference: weights + KV cache of one sequence + one position's activations
     let infer_f32 = 4.0 * (p + kv);
     let infer_bf16 = 2.0 * (p + kv);
     // training on CPU: f32 params, grads, m, v; activations of b x t, f32
