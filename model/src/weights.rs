@@ -124,6 +124,13 @@ impl Checkpoint {
         Ok(Checkpoint { files, index })
     }
 
+    /// The `__metadata__` of file `i` (0 for a single file).
+    pub fn metadata(&self, i: usize) -> Result<std::collections::HashMap<String, String>> {
+        let f = self.files.get(i).ok_or_else(|| ModelError::Invalid(format!("no file {i} in this checkpoint")))?;
+        let (_, meta) = SafeTensors::read_metadata(&f.map).map_err(|e| bad(&f.path, format!("invalid safetensors: {e}"), HINT_RESAVE))?;
+        Ok(meta.metadata().clone().unwrap_or_default())
+    }
+
     /// Names of all tensors.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(|s| s.as_str())

@@ -27,6 +27,8 @@ enum Cmd {
     Info(cmd::info::InfoArgs),
     /// Whole-step benchmarks: training step, decoding
     Bench(cmd::bench::BenchArgs),
+    /// Pretrain a model on token shards (the paper's recipe)
+    Pretrain(cmd::pretrain::PretrainArgs),
     /// Tokenizer tools: train a BPE vocabulary, encode, decode, info
     Tokenizer(cmd::tokenizer::TokenizerArgs),
     /// Tokenize text corpora into llm.c token shards (train and val)
@@ -43,6 +45,7 @@ fn main() {
         Cmd::Debug(a) => cmd::debug::run(a),
         Cmd::Info(a) => cmd::info::run(a),
         Cmd::Bench(a) => cmd::bench::run(a),
+        Cmd::Pretrain(a) => cmd::pretrain::run(a),
         Cmd::Tokenizer(a) => cmd::tokenizer::run_tokenizer(a),
         Cmd::Tokenize(a) => cmd::tokenizer::run_tokenize(a),
         Cmd::GpuCheck(a) => cmd::gpu_check::run(a),
