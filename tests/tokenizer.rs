@@ -354,3 +354,51 @@ fn spm_model_with_wrong_types_is_rejected() {
         assert!(e.to_string().contains(want), "{name}: {e}");
     }
 }
+
+/// Bytes per token of `t` over the lines of `text` (each line encoded alone,
+/// as sentencepiece's botchan models were trained on lines).
+fn bytes_per_token(t: &Tokenizer, text: &str) -> f64 {
+    let mut cache = EncodeCache::new();
+    let (mut bytes, mut tokens) = (0usize, 0usize);
+    for line in text.lines() {
+        bytes += line.len();
+        tokens += t.encode_with(line, NO_SPECIALS, &mut cache).unwrap().len();
+    }
+    bytes as f64 / tokens as f64
+}
+
+/// The bound on compression: bytes per token within 3% of the peer.
+const COMPRESSION_TOLERANCE: f64 = 0.03;
+
+#[test]
+fn trained_botchan_vocab_compresses_like_sentencepiece() {
+    use llama2_model::tokenizer::train::{TrainConfig, Trainer};
+    let text = std::fs::read_to_string(data("corpora/botchan/botchan.txt")).unwrap();
+    // Peers: sentencepiece's own botchan_en_bpe_1000.model (nfkc, no byte
+    // fallback: all 997 non-special ids are pieces), and sentencepiece's
+    // trainer run with our default Llama settings (byte fallback spends 256
+    // of the 1000 ids on bytes), both V=1000.
+    let peers = [
+        ("botchan_en_bpe_1000.model", "corpora/botchan/botchan_en_bpe_1000.model", false),
+        ("sentencepiece, Llama settings", "tokenizer/botchan_spm_llama_settings_1000.model", true),
+    ];
+    for (name, peer_path, byte_fallback) in peers {
+        let peer = Tokenizer::load(data(peer_path)).unwrap();
+        let mut tr = Trainer::new(TrainConfig { vocab_size: 1000, byte_fallback, ..Default::default() }).unwrap();
+        tr.add_text(&text);
+        let ours = tr.train(&mut |_| {}).unwrap();
+        assert_eq!(ours.vocab_size(), 1000);
+        let (bpt, peer_bpt) = (bytes_per_token(&ours, &text), bytes_per_token(&peer, &text));
+        let common = ours.pieces().iter().filter(|p| peer.piece_to_id(&p.text).is_some()).count();
+        eprintln!("vs {name}: ours {bpt:.4} bytes/token, peer {peer_bpt:.4}; {common}/1000 pieces in common");
+        assert!(bpt >= peer_bpt * (1.0 - COMPRESSION_TOLERANCE), "vs {name}: {bpt} < {peer_bpt} - 3%");
+        if byte_fallback {
+            // identity normalisation + byte fallback: every line round-trips
+            let mut cache = EncodeCache::new();
+            for line in text.lines() {
+                let ids = ours.encode_with(line, NO_SPECIALS, &mut cache).unwrap();
+                assert_eq!(ours.decode(&ids).unwrap(), line);
+            }
+        }
+    }
+}

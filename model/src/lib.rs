@@ -5,4 +5,5 @@
 //! - [`tokenizer`]: the Llama 2 tokenizer (SentencePiece BPE; GGUF and
 //!   `.model` vocabularies; BPE training)
 
+pub mod shards;
 pub mod tokenizer;

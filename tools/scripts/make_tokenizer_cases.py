@@ -241,6 +241,18 @@ def botchan_cases(model_path, botchan_txt, n_lines):
     return cases
 
 
+def train_peer_botchan(botchan_txt, out_model):
+    """sentencepiece's own BPE trainer on botchan.txt with the Llama settings
+    (the same as `train-tool tokenizer train` defaults), V=1000: the peer our
+    trainer's compression is compared with."""
+    prefix = out_model[:-len(".model")]
+    spm.SentencePieceTrainer.train(
+        input=botchan_txt, model_prefix=prefix, model_type="bpe", vocab_size=1000, byte_fallback=True,
+        split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True, character_coverage=0.99995, add_dummy_prefix=True, minloglevel=2)
+    os.remove(prefix + ".vocab")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", required=True, help="the Llama 2 vocabulary as GGUF")
@@ -295,6 +307,8 @@ def main():
                                            os.path.join(args.botchan_dir, "botchan.txt"), args.botchan_lines),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    train_peer_botchan(os.path.join(args.botchan_dir, "botchan.txt"),
+                       os.path.join(os.path.dirname(args.out), "botchan_spm_llama_settings_1000.model"))
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=0)
         f.write("\n")
