@@ -402,3 +402,60 @@ fn trained_botchan_vocab_compresses_like_sentencepiece() {
         }
     }
 }
+
+#[test]
+fn hf_tokenizer_json_encodes_like_tokenizers() {
+    // tokenizer.json written by `tokenizers` (transformers' Llama layout with
+    // the Metaspace pre-tokenizer) from a SentencePiece BPE model, and the
+    // ids `tokenizers` gives (tools/scripts/make_hf_tokenizer_cases.py)
+    let path = data("tokenizer/botchan_llama_settings_tokenizer.json");
+    let t = Tokenizer::load(&path).unwrap();
+    let spm = Tokenizer::load(data("tokenizer/botchan_spm_llama_settings_1000.model")).unwrap();
+    assert_eq!(t.info().format, "HfJson");
+    assert_eq!(t.vocab_size(), spm.vocab_size());
+    assert_eq!((t.unk_id(), t.bos_id(), t.eos_id()), (0, Some(1), Some(2)));
+    let cases = json("tokenizer/botchan_llama_settings_tokenizer.cases.json");
+    let cases = cases["encode_cases"].as_array().unwrap();
+    assert!(cases.len() >= 400);
+    let mut differ_from_spm = 0;
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let got = t.encode(text, NO_SPECIALS).unwrap();
+        assert_eq!(got, ids_of(&c["ids"]), "{text:?}");
+        // the only difference from SentencePiece: no "▁" is added before a leading space
+        if got != spm.encode(text, NO_SPECIALS).unwrap() {
+            differ_from_spm += 1;
+            assert!(text.starts_with(' ') || text.starts_with('\u{2581}'), "{text:?}");
+        }
+    }
+    assert!(differ_from_spm > 0);
+    // the Metaspace prefix rule has no .model equivalent: refused, not silently changed
+    let e = t.save_spm_model(tempdir("hf").join("x.model")).unwrap_err();
+    assert_clear(&e, &path);
+}
+
+#[test]
+fn hf_tokenizer_json_bad_input() {
+    let dir = tempdir("hf_bad");
+    let good: Value = json("tokenizer/botchan_llama_settings_tokenizer.json");
+    let mut cases: Vec<(&str, Value, &str)> = vec![];
+    let mut v = good.clone();
+    v["model"]["type"] = "Unigram".into();
+    cases.push(("unigram", v, "model.type \"Unigram\""));
+    let mut v = good.clone();
+    v["pre_tokenizer"] = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false});
+    cases.push(("bytelevel", v, "byte-level BPE"));
+    let mut v = good.clone();
+    v["model"]["merges"][3] = 7.into();
+    cases.push(("merge", v, "merge 3 is 7"));
+    let mut v = good.clone();
+    v["model"]["vocab"].as_object_mut().unwrap().remove("<0x41>");
+    cases.push(("gap", v, "without gaps"));
+    for (name, v, want) in cases {
+        let p = dir.join(format!("{name}.json"));
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = Tokenizer::load(&p).err().unwrap_or_else(|| panic!("{name} loaded"));
+        assert_clear(&e, &p);
+        assert!(e.to_string().contains(want), "{name}: {e}");
+    }
+}

@@ -66,6 +66,7 @@ pub(crate) struct Bpe {
     user_defined: Vec<(String, u32)>,
     byte_ids: Option<[u32; 256]>,
     unk_id: u32,
+    fuse_unk: bool,
     /// Whether words may be encoded independently (see the module doc).
     pub(crate) chunkable: bool,
 }
@@ -160,10 +161,16 @@ impl Ord for Cand {
 
 impl Bpe {
     /// Builds the tables from (text, score, kind) of every piece.
+    /// `merges`: an explicit ranked merge list (Hugging Face BPE: a pair
+    /// merges only if listed, earlier first); None: SentencePiece's rule
+    /// (any split of a piece, by the piece's score). `fuse_unk`: one UNK per
+    /// run of unknowns (SentencePiece always).
     pub(crate) fn new(
         pieces: &[(&str, f32, PieceKind)],
         unk_id: u32,
         byte_ids: Option<[u32; 256]>,
+        merges: Option<&[(String, String)]>,
+        fuse_unk: bool,
     ) -> Bpe {
         let n_pieces = pieces.len() as u32;
         let mergeable = |k: PieceKind| matches!(k, PieceKind::Normal | PieceKind::UserDefined | PieceKind::Unused);
@@ -225,12 +232,23 @@ impl Bpe {
             if body.contains(META) {
                 chunkable = false;
             }
+            if merges.is_some() {
+                continue;
+            }
             for (split, _) in t.char_indices().skip(1) {
                 let (l, r) = t.split_at(split);
                 if let (Some(a), Some(b)) = (sym_of(l, &char_sym), sym_of(r, &char_sym)) {
                     pairs.insert(key(a, b), Merge { id: i as u32, score });
                 }
             }
+        }
+        for (rank, (l, r)) in merges.unwrap_or(&[]).iter().enumerate() {
+            let merged = format!("{l}{r}");
+            let (Some(a), Some(b), Some(&id)) = (sym_of(l, &char_sym), sym_of(r, &char_sym), piece_id.get(merged.as_str()))
+            else {
+                continue; // a merge whose parts or result are not pieces can never apply
+            };
+            pairs.entry(key(a, b)).or_insert(Merge { id, score: -(rank as f32) });
         }
         let mut ascii_sym = [NO_SYM; 128];
         for (b, s) in ascii_sym.iter_mut().enumerate() {
@@ -261,6 +279,7 @@ impl Bpe {
             user_defined,
             byte_ids,
             unk_id,
+            fuse_unk,
             chunkable,
         }
     }
@@ -318,7 +337,10 @@ impl Bpe {
     /// (SentencePiece emits one UNK per run when there is no byte fallback).
     fn join(&self, out: &mut Vec<u32>, ids: &[u32]) {
         let skip = usize::from(
-            self.byte_ids.is_none() && out.last() == Some(&self.unk_id) && ids.first() == Some(&self.unk_id),
+            self.fuse_unk
+                && self.byte_ids.is_none()
+                && out.last() == Some(&self.unk_id)
+                && ids.first() == Some(&self.unk_id),
         );
         out.extend_from_slice(&ids[skip..]);
     }
@@ -491,7 +513,7 @@ impl Bpe {
         match &self.byte_ids {
             Some(b) => out.extend(span.iter().map(|&x| b[x as usize])),
             None => {
-                if out.last() != Some(&self.unk_id) {
+                if !self.fuse_unk || out.last() != Some(&self.unk_id) {
                     out.push(self.unk_id);
                 }
             }

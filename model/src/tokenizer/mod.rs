@@ -194,6 +194,18 @@ pub struct Tokenizer {
     /// Decoding: each piece's text with U+2581 turned into spaces.
     surface: Vec<Box<str>>,
     unk_surface: String,
+    /// Hugging Face settings beyond SentencePiece's (tokenizer.json only).
+    hf: Option<HfExtras>,
+}
+
+/// What a Hugging Face `tokenizer.json` says that a `ModelProto` cannot.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HfExtras {
+    /// The ranked merge list (pairs not in it never merge).
+    pub merges: Vec<(String, String)>,
+    /// Metaspace pre-tokenizer: prefix only when the text lacks a leading space.
+    pub prefix_only_if_absent: bool,
+    pub fuse_unk: bool,
 }
 
 /// Parses `<0xAB>` to 0xAB.
@@ -332,7 +344,11 @@ impl Tokenizer {
     /// sentencepiece does at load (unique pieces, one UNK at unk_id, special
     /// ids in range, all 256 byte pieces when byte_fallback is set).
     pub fn from_proto(proto: ModelProto, path: impl AsRef<Path>, format: SourceFormat) -> Result<Tokenizer> {
-        let path = path.as_ref().to_path_buf();
+        Self::build(proto, path.as_ref(), format, None)
+    }
+
+    pub(crate) fn build(proto: ModelProto, path: &Path, format: SourceFormat, hf: Option<HfExtras>) -> Result<Tokenizer> {
+        let path = path.to_path_buf();
         let bad = |what: String, hint: &'static str| TokenizerError::Vocab { path: path.clone(), what, hint };
         const HINT_FILE: &str = "the file is damaged or was written by an incompatible tool";
         let n = proto.pieces.len();
@@ -419,13 +435,16 @@ impl Tokenizer {
             add_dummy_prefix: proto.normalizer.add_dummy_prefix,
             remove_extra_whitespaces: proto.normalizer.remove_extra_whitespaces,
             escape_whitespaces: proto.normalizer.escape_whitespaces,
+            prefix_only_if_absent: hf.as_ref().is_some_and(|h| h.prefix_only_if_absent),
             user_defined,
         };
         let bpe = match t.model_type {
             ModelType::Bpe => {
                 let tuples: Vec<(&str, f32, PieceKind)> =
                     proto.pieces.iter().map(|p| (p.piece.as_str(), p.score, p.kind)).collect();
-                Some(bpe::Bpe::new(&tuples, unk_id, t.byte_fallback.then_some(byte_ids)))
+                let merges = hf.as_ref().map(|h| h.merges.as_slice());
+                let fuse_unk = hf.as_ref().is_none_or(|h| h.fuse_unk);
+                Some(bpe::Bpe::new(&tuples, unk_id, t.byte_fallback.then_some(byte_ids), merges, fuse_unk))
             }
             ModelType::Unigram => None,
             other => {
@@ -465,6 +484,7 @@ impl Tokenizer {
             format,
             path,
             surface,
+            hf,
         })
     }
 
@@ -678,6 +698,13 @@ impl Tokenizer {
     /// Writes the model as a SentencePiece `.model` (loadable by the
     /// `sentencepiece` package), via a temporary file and rename.
     pub fn save_spm_model(&self, path: impl AsRef<Path>) -> Result<()> {
+        if self.hf.as_ref().is_some_and(|h| h.prefix_only_if_absent || !h.fuse_unk) {
+            return Err(TokenizerError::Unsupported {
+                path: self.path.clone(),
+                what: "writing as .model a tokenizer.json whose Metaspace prefix rule or unfused UNKs SentencePiece cannot express".into(),
+                hint: "keep using the tokenizer.json",
+            });
+        }
         write_atomic(path.as_ref(), &self.proto.to_bytes())
     }
 }

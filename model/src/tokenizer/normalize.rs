@@ -73,6 +73,10 @@ impl CharsMap {
     }
 }
 
+fn starts_with_space(s: &str) -> bool {
+    s.starts_with(' ') || s.starts_with(META)
+}
+
 /// The normaliser of one model.
 #[derive(Clone, Debug)]
 pub(crate) struct Normalizer {
@@ -80,6 +84,9 @@ pub(crate) struct Normalizer {
     pub add_dummy_prefix: bool,
     pub remove_extra_whitespaces: bool,
     pub escape_whitespaces: bool,
+    /// Hugging Face Metaspace rule: add the prefix only when the text does
+    /// not already start with a space (SentencePiece always adds it).
+    pub prefix_only_if_absent: bool,
     /// User-defined pieces, longest first: matched before the charsmap and
     /// copied through unnormalised.
     pub user_defined: Vec<String>,
@@ -125,7 +132,7 @@ impl Normalizer {
         }
         if self.is_identity_fast() {
             out.reserve(text.len() + text.len() / 4 + 3);
-            if dummy_prefix && self.add_dummy_prefix {
+            if dummy_prefix && self.add_dummy_prefix && !(self.prefix_only_if_absent && starts_with_space(text)) {
                 out.push(META);
             }
             let mut last = 0;
@@ -151,7 +158,7 @@ impl Normalizer {
             return;
         }
         let ws = if self.escape_whitespaces { "\u{2581}" } else { " " };
-        if dummy_prefix && self.add_dummy_prefix {
+        if dummy_prefix && self.add_dummy_prefix && !(self.prefix_only_if_absent && starts_with_space(input)) {
             out.push_str(ws);
         }
         let mut prev_space = self.remove_extra_whitespaces;
@@ -196,6 +203,7 @@ mod tests {
             add_dummy_prefix: true,
             remove_extra_whitespaces: false,
             escape_whitespaces: true,
+            prefix_only_if_absent: false,
             user_defined: vec![],
         }
     }

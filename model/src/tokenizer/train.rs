@@ -109,6 +109,7 @@ impl Trainer {
             add_dummy_prefix: config.add_dummy_prefix,
             remove_extra_whitespaces: config.remove_extra_whitespaces,
             escape_whitespaces: true,
+            prefix_only_if_absent: false,
             user_defined: vec![],
         };
         Ok(Trainer { config, normalizer, words: FxHashMap::default(), norm: String::new(), sentences: 0, skipped_long: 0 })
