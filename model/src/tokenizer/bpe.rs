@@ -393,15 +393,21 @@ impl Bpe {
 
     /// Encodes one word (or the whole string when not chunkable).
     fn encode_word(&self, word: &str, out: &mut Vec<u32>, s: &mut Scratch) {
+        self.encode_word_by(word, out, s, None)
+    }
+
+    /// `force_heap`: Some(true/false) picks the merge loop (for tests).
+    fn encode_word_by(&self, word: &str, out: &mut Vec<u32>, s: &mut Scratch, force_heap: Option<bool>) {
         self.init_symbols(word, &mut s.syms);
-        if s.syms.len() <= SCAN_MAX_SYMBOLS && !self.has_unused {
+        let scan = s.syms.len() <= SCAN_MAX_SYMBOLS && !self.has_unused;
+        if !self.has_unused && force_heap.map_or(scan, |h| !h) {
             self.merge_scan(s);
             for sym in &s.syms {
                 self.emit(sym, word, out);
             }
         } else {
             self.merge_heap(s);
-            let mut i = 0;
+            let mut i = if s.syms.is_empty() { NONE } else { 0 };
             while i != NONE {
                 let sym = s.syms[i as usize];
                 if self.has_unused {
@@ -531,5 +537,45 @@ impl Bpe {
         }
         let sym = Sym { id: n.id, start: n.start, len: n.len, prev: NONE, next: NONE, frozen: false, node };
         self.emit(&sym, word, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::Tokenizer;
+
+    #[test]
+    fn scan_and_heap_merges_agree() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tokenizer/ggml-vocab-llama-spm.gguf");
+        let t = Tokenizer::load(path).unwrap();
+        let bpe = t.bpe.as_ref().unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/data/corpora/shakespeare/sonnets_gut.txt"
+        ))
+        .unwrap();
+        // whole normalised lines (up to ~80 symbols) and random strings from a
+        // small alphabet (many competing merges, equal-score ties)
+        let mut words: Vec<String> = text.lines().take(2000).map(|l| t.normalize(l)).collect();
+        let alphabet: Vec<char> = "ab thes\u{2581}\u{2581}ing1é漢🦙".chars().collect();
+        let mut x = 0x2545_f491_u64;
+        for _ in 0..2000 {
+            let mut w = String::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for k in 0..(x % 40) {
+                w.push(alphabet[((x >> (k % 50)) as usize + k as usize * 7) % alphabet.len()]);
+            }
+            words.push(w);
+        }
+        let mut s = Scratch::default();
+        for w in &words {
+            let (mut a, mut b) = (vec![], vec![]);
+            bpe.encode_word_by(w, &mut a, &mut s, Some(false));
+            bpe.encode_word_by(w, &mut b, &mut s, Some(true));
+            assert_eq!(a, b, "{w:?}");
+        }
     }
 }

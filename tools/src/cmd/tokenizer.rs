@@ -192,6 +192,9 @@ pub struct TokenizeArgs {
     /// Worker threads (default: all cores)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
+    /// Plain-text documents are read and encoded in segments of about this many bytes (bounds memory)
+    #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(64..=1 << 30), hide_short_help = true)]
+    segment_bytes: u64,
 }
 
 fn parse_unit_open_closed(s: &str) -> std::result::Result<f64, String> {
@@ -494,8 +497,6 @@ fn bench(a: BenchArgs) -> Result<()> {
 
 /// Bytes of text per parallel batch in `tokenize` (bounds memory).
 const TOKENIZE_BATCH_BYTES: usize = 16 << 20;
-/// A long plain-text document is read in segments of about this size.
-const SEGMENT_BYTES: usize = 4 << 20;
 
 /// One unit of encoding work: a whole document or a segment of one.
 struct Item {
@@ -511,6 +512,7 @@ struct Docs<'a> {
     file: usize,
     doc: u64,
     segment_safe: bool,
+    segment_bytes: usize,
     jsonl: Option<(std::iter::Enumerate<std::io::Lines<BufReader<File>>>, PathBuf)>,
     plain: Option<(BufReader<File>, Vec<u8>, bool)>,
     bytes_read: u64,
@@ -544,17 +546,17 @@ impl Docs<'_> {
                     self.doc += 1;
                     return Ok(Some(Item { doc: self.doc - 1, first: true, last: true, text: s }));
                 }
-                // read until a cut point (a space after a non-space) past SEGMENT_BYTES, or EOF
+                // read until a cut point (a space after a non-space) past segment_bytes, or EOF
                 let mut eof = false;
                 let mut cut = None;
                 while cut.is_none() && !eof {
                     let before = carry.len();
-                    let mut chunk = Vec::with_capacity(SEGMENT_BYTES);
-                    let got = r.by_ref().take(SEGMENT_BYTES as u64).read_to_end(&mut chunk)
+                    let mut chunk = Vec::with_capacity(self.segment_bytes);
+                    let got = r.by_ref().take(self.segment_bytes as u64).read_to_end(&mut chunk)
                         .with_context(|| format!("cannot read {}", path.display()))?;
                     carry.extend_from_slice(&chunk);
                     eof = got == 0;
-                    if carry.len() >= SEGMENT_BYTES {
+                    if carry.len() >= self.segment_bytes {
                         cut = (before.max(1)..carry.len()).rev().find(|&i| carry[i] == b' ' && carry[i - 1] != b' ');
                     }
                 }
@@ -665,7 +667,7 @@ pub fn run_tokenize(a: TokenizeArgs) -> Result<()> {
         eprintln!("note: this tokenizer's normaliser is not per character; plain-text files are read whole");
     }
     let pool = pool(a.threads)?;
-    let mut docs = Docs { inputs: &a.input, file: 0, doc: 0, segment_safe: t.segment_safe(), jsonl: None, plain: None, bytes_read: 0 };
+    let mut docs = Docs { inputs: &a.input, file: 0, doc: 0, segment_safe: t.segment_safe(), segment_bytes: a.segment_bytes as usize, jsonl: None, plain: None, bytes_read: 0 };
     let mk = |name| Split { name, dir: a.out_dir.clone(), max: a.shard_tokens, writer: None, files: vec![], tokens: 0, docs: 0 };
     let (mut train, mut val) = (mk("train"), mk("val"));
     let is_val = |doc: u64| ((doc + 1) as f64 * a.val_fraction).floor() > (doc as f64 * a.val_fraction).floor();
