@@ -459,3 +459,24 @@ fn hf_tokenizer_json_bad_input() {
         assert!(e.to_string().contains(want), "{name}: {e}");
     }
 }
+
+#[test]
+fn unused_user_defined_and_control_pieces_like_sentencepiece() {
+    // exotic_pieces.model: UNUSED pieces (merged, then split back),
+    // USER_DEFINED pieces (matched whole; one holds U+2581 inside, which turns
+    // word splitting off), an extra CONTROL piece (never matched in text)
+    let t = Tokenizer::load(data("tokenizer/exotic_pieces.model")).unwrap();
+    let info = t.info();
+    assert!(!info.word_split, "{info:?}");
+    assert!(info.piece_kinds.contains(&("unused".to_string(), 4)), "{info:?}");
+    assert!(info.piece_kinds.contains(&("user_defined".to_string(), 4)), "{info:?}");
+    let cases = json("tokenizer/llama_spm_generated_cases.json");
+    let cases = cases["exotic_cases"].as_array().unwrap();
+    assert!(cases.len() >= 100);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let got = t.encode(text, NO_SPECIALS).unwrap();
+        assert_eq!(got, ids_of(&c["ids"]), "{text:?}");
+        assert_eq!(t.decode(&got).unwrap(), c["decoded"].as_str().unwrap(), "decode of {text:?}");
+    }
+}

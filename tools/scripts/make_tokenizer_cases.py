@@ -253,6 +253,29 @@ def train_peer_botchan(botchan_txt, out_model):
     os.remove(prefix + ".vocab")
 
 
+def exotic_model(base_model, out_model):
+    """A model with the piece types Llama 2 lacks: the botchan Llama-settings
+    model with some pieces turned UNUSED (they merge, then are split back),
+    USER_DEFINED pieces (matched whole in the text, one with U+2581 inside,
+    which stops word splitting) and an extra CONTROL piece (never matched)."""
+    sp = spm.SentencePieceProcessor(model_file=base_model)
+    unused = {"▁the", "ing", "er", "▁a"}
+    out = bytearray()
+    for i in range(sp.get_piece_size()):
+        p = sp.id_to_piece(i)
+        typ = 2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 5 if p in unused else 1
+        out += field_bytes(1, field_bytes(1, p) + field_float(2, sp.get_score(i)) + field_varint(3, typ))
+    for p, typ in [("<|im_start|>", 4), ("@@", 4), ("hello▁world", 4), ("▁▁▁", 4), ("<ctrl>", 3)]:
+        out += field_bytes(1, field_bytes(1, p) + field_float(2, 0.0) + field_varint(3, typ))
+    trainer = (field_varint(3, 2) + field_varint(4, sp.get_piece_size() + 5) + field_varint(35, 1)
+               + field_varint(40, 0) + field_varint(41, 1) + field_varint(42, 2) + field_varint(43, -1))
+    normalizer = field_bytes(1, "identity") + field_varint(3, 1) + field_varint(4, 0) + field_varint(5, 1)
+    out += field_bytes(2, trainer) + field_bytes(3, normalizer)
+    with open(out_model, "wb") as f:
+        f.write(bytes(out))
+    return spm.SentencePieceProcessor(model_file=out_model)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", required=True, help="the Llama 2 vocabulary as GGUF")
@@ -296,6 +319,13 @@ def main():
               f"{'OK' if bad == 0 else 'FAILED'}")
         sys.exit(1 if bad else 0)
 
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    train_peer_botchan(os.path.join(args.botchan_dir, "botchan.txt"),
+                       os.path.join(os.path.dirname(args.out), "botchan_spm_llama_settings_1000.model"))
+    ex = exotic_model(os.path.join(os.path.dirname(args.out), "botchan_spm_llama_settings_1000.model"),
+                      os.path.join(os.path.dirname(args.out), "exotic_pieces.model"))
+    ex_texts = texts[:120] + ["<|im_start|>user hello world@@ the thing", "hello world", "hello  world",
+                              "   three   spaces    four", "@@@@@", "<ctrl> <s> literal", "the theater bringing water"]
     rng = random.Random(args.seed + 1)
     cases = [{"text": t, "ids": sp.encode(t), "decoded": sp.decode(sp.encode(t))} for t in texts]
     out = {
@@ -303,12 +333,11 @@ def main():
                   f"{spm.__version__} from the Llama 2 vocabulary (ggml-vocab-llama-spm.gguf); ids without BOS",
         "encode_cases": cases,
         "decode_cases": decode_id_cases(sp, rng),
+        "exotic_cases": [{"text": t, "ids": ex.encode(t), "decoded": ex.decode(ex.encode(t))} for t in ex_texts],
         "botchan_bpe_cases": botchan_cases(os.path.join(args.botchan_dir, "botchan_en_bpe_1000.model"),
                                            os.path.join(args.botchan_dir, "botchan.txt"), args.botchan_lines),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    train_peer_botchan(os.path.join(args.botchan_dir, "botchan.txt"),
-                       os.path.join(os.path.dirname(args.out), "botchan_spm_llama_settings_1000.model"))
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=0)
         f.write("\n")
