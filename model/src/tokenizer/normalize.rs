@@ -29,7 +29,8 @@ impl CharsMap {
         }
         let trie_size = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
         let rest = &blob[4..];
-        if trie_size > rest.len() || trie_size % 4 != 0 || trie_size == 0 {
+        // the trie is an array of u32 units
+        if trie_size > rest.len() || trie_size & 3 != 0 || trie_size == 0 {
             return Err(format!(
                 "precompiled_charsmap trie size {trie_size} does not fit its {} bytes",
                 rest.len()
