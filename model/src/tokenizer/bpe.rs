@@ -29,6 +29,8 @@ use rustc_hash::FxHashMap;
 
 use super::{PieceKind, META};
 
+const META_UTF8: &[u8] = "\u{2581}".as_bytes();
+
 /// A symbol id that matches no piece: a character absent from every piece.
 pub(crate) const NO_SYM: u32 = u32::MAX;
 
@@ -69,6 +71,10 @@ pub(crate) struct Bpe {
     fuse_unk: bool,
     /// Whether words may be encoded independently (see the module doc).
     pub(crate) chunkable: bool,
+    /// ASCII characters that no mergeable piece has before another
+    /// character (`no_follow`) or after one (`no_precede`).
+    no_follow: [bool; 128],
+    no_precede: [bool; 128],
 }
 
 fn key(l: u32, r: u32) -> u64 {
@@ -250,6 +256,24 @@ impl Bpe {
             };
             pairs.entry(key(a, b)).or_insert(Merge { id, score: -(rank as f32) });
         }
+        let mut no_follow = [true; 128];
+        let mut no_precede = [true; 128];
+        for &(t, _, k) in pieces {
+            if !mergeable(k) {
+                continue;
+            }
+            let n = t.chars().count();
+            for (pos, c) in t.chars().enumerate() {
+                if (c as u32) < 128 {
+                    if pos + 1 < n {
+                        no_follow[c as usize] = false;
+                    }
+                    if pos > 0 {
+                        no_precede[c as usize] = false;
+                    }
+                }
+            }
+        }
         let mut ascii_sym = [NO_SYM; 128];
         for (b, s) in ascii_sym.iter_mut().enumerate() {
             if let Some(&id) = char_sym.get(&(b as u8 as char)) {
@@ -281,6 +305,8 @@ impl Bpe {
             unk_id,
             fuse_unk,
             chunkable,
+            no_follow,
+            no_precede,
         }
     }
 
@@ -289,26 +315,40 @@ impl Bpe {
         self.pairs.len()
     }
 
-    /// Encodes a normalised string, appending ids to `out`.
+    /// Encodes a normalised string, appending ids to `out`. The string is
+    /// cut where no merge can cross: before a "▁" that follows another
+    /// character (when `chunkable`), and around ASCII characters that no
+    /// piece has before (`no_follow`) or after (`no_precede`) another
+    /// character, such as newline and tab in Llama 2.
     pub(crate) fn encode(&self, norm: &str, out: &mut Vec<u32>, cache: &mut EncodeCache, use_cache: bool) {
-        if !self.chunkable {
-            let mut word = std::mem::take(&mut cache.scratch.word);
-            word.clear();
-            self.encode_word(norm, &mut word, &mut cache.scratch);
-            self.join(out, &word);
-            cache.scratch.word = word;
-            return;
-        }
+        let b = norm.as_bytes();
         let mut start = 0;
-        let mut prev_meta_end = usize::MAX;
-        for (i, _) in norm.match_indices(META) {
-            if i > start && i != prev_meta_end {
+        let mut prev_no_follow = false;
+        let mut prev_meta = false;
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            let (cut, len, no_follow, is_meta) = if c < 0x80 {
+                (prev_no_follow || self.no_precede[c as usize], 1, self.no_follow[c as usize], false)
+            } else if b[i..].starts_with(META_UTF8) {
+                (prev_no_follow || (self.chunkable && !prev_meta), 3, false, true)
+            } else {
+                let len = match c {
+                    0xc0..=0xdf => 2,
+                    0xe0..=0xef => 3,
+                    _ => 4,
+                };
+                (prev_no_follow, len, false, false)
+            };
+            if cut && i > start {
                 self.encode_cached(&norm[start..i], out, cache, use_cache);
                 start = i;
             }
-            prev_meta_end = i + META.len_utf8();
+            prev_no_follow = no_follow;
+            prev_meta = is_meta;
+            i += len;
         }
-        if start < norm.len() {
+        if start < b.len() {
             self.encode_cached(&norm[start..], out, cache, use_cache);
         }
     }
