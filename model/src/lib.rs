@@ -9,6 +9,7 @@
 //! - [`acts`]: activations and activation gradients
 //! - forward ([`forward`]), backward ([`backward`])
 //! - [`generate`]: sampling and generation with the KV cache
+//! - [`shards`]: llm.c token shards (streaming writer, validated reader)
 //! - [`tokenizer`]: the Llama 2 tokenizer (SentencePiece BPE; GGUF and
 //!   `.model` vocabularies; BPE training)
 
@@ -20,6 +21,7 @@ pub mod forward;
 pub mod generate;
 pub mod model;
 pub mod params;
+pub mod shards;
 pub mod tokenizer;
 pub mod weights;
 
