@@ -53,17 +53,13 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
-    g.bench_function("llama2_shakespeare_batch_all_threads", |b| {
-        b.iter(|| tok.encode_batch(&texts, opts).expect("encode").len())
-    });
+    g.bench_function("llama2_shakespeare_batch_all_threads", |b| b.iter(|| tok.encode_batch(&texts, opts).expect("encode").len()));
     g.finish();
     let mut g = c.benchmark_group("tokenizer_decode");
     let ids: Vec<Vec<u32>> = tok.encode_batch(&texts, opts).expect("encode");
     g.throughput(Throughput::Bytes(bytes as u64));
     g.sample_size(10);
-    g.bench_function("llama2_shakespeare_1thread", |b| {
-        b.iter(|| ids.iter().map(|x| tok.decode(x).expect("decode").len()).sum::<usize>())
-    });
+    g.bench_function("llama2_shakespeare_1thread", |b| b.iter(|| ids.iter().map(|x| tok.decode(x).expect("decode").len()).sum::<usize>()));
     g.finish();
 }
 

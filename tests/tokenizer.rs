@@ -79,10 +79,7 @@ fn llama_tokenizer_js_cases() {
     let dec = cases["decode_cases"].as_array().unwrap();
     assert_eq!(dec.len(), 8);
     for c in dec {
-        let opts = DecodeOptions {
-            keep_control: !c["add_bos_token"].as_bool().unwrap(),
-            strip_dummy_prefix: c["add_preceding_space"].as_bool().unwrap(),
-        };
+        let opts = DecodeOptions { keep_control: !c["add_bos_token"].as_bool().unwrap(), strip_dummy_prefix: c["add_preceding_space"].as_bool().unwrap() };
         let got = t.decode_with(&ids_of(&c["ids"]), opts).unwrap();
         assert_eq!(got, c["text"].as_str().unwrap(), "{c}");
     }
@@ -315,12 +312,51 @@ fn gguf_with_wrong_types_is_rejected() {
     let cases: Vec<(&str, Vec<(&str, u32, Vec<u8>)>, &str)> = vec![
         ("tokens_ints", vec![good[0].clone(), ("tokenizer.ggml.tokens", 9, types.clone()), good[2].clone(), good[3].clone()], "expected an array of string"),
         ("model_int", vec![("tokenizer.ggml.model", 4, 7u32.to_le_bytes().to_vec()), good[1].clone(), good[2].clone(), good[3].clone()], "expected a string"),
-        ("scores_short", vec![good[0].clone(), good[1].clone(), ("tokenizer.ggml.scores", 9, garr(6, &[0f32.to_le_bytes().to_vec()])), good[3].clone()], "2 tokens but 1 scores"),
+        (
+            "scores_short",
+            vec![good[0].clone(), good[1].clone(), ("tokenizer.ggml.scores", 9, garr(6, &[0f32.to_le_bytes().to_vec()])), good[3].clone()],
+            "2 tokens but 1 scores",
+        ),
         ("gpt2", vec![("tokenizer.ggml.model", 8, gstr("gpt2")), good[1].clone(), good[2].clone(), good[3].clone()], "only \"llama\""),
-        ("bad_type_code", vec![good[0].clone(), good[1].clone(), good[2].clone(), ("tokenizer.ggml.token_type", 9, garr(5, &[9i32.to_le_bytes().to_vec(), 1i32.to_le_bytes().to_vec()]))], "unknown token type 9"),
-        ("no_unk", vec![good[0].clone(), good[1].clone(), good[2].clone(), ("tokenizer.ggml.token_type", 9, garr(5, &[1i32.to_le_bytes().to_vec(), 1i32.to_le_bytes().to_vec()]))], "UNKNOWN"),
-        ("bos_range", vec![good[0].clone(), good[1].clone(), good[2].clone(), good[3].clone(), ("tokenizer.ggml.bos_token_id", 4, 5u32.to_le_bytes().to_vec())], "out of range"),
-        ("huge_array", vec![good[0].clone(), ("tokenizer.ggml.tokens", 9, { let mut v = 8u32.to_le_bytes().to_vec(); v.extend(u64::MAX.to_le_bytes()); v }), good[2].clone(), good[3].clone()], "cannot fit"),
+        (
+            "bad_type_code",
+            vec![
+                good[0].clone(),
+                good[1].clone(),
+                good[2].clone(),
+                ("tokenizer.ggml.token_type", 9, garr(5, &[9i32.to_le_bytes().to_vec(), 1i32.to_le_bytes().to_vec()])),
+            ],
+            "unknown token type 9",
+        ),
+        (
+            "no_unk",
+            vec![
+                good[0].clone(),
+                good[1].clone(),
+                good[2].clone(),
+                ("tokenizer.ggml.token_type", 9, garr(5, &[1i32.to_le_bytes().to_vec(), 1i32.to_le_bytes().to_vec()])),
+            ],
+            "UNKNOWN",
+        ),
+        (
+            "bos_range",
+            vec![good[0].clone(), good[1].clone(), good[2].clone(), good[3].clone(), ("tokenizer.ggml.bos_token_id", 4, 5u32.to_le_bytes().to_vec())],
+            "out of range",
+        ),
+        (
+            "huge_array",
+            vec![
+                good[0].clone(),
+                ("tokenizer.ggml.tokens", 9, {
+                    let mut v = 8u32.to_le_bytes().to_vec();
+                    v.extend(u64::MAX.to_le_bytes());
+                    v
+                }),
+                good[2].clone(),
+                good[3].clone(),
+            ],
+            "cannot fit",
+        ),
     ];
     for (name, kvs, want) in cases {
         let p = dir.join(format!("{name}.gguf"));
@@ -342,11 +378,7 @@ fn spm_model_with_wrong_types_is_rejected() {
     let bad_score = vec![0x0a, 0x04, 0x0a, 0x00, 0x10, 0x01];
     // a piece with an undefined type code
     let bad_kind = vec![0x0a, 0x05, 0x0a, 0x01, b'a', 0x18, 0x09];
-    for (name, bytes, want) in [
-        ("wire", bad_wire, "wire type"),
-        ("score", bad_score, "score"),
-        ("kind", bad_kind, "unknown piece type 9"),
-    ] {
+    for (name, bytes, want) in [("wire", bad_wire, "wire type"), ("score", bad_score, "score"), ("kind", bad_kind, "unknown piece type 9")] {
         let p = dir.join(format!("{name}.model"));
         std::fs::write(&p, &bytes).unwrap();
         let e = Tokenizer::from_spm_file(&p).err().unwrap_or_else(|| panic!("{name} loaded"));

@@ -86,10 +86,8 @@ impl ShardWriter {
     /// Writes the header, syncs and renames into place; returns the count.
     pub fn finish(self) -> Result<u64> {
         let werr = |e| ShardError::Write { path: self.path.clone(), source: e };
-        let count = i32::try_from(self.count).map_err(|_| ShardError::Format {
-            path: self.path.clone(),
-            what: format!("{} tokens do not fit the i32 count of the header", self.count),
-        })?;
+        let count = i32::try_from(self.count)
+            .map_err(|_| ShardError::Format { path: self.path.clone(), what: format!("{} tokens do not fit the i32 count of the header", self.count) })?;
         let mut f = self.out.into_inner().map_err(|e| werr(e.into_error()))?;
         let mut header = [0u8; HEADER_BYTES];
         header[0..4].copy_from_slice(&SHARD_MAGIC.to_le_bytes());
@@ -142,10 +140,7 @@ impl ShardReader {
         let count = int(2);
         let body = map.len() - HEADER_BYTES;
         if count < 0 || body != count as usize * 2 {
-            return Err(fmt(format!(
-                "header says {count} tokens ({} bytes) but the file has {body} bytes after the header",
-                i64::from(count) * 2
-            )));
+            return Err(fmt(format!("header says {count} tokens ({} bytes) but the file has {body} bytes after the header", i64::from(count) * 2)));
         }
         Ok(ShardReader { path, map, len: count as usize })
     }

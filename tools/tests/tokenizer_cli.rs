@@ -132,10 +132,7 @@ fn tokenize_writes_shards_that_decode_to_the_documents() {
 fn train_writes_a_model_that_loads_and_round_trips() {
     let d = tmp("train");
     let model = d.join("botchan.model");
-    let (ok, _, err) = tool(&[
-        "tokenizer", "train", "--input", s(&repo("tests/data/corpora/botchan/botchan.txt")),
-        "--vocab-size", "600", "--out", s(&model),
-    ]);
+    let (ok, _, err) = tool(&["tokenizer", "train", "--input", s(&repo("tests/data/corpora/botchan/botchan.txt")), "--vocab-size", "600", "--out", s(&model)]);
     assert!(ok, "{err}");
     let t = Tokenizer::load(&model).unwrap();
     assert_eq!(t.vocab_size(), 600);

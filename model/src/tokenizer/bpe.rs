@@ -250,8 +250,7 @@ impl Bpe {
         }
         for (rank, (l, r)) in merges.unwrap_or(&[]).iter().enumerate() {
             let merged = format!("{l}{r}");
-            let (Some(a), Some(b), Some(&id)) = (sym_of(l, &char_sym), sym_of(r, &char_sym), piece_id.get(merged.as_str()))
-            else {
+            let (Some(a), Some(b), Some(&id)) = (sym_of(l, &char_sym), sym_of(r, &char_sym), piece_id.get(merged.as_str())) else {
                 continue; // a merge whose parts or result are not pieces can never apply
             };
             pairs.entry(key(a, b)).or_insert(Merge { id, score: -(rank as f32) });
@@ -282,32 +281,13 @@ impl Bpe {
         }
         let unused: Vec<bool> = pieces.iter().map(|p| p.2 == PieceKind::Unused).collect();
         let has_unused = unused.iter().any(|&u| u);
-        let mut user_defined: Vec<(String, u32)> = pieces
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.2 == PieceKind::UserDefined)
-            .map(|(i, p)| (p.0.to_string(), i as u32))
-            .collect();
+        let mut user_defined: Vec<(String, u32)> =
+            pieces.iter().enumerate().filter(|(_, p)| p.2 == PieceKind::UserDefined).map(|(i, p)| (p.0.to_string(), i as u32)).collect();
         user_defined.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         if user_defined.iter().any(|(u, _)| u.trim_start_matches(META).contains(META)) {
             chunkable = false;
         }
-        Bpe {
-            n_pieces,
-            ascii_sym,
-            char_sym,
-            extra_emit,
-            pairs,
-            unused,
-            has_unused,
-            user_defined,
-            byte_ids,
-            unk_id,
-            fuse_unk,
-            chunkable,
-            no_follow,
-            no_precede,
-        }
+        Bpe { n_pieces, ascii_sym, char_sym, extra_emit, pairs, unused, has_unused, user_defined, byte_ids, unk_id, fuse_unk, chunkable, no_follow, no_precede }
     }
 
     /// Number of (left, right) -> merged entries.
@@ -376,12 +356,7 @@ impl Bpe {
     /// Appends a word's ids, joining an UNK that continues a run of UNKs
     /// (SentencePiece emits one UNK per run when there is no byte fallback).
     fn join(&self, out: &mut Vec<u32>, ids: &[u32]) {
-        let skip = usize::from(
-            self.fuse_unk
-                && self.byte_ids.is_none()
-                && out.last() == Some(&self.unk_id)
-                && ids.first() == Some(&self.unk_id),
-        );
+        let skip = usize::from(self.fuse_unk && self.byte_ids.is_none() && out.last() == Some(&self.unk_id) && ids.first() == Some(&self.unk_id));
         out.extend_from_slice(&ids[skip..]);
     }
 
@@ -590,11 +565,7 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tokenizer/ggml-vocab-llama-spm.gguf");
         let t = Tokenizer::load(path).unwrap();
         let bpe = t.bpe.as_ref().unwrap();
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/data/corpora/shakespeare/sonnets_gut.txt"
-        ))
-        .unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/corpora/shakespeare/sonnets_gut.txt")).unwrap();
         // whole normalised lines (up to ~80 symbols) and random strings from a
         // small alphabet (many competing merges, equal-score ties)
         let mut words: Vec<String> = text.lines().take(2000).map(|l| t.normalize(l)).collect();

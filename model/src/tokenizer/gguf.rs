@@ -92,9 +92,7 @@ struct Src<R: Read> {
 impl<R: Read> Src<R> {
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let mut b = [0u8; N];
-        self.r
-            .read_exact(&mut b)
-            .map_err(|e| format!("truncated at byte {} (reading {N} bytes: {e})", self.pos))?;
+        self.r.read_exact(&mut b).map_err(|e| format!("truncated at byte {} (reading {N} bytes: {e})", self.pos))?;
         self.pos += N as u64;
         Ok(b)
     }
@@ -108,10 +106,7 @@ impl<R: Read> Src<R> {
     fn check_fits(&self, count: u64, min_size: u64, what: &str) -> Result<(), String> {
         let need = count.saturating_mul(min_size);
         if need > self.len.saturating_sub(self.pos) {
-            return Err(format!(
-                "{what}: {count} items at byte {} cannot fit in a file of {} bytes",
-                self.pos, self.len
-            ));
+            return Err(format!("{what}: {count} items at byte {} cannot fit in a file of {} bytes", self.pos, self.len));
         }
         Ok(())
     }
@@ -125,8 +120,7 @@ impl<R: Read> Src<R> {
     }
     fn skip(&mut self, n: u64) -> Result<(), String> {
         self.check_fits(n, 1, "skip")?;
-        let got = std::io::copy(&mut (&mut self.r).take(n), &mut std::io::sink())
-            .map_err(|e| format!("read error at byte {}: {e}", self.pos))?;
+        let got = std::io::copy(&mut (&mut self.r).take(n), &mut std::io::sink()).map_err(|e| format!("read error at byte {}: {e}", self.pos))?;
         if got != n {
             return Err(format!("truncated at byte {}", self.pos + got));
         }
@@ -290,20 +284,13 @@ pub fn read_gguf_vocab<R: Read>(r: R, file_len: u64) -> Result<GgufVocab, String
     }
     match take("tokenizer.ggml.token_type") {
         Some(Value::Ints(t)) => {
-            out.token_types = t
-                .into_iter()
-                .map(|x| i32::try_from(x).map_err(|_| format!("token type {x} out of range")))
-                .collect::<Result<_, _>>()?
+            out.token_types = t.into_iter().map(|x| i32::try_from(x).map_err(|_| format!("token type {x} out of range"))).collect::<Result<_, _>>()?
         }
         Some(v) => return Err(wrong("tokenizer.ggml.token_type", &v, "an array of int32")),
         None => out.token_types = vec![1; n],
     }
     if out.scores.len() != n || out.token_types.len() != n {
-        return Err(format!(
-            "{n} tokens but {} scores and {} token types",
-            out.scores.len(),
-            out.token_types.len()
-        ));
+        return Err(format!("{n} tokens but {} scores and {} token types", out.scores.len(), out.token_types.len()));
     }
     let mut id = |k: &str| -> Result<Option<u32>, String> {
         match take(k) {

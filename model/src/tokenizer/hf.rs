@@ -51,11 +51,7 @@ fn prefix_rule(path: &Path, v: &Value) -> Result<(bool, bool)> {
         for x in &list {
             match type_of(x) {
                 "Prepend" if x.get("prepend")?.as_str()? == meta => prepend = true,
-                "Replace"
-                    if x.get("pattern")?.get("String")?.as_str()? == " " && x.get("content")?.as_str()? == meta =>
-                {
-                    replace = true
-                }
+                "Replace" if x.get("pattern")?.get("String")?.as_str()? == " " && x.get("content")?.as_str()? == meta => replace = true,
                 _ => return None,
             }
         }
@@ -76,10 +72,7 @@ fn prefix_rule(path: &Path, v: &Value) -> Result<(bool, bool)> {
             // older files say add_prefix_space instead of prepend_scheme
             let scheme = match pre.get("prepend_scheme").and_then(Value::as_str) {
                 Some(s) => s.to_string(),
-                None => {
-                    if pre.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true) { "always" } else { "never" }
-                        .to_string()
-                }
+                None => if pre.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true) { "always" } else { "never" }.to_string(),
             };
             match scheme.as_str() {
                 "first" | "always" => Ok((true, true)),
@@ -178,14 +171,8 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer> {
     }
     let id_of = |t: &str| names.iter().position(|n| n.0 == t).map_or(-1, |i| i as i32);
     let unk_id = names.iter().position(|n| n.1 == PieceKind::Unknown).map_or(-1, |i| i as i32);
-    let add_bos = v
-        .get("post_processor")
-        .map(|p| p.to_string().contains("\"<s>\""))
-        .unwrap_or(false);
-    let pieces: Vec<SpmPiece> = names
-        .iter()
-        .map(|(t, k)| SpmPiece { piece: t.clone(), score: score.get(t).copied().unwrap_or(0.0), kind: *k })
-        .collect();
+    let add_bos = v.get("post_processor").map(|p| p.to_string().contains("\"<s>\"")).unwrap_or(false);
+    let pieces: Vec<SpmPiece> = names.iter().map(|(t, k)| SpmPiece { piece: t.clone(), score: score.get(t).copied().unwrap_or(0.0), kind: *k }).collect();
     let proto = ModelProto {
         trainer: TrainerSpec {
             model_type: ModelType::Bpe,
@@ -209,12 +196,7 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer> {
         has_trainer_spec: true,
         has_normalizer_spec: true,
     };
-    let mut t = Tokenizer::build(
-        proto,
-        path,
-        SourceFormat::HfJson,
-        Some(HfExtras { merges, prefix_only_if_absent, fuse_unk }),
-    )?;
+    let mut t = Tokenizer::build(proto, path, SourceFormat::HfJson, Some(HfExtras { merges, prefix_only_if_absent, fuse_unk }))?;
     t.add_bos_default = add_bos;
     Ok(t)
 }

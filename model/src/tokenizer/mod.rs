@@ -256,8 +256,7 @@ impl Tokenizer {
         let path = path.as_ref();
         let f = std::fs::File::open(path).map_err(|e| TokenizerError::Read { path: path.into(), source: e })?;
         let len = f.metadata().map_err(|e| TokenizerError::Read { path: path.into(), source: e })?.len();
-        let v = gguf::read_gguf_vocab(std::io::BufReader::with_capacity(1 << 16, f), len)
-            .map_err(|what| TokenizerError::Gguf { path: path.into(), what })?;
+        let v = gguf::read_gguf_vocab(std::io::BufReader::with_capacity(1 << 16, f), len).map_err(|what| TokenizerError::Gguf { path: path.into(), what })?;
         if v.model != "llama" {
             return Err(TokenizerError::Unsupported {
                 path: path.into(),
@@ -267,19 +266,15 @@ impl Tokenizer {
         }
         let mut pieces = Vec::with_capacity(v.tokens.len());
         for (i, ((t, &s), &k)) in v.tokens.into_iter().zip(&v.scores).zip(&v.token_types).enumerate() {
-            let kind = PieceKind::from_code(i64::from(k)).ok_or_else(|| TokenizerError::Gguf {
-                path: path.into(),
-                what: format!("token {i} has unknown token type {k}"),
-            })?;
+            let kind = PieceKind::from_code(i64::from(k))
+                .ok_or_else(|| TokenizerError::Gguf { path: path.into(), what: format!("token {i} has unknown token type {k}") })?;
             pieces.push(SpmPiece { piece: t, score: s, kind });
         }
         let n_bytes = pieces.iter().filter(|p| p.kind == PieceKind::Byte).count();
         // llama.cpp falls back to bytes whenever the vocabulary has them
         let byte_fallback = n_bytes == 256;
         // trained with split_digits if no piece holds a digit with other characters
-        let split_digits = !pieces
-            .iter()
-            .any(|p| p.kind == PieceKind::Normal && p.piece.chars().count() > 1 && p.piece.chars().any(|c| c.is_ascii_digit()));
+        let split_digits = !pieces.iter().any(|p| p.kind == PieceKind::Normal && p.piece.chars().count() > 1 && p.piece.chars().any(|c| c.is_ascii_digit()));
         let unk_id = match v.unk_id {
             Some(u) => u,
             None => pieces.iter().position(|p| p.kind == PieceKind::Unknown).ok_or_else(|| TokenizerError::Vocab {
@@ -377,8 +372,7 @@ impl Tokenizer {
             match p.kind {
                 PieceKind::Unknown => unk_ids.push(i as u32),
                 PieceKind::Byte => {
-                    let b = parse_byte_piece(&p.piece)
-                        .ok_or_else(|| bad(format!("byte piece {i} is {:?}, not <0xHH>", p.piece), HINT_FILE))?;
+                    let b = parse_byte_piece(&p.piece).ok_or_else(|| bad(format!("byte piece {i} is {:?}, not <0xHH>", p.piece), HINT_FILE))?;
                     byte_value[i] = Some(b);
                     byte_ids[b as usize] = i as u32;
                 }
@@ -390,10 +384,7 @@ impl Tokenizer {
             .filter(|&u| (u as usize) < n)
             .ok_or_else(|| bad(format!("unk_id {} is out of range for {n} pieces", t.unk_id), HINT_FILE))?;
         if unk_ids != [unk_id] {
-            return Err(bad(
-                format!("unk_id is {unk_id} but the UNKNOWN pieces are at {unk_ids:?} (exactly one is needed)"),
-                HINT_FILE,
-            ));
+            return Err(bad(format!("unk_id is {unk_id} but the UNKNOWN pieces are at {unk_ids:?} (exactly one is needed)"), HINT_FILE));
         }
         let special = |id: i32, name: &str| -> Result<Option<u32>> {
             if id < 0 {
@@ -409,26 +400,15 @@ impl Tokenizer {
         let pad_id = special(t.pad_id, "pad")?;
         if t.byte_fallback {
             if let Some(b) = byte_ids.iter().position(|&x| x == u32::MAX) {
-                return Err(bad(
-                    format!("byte_fallback is set but there is no byte piece <0x{b:02X}>"),
-                    HINT_FILE,
-                ));
+                return Err(bad(format!("byte_fallback is set but there is no byte piece <0x{b:02X}>"), HINT_FILE));
             }
         }
         let charsmap = if proto.normalizer.precompiled_charsmap.is_empty() {
             None
         } else {
-            Some(CharsMap::parse(&proto.normalizer.precompiled_charsmap).map_err(|what| TokenizerError::Proto {
-                path: path.clone(),
-                what,
-            })?)
+            Some(CharsMap::parse(&proto.normalizer.precompiled_charsmap).map_err(|what| TokenizerError::Proto { path: path.clone(), what })?)
         };
-        let mut user_defined: Vec<String> = proto
-            .pieces
-            .iter()
-            .filter(|p| p.kind == PieceKind::UserDefined)
-            .map(|p| p.piece.clone())
-            .collect();
+        let mut user_defined: Vec<String> = proto.pieces.iter().filter(|p| p.kind == PieceKind::UserDefined).map(|p| p.piece.clone()).collect();
         user_defined.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
         let normalizer = Normalizer {
             charsmap,
@@ -440,8 +420,7 @@ impl Tokenizer {
         };
         let bpe = match t.model_type {
             ModelType::Bpe => {
-                let tuples: Vec<(&str, f32, PieceKind)> =
-                    proto.pieces.iter().map(|p| (p.piece.as_str(), p.score, p.kind)).collect();
+                let tuples: Vec<(&str, f32, PieceKind)> = proto.pieces.iter().map(|p| (p.piece.as_str(), p.score, p.kind)).collect();
                 let merges = hf.as_ref().map(|h| h.merges.as_slice());
                 let fuse_unk = hf.as_ref().is_none_or(|h| h.fuse_unk);
                 Some(bpe::Bpe::new(&tuples, unk_id, t.byte_fallback.then_some(byte_ids), merges, fuse_unk))
@@ -455,16 +434,8 @@ impl Tokenizer {
                 })
             }
         };
-        let surface = proto
-            .pieces
-            .iter()
-            .map(|p| p.piece.replace(META, " ").into_boxed_str())
-            .collect();
-        let pieces = proto
-            .pieces
-            .iter()
-            .map(|p| Piece { text: p.piece.clone(), score: p.score, kind: p.kind })
-            .collect();
+        let surface = proto.pieces.iter().map(|p| p.piece.replace(META, " ").into_boxed_str()).collect();
+        let pieces = proto.pieces.iter().map(|p| Piece { text: p.piece.clone(), score: p.score, kind: p.kind }).collect();
         Ok(Tokenizer {
             pieces,
             piece_ids,
@@ -531,14 +502,7 @@ impl Tokenizer {
 
     pub fn info(&self) -> TokenizerInfo {
         let mut kinds: Vec<(String, usize)> = Vec::new();
-        for k in [
-            PieceKind::Normal,
-            PieceKind::Unknown,
-            PieceKind::Control,
-            PieceKind::UserDefined,
-            PieceKind::Unused,
-            PieceKind::Byte,
-        ] {
+        for k in [PieceKind::Normal, PieceKind::Unknown, PieceKind::Control, PieceKind::UserDefined, PieceKind::Unused, PieceKind::Byte] {
             let c = self.pieces.iter().filter(|p| p.kind == k).count();
             if c > 0 {
                 kinds.push((k.name().to_string(), c));
@@ -599,15 +563,7 @@ impl Tokenizer {
     /// Appends the ids of `text` to `out`. `dummy_prefix: false` encodes a
     /// continuation segment of a longer text (see [`Tokenizer::segment_safe`]);
     /// `use_cache: false` disables the word cache (for measuring it).
-    pub fn encode_into(
-        &self,
-        text: &str,
-        opts: EncodeOptions,
-        dummy_prefix: bool,
-        use_cache: bool,
-        cache: &mut EncodeCache,
-        out: &mut Vec<u32>,
-    ) -> Result<()> {
+    pub fn encode_into(&self, text: &str, opts: EncodeOptions, dummy_prefix: bool, use_cache: bool, cache: &mut EncodeCache, out: &mut Vec<u32>) -> Result<()> {
         let bpe = self.bpe()?;
         if opts.bos {
             if let Some(b) = self.bos_id {
@@ -628,10 +584,7 @@ impl Tokenizer {
     /// Encodes many texts in parallel (rayon, the current pool), in order.
     pub fn encode_batch<S: AsRef<str> + Sync>(&self, texts: &[S], opts: EncodeOptions) -> Result<Vec<Vec<u32>>> {
         self.bpe()?;
-        texts
-            .par_iter()
-            .map_init(EncodeCache::new, |cache, t| self.encode_with(t.as_ref(), opts, cache))
-            .collect()
+        texts.par_iter().map_init(EncodeCache::new, |cache, t| self.encode_with(t.as_ref(), opts, cache)).collect()
     }
 
     /// Whether a long text may be encoded in segments cut just before a
@@ -653,8 +606,7 @@ impl Tokenizer {
 
     /// Decodes with options (see [`DecodeOptions`]).
     pub fn decode_with(&self, ids: &[u32], opts: DecodeOptions) -> Result<String> {
-        let strip = opts.strip_dummy_prefix
-            && (self.proto.normalizer.add_dummy_prefix || self.proto.normalizer.remove_extra_whitespaces);
+        let strip = opts.strip_dummy_prefix && (self.proto.normalizer.add_dummy_prefix || self.proto.normalizer.remove_extra_whitespaces);
         let mut text = String::with_capacity(ids.len() * 4);
         let mut bytes: Vec<u8> = Vec::new();
         let mut bos_ws = true;

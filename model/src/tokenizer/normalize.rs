@@ -31,17 +31,11 @@ impl CharsMap {
         let rest = &blob[4..];
         // the trie is an array of u32 units
         if trie_size > rest.len() || trie_size & 3 != 0 || trie_size == 0 {
-            return Err(format!(
-                "precompiled_charsmap trie size {trie_size} does not fit its {} bytes",
-                rest.len()
-            ));
+            return Err(format!("precompiled_charsmap trie size {trie_size} does not fit its {} bytes", rest.len()));
         }
-        let units = rest[..trie_size]
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let normalized = String::from_utf8(rest[trie_size..].to_vec())
-            .map_err(|_| "precompiled_charsmap replacement strings are not valid UTF-8".to_string())?;
+        let units = rest[..trie_size].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let normalized =
+            String::from_utf8(rest[trie_size..].to_vec()).map_err(|_| "precompiled_charsmap replacement strings are not valid UTF-8".to_string())?;
         Ok(CharsMap { units, normalized })
     }
 
@@ -97,10 +91,7 @@ impl Normalizer {
     /// Identity rules, dummy prefix, whitespace kept, spaces escaped: the
     /// Llama case, done as one pass of `replace`.
     fn is_identity_fast(&self) -> bool {
-        self.charsmap.is_none()
-            && !self.remove_extra_whitespaces
-            && self.escape_whitespaces
-            && self.user_defined.is_empty()
+        self.charsmap.is_none() && !self.remove_extra_whitespaces && self.escape_whitespaces && self.user_defined.is_empty()
     }
 
     /// One prefix of `input`: (normalised text, bytes consumed).

@@ -151,14 +151,11 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
-            format!(
-                "{}: field of {n} bytes at byte {} runs past the end of the message ({} bytes)",
-                self.ctx,
-                self.pos,
-                self.buf.len()
-            )
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| format!("{}: field of {n} bytes at byte {} runs past the end of the message ({} bytes)", self.ctx, self.pos, self.buf.len()))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -236,8 +233,7 @@ fn parse_piece(buf: &[u8], index: usize) -> Result<SpmPiece, String> {
             3 => {
                 r.expect(f, wt, WT_VARINT, "type")?;
                 let t = r.varint()?;
-                kind = PieceKind::from_code(t as i64)
-                    .ok_or_else(|| format!("piece {index}: unknown piece type {t}"))?;
+                kind = PieceKind::from_code(t as i64).ok_or_else(|| format!("piece {index}: unknown piece type {t}"))?;
             }
             _ => r.skip(f, wt)?,
         }

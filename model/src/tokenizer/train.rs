@@ -96,10 +96,7 @@ fn err(m: String) -> TokenizerError {
 impl Trainer {
     pub fn new(config: TrainConfig) -> Result<Trainer, TokenizerError> {
         if !(0.0..=1.0).contains(&config.character_coverage) || config.character_coverage == 0.0 {
-            return Err(err(format!(
-                "character_coverage {} must be in (0, 1]; HINT: Llama uses 0.99995",
-                config.character_coverage
-            )));
+            return Err(err(format!("character_coverage {} must be in (0, 1]; HINT: Llama uses 0.99995", config.character_coverage)));
         }
         if config.max_piece_chars == 0 {
             return Err(err("max_piece_chars must be at least 1".into()));
@@ -198,18 +195,14 @@ impl Trainer {
         // 2. symbols: required characters first, merged pieces appended
         let mut sym_str: Vec<String> = required.iter().map(|(c, _)| c.to_string()).collect();
         let mut sym_chars: Vec<usize> = vec![1; sym_str.len()];
-        let mut sym_of: FxHashMap<String, u32> =
-            sym_str.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect();
+        let mut sym_of: FxHashMap<String, u32> = sym_str.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect();
         let char_sym: FxHashMap<char, u32> = required.iter().enumerate().map(|(i, (c, _))| (*c, i as u32)).collect();
 
         // words as symbol sequences (sorted for determinism)
         let mut wlist: Vec<(String, u64)> = self.words.into_iter().collect();
         wlist.sort_unstable();
         let counts: Vec<i64> = wlist.iter().map(|w| w.1 as i64).collect();
-        let mut words: Vec<Vec<u32>> = wlist
-            .iter()
-            .map(|(w, _)| w.chars().map(|c| char_sym.get(&c).copied().unwrap_or(NO_SYM)).collect())
-            .collect();
+        let mut words: Vec<Vec<u32>> = wlist.iter().map(|(w, _)| w.chars().map(|c| char_sym.get(&c).copied().unwrap_or(NO_SYM)).collect()).collect();
         drop(wlist);
 
         // 3. pair statistics
@@ -226,11 +219,7 @@ impl Trainer {
                 }
             }
         }
-        let mut heap: BinaryHeap<Cand> = pairs
-            .iter()
-            .filter(|(_, s)| s.valid)
-            .map(|(&k, s)| Cand::new(k, s, &sym_str, &sym_chars))
-            .collect();
+        let mut heap: BinaryHeap<Cand> = pairs.iter().filter(|(_, s)| s.valid).map(|(&k, s)| Cand::new(k, s, &sym_str, &sym_chars)).collect();
 
         // 4. merge loop
         let mut merged_pieces: Vec<u32> = Vec::with_capacity(merges_total);
@@ -506,11 +495,7 @@ impl PartialOrd for Cand {
 }
 impl Ord for Cand {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.count
-            .cmp(&o.count)
-            .then_with(|| o.n_chars.cmp(&self.n_chars))
-            .then_with(|| o.s.cmp(&self.s))
-            .then_with(|| o.key.cmp(&self.key))
+        self.count.cmp(&o.count).then_with(|| o.n_chars.cmp(&self.n_chars)).then_with(|| o.s.cmp(&self.s)).then_with(|| o.key.cmp(&self.key))
     }
 }
 

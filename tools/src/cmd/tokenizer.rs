@@ -230,19 +230,15 @@ fn pool(threads: Option<u32>) -> Result<rayon::ThreadPool> {
 fn bar(total: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(total);
     pb.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}} {{msg}}"
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&format!("{what} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}} {{msg}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb
 }
 
 fn out_writer(output: &Option<PathBuf>) -> Result<Box<dyn Write>> {
     Ok(match output {
-        Some(p) => Box::new(BufWriter::new(
-            File::create(p).with_context(|| format!("cannot create {}; HINT: check the directory", p.display()))?,
-        )),
+        Some(p) => Box::new(BufWriter::new(File::create(p).with_context(|| format!("cannot create {}; HINT: check the directory", p.display()))?)),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     })
 }
@@ -254,15 +250,11 @@ fn open_lines(path: &Path) -> Result<std::io::Lines<BufReader<File>>> {
 
 /// The "text" of one JSONL record, or an error naming file and line.
 fn text_field(line: &str, path: &Path, n: usize) -> Result<String> {
-    let v: Value = serde_json::from_str(line)
-        .with_context(|| format!("{}:{n}: not valid JSON; HINT: each line must be one {{\"text\": ...}} object", path.display()))?;
+    let v: Value =
+        serde_json::from_str(line).with_context(|| format!("{}:{n}: not valid JSON; HINT: each line must be one {{\"text\": ...}} object", path.display()))?;
     match v.get("text") {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => bail!(
-            "{}:{n}: \"text\" is {}, not a string; HINT: each line must be {{\"text\": \"...\"}}",
-            path.display(),
-            kind(other)
-        ),
+        Some(other) => bail!("{}:{n}: \"text\" is {}, not a string; HINT: each line must be {{\"text\": \"...\"}}", path.display(), kind(other)),
         None => bail!("{}:{n}: no \"text\" field; HINT: each line must be {{\"text\": \"...\"}}", path.display()),
     }
 }
@@ -552,8 +544,7 @@ impl Docs<'_> {
                 while cut.is_none() && !eof {
                     let before = carry.len();
                     let mut chunk = Vec::with_capacity(self.segment_bytes);
-                    let got = r.by_ref().take(self.segment_bytes as u64).read_to_end(&mut chunk)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let got = r.by_ref().take(self.segment_bytes as u64).read_to_end(&mut chunk).with_context(|| format!("cannot read {}", path.display()))?;
                     carry.extend_from_slice(&chunk);
                     eof = got == 0;
                     if carry.len() >= self.segment_bytes {
@@ -568,8 +559,7 @@ impl Docs<'_> {
                     None => (std::mem::take(carry), true),
                 };
                 self.bytes_read += text_bytes.len() as u64;
-                let text = String::from_utf8(text_bytes)
-                    .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text; HINT: convert it to UTF-8", path.display()))?;
+                let text = String::from_utf8(text_bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text; HINT: convert it to UTF-8", path.display()))?;
                 let item = Item { doc: self.doc, first: *first, last, text };
                 *first = false;
                 if last {
@@ -635,11 +625,7 @@ impl Split {
 pub fn run_tokenize(a: TokenizeArgs) -> Result<()> {
     let t = load(&a.tokenizer)?;
     if t.vocab_size() > 65536 {
-        bail!(
-            "{}: vocabulary of {} does not fit llm.c's u16 shards; HINT: use a vocabulary of at most 65536",
-            a.tokenizer.display(),
-            t.vocab_size()
-        );
+        bail!("{}: vocabulary of {} does not fit llm.c's u16 shards; HINT: use a vocabulary of at most 65536", a.tokenizer.display(), t.vocab_size());
     }
     let (bos, eos) = match a.separator {
         Separator::Both => (t.bos_id(), t.eos_id()),
@@ -667,7 +653,16 @@ pub fn run_tokenize(a: TokenizeArgs) -> Result<()> {
         eprintln!("note: this tokenizer's normaliser is not per character; plain-text files are read whole");
     }
     let pool = pool(a.threads)?;
-    let mut docs = Docs { inputs: &a.input, file: 0, doc: 0, segment_safe: t.segment_safe(), segment_bytes: a.segment_bytes as usize, jsonl: None, plain: None, bytes_read: 0 };
+    let mut docs = Docs {
+        inputs: &a.input,
+        file: 0,
+        doc: 0,
+        segment_safe: t.segment_safe(),
+        segment_bytes: a.segment_bytes as usize,
+        jsonl: None,
+        plain: None,
+        bytes_read: 0,
+    };
     let mk = |name| Split { name, dir: a.out_dir.clone(), max: a.shard_tokens, writer: None, files: vec![], tokens: 0, docs: 0 };
     let (mut train, mut val) = (mk("train"), mk("val"));
     let is_val = |doc: u64| ((doc + 1) as f64 * a.val_fraction).floor() > (doc as f64 * a.val_fraction).floor();
@@ -717,7 +712,10 @@ pub fn run_tokenize(a: TokenizeArgs) -> Result<()> {
     val.close()?;
     pb.finish_and_clear();
     if a.val_fraction > 0.0 && val.docs == 0 {
-        eprintln!("warning: --val-fraction {} gave no validation document out of {}; HINT: give more documents or a larger fraction", a.val_fraction, train.docs);
+        eprintln!(
+            "warning: --val-fraction {} gave no validation document out of {}; HINT: give more documents or a larger fraction",
+            a.val_fraction, train.docs
+        );
     }
     let secs = t0.elapsed().as_secs_f64();
     let summary = json!({
@@ -730,8 +728,14 @@ pub fn run_tokenize(a: TokenizeArgs) -> Result<()> {
     std::fs::write(&meta, serde_json::to_string_pretty(&summary)?).with_context(|| format!("cannot write {}", meta.display()))?;
     eprintln!(
         "train: {} documents, {} tokens in {} shards; val: {} documents, {} tokens in {} shards; {:.1} MB/s; wrote {}",
-        train.docs, train.tokens, train.files.len(), val.docs, val.tokens, val.files.len(),
-        docs.bytes_read as f64 / 1e6 / secs, meta.display()
+        train.docs,
+        train.tokens,
+        train.files.len(),
+        val.docs,
+        val.tokens,
+        val.files.len(),
+        docs.bytes_read as f64 / 1e6 / secs,
+        meta.display()
     );
     Ok(())
 }
