@@ -8,6 +8,7 @@
 //! - [`model::Model`], [`model::KvCache`]: parameters on a backend, load/save
 //! - [`acts`]: activations and activation gradients
 //! - forward ([`forward`]), backward ([`backward`])
+//! - [`chat`]: the Llama-2-chat format with loss masks
 //! - [`generate`]: sampling and generation with the KV cache
 //! - [`shards`]: llm.c token shards (streaming writer, validated reader)
 //! - [`tokenizer`]: the Llama 2 tokenizer (SentencePiece BPE; GGUF and
@@ -15,6 +16,7 @@
 
 pub mod acts;
 pub mod backward;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod forward;
