@@ -6,6 +6,7 @@
 //! - [`checkpoint`]: atomic checkpoint directories, resume
 //! - [`metrics`]: JSONL metrics, progress, energy and carbon estimate
 //! - [`run`]: the outer training loop (schedule, validation, checkpoints)
+//! - [`sft`]: SFT datasets (messages, sharegpt, prompt/completion, Alpaca), chat format, packing
 //! - [`step`]: the language-model training step (micro-batch accumulation)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
 //! - [`error`]: [`TrainError`]
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod optim;
 pub mod run;
 pub mod schedule;
+pub mod sft;
 pub mod step;
 
 pub use error::{Result, TrainError};

@@ -82,9 +82,9 @@ impl OptFlags {
 /// Run length, checkpoints, output, accounting.
 #[derive(Args, Clone, Debug)]
 pub struct RunFlags {
-    /// Optimizer steps in the whole run
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub steps: u64,
+    /// Optimizer steps in the whole run (default: pretrain 1000; sft from --epochs)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: Option<u64>,
     /// Micro-batches accumulated per optimizer step
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub grad_accum: u32,
@@ -127,13 +127,14 @@ pub struct RunFlags {
 }
 
 impl RunFlags {
-    pub fn run_config<B: Backend>(&self, label: &str, schedule: LrSchedule, be: &B, resolved: Value) -> RunConfig {
+
+    pub fn run_config<B: Backend>(&self, label: &str, steps: u64, schedule: LrSchedule, be: &B, resolved: Value) -> RunConfig {
         let cuda = be.name().starts_with("cuda");
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
         let watts = self.power_watts.unwrap_or(if cuda { 700.0 } else { 15.0 * threads });
         let peak = self.peak_tflops.or(if cuda { Some(989.0) } else { None }).map(|t| t * 1e12);
         RunConfig {
-            steps: self.steps,
+            steps,
             stop_after: self.stop_after,
             grad_accum: self.grad_accum as usize,
             schedule,
