@@ -9,6 +9,7 @@
 //! - [`sft`]: SFT datasets (messages, sharegpt, prompt/completion, Alpaca), chat format, packing
 //! - [`step`]: the language-model training step (micro-batch accumulation)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
+//! - [`plot`]: training curves as PNG files
 //! - [`error`]: [`TrainError`]
 
 pub mod checkpoint;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod metrics;
 pub mod optim;
 pub mod run;
+pub mod plot;
 pub mod schedule;
 pub mod sft;
 pub mod step;
