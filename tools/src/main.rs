@@ -33,6 +33,8 @@ enum Cmd {
     Sft(cmd::sft::SftArgs),
     /// Chat with a model in the terminal (Llama-2-chat format)
     Chat(cmd::chat::ChatArgs),
+    /// The main job: vocabulary, pretraining, SFT and chat samples on the built-in data, with a report
+    Pipeline(cmd::pipeline::PipelineArgs),
     /// Tokenizer tools: train a BPE vocabulary, encode, decode, info
     Tokenizer(cmd::tokenizer::TokenizerArgs),
     /// Tokenize text corpora into llm.c token shards (train and val)
@@ -52,6 +54,7 @@ fn main() {
         Cmd::Pretrain(a) => cmd::pretrain::run(a),
         Cmd::Sft(a) => cmd::sft::run(a),
         Cmd::Chat(a) => cmd::chat::run(a),
+        Cmd::Pipeline(a) => cmd::pipeline::run(a),
         Cmd::Tokenizer(a) => cmd::tokenizer::run_tokenizer(a),
         Cmd::Tokenize(a) => cmd::tokenizer::run_tokenize(a),
         Cmd::GpuCheck(a) => cmd::gpu_check::run(a),

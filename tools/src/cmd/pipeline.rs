@@ -51,7 +51,7 @@ pub struct PipelineArgs {
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// Pretraining steps
-    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub pretrain_steps: u64,
     /// Pretraining batch size
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
@@ -63,10 +63,10 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 2e-3, value_parser = crate::cmd::train_common::parse_lr)]
     pub lr: f64,
     /// SFT epochs
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..))]
     pub sft_epochs: u32,
     /// SFT peak learning rate (the paper's 2e-5 is for 7B; a tiny model takes more)
-    #[arg(long, default_value_t = 5e-4, value_parser = crate::cmd::train_common::parse_lr)]
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::cmd::train_common::parse_lr)]
     pub sft_lr: f64,
     /// SFT keeps dialogs of at most this many tokens (short answers suit a tiny model)
     #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(16..))]

@@ -126,7 +126,7 @@ impl Job for PretrainJob {
         }
         let final_dir = out.join("final");
         tr.model.save(be, &final_dir, SaveDtype::F32)?;
-        crate::cmd::train_common::finish(&out, &summary, &rc, &["loss"])?;
+        crate::cmd::train_common::finish(&out, &summary, &rc)?;
         eprintln!("final model: {}", final_dir.display());
         Ok(())
     }

@@ -145,7 +145,7 @@ impl Job for SftJob {
         let final_dir = out.join("final");
         tr.model.save(be, &final_dir, SaveDtype::F32)?;
         save_tokenizer(&tok, &final_dir)?;
-        finish(&out, &summary, &rc, &["loss"])?;
+        finish(&out, &summary, &rc)?;
         if a.samples > 0 && !held.is_empty() {
             let n = a.samples.min(held.len());
             let s = Sampling { temperature: 0.0, top_k: None, top_p: None };

@@ -188,8 +188,9 @@ pub fn check_resume(saved: &Value, now: &[(&str, Value)]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `out/summary.json` and prints the energy estimate.
-pub fn finish(out: &Path, s: &RunSummary, rc: &RunConfig, _curves: &[&str]) -> Result<()> {
+/// Writes `out/summary.json` and `out/<label>_loss.png`, and prints the
+/// energy estimate.
+pub fn finish(out: &Path, s: &RunSummary, rc: &RunConfig) -> Result<()> {
     let (hours, kwh, kg) = s.energy;
     let summary = json!({
         "steps": s.steps, "last_loss": s.last_loss, "val": s.val, "seconds": s.seconds, "tokens": s.tokens,
@@ -197,6 +198,8 @@ pub fn finish(out: &Path, s: &RunSummary, rc: &RunConfig, _curves: &[&str]) -> R
                    "kg_co2_per_kwh": rc.energy.kg_co2_per_kwh, "kg_co2eq": kg},
     });
     llama2_model::weights::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    let recs = llama2_train::metrics::MetricsLog::read(&out.join("metrics.jsonl"))?;
+    crate::cmd::report::loss_plots(out, &[(rc.label.as_str(), &recs)])?;
     eprintln!(
         "{} steps, {} tokens in {:.1} s; last loss {:.4}{}; energy {:.4} device-h x {} W = {:.4} kWh, {:.4} kg CO2eq at {} kg/kWh",
         s.steps,
