@@ -614,9 +614,10 @@ impl Tokenizer {
                 out.push(b);
             }
         }
-        let mut norm = String::new();
+        let mut norm = std::mem::take(&mut cache.norm);
         self.normalizer.normalize(text, dummy_prefix, &mut norm);
         bpe.encode(&norm, out, cache, use_cache);
+        cache.norm = norm;
         if opts.eos {
             if let Some(e) = self.eos_id {
                 out.push(e);
