@@ -263,8 +263,11 @@ fn truncated_files_are_rejected_with_a_clear_error() {
     assert_clear(&Tokenizer::load(&missing).unwrap_err(), &missing);
 }
 
+/// One GGUF metadata entry: key, value type code, encoded value.
+type Kv = (&'static str, u32, Vec<u8>);
+
 /// A minimal GGUF writer for the wrong-type tests.
-fn gguf(kvs: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+fn gguf(kvs: &[Kv]) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes());
     b.extend(0u64.to_le_bytes());
@@ -309,7 +312,7 @@ fn gguf_with_wrong_types_is_rejected() {
     std::fs::write(&p, gguf(&good)).unwrap();
     let t = Tokenizer::load(&p).unwrap();
     assert_eq!(t.encode("a", NO_SPECIALS).unwrap(), vec![0, 1]); // "▁" is unknown, no byte fallback
-    let cases: Vec<(&str, Vec<(&str, u32, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(&str, Vec<Kv>, &str)> = vec![
         ("tokens_ints", vec![good[0].clone(), ("tokenizer.ggml.tokens", 9, types.clone()), good[2].clone(), good[3].clone()], "expected an array of string"),
         ("model_int", vec![("tokenizer.ggml.model", 4, 7u32.to_le_bytes().to_vec()), good[1].clone(), good[2].clone(), good[3].clone()], "expected a string"),
         (

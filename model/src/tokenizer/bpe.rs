@@ -86,6 +86,8 @@ fn key(l: u32, r: u32) -> u64 {
 pub struct EncodeCache {
     words: FxHashMap<Box<str>, Box<[u32]>>,
     scratch: Scratch,
+    /// Reused buffer for the normalised text.
+    pub(crate) norm: String,
 }
 
 impl EncodeCache {

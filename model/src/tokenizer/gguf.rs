@@ -208,7 +208,7 @@ impl<R: Read> Src<R> {
                     v.push(match self.scalar(et)? {
                         Value::Int(i) => i,
                         Value::UInt(u) => i64::try_from(u).map_err(|_| "array value too large".to_string())?,
-                        _ => unreachable!("integer element types give Int or UInt"),
+                        _ => return Err(format!("array element type {et} is not an integer")),
                     });
                 }
                 Value::Ints(v)

@@ -244,8 +244,9 @@ impl Tokenizer {
         if first == Some(&b'{') {
             return hf::load(path);
         }
-        // A ModelProto starts with field 1 (pieces), length-delimited: 0x0a.
-        if head.first() == Some(&0x0a) {
+        // A ModelProto starts with field 1 (pieces), length-delimited: 0x0a
+        // (serializers write fields in order); or trust a .model name.
+        if head.first() == Some(&0x0a) || path.extension().is_some_and(|e| e == "model") {
             return Self::from_spm_file(path);
         }
         Err(TokenizerError::UnknownFormat { path: path.into(), head: head.to_vec() })
@@ -570,9 +571,10 @@ impl Tokenizer {
                 out.push(b);
             }
         }
-        let mut norm = String::new();
+        let mut norm = std::mem::take(&mut cache.norm);
         self.normalizer.normalize(text, dummy_prefix, &mut norm);
         bpe.encode(&norm, out, cache, use_cache);
+        cache.norm = norm;
         if opts.eos {
             if let Some(e) = self.eos_id {
                 out.push(e);

@@ -187,7 +187,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn expect(&self, field: u32, wt: u8, want: u8, what: &str) -> Result<(), String> {
+    fn want_wire(&self, field: u32, wt: u8, want: u8, what: &str) -> Result<(), String> {
         if wt == want {
             Ok(())
         } else {
@@ -196,25 +196,25 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, field: u32, wt: u8, what: &str) -> Result<String, String> {
-        self.expect(field, wt, WT_LEN, what)?;
+        self.want_wire(field, wt, WT_LEN, what)?;
         let b = self.len_delimited()?;
         String::from_utf8(b.to_vec()).map_err(|_| format!("{}: {what} is not valid UTF-8", self.ctx))
     }
 
     fn bool(&mut self, field: u32, wt: u8, what: &str) -> Result<bool, String> {
-        self.expect(field, wt, WT_VARINT, what)?;
+        self.want_wire(field, wt, WT_VARINT, what)?;
         Ok(self.varint()? != 0)
     }
 
     /// int32 fields: negative values are sign-extended 10-byte varints.
     fn int32(&mut self, field: u32, wt: u8, what: &str) -> Result<i32, String> {
-        self.expect(field, wt, WT_VARINT, what)?;
+        self.want_wire(field, wt, WT_VARINT, what)?;
         let v = self.varint()? as i64;
         i32::try_from(v).map_err(|_| format!("{}: {what} = {v} is out of int32 range", self.ctx))
     }
 
     fn float(&mut self, field: u32, wt: u8, what: &str) -> Result<f32, String> {
-        self.expect(field, wt, WT_FIXED32, what)?;
+        self.want_wire(field, wt, WT_FIXED32, what)?;
         let b = self.take(4)?;
         Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
@@ -231,7 +231,7 @@ fn parse_piece(buf: &[u8], index: usize) -> Result<SpmPiece, String> {
             1 => piece = Some(r.string(f, wt, "piece")?),
             2 => score = r.float(f, wt, "score")?,
             3 => {
-                r.expect(f, wt, WT_VARINT, "type")?;
+                r.want_wire(f, wt, WT_VARINT, "type")?;
                 let t = r.varint()?;
                 kind = PieceKind::from_code(t as i64).ok_or_else(|| format!("piece {index}: unknown piece type {t}"))?;
             }
@@ -288,7 +288,7 @@ fn parse_normalizer(buf: &[u8]) -> Result<NormalizerSpec, String> {
         match f {
             1 => n.name = r.string(f, wt, "name")?,
             2 => {
-                r.expect(f, wt, WT_LEN, "precompiled_charsmap")?;
+                r.want_wire(f, wt, WT_LEN, "precompiled_charsmap")?;
                 n.precompiled_charsmap = r.len_delimited()?.to_vec();
             }
             3 => n.add_dummy_prefix = r.bool(f, wt, "add_dummy_prefix")?,
@@ -309,17 +309,17 @@ impl ModelProto {
             let (f, wt) = r.key()?;
             match f {
                 1 => {
-                    r.expect(f, wt, WT_LEN, "pieces")?;
+                    r.want_wire(f, wt, WT_LEN, "pieces")?;
                     let b = r.len_delimited()?;
                     m.pieces.push(parse_piece(b, m.pieces.len())?);
                 }
                 2 => {
-                    r.expect(f, wt, WT_LEN, "trainer_spec")?;
+                    r.want_wire(f, wt, WT_LEN, "trainer_spec")?;
                     m.trainer = parse_trainer(r.len_delimited()?)?;
                     m.has_trainer_spec = true;
                 }
                 3 => {
-                    r.expect(f, wt, WT_LEN, "normalizer_spec")?;
+                    r.want_wire(f, wt, WT_LEN, "normalizer_spec")?;
                     m.normalizer = parse_normalizer(r.len_delimited()?)?;
                     m.has_normalizer_spec = true;
                 }

@@ -438,14 +438,14 @@ fn bench(a: BenchArgs) -> Result<()> {
     let use_cache = !a.no_cache;
     let run = || -> Result<(f64, usize)> {
         let t0 = Instant::now();
-        // a fresh cache per text: no run profits from an earlier one
+        // fresh caches in every run (one per rayon work split, as
+        // `encode_batch` does): no run profits from an earlier one
         let n: Result<Vec<usize>> = pool.install(|| {
             texts
                 .par_iter()
-                .map(|s| {
-                    let mut cache = EncodeCache::new();
+                .map_init(EncodeCache::new, |cache, s| {
                     let mut out = Vec::with_capacity(s.len() / 3);
-                    t.encode_into(s, opts, true, use_cache, &mut cache, &mut out)?;
+                    t.encode_into(s, opts, true, use_cache, cache, &mut out)?;
                     Ok(out.len())
                 })
                 .collect()
