@@ -138,10 +138,7 @@ fn train_writes_a_model_that_loads_and_round_trips() {
     assert_eq!(t.vocab_size(), 600);
     // deterministic: a second run writes the same bytes
     let again = d.join("again.model");
-    let (ok, _, err) = tool(&[
-        "tokenizer", "train", "--input", s(&repo("tests/data/corpora/botchan/botchan.txt")),
-        "--vocab-size", "600", "--out", s(&again),
-    ]);
+    let (ok, _, err) = tool(&["tokenizer", "train", "--input", s(&repo("tests/data/corpora/botchan/botchan.txt")), "--vocab-size", "600", "--out", s(&again)]);
     assert!(ok, "{err}");
     assert_eq!(std::fs::read(&model).unwrap(), std::fs::read(&again).unwrap());
     let text = std::fs::read_to_string(repo("tests/data/corpora/botchan/botchan.txt")).unwrap();

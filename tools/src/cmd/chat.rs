@@ -38,6 +38,9 @@ pub struct ChatArgs {
     /// Random seed
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Print each answer as one JSON line {"answer": ..., "ended_with_eos": ...}
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub dev: DeviceOpts,
 }
@@ -79,7 +82,11 @@ impl Job for ChatJob {
                 ans.pop();
             }
             let text = tok.decode(&ans)?;
-            println!("{}", text.trim());
+            if a.json {
+                println!("{}", serde_json::json!({"answer": text.trim(), "ended_with_eos": out.ended[0]}));
+            } else {
+                println!("{}", text.trim());
+            }
             dialog.push(Message::new(Role::Assistant, text.trim().to_string()));
         }
         Ok(())

@@ -278,7 +278,18 @@ fn curve(recs: &[Value], key: &str) -> Vec<(f64, f64)> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn report(a: &PipelineArgs, run: &Path, timer: &Timer, bytes: usize, paras: usize, n_train: u64, n_val: u64, n_sft: usize, n_dialogs: usize, tok: &Tokenizer) -> Result<()> {
+fn report(
+    a: &PipelineArgs,
+    run: &Path,
+    timer: &Timer,
+    bytes: usize,
+    paras: usize,
+    n_train: u64,
+    n_val: u64,
+    n_sft: usize,
+    n_dialogs: usize,
+    tok: &Tokenizer,
+) -> Result<()> {
     let pre = MetricsLog::read(&run.join("pretrain/metrics.jsonl"))?;
     let sft = MetricsLog::read(&run.join("sft/metrics.jsonl"))?;
     let pre_sum: Value = serde_json::from_str(&std::fs::read_to_string(run.join("pretrain/summary.json"))?)?;
@@ -294,14 +305,28 @@ fn report(a: &PipelineArgs, run: &Path, timer: &Timer, bytes: usize, paras: usiz
     writeln!(r, "# Pipeline run `{}`\n", a.name)?;
     writeln!(r, "Produced by `train-tool pipeline` ({} device). Every number below was measured in this run.\n", a.dev.device_name())?;
     writeln!(r, "## Data\n")?;
-    writeln!(r, "- corpus: {paras} paragraphs, {bytes} bytes; BPE vocabulary of {} pieces (Llama settings: byte fallback, split digits, dummy prefix)", tok.vocab_size())?;
+    writeln!(
+        r,
+        "- corpus: {paras} paragraphs, {bytes} bytes; BPE vocabulary of {} pieces (Llama settings: byte fallback, split digits, dummy prefix)",
+        tok.vocab_size()
+    )?;
     writeln!(r, "- pretraining tokens: {n_train} train, {n_val} validation (every 20th paragraph)")?;
-    writeln!(r, "- SFT: {n_sft} of {n_dialogs} instruction dialogs (those of at most {} tokens), Llama-2-chat format, loss on answers only\n", a.sft_max_tokens)?;
+    writeln!(
+        r,
+        "- SFT: {n_sft} of {n_dialogs} instruction dialogs (those of at most {} tokens), Llama-2-chat format, loss on answers only\n",
+        a.sft_max_tokens
+    )?;
     writeln!(r, "## Model\n")?;
     writeln!(
         r,
         "`{}` preset: hidden {}, {} layers, {} heads / {} KV heads, ffn {}, vocab {}\n",
-        a.preset, cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"], cfg["vocab_size"]
+        a.preset,
+        cfg["hidden_size"],
+        cfg["num_hidden_layers"],
+        cfg["num_attention_heads"],
+        cfg["num_key_value_heads"],
+        cfg["intermediate_size"],
+        cfg["vocab_size"]
     )?;
     writeln!(r, "## Results\n")?;
     writeln!(r, "| | value |\n|---|---|")?;
@@ -311,7 +336,13 @@ fn report(a: &PipelineArgs, run: &Path, timer: &Timer, bytes: usize, paras: usiz
     if let Some(v) = curve(&sft, "val_loss").last() {
         writeln!(r, "| final SFT validation loss (answer tokens) | {:.4} |", v.1)?;
     }
-    writeln!(r, "| held-out chat answers ending with EOS | {ended}/{} ({:.0}%, greedy, {} tokens max) |", samples.len(), 100.0 * ended as f64 / samples.len().max(1) as f64, a.sft_max_tokens)?;
+    writeln!(
+        r,
+        "| held-out chat answers ending with EOS | {ended}/{} ({:.0}%, greedy, {} tokens max) |",
+        samples.len(),
+        100.0 * ended as f64 / samples.len().max(1) as f64,
+        a.sft_max_tokens
+    )?;
     writeln!(r)?;
     for p in &plots {
         writeln!(r, "![{}]({})\n", p.0, p.1)?;
@@ -335,11 +366,20 @@ fn report(a: &PipelineArgs, run: &Path, timer: &Timer, bytes: usize, paras: usiz
             e["kg_co2eq"].as_f64().unwrap_or(0.0)
         )?;
     }
-    writeln!(r, "\nCarbon intensity {} kg CO2eq/kWh; power per device as given by `--power-watts` (default 700 W per GPU, 15 W per CPU thread).\n", pre_sum["energy"]["kg_co2_per_kwh"])?;
+    writeln!(
+        r,
+        "\nCarbon intensity {} kg CO2eq/kWh; power per device as given by `--power-watts` (default 700 W per GPU, 15 W per CPU thread).\n",
+        pre_sum["energy"]["kg_co2_per_kwh"]
+    )?;
     writeln!(r, "## Chat samples (held-out prompts)\n")?;
     for s in samples.iter().take(8) {
         writeln!(r, "**user:** {}\n", s["prompt"].as_str().unwrap_or("").trim())?;
-        writeln!(r, "**model:** {}{}\n", s["answer"].as_str().unwrap_or("").trim(), if s["ended_with_eos"].as_bool() == Some(true) { "" } else { " [no EOS]" })?;
+        writeln!(
+            r,
+            "**model:** {}{}\n",
+            s["answer"].as_str().unwrap_or("").trim(),
+            if s["ended_with_eos"].as_bool() == Some(true) { "" } else { " [no EOS]" }
+        )?;
         if let Some(rf) = s["reference"].as_str() {
             writeln!(r, "*reference:* {}\n", rf.trim())?;
         }

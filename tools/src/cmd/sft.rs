@@ -95,14 +95,24 @@ impl Job for SftJob {
         let out = a.run.out.clone();
         let (model, state, moments, resumed, model_dir) = if let Some(r) = &a.run.resume {
             let ld = checkpoint::load(be, r).with_context(|| format!("resuming from {}", r.display()))?;
-            check_resume(&ld.state.config, &[("batch_size", json!(b)), ("seq_len", json!(t)), ("grad_accum", json!(a.run.grad_accum)), ("data", json!(a.data))])?;
+            check_resume(
+                &ld.state.config,
+                &[("batch_size", json!(b)), ("seq_len", json!(t)), ("grad_accum", json!(a.run.grad_accum)), ("data", json!(a.data))],
+            )?;
             eprintln!("resuming from {} at step {}", ld.dir.display(), ld.state.step);
             let dir = ld.dir.clone();
             (ld.model, ld.state, Some(ld.moments), true, dir)
         } else {
             let dir = a.init.clone().context("--init DIR is required")?;
             let m = Model::load(be, &dir).with_context(|| format!("loading {}", dir.display()))?;
-            let st = TrainState { step: 0, data: Default::default(), rng: Rng::derive(a.run.seed, "run").state(), tokens_seen: 0, elapsed_s: 0.0, config: json!(null) };
+            let st = TrainState {
+                step: 0,
+                data: Default::default(),
+                rng: Rng::derive(a.run.seed, "run").state(),
+                tokens_seen: 0,
+                elapsed_s: 0.0,
+                config: json!(null),
+            };
             (m, st, None, false, dir)
         };
         let tok = find_tokenizer(&a.tokenizer, &model_dir).or_else(|e| match &a.init {
@@ -156,7 +166,12 @@ impl Job for SftJob {
                 .map(|x| json!({"prompt": x.prompt.last().map(|m| m.content.clone()), "answer": x.answer, "reference": x.reference, "ended_with_eos": x.ended, "tokens": x.tokens}))
                 .collect();
             llama2_model::weights::write_atomic(&out.join("samples.json"), serde_json::to_string_pretty(&recs)?.as_bytes())?;
-            eprintln!("{ended}/{} held-out answers ended with EOS (greedy, {} tokens max); see {}", samples.len(), a.sample_tokens, out.join("samples.json").display());
+            eprintln!(
+                "{ended}/{} held-out answers ended with EOS (greedy, {} tokens max); see {}",
+                samples.len(),
+                a.sample_tokens,
+                out.join("samples.json").display()
+            );
         }
         eprintln!("final model: {}", final_dir.display());
         Ok(())

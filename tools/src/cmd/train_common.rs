@@ -127,7 +127,6 @@ pub struct RunFlags {
 }
 
 impl RunFlags {
-
     pub fn run_config<B: Backend>(&self, label: &str, steps: u64, schedule: LrSchedule, be: &B, resolved: Value) -> RunConfig {
         let cuda = be.name().starts_with("cuda");
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
