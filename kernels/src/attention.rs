@@ -20,7 +20,7 @@
 //! Write rule: `out`, `lse`, `dq`, `dk`, `dv` are overwritten.
 
 use crate::matmul::gemm_strided;
-use crate::{arg_err, check_len, check_min_len, Result, SharedMut};
+use crate::{arg_err, check_len, check_min_len, with_scratch, Result, Scratch, SharedMut};
 use rayon::prelude::*;
 
 /// Query rows per block on the CPU (a block's scores are `Q_BLOCK x tkv`).
@@ -104,34 +104,35 @@ pub fn attention_fwd_cpu(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32],
         let kv_rs = (nkv * hd) as isize;
         let qbase = ((bi * tq + i0) * nh + h) * hd;
         let kbase = (bi * cap * nkv + g) * hd;
-        let mut sc = vec![0f32; qn * nk];
-        // SAFETY: S (qn, nk) is local; q rows i0..i1 of head h and k rows
-        // 0..nk of kv head g lie inside q and k (lengths checked above).
-        unsafe {
-            gemm_strided(qn, nk, hd, sc.as_mut_ptr(), nk as isize, 1, false, q.as_ptr().add(qbase), q_rs, 1, k.as_ptr().add(kbase), 1, kv_rs, scale);
-        }
-        for r in 0..qn {
-            let vis = off + i0 + r + 1; // keys 0..vis are visible
-            let row = &mut sc[r * nk..(r + 1) * nk];
-            let m = row[..vis].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-            let mut sum = 0f32;
-            for x in row[..vis].iter_mut() {
-                *x = (*x - m).exp();
-                sum += *x;
+        with_scratch(Scratch::Task, qn * nk, |sc| {
+            // SAFETY: S (qn, nk) is local; q rows i0..i1 of head h and k rows
+            // 0..nk of kv head g lie inside q and k (lengths checked above).
+            unsafe {
+                gemm_strided(qn, nk, hd, sc.as_mut_ptr(), nk as isize, 1, false, q.as_ptr().add(qbase), q_rs, 1, k.as_ptr().add(kbase), 1, kv_rs, scale);
             }
-            let inv = 1.0 / sum;
-            for x in row[..vis].iter_mut() {
-                *x *= inv;
+            for r in 0..qn {
+                let vis = off + i0 + r + 1; // keys 0..vis are visible
+                let row = &mut sc[r * nk..(r + 1) * nk];
+                let m = row[..vis].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let mut sum = 0f32;
+                for x in row[..vis].iter_mut() {
+                    *x = (*x - m).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in row[..vis].iter_mut() {
+                    *x *= inv;
+                }
+                row[vis..].fill(0.0);
+                // SAFETY: lse element (bi, h, i0+r) belongs to this task only
+                unsafe { lsep.slice((bi * nh + h) * tq + i0 + r, 1)[0] = m + sum.ln() };
             }
-            row[vis..].fill(0.0);
-            // SAFETY: lse element (bi, h, i0+r) belongs to this task only
-            unsafe { lsep.slice((bi * nh + h) * tq + i0 + r, 1)[0] = m + sum.ln() };
-        }
-        // SAFETY: out rows i0..i1 of head h (row stride nh*hd) belong to
-        // this task only; v rows 0..nk of kv head g are in bounds.
-        unsafe {
-            gemm_strided(qn, hd, nk, outp.ptr().add(qbase), q_rs, 1, false, sc.as_ptr(), nk as isize, 1, v.as_ptr().add(kbase), kv_rs, 1, 1.0);
-        }
+            // SAFETY: out rows i0..i1 of head h (row stride nh*hd) belong to
+            // this task only; v rows 0..nk of kv head g are in bounds.
+            unsafe {
+                gemm_strided(qn, hd, nk, outp.ptr().add(qbase), q_rs, 1, false, sc.as_ptr(), nk as isize, 1, v.as_ptr().add(kbase), kv_rs, 1, 1.0);
+            }
+        });
     });
     Ok(())
 }
@@ -171,86 +172,104 @@ pub fn attention_bwd_cpu(
     let scale = 1.0 / (hd as f32).sqrt();
     let q_rs = (nh * hd) as isize;
     let kv_rs = (nkv * hd) as isize;
-    // per query head partials of dK and dV: (b, nh, t, hd)
-    let mut pk = vec![0f32; b * nh * t * hd];
-    let mut pv = vec![0f32; b * nh * t * hd];
-    let dqp = SharedMut(dq.as_mut_ptr());
-    let pkp = SharedMut(pk.as_mut_ptr());
-    let pvp = SharedMut(pv.as_mut_ptr());
-    (0..b * nh).into_par_iter().for_each(|task| {
-        let bi = task / nh;
-        let h = task % nh;
-        let g = h / group;
-        let kbase = (bi * t * nkv + g) * hd;
-        // SAFETY: partial slabs (bi, h) are owned by this task.
-        let (dkh, dvh) = unsafe { (pkp.slice(task * t * hd, t * hd), pvp.slice(task * t * hd, t * hd)) };
-        let mut p = vec![0f32; Q_BLOCK * t];
-        let mut dp = vec![0f32; Q_BLOCK * t];
-        for i0 in (0..t).step_by(Q_BLOCK) {
-            let i1 = (i0 + Q_BLOCK).min(t);
-            let qn = i1 - i0;
-            let nk = i1;
-            let qbase = ((bi * t + i0) * nh + h) * hd;
-            let (p, dp) = (&mut p[..qn * nk], &mut dp[..qn * nk]);
-            // SAFETY (all gemm calls below): q/dout/out rows i0..i1 of head h
-            // (stride nh*hd), k/v rows 0..nk of kv head g (stride nkv*hd),
-            // local P/dP (qn, nk) and this task's partial slabs (t, hd); dq
-            // rows i0..i1 of head h belong to this task only.
-            unsafe {
-                gemm_strided(qn, nk, hd, p.as_mut_ptr(), nk as isize, 1, false, q.as_ptr().add(qbase), q_rs, 1, k.as_ptr().add(kbase), 1, kv_rs, scale);
-            }
-            for r in 0..qn {
-                let vis = i0 + r + 1;
-                let l = lse[(bi * nh + h) * t + i0 + r];
-                let row = &mut p[r * nk..(r + 1) * nk];
-                for x in row[..vis].iter_mut() {
-                    *x = (*x - l).exp();
+    // per query head partials of dK and dV: (b, nh, t, hd) each
+    let slab = b * nh * t * hd;
+    with_scratch(Scratch::Outer, 2 * slab, |partials| {
+        let (pk, pv) = partials.split_at_mut(slab);
+        let dqp = SharedMut(dq.as_mut_ptr());
+        let pkp = SharedMut(pk.as_mut_ptr());
+        let pvp = SharedMut(pv.as_mut_ptr());
+        (0..b * nh).into_par_iter().for_each(|task| {
+            let bi = task / nh;
+            let h = task % nh;
+            let g = h / group;
+            let kbase = (bi * t * nkv + g) * hd;
+            // SAFETY: partial slabs (bi, h) are owned by this task.
+            let (dkh, dvh) = unsafe { (pkp.slice(task * t * hd, t * hd), pvp.slice(task * t * hd, t * hd)) };
+            with_scratch(Scratch::Task, 2 * Q_BLOCK * t, |pdp| {
+                let (p, dp) = pdp.split_at_mut(Q_BLOCK * t);
+                for i0 in (0..t).step_by(Q_BLOCK) {
+                    let i1 = (i0 + Q_BLOCK).min(t);
+                    let qn = i1 - i0;
+                    let nk = i1;
+                    let qbase = ((bi * t + i0) * nh + h) * hd;
+                    let (p, dp) = (&mut p[..qn * nk], &mut dp[..qn * nk]);
+                    // SAFETY (all gemm calls below): q/dout/out rows i0..i1 of head h
+                    // (stride nh*hd), k/v rows 0..nk of kv head g (stride nkv*hd),
+                    // local P/dP (qn, nk) and this task's partial slabs (t, hd); dq
+                    // rows i0..i1 of head h belong to this task only.
+                    unsafe {
+                        gemm_strided(qn, nk, hd, p.as_mut_ptr(), nk as isize, 1, false, q.as_ptr().add(qbase), q_rs, 1, k.as_ptr().add(kbase), 1, kv_rs, scale);
+                    }
+                    for r in 0..qn {
+                        let vis = i0 + r + 1;
+                        let l = lse[(bi * nh + h) * t + i0 + r];
+                        let row = &mut p[r * nk..(r + 1) * nk];
+                        for x in row[..vis].iter_mut() {
+                            *x = (*x - l).exp();
+                        }
+                        row[vis..].fill(0.0);
+                    }
+                    unsafe {
+                        // dV_h (nk, hd) += P^T (nk, qn) dO (qn, hd)
+                        gemm_strided(nk, hd, qn, dvh.as_mut_ptr(), hd as isize, 1, true, p.as_ptr(), 1, nk as isize, dout.as_ptr().add(qbase), q_rs, 1, 1.0);
+                        // dP (qn, nk) = dO (qn, hd) V^T (hd, nk)
+                        gemm_strided(
+                            qn,
+                            nk,
+                            hd,
+                            dp.as_mut_ptr(),
+                            nk as isize,
+                            1,
+                            false,
+                            dout.as_ptr().add(qbase),
+                            q_rs,
+                            1,
+                            v.as_ptr().add(kbase),
+                            1,
+                            kv_rs,
+                            1.0,
+                        );
+                    }
+                    for r in 0..qn {
+                        let o = qbase + r * nh * hd;
+                        let d = crate::dot(&dout[o..o + hd], &out[o..o + hd]);
+                        let (pr, dpr) = (&p[r * nk..(r + 1) * nk], &mut dp[r * nk..(r + 1) * nk]);
+                        for (x, &pp) in dpr.iter_mut().zip(pr) {
+                            // dS = P ⊙ (dP − D); the masked entries have P = 0
+                            *x = pp * (*x - d);
+                        }
+                    }
+                    unsafe {
+                        // dQ (qn, hd) = scale · dS (qn, nk) K (nk, hd)
+                        gemm_strided(qn, hd, nk, dqp.ptr().add(qbase), q_rs, 1, false, dp.as_ptr(), nk as isize, 1, k.as_ptr().add(kbase), kv_rs, 1, scale);
+                        // dK_h (nk, hd) += scale · dS^T (nk, qn) Q (qn, hd)
+                        gemm_strided(nk, hd, qn, dkh.as_mut_ptr(), hd as isize, 1, true, dp.as_ptr(), 1, nk as isize, q.as_ptr().add(qbase), q_rs, 1, scale);
+                    }
                 }
-                row[vis..].fill(0.0);
-            }
-            unsafe {
-                // dV_h (nk, hd) += P^T (nk, qn) dO (qn, hd)
-                gemm_strided(nk, hd, qn, dvh.as_mut_ptr(), hd as isize, 1, true, p.as_ptr(), 1, nk as isize, dout.as_ptr().add(qbase), q_rs, 1, 1.0);
-                // dP (qn, nk) = dO (qn, hd) V^T (hd, nk)
-                gemm_strided(qn, nk, hd, dp.as_mut_ptr(), nk as isize, 1, false, dout.as_ptr().add(qbase), q_rs, 1, v.as_ptr().add(kbase), 1, kv_rs, 1.0);
-            }
-            for r in 0..qn {
-                let o = qbase + r * nh * hd;
-                let d = crate::dot(&dout[o..o + hd], &out[o..o + hd]);
-                let (pr, dpr) = (&p[r * nk..(r + 1) * nk], &mut dp[r * nk..(r + 1) * nk]);
-                for (x, &pp) in dpr.iter_mut().zip(pr) {
-                    // dS = P ⊙ (dP − D); the masked entries have P = 0
-                    *x = pp * (*x - d);
+            });
+        });
+        // sum the partials of the heads of each group, in head order
+        let dkp = SharedMut(dk.as_mut_ptr());
+        let dvp = SharedMut(dv.as_mut_ptr());
+        (0..b * t).into_par_iter().for_each(|bt| {
+            let bi = bt / t;
+            let ti = bt % t;
+            for g in 0..nkv {
+                let o = (bt * nkv + g) * hd;
+                // SAFETY: row (bi, ti) of dk/dv belongs to this task only
+                let (dkr, dvr) = unsafe { (dkp.slice(o, hd), dvp.slice(o, hd)) };
+                dkr.fill(0.0);
+                dvr.fill(0.0);
+                for h in g * group..(g + 1) * group {
+                    let po = ((bi * nh + h) * t + ti) * hd;
+                    for j in 0..hd {
+                        dkr[j] += pk[po + j];
+                        dvr[j] += pv[po + j];
+                    }
                 }
             }
-            unsafe {
-                // dQ (qn, hd) = scale · dS (qn, nk) K (nk, hd)
-                gemm_strided(qn, hd, nk, dqp.ptr().add(qbase), q_rs, 1, false, dp.as_ptr(), nk as isize, 1, k.as_ptr().add(kbase), kv_rs, 1, scale);
-                // dK_h (nk, hd) += scale · dS^T (nk, qn) Q (qn, hd)
-                gemm_strided(nk, hd, qn, dkh.as_mut_ptr(), hd as isize, 1, true, dp.as_ptr(), 1, nk as isize, q.as_ptr().add(qbase), q_rs, 1, scale);
-            }
-        }
-    });
-    // sum the partials of the heads of each group, in head order
-    let dkp = SharedMut(dk.as_mut_ptr());
-    let dvp = SharedMut(dv.as_mut_ptr());
-    (0..b * t).into_par_iter().for_each(|bt| {
-        let bi = bt / t;
-        let ti = bt % t;
-        for g in 0..nkv {
-            let o = (bt * nkv + g) * hd;
-            // SAFETY: row (bi, ti) of dk/dv belongs to this task only
-            let (dkr, dvr) = unsafe { (dkp.slice(o, hd), dvp.slice(o, hd)) };
-            dkr.fill(0.0);
-            dvr.fill(0.0);
-            for h in g * group..(g + 1) * group {
-                let po = ((bi * nh + h) * t + ti) * hd;
-                for j in 0..hd {
-                    dkr[j] += pk[po + j];
-                    dvr[j] += pv[po + j];
-                }
-            }
-        }
+        });
     });
     Ok(())
 }

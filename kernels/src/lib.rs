@@ -146,3 +146,41 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
         *yi += alpha * xi;
     }
 }
+
+/// Which per-thread scratch buffer a kernel uses: `Outer` for a buffer held
+/// by the calling thread across a parallel loop, `Task` for one used inside
+/// a single task of that loop (a thread waiting in the loop runs other tasks
+/// of it, so the two must differ).
+#[derive(Clone, Copy)]
+pub(crate) enum Scratch {
+    Outer,
+    Task,
+}
+
+thread_local! {
+    static SCRATCH_OUTER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH_TASK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a zeroed scratch slice of `n` floats that lives in a
+/// per-thread buffer reused across calls. Fresh large allocations are
+/// mapped to the zero page, so every first write page-faults and flushes
+/// TLBs on all cores; reusing the buffer keeps the pages mapped. Falls back
+/// to a fresh allocation if the buffer is in use (re-entrant call).
+pub(crate) fn with_scratch<R>(which: Scratch, n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let key = match which {
+        Scratch::Outer => &SCRATCH_OUTER,
+        Scratch::Task => &SCRATCH_TASK,
+    };
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+            let s = &mut v[..n];
+            s.fill(0.0);
+            f(s)
+        }
+        Err(_) => f(&mut vec![0f32; n]),
+    })
+}
