@@ -143,6 +143,12 @@ const ADAMW_ATOL: f64 = 1e-9;
 /// lr·g/(|g| + eps), which for |g| near eps = 1e-5 amplifies the ~1e-6
 /// gradient differences of two f32 implementations.
 const STEP_RTOL: f64 = 1e-5;
+/// Global gradient norm: torch sums the squares in f32 (per tensor, then
+/// the norm of the norms), a relative rounding error up to ~log2(n)·2^-24
+/// ≈ 1.2e-6 for n ≈ 1e6 elements; ours sums in f64. 1e-5 covers that with
+/// margin and is far below any real difference (a missing tensor or a
+/// wrong scale changes the norm by percents).
+const GRAD_NORM_RTOL: f64 = 1e-5;
 /// The 10-step loss trajectory: each step's loss within 1e-5 relative.
 const TRAJ_RTOL: f64 = 1e-5;
 
@@ -177,7 +183,7 @@ fn check_optimizer_alone(dir: &Path) {
     let mut opt = AdamW::new(&be, &model.layout, TORCH_ADAMW).unwrap();
     let st = opt.update(&be, &mut model.params, &grads, &model.layout, 1e-3).unwrap();
     let want_norm = reference.read("grad_norm").unwrap().data[0] as f64;
-    assert!((st.grad_norm - want_norm).abs() <= 1e-6 * want_norm, "grad norm {} vs {want_norm}", st.grad_norm);
+    assert!((st.grad_norm - want_norm).abs() <= GRAD_NORM_RTOL * want_norm, "grad norm {} vs {want_norm}", st.grad_norm);
     let after = model.layout.to_host(&cfg, &model.params_host(&be).unwrap());
     for (name, got) in &after {
         let want = reference.read(&format!("adamw.{name}")).unwrap();
