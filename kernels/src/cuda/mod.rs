@@ -25,6 +25,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod rmsnorm;
 pub mod rope;
+pub mod report;
 pub mod swiglu;
 
 use crate::{KernelError, Result};
