@@ -121,6 +121,32 @@ impl CudaBackend {
         self.ctx.name().unwrap_or_else(|_| "unknown".into())
     }
 
+    /// Device time in ms of the work `f` enqueues on this backend's stream,
+    /// between two CUDA events (waits for the end event).
+    pub fn time_ms(&self, f: impl FnOnce() -> Result<()>) -> Result<f32> {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let e0 = self.ctx.new_event(flags).map_err(|e| cu_err("event", e))?;
+        let e1 = self.ctx.new_event(flags).map_err(|e| cu_err("event", e))?;
+        e0.record(&self.stream).map_err(|e| cu_err("event record", e))?;
+        f()?;
+        e1.record(&self.stream).map_err(|e| cu_err("event record", e))?;
+        e0.elapsed_ms(&e1).map_err(|e| cu_err("event elapsed", e))
+    }
+
+    /// The bf16 working copy of a `Param` window, as f32 (for checks: it
+    /// must equal bf16(master) after every op that writes the buffer).
+    pub fn download_work(&self, src: View<Self>) -> Result<Vec<f32>> {
+        let Store::Param { work, .. } = &src.buf.st else {
+            return Err(RtError::Op { op: "download_work", msg: "not a Param buffer".into() });
+        };
+        let mut bits = vec![0u16; src.len];
+        if src.len > 0 {
+            self.stream.memcpy_dtoh(&work.slice(src.off..src.off + src.len), &mut bits).map_err(|e| cu_err("download", e))?;
+            self.stream.synchronize().map_err(|e| cu_err("synchronize", e))?;
+        }
+        Ok(bits.into_iter().map(|b| bf16::from_bits(b).to_f32()).collect())
+    }
+
     fn tmp_u16(&self, n: usize) -> Result<CudaSlice<u16>> {
         // SAFETY: every use writes the temporary fully before reading it.
         unsafe { self.stream.alloc::<u16>(n.max(1)) }.map_err(|e| cu_err("temporary allocation", e))
