@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The device check: run ON the GPU machine (H100/H200, driver R580, CUDA 13,
+# PyTorch there), from the binary built elsewhere by tools/device-build.sh
+# (.devbin/train-tool; set TRAIN_TOOL to use another). Under 5 minutes:
+#   1. train-tool gpu-check: every CUDA kernel vs its CPU counterpart, then
+#      the kernel timings at Llama-2 7B shapes (--bench-json)
+#   2. tools/bench/torch_gpu_peer.py: PyTorch on the same shapes
+#   3. tools/bench/table.py: the table, printed last
+# Logs and JSON go to $OUT (the device tool's output folder) or
+# /tmp/device-check. Copy the table into docs/gpu-validation.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${TRAIN_TOOL:-.devbin/train-tool}
+DEST=${OUT:-/tmp/device-check}
+mkdir -p "$DEST"
+if [ ! -x "$BIN" ]; then
+  echo "device-check: no $BIN; HINT: run tools/device-build.sh on the build machine and carry .devbin" >&2
+  exit 1
+fi
+# cuBLASLt 13: the machine's PyTorch wheels carry it; cudarc finds it by name
+LT=$(python3 - <<'PY' 2>/dev/null
+import glob, os, site, sys
+roots = site.getsitepackages() + [os.path.dirname(os.__file__)]
+for r in roots:
+    for p in glob.glob(os.path.join(r, "nvidia", "**", "libcublasLt.so*"), recursive=True):
+        print(os.path.dirname(p)); sys.exit(0)
+PY
+)
+[ -z "$LT" ] && LT=$(dirname "$(find /usr /opt -name 'libcublasLt.so.13*' -print -quit 2>/dev/null)" 2>/dev/null)
+[ -n "$LT" ] && export LD_LIBRARY_PATH="$LT${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "commit: $(cat .devbin/COMMIT 2>/dev/null | tr '\n' ' ')"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/card: /'
+  echo "cublasLt: ${LT:-not found}"
+} | tee "$DEST/env.txt"
+SEED=${SEED:-$(date +%s)}
+echo "== gpu-check (seed $SEED)"
+timeout 200 "$BIN" gpu-check --seed "$SEED" --json "$DEST/check.json" --bench-json "$DEST/ours.json" 2>&1 | tee "$DEST/gpu-check.log" | grep -v '^bench ' | grep -Ev ' ok$' | tail -n 40
+RC=${PIPESTATUS[0]}
+echo "== torch peer"
+PYTHONUNBUFFERED=1 timeout 150 python3 tools/bench/torch_gpu_peer.py --json "$DEST/peer.json" > "$DEST/peer.log" 2>&1 || echo "torch peer failed: $(tail -n 3 "$DEST/peer.log")"
+echo "== gpu-check exit code: $RC (0 = every check passed)"
+python3 tools/bench/table.py "$DEST/check.json" "$DEST/ours.json" "$DEST/peer.json" | tee "$DEST/table.txt"
+exit "$RC"
