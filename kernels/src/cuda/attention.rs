@@ -16,6 +16,8 @@ use cudarc::driver::CudaStream;
 
 pub const FWD_D64: &str = "attention_fwd_d64_bf16";
 pub const FWD_D128: &str = "attention_fwd_d128_bf16";
+pub const FWD_MMA_D64: &str = "attention_fwd_mma_d64_bf16";
+pub const FWD_MMA_D128: &str = "attention_fwd_mma_d128_bf16";
 pub const BWD_PRE_D64: &str = "attention_bwd_pre_d64_bf16";
 pub const BWD_PRE_D128: &str = "attention_bwd_pre_d128_bf16";
 pub const BWD_DQ_D64: &str = "attention_bwd_dq_d64_bf16";
@@ -27,6 +29,8 @@ pub const BWD_DKDV_D128: &str = "attention_bwd_dkdv_d128_bf16";
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 /// Warps per block, one query (or key) row each (ATT_WARPS in the .cu).
 pub const WARPS: usize = 4;
+/// Query rows per block of the tensor-core forward (MMA_BQ in the .cu).
+pub const MMA_ROWS: usize = 64;
 const MAX_GRID_YZ: usize = 65535;
 
 fn pick(op: &'static str, hd: usize, d64: &'static str, d128: &'static str) -> Result<&'static str> {
@@ -79,6 +83,29 @@ pub fn attention_fwd_bf16(ks: &KernelStore, st: &CudaStream, out: DPtr<Bf16>, ls
     let (nh, nkv) = (to_i32(name, "n_head", s.n_head)?, to_i32(name, "n_kv_head", s.n_kv_head)?);
     // SAFETY: check_fwd: q/out cover b*tq*n_head*hd, k/v b*cap*n_kv_head*hd
     // (rows < tkv <= cap are read), lse b*n_head*tq; warps past tq return.
+    unsafe { launch!(st, f, name, d, [o, l, qp, kp, vp, b, tq, tkv, cap, nh, nkv]) }
+}
+
+/// Checks of the tensor-core forward (same buffers and alignment as
+/// [`check_fwd`]; 64 query rows per block of 4 warps).
+pub fn check_fwd_mma(out: DPtr<Bf16>, lse: DPtr<f32>, q: DPtr<Bf16>, k: DPtr<Bf16>, v: DPtr<Bf16>, s: &AttnShape) -> Result<(&'static str, LaunchDims)> {
+    const OP: &str = "attention_fwd_mma";
+    check_fwd(out, lse, q, k, v, s)?;
+    let name = pick(OP, s.hd, FWD_MMA_D64, FWD_MMA_D128)?;
+    let d = dims(OP, s.tq.div_ceil(MMA_ROWS) * WARPS, s.n_head, s.b)?;
+    Ok((name, d))
+}
+
+/// The forward on tensor cores (mma.sync bf16, FlashAttention-2 split):
+/// same contract as [`attention_fwd_bf16`]; P is rounded to bf16 for P·V.
+pub fn attention_fwd_mma_bf16(ks: &KernelStore, st: &CudaStream, out: DPtr<Bf16>, lse: DPtr<f32>, q: DPtr<Bf16>, k: DPtr<Bf16>, v: DPtr<Bf16>, s: &AttnShape) -> Result<()> {
+    let (name, d) = check_fwd_mma(out, lse, q, k, v, s)?;
+    let f = ks.func(Family::Attention, name)?;
+    let (o, l, qp, kp, vp) = (out.addr, lse.addr, q.addr, k.addr, v.addr);
+    let (b, tq, tkv, cap) = (to_i32(name, "b", s.b)?, to_i32(name, "tq", s.tq)?, to_i32(name, "tkv", s.tkv)?, to_i32(name, "cap", s.cap)?);
+    let (nh, nkv) = (to_i32(name, "n_head", s.n_head)?, to_i32(name, "n_kv_head", s.n_kv_head)?);
+    // SAFETY: check_fwd: every buffer covers the shape; K/V rows >= tkv are
+    // never read (zero-filled in shared memory); rows past tq are not written.
     unsafe { launch!(st, f, name, d, [o, l, qp, kp, vp, b, tq, tkv, cap, nh, nkv]) }
 }
 

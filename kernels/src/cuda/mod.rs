@@ -214,6 +214,8 @@ pub const ENTRY_POINTS: &[(Family, &str)] = &[
     (Family::Adamw, adamw::STEP),
     (Family::Attention, attention::FWD_D64),
     (Family::Attention, attention::FWD_D128),
+    (Family::Attention, attention::FWD_MMA_D64),
+    (Family::Attention, attention::FWD_MMA_D128),
     (Family::Attention, attention::BWD_PRE_D64),
     (Family::Attention, attention::BWD_PRE_D128),
     (Family::Attention, attention::BWD_DQ_D64),

@@ -12,7 +12,7 @@
 //! the window is converted through a stream-ordered temporary (correct,
 //! slower; the model uses the native kinds).
 //!
-//! Public items: [`CudaBackend`], [`CudaBuf`].
+//! Public items: [`CudaBackend`], [`CudaBuf`], [`AttnFwd`].
 
 use super::gemm::{Blas, OutType};
 use crate::backend::*;
@@ -46,12 +46,28 @@ impl Buffer for CudaBuf {
     }
 }
 
+/// Which attention-forward kernel the backend launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnFwd {
+    /// tensor cores for tq >= MMA_MIN_TQ, the warp-per-row kernel below
+    Auto,
+    /// the warp-per-row f32 kernel (the reference GPU path)
+    Simple,
+    /// the tensor-core kernel at every shape
+    Mma,
+}
+
+/// Below this many query rows (decoding) the warp-per-row kernel is used:
+/// a 64-row tensor-core block would idle most of its rows.
+const MMA_MIN_TQ: usize = 16;
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     ks: KernelStore,
     blas: Blas,
+    attn_fwd: std::sync::Mutex<AttnFwd>,
 }
 
 #[track_caller]
@@ -104,7 +120,28 @@ impl CudaBackend {
         let ks = KernelStore::new(ctx.clone());
         ks.load_all()?;
         let blas = Blas::new(&stream)?;
-        Ok(CudaBackend { ctx, stream, ks, blas })
+        // LLAMA2_ATTN_FWD=simple|mma|auto overrides the kernel choice
+        let attn = match std::env::var("LLAMA2_ATTN_FWD").as_deref() {
+            Ok("simple") => AttnFwd::Simple,
+            Ok("mma") => AttnFwd::Mma,
+            _ => AttnFwd::Auto,
+        };
+        Ok(CudaBackend { ctx, stream, ks, blas, attn_fwd: std::sync::Mutex::new(attn) })
+    }
+
+    /// Chooses the attention-forward kernel (gpu-check runs both).
+    pub fn set_attention_fwd(&self, a: AttnFwd) {
+        if let Ok(mut g) = self.attn_fwd.lock() {
+            *g = a;
+        }
+    }
+
+    fn use_mma(&self, tq: usize) -> bool {
+        match self.attn_fwd.lock().map(|g| *g).unwrap_or(AttnFwd::Auto) {
+            AttnFwd::Auto => tq >= MMA_MIN_TQ,
+            AttnFwd::Simple => false,
+            AttnFwd::Mma => true,
+        }
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -548,7 +585,11 @@ impl Backend for CudaBackend {
         let (vp, _t3) = self.in_bf16(v)?;
         let o = self.out_bf16(out, false)?;
         let l = self.out_f32(lse, false)?;
-        kc::attention::attention_fwd_bf16(&self.ks, &self.stream, o.ptr, l.ptr, qp, kp, vp, &s)?;
+        if self.use_mma(s.tq) {
+            kc::attention::attention_fwd_mma_bf16(&self.ks, &self.stream, o.ptr, l.ptr, qp, kp, vp, &s)?;
+        } else {
+            kc::attention::attention_fwd_bf16(&self.ks, &self.stream, o.ptr, l.ptr, qp, kp, vp, &s)?;
+        }
         self.finish_bf16(o)?;
         self.finish_f32(l)
     }

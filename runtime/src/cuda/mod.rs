@@ -8,7 +8,7 @@ mod backend;
 #[cfg(feature = "cuda")]
 pub mod gemm;
 #[cfg(feature = "cuda")]
-pub use backend::{CudaBackend, CudaBuf};
+pub use backend::{AttnFwd, CudaBackend, CudaBuf};
 
 #[cfg(not(feature = "cuda"))]
 mod stub {

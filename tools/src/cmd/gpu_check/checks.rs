@@ -103,6 +103,45 @@ fn get<B: Backend>(be: &B, b: &B::Buf) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// Naive attention forward with the rounding points of the tensor-core
+/// kernel: scores and softmax in f32, P rounded to bf16 for P·V (row sums
+/// from the f32 P), the output rounded to bf16. Rows in parallel.
+fn attention_naive_bf16p(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32> {
+    use rayon::prelude::*;
+    let AttnShape { b, tq, tkv, cap, n_head: nh, n_kv_head: nkv, hd } = s;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; b * tq * nh * hd];
+    out.par_chunks_mut(hd).enumerate().for_each(|(row, o)| {
+        let h = row % nh;
+        let i = (row / nh) % tq;
+        let bi = row / (nh * tq);
+        let g = h / (nh / nkv);
+        let qr = &q[row * hd..(row + 1) * hd];
+        let vis = tkv - tq + i + 1;
+        let sc: Vec<f32> = (0..vis)
+            .map(|j| {
+                let kr = &k[((bi * cap + j) * nkv + g) * hd..][..hd];
+                qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale
+            })
+            .collect();
+        let m = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let p: Vec<f32> = sc.iter().map(|x| (x - m).exp()).collect();
+        let l: f32 = p.iter().sum();
+        let mut acc = vec![0f32; hd];
+        for (j, &pj) in p.iter().enumerate() {
+            let pb = bfr(pj);
+            let vr = &v[((bi * cap + j) * nkv + g) * hd..][..hd];
+            for (a, &x) in acc.iter_mut().zip(vr) {
+                *a += pb * x;
+            }
+        }
+        for (oi, a) in o.iter_mut().zip(acc) {
+            *oi = bfr(a / l);
+        }
+    });
+    out
+}
+
 impl Checker {
     pub fn new(cpu: CpuBackend, gpu: CudaBackend, seed: u64, quick: bool) -> Self {
         Checker { cpu, gpu, rng: Rng::derive(seed, "gpu-check"), quick, rows: Vec::new() }
@@ -161,6 +200,16 @@ impl Checker {
         }
         let ok = len_ok && bad == 0 && used <= 1.0;
         self.rows.push(Row { name, max_abs, used, ok, first_bad });
+    }
+
+    /// flash-attn's rule against an explicit naive bf16 reference `naive`
+    /// (computed with the kernel's own bf16 rounding points): max|g − r| <=
+    /// factor·max|naive − r| + F32_FLOOR·max|r|.
+    fn cmp_naive(&mut self, name: String, g: &[f32], r: &[f32], naive: &[f32], factor: f64) {
+        let max_ref = r.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+        let naive_err = naive.iter().zip(r).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+        let limit = factor * naive_err + F32_FLOOR * max_ref;
+        self.cmp(name, g, r, Rule::MaxRel { tol: limit / max_ref.max(f64::MIN_POSITIVE) });
     }
 
     /// Prints the table; returns the number of failed rows.
@@ -224,8 +273,9 @@ impl Checker {
                 }
             }
         }
-        for (tkv, cap) in [(97, 128), (1000, 1024)] {
-            self.attention_decode(AttnShape { b: 2, tq: 1, tkv, cap, n_head: 16, n_kv_head: 8, hd: 128 })?;
+        // decoding (one query) and a prefill chunk against a cache
+        for (tq, tkv, cap, hd) in [(1, 97, 128, 128), (1, 1000, 1024, 128), (1, 33, 40, 64), (37, 100, 128, 128), (70, 70, 96, 64)] {
+            self.attention_decode(AttnShape { b: 2, tq, tkv, cap, n_head: 16, n_kv_head: 8, hd })?;
         }
         Ok(())
     }
@@ -488,13 +538,24 @@ impl Checker {
         let gv = put(&self.gpu, &vv, BufKind::Act)?;
         let mut co = put(&self.cpu, &vec![0.0; q.len()], BufKind::Act)?;
         let mut cl = put(&self.cpu, &vec![0.0; b * nh * t], BufKind::F32)?;
-        let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
-        let mut gl = nan_buf(&self.gpu, b * nh * t, BufKind::F32)?;
         self.cpu.attention_fwd(vm::<CpuBackend>(&mut co), vm::<CpuBackend>(&mut cl), v::<CpuBackend>(&cq), v::<CpuBackend>(&ck), v::<CpuBackend>(&cv), s)?;
-        self.gpu.attention_fwd(vm::<CudaBackend>(&mut go), vm::<CudaBackend>(&mut gl), v::<CudaBackend>(&gq), v::<CudaBackend>(&gk), v::<CudaBackend>(&gv), s)?;
         let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
-        self.cmp(format!("{tag} fwd: out"), &get(&self.gpu, &go)?, &out_ref, Rule::FlashAttn { factor: FA_FWD });
-        self.cmp(format!("{tag} fwd: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
+        // the tensor-core kernel rounds P to bf16: its naive reference does too
+        let naive_p = attention_naive_bf16p(&q, &k, &vv, s);
+        for imp in [AttnFwd::Simple, AttnFwd::Mma] {
+            self.gpu.set_attention_fwd(imp);
+            let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
+            let mut gl = nan_buf(&self.gpu, b * nh * t, BufKind::F32)?;
+            self.gpu.attention_fwd(vm::<CudaBackend>(&mut go), vm::<CudaBackend>(&mut gl), v::<CudaBackend>(&gq), v::<CudaBackend>(&gk), v::<CudaBackend>(&gv), s)?;
+            let g = get(&self.gpu, &go)?;
+            let name = format!("{tag} fwd {imp:?}: out");
+            match imp {
+                AttnFwd::Mma => self.cmp_naive(name, &g, &out_ref, &naive_p, FA_FWD),
+                _ => self.cmp(name, &g, &out_ref, Rule::FlashAttn { factor: FA_FWD }),
+            }
+            self.cmp(format!("{tag} fwd {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
+        }
+        self.gpu.set_attention_fwd(AttnFwd::Auto);
         // backward from the same (bf16-rounded) forward output on both sides
         let out_bf: Vec<f32> = out_ref.iter().map(|&x| bfr(x)).collect();
         let (cout, gout) = (put(&self.cpu, &out_bf, BufKind::Act)?, put(&self.gpu, &out_bf, BufKind::Act)?);
@@ -538,9 +599,9 @@ impl Checker {
     }
 
     fn attention_decode(&mut self, s: AttnShape) -> anyhow::Result<()> {
-        let AttnShape { b, tkv, cap, n_head: nh, n_kv_head: nkv, hd, .. } = s;
-        let tag = format!("attention decode b={b} tkv={tkv} cap={cap} hd={hd} h={nh} kv={nkv}");
-        let q = self.randn(b * nh * hd, 1.0);
+        let AttnShape { b, tq, tkv, cap, n_head: nh, n_kv_head: nkv, hd } = s;
+        let tag = format!("attention decode b={b} tq={tq} tkv={tkv} cap={cap} hd={hd} h={nh} kv={nkv}");
+        let q = self.randn(b * tq * nh * hd, 1.0);
         // rows past tkv hold garbage that must not be read
         let mut k = self.randn(b * cap * nkv * hd, 1.0);
         let mut vv = self.randn(b * cap * nkv * hd, 1.0);
@@ -554,13 +615,23 @@ impl Checker {
         let (cq, ck, cv) = (put(&self.cpu, &q, BufKind::Act)?, put(&self.cpu, &k, BufKind::Act)?, put(&self.cpu, &vv, BufKind::Act)?);
         let (gq, gk, gv) = (put(&self.gpu, &q, BufKind::Act)?, put(&self.gpu, &k, BufKind::Act)?, put(&self.gpu, &vv, BufKind::Act)?);
         let mut co = put(&self.cpu, &vec![0.0; q.len()], BufKind::Act)?;
-        let mut cl = put(&self.cpu, &vec![0.0; b * nh], BufKind::F32)?;
-        let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
-        let mut gl = nan_buf(&self.gpu, b * nh, BufKind::F32)?;
+        let mut cl = put(&self.cpu, &vec![0.0; b * nh * tq], BufKind::F32)?;
         self.cpu.attention_fwd(vm::<CpuBackend>(&mut co), vm::<CpuBackend>(&mut cl), v::<CpuBackend>(&cq), v::<CpuBackend>(&ck), v::<CpuBackend>(&cv), s)?;
-        self.gpu.attention_fwd(vm::<CudaBackend>(&mut go), vm::<CudaBackend>(&mut gl), v::<CudaBackend>(&gq), v::<CudaBackend>(&gk), v::<CudaBackend>(&gv), s)?;
-        self.cmp(format!("{tag}: out"), &get(&self.gpu, &go)?, &get(&self.cpu, &co)?, Rule::FlashAttn { factor: FA_FWD });
-        self.cmp(format!("{tag}: lse"), &get(&self.gpu, &gl)?, &get(&self.cpu, &cl)?, F32);
+        let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
+        let naive_p = attention_naive_bf16p(&q, &k, &vv, s);
+        for imp in [AttnFwd::Simple, AttnFwd::Mma] {
+            self.gpu.set_attention_fwd(imp);
+            let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
+            let mut gl = nan_buf(&self.gpu, b * nh * tq, BufKind::F32)?;
+            self.gpu.attention_fwd(vm::<CudaBackend>(&mut go), vm::<CudaBackend>(&mut gl), v::<CudaBackend>(&gq), v::<CudaBackend>(&gk), v::<CudaBackend>(&gv), s)?;
+            let g = get(&self.gpu, &go)?;
+            match imp {
+                AttnFwd::Mma => self.cmp_naive(format!("{tag} {imp:?}: out"), &g, &out_ref, &naive_p, FA_FWD),
+                _ => self.cmp(format!("{tag} {imp:?}: out"), &g, &out_ref, Rule::FlashAttn { factor: FA_FWD }),
+            }
+            self.cmp(format!("{tag} {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
+        }
+        self.gpu.set_attention_fwd(AttnFwd::Auto);
         Ok(())
     }
 }
