@@ -15,9 +15,10 @@ pub const BWD_DWEIGHT: &str = "rmsnorm_bwd_dweight_f32";
 
 /// Threads per block (RMS_THREADS in the .cu).
 pub const THREADS: u32 = 256;
-/// Largest row width: the backward's shared f32 row must fit the 48 KB a
-/// block gets without opting in (Llama-2 70B has c = 8192).
-pub const MAX_C: usize = 12 * 1024;
+/// Largest row width: the backward's shared f32 row (4c bytes) plus its
+/// 128 bytes of static shared memory must fit the 48 KB a block gets
+/// without opting in (Llama-2 70B has c = 8192).
+pub const MAX_C: usize = 11 * 1024;
 /// Blocks of the backward: a function of n only (rows are strided over
 /// them), so the weight-gradient sums are the same on every GPU.
 pub const BWD_MAX_BLOCKS: usize = 512;
