@@ -24,14 +24,14 @@ fn rand_buf(g: &CudaBackend, n: usize, kind: BufKind, seed: u64) -> CudaBuf {
     let mut r = rng::Rng::new(seed);
     let data: Vec<f32> = (0..n).map(|_| r.normal()).collect();
     let mut b = g.alloc(n, kind).expect("alloc");
-    g.upload(vm::<CudaBackend>(&mut b), &data).expect("upload");
+    g.upload(vm(&mut b), &data).expect("upload");
     b
 }
 
 /// Device time of `iters` launches of `op`, after an L2 flush when `flush`.
 fn timed(g: &CudaBackend, flush: Option<&mut CudaBuf>, iters: u64, mut op: impl FnMut() -> Result<()>) -> Duration {
     if let Some(f) = flush {
-        g.zero(vm::<CudaBackend>(f)).expect("flush");
+        g.zero(vm(f)).expect("flush");
     }
     let ms = g
         .time_ms(|| {
@@ -53,7 +53,7 @@ fn benches(c: &mut Criterion) {
     let n = 1 << 28;
     let src = rand_buf(&g, n, BufKind::F32, 1);
     let mut dst = g.alloc(n, BufKind::F32).expect("alloc");
-    let ms = g.time_ms(|| g.copy(vm::<CudaBackend>(&mut dst), v::<CudaBackend>(&src))).expect("copy");
+    let ms = g.time_ms(|| g.copy(vm(&mut dst), v(&src))).expect("copy");
     println!("device copy bandwidth: {:.0} GB/s (read + write)", 8.0 * n as f64 / (ms as f64 * 1e-3) / 1e9);
     drop((src, dst));
 
@@ -63,7 +63,7 @@ fn benches(c: &mut Criterion) {
     let mut grp = c.benchmark_group("rmsnorm_fwd_bf16");
     grp.throughput(Throughput::BytesDecimal((2 * bt * cw * 2) as u64));
     grp.bench_function("16384x4096", |b| {
-        b.iter_custom(|it| timed(&g, Some(&mut flush), it, || g.rmsnorm_fwd(vm::<CudaBackend>(&mut o), vm::<CudaBackend>(&mut r), v::<CudaBackend>(&x), v::<CudaBackend>(&w), bt, cw, 1e-5)))
+        b.iter_custom(|it| timed(&g, Some(&mut flush), it, || g.rmsnorm_fwd(vm(&mut o), vm(&mut r), v(&x), v(&w), bt, cw, 1e-5)))
     });
     grp.finish();
     let dy = rand_buf(&g, bt * cw, BufKind::Act, 4);
@@ -73,7 +73,7 @@ fn benches(c: &mut Criterion) {
     grp.bench_function("16384x4096", |b| {
         b.iter_custom(|it| {
             timed(&g, Some(&mut flush), it, || {
-                g.rmsnorm_bwd(vm::<CudaBackend>(&mut dx), vm::<CudaBackend>(&mut dw), v::<CudaBackend>(&dy), v::<CudaBackend>(&x), v::<CudaBackend>(&w), v::<CudaBackend>(&r), bt, cw, GradWrite::Overwrite)
+                g.rmsnorm_bwd(vm(&mut dx), vm(&mut dw), v(&dy), v(&x), v(&w), v(&r), bt, cw, GradWrite::Overwrite)
             })
         })
     });
@@ -85,17 +85,17 @@ fn benches(c: &mut Criterion) {
     let mut h = g.alloc(nn, BufKind::Act).expect("alloc");
     let mut grp = c.benchmark_group("swiglu_fwd_bf16");
     grp.throughput(Throughput::BytesDecimal((3 * nn * 2) as u64));
-    grp.bench_function("16384x11008", |b| b.iter_custom(|it| timed(&g, Some(&mut flush), it, || g.swiglu_fwd(vm::<CudaBackend>(&mut h), v::<CudaBackend>(&gt), v::<CudaBackend>(&up)))));
+    grp.bench_function("16384x11008", |b| b.iter_custom(|it| timed(&g, Some(&mut flush), it, || g.swiglu_fwd(vm(&mut h), v(&gt), v(&up)))));
     grp.finish();
     drop((gt, up, h));
 
     let mut q = rand_buf(&g, bt * nh * hd, BufKind::Act, 7);
     let mut tab = g.alloc(4096 * hd, BufKind::F32).expect("alloc");
-    g.upload(vm::<CudaBackend>(&mut tab), &rope_table(4096, hd, 10000.0)).expect("upload");
+    g.upload(vm(&mut tab), &rope_table(4096, hd, 10000.0)).expect("upload");
     let rs = RopeShape { b: 4, t: 4096, heads: nh, hd, pos0: 0 };
     let mut grp = c.benchmark_group("rope_fwd_bf16");
     grp.throughput(Throughput::BytesDecimal((2 * bt * nh * hd * 2) as u64));
-    grp.bench_function("4x4096x32x128", |b| b.iter_custom(|it| timed(&g, Some(&mut flush), it, || g.rope_fwd(vm::<CudaBackend>(&mut q), v::<CudaBackend>(&tab), rs))));
+    grp.bench_function("4x4096x32x128", |b| b.iter_custom(|it| timed(&g, Some(&mut flush), it, || g.rope_fwd(vm(&mut q), v(&tab), rs))));
     grp.finish();
     drop((q, tab));
 
@@ -106,7 +106,7 @@ fn benches(c: &mut Criterion) {
     let mut grp = c.benchmark_group("cross_entropy_fwd_bwd_bf16");
     grp.throughput(Throughput::BytesDecimal((2 * rows * vocab * 2) as u64));
     grp.bench_function("4096x32000", |b| {
-        b.iter_custom(|it| timed(&g, Some(&mut flush), it, || g.cross_entropy(vm::<CudaBackend>(&mut logits), vm::<CudaBackend>(&mut losses), &targets, vocab, CeGrad::Uniform(1.0 / rows as f32))))
+        b.iter_custom(|it| timed(&g, Some(&mut flush), it, || g.cross_entropy(vm(&mut logits), vm(&mut losses), &targets, vocab, CeGrad::Uniform(1.0 / rows as f32))))
     });
     grp.finish();
     drop((logits, losses));
@@ -118,7 +118,7 @@ fn benches(c: &mut Criterion) {
     let hp = AdamWStep { lr: 3e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 10, grad_scale: 1.0 };
     let mut grp = c.benchmark_group("adamw_step_f32");
     grp.throughput(Throughput::BytesDecimal((np * 30) as u64));
-    grp.bench_function("2^28", |b| b.iter_custom(|it| timed(&g, None, it, || g.adamw(vm::<CudaBackend>(&mut p), v::<CudaBackend>(&gr), vm::<CudaBackend>(&mut m), vm::<CudaBackend>(&mut vv), hp))));
+    grp.bench_function("2^28", |b| b.iter_custom(|it| timed(&g, None, it, || g.adamw(vm(&mut p), v(&gr), vm(&mut m), vm(&mut vv), hp))));
     grp.finish();
     drop((p, gr, m, vv));
 
@@ -132,7 +132,7 @@ fn benches(c: &mut Criterion) {
         grp.throughput(Throughput::Elements(flops as u64));
         grp.sample_size(10);
         grp.bench_function(format!("t4096_h32_kv{nkv}_causal"), |b| {
-            b.iter_custom(|it| timed(&g, None, it, || g.attention_fwd(vm::<CudaBackend>(&mut o), vm::<CudaBackend>(&mut l), v::<CudaBackend>(&q), v::<CudaBackend>(&k), v::<CudaBackend>(&vv), s)))
+            b.iter_custom(|it| timed(&g, None, it, || g.attention_fwd(vm(&mut o), vm(&mut l), v(&q), v(&k), v(&vv), s)))
         });
         grp.finish();
         let d = rand_buf(&g, t * nh * hd, BufKind::Act, 14);
@@ -144,15 +144,15 @@ fn benches(c: &mut Criterion) {
             b.iter_custom(|it| {
                 timed(&g, None, it, || {
                     g.attention_bwd(
-                        vm::<CudaBackend>(&mut dq),
-                        vm::<CudaBackend>(&mut dk),
-                        vm::<CudaBackend>(&mut dv),
-                        v::<CudaBackend>(&d),
-                        v::<CudaBackend>(&q),
-                        v::<CudaBackend>(&k),
-                        v::<CudaBackend>(&vv),
-                        v::<CudaBackend>(&o),
-                        v::<CudaBackend>(&l),
+                        vm(&mut dq),
+                        vm(&mut dk),
+                        vm(&mut dv),
+                        v(&d),
+                        v(&q),
+                        v(&k),
+                        v(&vv),
+                        v(&o),
+                        v(&l),
                         s,
                     )
                 })
@@ -167,7 +167,7 @@ fn benches(c: &mut Criterion) {
     let gm = Gemm { m: mm, n: mm, k: mm, ta: Trans::N, tb: Trans::T, write: GradWrite::Overwrite };
     let mut grp = c.benchmark_group("matmul_bf16_flop");
     grp.throughput(Throughput::Elements(2 * (mm as u64).pow(3)));
-    grp.bench_function("8192x8192x8192_NT", |b| b.iter_custom(|it| timed(&g, None, it, || g.matmul(vm::<CudaBackend>(&mut cc), v::<CudaBackend>(&a), v::<CudaBackend>(&bm), gm))));
+    grp.bench_function("8192x8192x8192_NT", |b| b.iter_custom(|it| timed(&g, None, it, || g.matmul(vm(&mut cc), v(&a), v(&bm), gm))));
     grp.finish();
 }
 

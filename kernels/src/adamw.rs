@@ -52,19 +52,15 @@ pub fn adamw_cpu(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]
     check_len(OP, "v", v.len(), n)?;
     let (step_size, bc2_sqrt) = h.corrections();
     let decay = 1.0 - h.lr * h.weight_decay;
-    params
-        .par_chunks_mut(CHUNK)
-        .zip(grads.par_chunks(CHUNK))
-        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| {
-            for i in 0..p.len() {
-                let g = g[i] * h.grad_scale;
-                p[i] *= decay;
-                m[i] += (1.0 - h.beta1) * (g - m[i]);
-                v[i] = v[i] * h.beta2 + (1.0 - h.beta2) * g * g;
-                let denom = v[i].sqrt() / bc2_sqrt + h.eps;
-                p[i] -= step_size * (m[i] / denom);
-            }
-        });
+    params.par_chunks_mut(CHUNK).zip(grads.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK))).for_each(|((p, g), (m, v))| {
+        for i in 0..p.len() {
+            let g = g[i] * h.grad_scale;
+            p[i] *= decay;
+            m[i] += (1.0 - h.beta1) * (g - m[i]);
+            v[i] = v[i] * h.beta2 + (1.0 - h.beta2) * g * g;
+            let denom = v[i].sqrt() / bc2_sqrt + h.eps;
+            p[i] -= step_size * (m[i] / denom);
+        }
+    });
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! Write rules: `add` and `kv_write` overwrite their output; `add_assign`,
 //! `scatter_add_rows` accumulate.
 
-use crate::{check_len, check_min_len, arg_err, Result};
+use crate::{arg_err, check_len, check_min_len, Result};
 use rayon::prelude::*;
 
 const CHUNK: usize = 8192;

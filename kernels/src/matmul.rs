@@ -56,6 +56,10 @@ pub fn matmul_cpu(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm, threads: usize) 
         }
         return Ok(());
     }
+    if m <= GEMV_MAX_ROWS && ta == Trans::N && tb == Trans::T {
+        gemv_rows(c, a, b, m, n, k, write);
+        return Ok(());
+    }
     let (a_rs, a_cs) = strides(ta, if ta == Trans::N { k } else { m });
     let (b_rs, b_cs) = strides(tb, if tb == Trans::N { n } else { k });
     if threads == 0 {
@@ -67,29 +71,40 @@ pub fn matmul_cpu(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm, threads: usize) 
     // C: (m-1)*n + n-1 < m*n; A: max index (m-1)*a_rs + (k-1)*a_cs < m*k for
     // both layouts; likewise B. The three buffers are distinct borrows.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            read_dst,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
+        gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, read_dst, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs, 1.0, 1.0, false, false, false, par);
     }
     Ok(())
+}
+
+/// Up to this many rows of A, `A · B^T` (a Linear layer at decode time) is
+/// done as dot products against the rows of B: B is read once, straight
+/// from memory, instead of being packed first as gemm does (packing costs
+/// more than the product when A has a few rows: decoding is bound by
+/// reading the weights).
+pub const GEMV_MAX_ROWS: usize = 8;
+/// Rows of B per parallel task in the decode path.
+const GEMV_ROWS_PER_TASK: usize = 32;
+
+/// `C (m, n) (=|+=) A (m, k) · B^T`, B stored `(n, k)`, for small m.
+fn gemv_rows(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, write: GradWrite) {
+    use rayon::prelude::*;
+    let cp = crate::SharedMut(c.as_mut_ptr());
+    (0..n.div_ceil(GEMV_ROWS_PER_TASK)).into_par_iter().for_each(|task| {
+        let j0 = task * GEMV_ROWS_PER_TASK;
+        let j1 = (j0 + GEMV_ROWS_PER_TASK).min(n);
+        for j in j0..j1 {
+            let brow = &b[j * k..(j + 1) * k];
+            for i in 0..m {
+                let d = crate::dot(&a[i * k..(i + 1) * k], brow);
+                // SAFETY: column j of C belongs to this task only
+                let cij = unsafe { &mut cp.slice(i * n + j, 1)[0] };
+                match write {
+                    GradWrite::Overwrite => *cij = d,
+                    GradWrite::Accumulate => *cij += d,
+                }
+            }
+        }
+    });
 }
 
 /// Strided single-threaded product used inside other kernels (attention):
@@ -116,27 +131,7 @@ pub(crate) unsafe fn gemm_strided(
     b_cs: isize,
     alpha: f32,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        c,
-        c_cs,
-        c_rs,
-        accumulate,
-        a,
-        a_cs,
-        a_rs,
-        b,
-        b_cs,
-        b_rs,
-        1.0,
-        alpha,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
+    gemm::gemm(m, n, k, c, c_cs, c_rs, accumulate, a, a_cs, a_rs, b, b_cs, b_rs, 1.0, alpha, false, false, false, gemm::Parallelism::None);
 }
 
 /// Naive f64 reference of [`matmul_cpu`] for tests.
@@ -179,22 +174,23 @@ mod tests {
 
     #[test]
     fn all_transposes_match_naive() {
-        let (m, n, k) = (37, 29, 53);
-        for ta in [Trans::N, Trans::T] {
-            for tb in [Trans::N, Trans::T] {
-                for write in [GradWrite::Overwrite, GradWrite::Accumulate] {
-                    let a = rnd(m * k, 1);
-                    let b = rnd(k * n, 2);
-                    let c0 = rnd(m * n, 3);
-                    let mut c = c0.clone();
-                    let g = Gemm { m, n, k, ta, tb, write };
-                    matmul_cpu(&mut c, &a, &b, g, 2).unwrap();
-                    let r = matmul_naive_f64(&a, &b, g);
-                    for i in 0..m * n {
-                        let want = r[i] + if write == GradWrite::Accumulate { c0[i] as f64 } else { 0.0 };
-                        // f32 sums of 53 products of values in [-1, 1]:
-                        // error well under 1e-5 absolute
-                        assert!((c[i] as f64 - want).abs() < 1e-4, "{ta:?}{tb:?}{write:?} {i}: {} vs {want}", c[i]);
+        for (m, n, k) in [(37, 29, 53), (3, 70, 45), (1, 33, 17)] {
+            for ta in [Trans::N, Trans::T] {
+                for tb in [Trans::N, Trans::T] {
+                    for write in [GradWrite::Overwrite, GradWrite::Accumulate] {
+                        let a = rnd(m * k, 1);
+                        let b = rnd(k * n, 2);
+                        let c0 = rnd(m * n, 3);
+                        let mut c = c0.clone();
+                        let g = Gemm { m, n, k, ta, tb, write };
+                        matmul_cpu(&mut c, &a, &b, g, 2).unwrap();
+                        let r = matmul_naive_f64(&a, &b, g);
+                        for i in 0..m * n {
+                            let want = r[i] + if write == GradWrite::Accumulate { c0[i] as f64 } else { 0.0 };
+                            // f32 sums of 53 products of values in [-1, 1]:
+                            // error well under 1e-5 absolute
+                            assert!((c[i] as f64 - want).abs() < 1e-4, "{ta:?}{tb:?}{write:?} {i}: {} vs {want}", c[i]);
+                        }
                     }
                 }
             }

@@ -36,18 +36,15 @@ pub fn swiglu_bwd_cpu(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[
     check_len(OP, "dup", dup.len(), n)?;
     check_len(OP, "gate", gate.len(), n)?;
     check_len(OP, "up", up.len(), n)?;
-    dgate
-        .par_chunks_mut(CHUNK)
-        .zip(dup.par_chunks_mut(CHUNK))
-        .zip(dout.par_chunks(CHUNK))
-        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(((dg, du), dh), (g, u))| {
+    dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).zip(dout.par_chunks(CHUNK)).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(
+        |(((dg, du), dh), (g, u))| {
             for i in 0..dg.len() {
                 let s = sigmoid(g[i]);
                 let silu = g[i] * s;
                 dg[i] = dh[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
                 du[i] = dh[i] * silu;
             }
-        });
+        },
+    );
     Ok(())
 }

@@ -34,7 +34,9 @@ pub enum BufKind {
 }
 
 /// An owned buffer of a backend.
-pub trait Buffer: Send + Sync {
+pub trait Buffer: Send + Sync + Sized {
+    /// the backend that owns buffers of this type
+    type Be: Backend<Buf = Self>;
     /// number of elements
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -122,19 +124,19 @@ fn part_len(len: usize, n: usize) -> Result<usize> {
 }
 
 /// Shorthand for a shared window of a whole buffer.
-pub fn v<B: Backend>(buf: &B::Buf) -> View<'_, B> {
+pub fn v<T: Buffer>(buf: &T) -> View<'_, T::Be> {
     View::of(buf)
 }
 
 /// Shorthand for an exclusive window of a whole buffer.
-pub fn vm<B: Backend>(buf: &mut B::Buf) -> ViewMut<'_, B> {
+pub fn vm<T: Buffer>(buf: &mut T) -> ViewMut<'_, T::Be> {
     ViewMut::of(buf)
 }
 
 /// The op set of the Llama model. All shapes are row-major; `n` is a number
 /// of rows (`b * t`), `c` the model width.
 pub trait Backend: Send + Sync + Sized + 'static {
-    type Buf: Buffer;
+    type Buf: Buffer<Be = Self>;
 
     /// "cpu" or "cuda:N"
     fn name(&self) -> String;

@@ -13,6 +13,7 @@ pub struct CpuBuf {
 }
 
 impl Buffer for CpuBuf {
+    type Be = CpuBackend;
     fn len(&self) -> usize {
         self.data.len()
     }

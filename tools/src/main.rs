@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod device;
 
 /// The Llama 2 system in Rust: pretraining, SFT, reward models, rejection
 /// sampling, PPO and Ghost Attention, on CPU or CUDA.
@@ -16,6 +17,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Mean cross-entropy of a model over token shards
+    EvalLoss(cmd::eval::EvalLossArgs),
+    /// Sample a continuation of a prompt (ids) with the KV cache
+    Generate(cmd::generate::GenerateArgs),
+    /// Debugging tools (gradients)
+    Debug(cmd::debug::DebugArgs),
+    /// Shapes, parameter count and memory estimates of a model or preset
+    Info(cmd::info::InfoArgs),
+    /// Whole-step benchmarks: training step, decoding
+    Bench(cmd::bench::BenchArgs),
+    /// Pretrain a model on token shards (the paper's recipe)
+    Pretrain(cmd::pretrain::PretrainArgs),
     /// Tokenizer tools: train a BPE vocabulary, encode, decode, info
     Tokenizer(cmd::tokenizer::TokenizerArgs),
     /// Tokenize text corpora into llm.c token shards (train and val)
@@ -27,6 +40,12 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
+        Cmd::EvalLoss(a) => cmd::eval::run(a),
+        Cmd::Generate(a) => cmd::generate::run(a),
+        Cmd::Debug(a) => cmd::debug::run(a),
+        Cmd::Info(a) => cmd::info::run(a),
+        Cmd::Bench(a) => cmd::bench::run(a),
+        Cmd::Pretrain(a) => cmd::pretrain::run(a),
         Cmd::Tokenizer(a) => cmd::tokenizer::run_tokenizer(a),
         Cmd::Tokenize(a) => cmd::tokenizer::run_tokenize(a),
         Cmd::GpuCheck(a) => cmd::gpu_check::run(a),

@@ -38,6 +38,7 @@ pub struct CudaBuf {
 }
 
 impl Buffer for CudaBuf {
+    type Be = CudaBackend;
     fn len(&self) -> usize {
         self.len
     }

@@ -1,7 +1,8 @@
 //! The CUDA backend (feature `cuda`) or, without the feature, a stub whose
 //! constructor returns [`RtError::NotCompiledWithCuda`].
 //!
-//! Public items: [`CudaBackend`] (and with the feature [`CudaBuf`], [`gemm`]).
+//! Public items: [`CudaBackend`] (and with the feature [`CudaBuf`],
+//! [`AttnFwd`], [`device_count`], [`gemm`]).
 
 #[cfg(feature = "cuda")]
 mod backend;
@@ -9,6 +10,18 @@ mod backend;
 pub mod gemm;
 #[cfg(feature = "cuda")]
 pub use backend::{AttnFwd, CudaBackend, CudaBuf};
+
+/// Number of CUDA devices; `Ok(0)` where there is no NVIDIA driver (never
+/// panics: the driver library is looked up before any call into it).
+#[cfg(feature = "cuda")]
+pub fn device_count() -> crate::Result<usize> {
+    // SAFETY: only asks the dynamic loader whether libcuda exists.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Ok(0);
+    }
+    let n = cudarc::driver::CudaContext::device_count().map_err(|e| crate::RtError::NoDevice(format!("cuInit/device count failed: {e}")))?;
+    Ok(n.max(0) as usize)
+}
 
 #[cfg(not(feature = "cuda"))]
 mod stub {

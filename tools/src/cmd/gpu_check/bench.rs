@@ -41,7 +41,7 @@ impl<'a> Bench<'a> {
         // random data, never zeros (zeros can run faster than real data)
         let data: Vec<f32> = (0..n).map(|_| self.rng.normal()).collect();
         let mut b = self.gpu.alloc(n, kind)?;
-        self.gpu.upload(vm::<CudaBackend>(&mut b), &data)?;
+        self.gpu.upload(vm(&mut b), &data)?;
         Ok(b)
     }
 
@@ -53,7 +53,7 @@ impl<'a> Bench<'a> {
         let mut ts = Vec::with_capacity(REPS);
         for _ in 0..REPS {
             if flush {
-                self.gpu.zero(vm::<CudaBackend>(&mut self.flush))?;
+                self.gpu.zero(vm(&mut self.flush))?;
             }
             let gpu = self.gpu;
             ts.push(gpu.time_ms(|| f(gpu))?);
@@ -81,47 +81,47 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
     let n_copy = 1usize << 28; // 1 GiB of f32
     let src = b.buf(n_copy, BufKind::F32)?;
     let mut dst = gpu.alloc(n_copy, BufKind::F32)?;
-    let ms = b.time(false, |g| g.copy(vm::<CudaBackend>(&mut dst), v::<CudaBackend>(&src)))?;
+    let ms = b.time(false, |g| g.copy(vm(&mut dst), v(&src)))?;
     b.record("copy_1GiB", ms, Some(2.0 * 4.0 * n_copy as f64), None);
     drop((src, dst));
     let mm = 8192usize;
     let (ma, mb) = (b.buf(mm * mm, BufKind::Act)?, b.buf(mm * mm, BufKind::Act)?);
     let mut mc = gpu.alloc(mm * mm, BufKind::Act)?;
     let g = Gemm { m: mm, n: mm, k: mm, ta: Trans::N, tb: Trans::N, write: GradWrite::Overwrite };
-    let ms = b.time(false, |gp| gp.matmul(vm::<CudaBackend>(&mut mc), v::<CudaBackend>(&ma), v::<CudaBackend>(&mb), g))?;
+    let ms = b.time(false, |gp| gp.matmul(vm(&mut mc), v(&ma), v(&mb), g))?;
     b.record("matmul_8192_bf16", ms, None, Some(2.0 * (mm as f64).powi(3)));
     drop((ma, mb, mc));
     // the Linear layers of a 7B block at B*T = 16384: x W^T
     let (x, w) = (b.buf(bt * c, BufKind::Act)?, b.buf(ffn * c, BufKind::Param)?);
     let mut y = gpu.alloc(bt * ffn, BufKind::Act)?;
     let g = Gemm { m: bt, n: ffn, k: c, ta: Trans::N, tb: Trans::T, write: GradWrite::Overwrite };
-    let ms = b.time(false, |gp| gp.matmul(vm::<CudaBackend>(&mut y), v::<CudaBackend>(&x), v::<CudaBackend>(&w), g))?;
+    let ms = b.time(false, |gp| gp.matmul(vm(&mut y), v(&x), v(&w), g))?;
     b.record("matmul_linear_16384x11008x4096", ms, None, Some(2.0 * (bt * ffn * c) as f64));
     drop((x, w, y));
 
     // rmsnorm (B*T = 16384 rows of 4096)
     let (x, wt) = (b.buf(bt * c, BufKind::Act)?, b.buf(c, BufKind::Param)?);
     let (mut o, mut r) = (gpu.alloc(bt * c, BufKind::Act)?, gpu.alloc(bt, BufKind::F32)?);
-    let ms = b.time(true, |g| g.rmsnorm_fwd(vm::<CudaBackend>(&mut o), vm::<CudaBackend>(&mut r), v::<CudaBackend>(&x), v::<CudaBackend>(&wt), bt, c, 1e-5))?;
+    let ms = b.time(true, |g| g.rmsnorm_fwd(vm(&mut o), vm(&mut r), v(&x), v(&wt), bt, c, 1e-5))?;
     b.record("rmsnorm_fwd", ms, Some((2 * bt * c * 2 + bt * 4 + c * 2) as f64), None);
     let dy = b.buf(bt * c, BufKind::Act)?;
     let (mut dx, mut dw) = (gpu.alloc(bt * c, BufKind::Act)?, gpu.alloc(c, BufKind::F32)?);
     let ms = b.time(true, |g| {
-        g.rmsnorm_bwd(vm::<CudaBackend>(&mut dx), vm::<CudaBackend>(&mut dw), v::<CudaBackend>(&dy), v::<CudaBackend>(&x), v::<CudaBackend>(&wt), v::<CudaBackend>(&r), bt, c, GradWrite::Overwrite)
+        g.rmsnorm_bwd(vm(&mut dx), vm(&mut dw), v(&dy), v(&x), v(&wt), v(&r), bt, c, GradWrite::Overwrite)
     })?;
     b.record("rmsnorm_bwd", ms, Some((3 * bt * c * 2 + bt * 4 + c * 2 + c * 4) as f64), None);
     // residual add
-    let ms = b.time(true, |g| g.add(vm::<CudaBackend>(&mut o), v::<CudaBackend>(&x), v::<CudaBackend>(&dy)))?;
+    let ms = b.time(true, |g| g.add(vm(&mut o), v(&x), v(&dy)))?;
     b.record("add_bf16", ms, Some((3 * bt * c * 2) as f64), None);
     drop((x, wt, o, r, dy, dx, dw));
 
     // rope on q (B*T, 32, 128), in place
     let table = gpu.alloc(4096 * hd, BufKind::F32)?;
     let mut tb = table;
-    gpu.upload(vm::<CudaBackend>(&mut tb), &rope_table(4096, hd, 10000.0))?;
+    gpu.upload(vm(&mut tb), &rope_table(4096, hd, 10000.0))?;
     let mut q = b.buf(bt * nh * hd, BufKind::Act)?;
     let rs = RopeShape { b: 4, t: 4096, heads: nh, hd, pos0: 0 };
-    let ms = b.time(true, |g| g.rope_fwd(vm::<CudaBackend>(&mut q), v::<CudaBackend>(&tb), rs))?;
+    let ms = b.time(true, |g| g.rope_fwd(vm(&mut q), v(&tb), rs))?;
     b.record("rope_fwd", ms, Some((2 * bt * nh * hd * 2) as f64), None);
     drop((q, tb));
 
@@ -129,10 +129,10 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
     let n = bt * ffn;
     let (gt, up, dh) = (b.buf(n, BufKind::Act)?, b.buf(n, BufKind::Act)?, b.buf(n, BufKind::Act)?);
     let mut h = gpu.alloc(n, BufKind::Act)?;
-    let ms = b.time(true, |g| g.swiglu_fwd(vm::<CudaBackend>(&mut h), v::<CudaBackend>(&gt), v::<CudaBackend>(&up)))?;
+    let ms = b.time(true, |g| g.swiglu_fwd(vm(&mut h), v(&gt), v(&up)))?;
     b.record("swiglu_fwd", ms, Some((3 * n * 2) as f64), None);
     let mut dg = gpu.alloc(n, BufKind::Act)?;
-    let ms = b.time(true, |g| g.swiglu_bwd(vm::<CudaBackend>(&mut dg), vm::<CudaBackend>(&mut h), v::<CudaBackend>(&dh), v::<CudaBackend>(&gt), v::<CudaBackend>(&up)))?;
+    let ms = b.time(true, |g| g.swiglu_bwd(vm(&mut dg), vm(&mut h), v(&dh), v(&gt), v(&up)))?;
     b.record("swiglu_bwd", ms, Some((5 * n * 2) as f64), None);
     drop((gt, up, dh, h, dg));
 
@@ -140,10 +140,10 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
     let table = b.buf(vocab * c, BufKind::Param)?;
     let tokens: Vec<u32> = (0..bt).map(|_| b.rng.below(vocab as u64) as u32).collect();
     let mut e = gpu.alloc(bt * c, BufKind::Act)?;
-    let ms = b.time(true, |g| g.embedding_fwd(vm::<CudaBackend>(&mut e), &tokens, v::<CudaBackend>(&table), vocab, c))?;
+    let ms = b.time(true, |g| g.embedding_fwd(vm(&mut e), &tokens, v(&table), vocab, c))?;
     b.record("embedding_fwd", ms, Some((2 * bt * c * 2) as f64), None);
     let mut dt = gpu.alloc(vocab * c, BufKind::F32)?;
-    let ms = b.time(true, |g| g.embedding_bwd(vm::<CudaBackend>(&mut dt), v::<CudaBackend>(&e), &tokens, vocab, c))?;
+    let ms = b.time(true, |g| g.embedding_bwd(vm(&mut dt), v(&e), &tokens, vocab, c))?;
     b.record("embedding_bwd", ms, Some((bt * c * 2 + 2 * bt * c * 4) as f64), None);
     drop((table, e, dt));
 
@@ -152,7 +152,7 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
     let mut logits = b.buf(rows * vocab, BufKind::Act)?;
     let targets: Vec<i32> = (0..rows).map(|_| b.rng.below(vocab as u64) as i32).collect();
     let mut losses = gpu.alloc(rows, BufKind::F32)?;
-    let ms = b.time(true, |g| g.cross_entropy(vm::<CudaBackend>(&mut logits), vm::<CudaBackend>(&mut losses), &targets, vocab, CeGrad::Uniform(1.0 / rows as f32)))?;
+    let ms = b.time(true, |g| g.cross_entropy(vm(&mut logits), vm(&mut losses), &targets, vocab, CeGrad::Uniform(1.0 / rows as f32)))?;
     b.record("cross_entropy_fwd_bwd", ms, Some((2 * rows * vocab * 2 + rows * 8) as f64), None);
     drop((logits, losses));
 
@@ -162,7 +162,7 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
     let gr = b.buf(np, BufKind::F32)?;
     let (mut m, mut vv) = (gpu.alloc(np, BufKind::F32)?, gpu.alloc(np, BufKind::F32)?);
     let h = AdamWStep { lr: 3e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 10, grad_scale: 1.0 };
-    let ms = b.time(false, |g| g.adamw(vm::<CudaBackend>(&mut p), v::<CudaBackend>(&gr), vm::<CudaBackend>(&mut m), vm::<CudaBackend>(&mut vv), h))?;
+    let ms = b.time(false, |g| g.adamw(vm(&mut p), v(&gr), vm(&mut m), vm(&mut vv), h))?;
     // read p, g, m, v (16 B); write p, m, v (12 B) and the bf16 copy (2 B)
     b.record("adamw_2^28", ms, Some((np * 30) as f64), None);
     drop((p, gr, m, vv));
@@ -173,22 +173,22 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
         let t = 4096;
         let (q, k, vv) = (b.buf(t * nh * hd, BufKind::Act)?, b.buf(t * nkv * hd, BufKind::Act)?, b.buf(t * nkv * hd, BufKind::Act)?);
         let (mut o, mut l) = (gpu.alloc(t * nh * hd, BufKind::Act)?, gpu.alloc(nh * t, BufKind::F32)?);
-        let ms = b.time(false, |g| g.attention_fwd(vm::<CudaBackend>(&mut o), vm::<CudaBackend>(&mut l), v::<CudaBackend>(&q), v::<CudaBackend>(&k), v::<CudaBackend>(&vv), s))?;
+        let ms = b.time(false, |g| g.attention_fwd(vm(&mut o), vm(&mut l), v(&q), v(&k), v(&vv), s))?;
         let fwd_flops = 4.0 * (t * t * nh * hd) as f64 / 2.0;
         b.record(&format!("attention_fwd_t4096_d128_kv{nkv}"), ms, None, Some(fwd_flops));
         let d = b.buf(t * nh * hd, BufKind::Act)?;
         let (mut dq, mut dk, mut dv) = (gpu.alloc(t * nh * hd, BufKind::Act)?, gpu.alloc(t * nkv * hd, BufKind::Act)?, gpu.alloc(t * nkv * hd, BufKind::Act)?);
         let ms = b.time(false, |g| {
             g.attention_bwd(
-                vm::<CudaBackend>(&mut dq),
-                vm::<CudaBackend>(&mut dk),
-                vm::<CudaBackend>(&mut dv),
-                v::<CudaBackend>(&d),
-                v::<CudaBackend>(&q),
-                v::<CudaBackend>(&k),
-                v::<CudaBackend>(&vv),
-                v::<CudaBackend>(&o),
-                v::<CudaBackend>(&l),
+                vm(&mut dq),
+                vm(&mut dk),
+                vm(&mut dv),
+                v(&d),
+                v(&q),
+                v(&k),
+                v(&vv),
+                v(&o),
+                v(&l),
                 s,
             )
         })?;
@@ -198,7 +198,7 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
     let s = AttnShape { b: 8, tq: 1, tkv: 4096, cap: 4096, n_head: nh, n_kv_head: nh, hd };
     let (q, k, vv) = (b.buf(8 * nh * hd, BufKind::Act)?, b.buf(8 * 4096 * nh * hd, BufKind::Act)?, b.buf(8 * 4096 * nh * hd, BufKind::Act)?);
     let (mut o, mut l) = (gpu.alloc(8 * nh * hd, BufKind::Act)?, gpu.alloc(8 * nh, BufKind::F32)?);
-    let ms = b.time(true, |g| g.attention_fwd(vm::<CudaBackend>(&mut o), vm::<CudaBackend>(&mut l), v::<CudaBackend>(&q), v::<CudaBackend>(&k), v::<CudaBackend>(&vv), s))?;
+    let ms = b.time(true, |g| g.attention_fwd(vm(&mut o), vm(&mut l), v(&q), v(&k), v(&vv), s))?;
     b.record("attention_decode_b8_t4096_d128", ms, Some((2 * 8 * 4096 * nh * hd * 2) as f64), None);
 
     std::fs::write(path, serde_json::Value::Array(b.out).to_string()).with_context(|| format!("writing {}", path.display()))?;

@@ -89,7 +89,7 @@ fn bfr(x: f32) -> f32 {
 
 fn put<B: Backend>(be: &B, data: &[f32], kind: BufKind) -> Result<B::Buf> {
     let mut b = be.alloc(data.len(), kind)?;
-    be.upload(vm::<B>(&mut b), data)?;
+    be.upload(vm(&mut b), data)?;
     Ok(b)
 }
 
@@ -99,7 +99,7 @@ fn nan_buf<B: Backend>(be: &B, n: usize, kind: BufKind) -> Result<B::Buf> {
 
 fn get<B: Backend>(be: &B, b: &B::Buf) -> Result<Vec<f32>> {
     let mut out = vec![0f32; b.len()];
-    be.download(v::<B>(b), &mut out)?;
+    be.download(v(b), &mut out)?;
     Ok(out)
 }
 
@@ -149,6 +149,17 @@ impl Checker {
 
     pub fn into_gpu(self) -> CudaBackend {
         self.gpu
+    }
+    pub fn backends(&self) -> (&CpuBackend, &CudaBackend) {
+        (&self.cpu, &self.gpu)
+    }
+
+    /// Records a scalar check: passes when `err <= limit` (NaN fails).
+    pub fn record(&mut self, name: String, err: f64, limit: f64) {
+        let used = if limit > 0.0 { err / limit } else if err == 0.0 { 0.0 } else { f64::INFINITY };
+        let ok = used <= 1.0;
+        let used = if used.is_nan() { f64::INFINITY } else { used };
+        self.rows.push(Row { name, max_abs: err, used, ok, first_bad: if ok { String::new() } else { format!(" {err:.4e} > limit {limit:.4e}") } });
     }
 
     fn randn(&mut self, n: usize, scale: f32) -> Vec<f32> {
@@ -288,37 +299,37 @@ impl Checker {
             let rule = if kind == BufKind::Act { BF } else { F32 };
             // add
             let (ca, cb, mut co) = (put(&self.cpu, &a, kind)?, put(&self.cpu, &b, kind)?, put(&self.cpu, &vec![0.0; n], kind)?);
-            self.cpu.add(vm::<CpuBackend>(&mut co), v::<CpuBackend>(&ca), v::<CpuBackend>(&cb))?;
+            self.cpu.add(vm(&mut co), v(&ca), v(&cb))?;
             let (ga, gb, mut go) = (put(&self.gpu, &a, kind)?, put(&self.gpu, &b, kind)?, nan_buf(&self.gpu, n, kind)?);
-            self.gpu.add(vm::<CudaBackend>(&mut go), v::<CudaBackend>(&ga), v::<CudaBackend>(&gb))?;
+            self.gpu.add(vm(&mut go), v(&ga), v(&gb))?;
             let (g, r) = (get(&self.gpu, &go)?, get(&self.cpu, &co)?);
             self.cmp(format!("add_{k} n={n}"), &g, &r, rule);
             // add_assign on an odd window (offset 3: unaligned path)
             let mut cx = put(&self.cpu, &a, kind)?;
             let mut gx = put(&self.gpu, &a, kind)?;
-            self.cpu.add_assign(vm::<CpuBackend>(&mut cx).sub(3, n - 3)?, v::<CpuBackend>(&cb).sub(0, n - 3)?)?;
-            self.gpu.add_assign(vm::<CudaBackend>(&mut gx).sub(3, n - 3)?, v::<CudaBackend>(&gb).sub(0, n - 3)?)?;
+            self.cpu.add_assign(vm(&mut cx).sub(3, n - 3)?, v(&cb).sub(0, n - 3)?)?;
+            self.gpu.add_assign(vm(&mut gx).sub(3, n - 3)?, v(&gb).sub(0, n - 3)?)?;
             let (g, r) = (get(&self.gpu, &gx)?, get(&self.cpu, &cx)?);
             self.cmp(format!("add_assign_{k} n={} (offset 3)", n - 3), &g, &r, rule);
             // scale
-            self.cpu.scale(vm::<CpuBackend>(&mut cx), 0.37)?;
-            self.gpu.scale(vm::<CudaBackend>(&mut gx), 0.37)?;
+            self.cpu.scale(vm(&mut cx), 0.37)?;
+            self.gpu.scale(vm(&mut gx), 0.37)?;
             let (g, r) = (get(&self.gpu, &gx)?, get(&self.cpu, &cx)?);
             self.cmp(format!("scale_{k} n={n}"), &g, &r, rule);
             // sum of squares (f64 on the host)
-            let (cs, gs) = (self.cpu.sum_squares(v::<CpuBackend>(&ca))?, self.gpu.sum_squares(v::<CudaBackend>(&ga))?);
+            let (cs, gs) = (self.cpu.sum_squares(v(&ca))?, self.gpu.sum_squares(v(&ga))?);
             self.cmp(format!("sum_squares_{k} n={n}"), &[gs as f32], &[cs as f32], F32);
             // gather / scatter-add of rows (repeated rows in order)
             let c = 100;
             let rows: Vec<u32> = vec![5, 0, 999, 5, 17];
             let mut cg = put(&self.cpu, &vec![0.0; rows.len() * c], kind)?;
             let mut gg = nan_buf(&self.gpu, rows.len() * c, kind)?;
-            self.cpu.gather_rows(vm::<CpuBackend>(&mut cg), v::<CpuBackend>(&ca), &rows, c)?;
-            self.gpu.gather_rows(vm::<CudaBackend>(&mut gg), v::<CudaBackend>(&ga), &rows, c)?;
+            self.cpu.gather_rows(vm(&mut cg), v(&ca), &rows, c)?;
+            self.gpu.gather_rows(vm(&mut gg), v(&ga), &rows, c)?;
             let (g, r) = (get(&self.gpu, &gg)?, get(&self.cpu, &cg)?);
             self.cmp(format!("gather_rows_{k}"), &g, &r, rule);
-            self.cpu.scatter_add_rows(vm::<CpuBackend>(&mut cx), v::<CpuBackend>(&cg), &rows, c)?;
-            self.gpu.scatter_add_rows(vm::<CudaBackend>(&mut gx), v::<CudaBackend>(&gg), &rows, c)?;
+            self.cpu.scatter_add_rows(vm(&mut cx), v(&cg), &rows, c)?;
+            self.gpu.scatter_add_rows(vm(&mut gx), v(&gg), &rows, c)?;
             let (g, r) = (get(&self.gpu, &gx)?, get(&self.cpu, &cx)?);
             self.cmp(format!("scatter_add_rows_{k}"), &g, &r, rule);
             // KV-cache write
@@ -327,8 +338,8 @@ impl Checker {
             let base = self.randn(b * cap * w, 1.0);
             let (mut cc, cn) = (put(&self.cpu, &base, kind)?, put(&self.cpu, &new, kind)?);
             let (mut gc, gn) = (put(&self.gpu, &base, kind)?, put(&self.gpu, &new, kind)?);
-            self.cpu.kv_write(vm::<CpuBackend>(&mut cc), v::<CpuBackend>(&cn), b, t, cap, w, pos0)?;
-            self.gpu.kv_write(vm::<CudaBackend>(&mut gc), v::<CudaBackend>(&gn), b, t, cap, w, pos0)?;
+            self.cpu.kv_write(vm(&mut cc), v(&cn), b, t, cap, w, pos0)?;
+            self.gpu.kv_write(vm(&mut gc), v(&gn), b, t, cap, w, pos0)?;
             let (g, r) = (get(&self.gpu, &gc)?, get(&self.cpu, &cc)?);
             self.cmp(format!("kv_write_{k}"), &g, &r, rule);
         }
@@ -337,12 +348,12 @@ impl Checker {
         let gp = put(&self.gpu, &x, BufKind::Param)?;
         let master = get(&self.gpu, &gp)?;
         self.cmp("param upload: fp32 master".into(), &master, &x, Rule::Elem { rtol: 0.0, atol: 0.0 });
-        let work = self.gpu.download_work(v::<CudaBackend>(&gp))?;
+        let work = self.gpu.download_work(v(&gp))?;
         let rounded: Vec<f32> = x.iter().map(|&e| bfr(e)).collect();
         self.cmp("param upload: bf16 copy = bf16(master)".into(), &work, &rounded, Rule::Elem { rtol: 0.0, atol: 0.0 });
         let gf = put(&self.gpu, &x, BufKind::F32)?;
         let mut ga = nan_buf(&self.gpu, n, BufKind::Act)?;
-        self.gpu.copy(vm::<CudaBackend>(&mut ga), v::<CudaBackend>(&gf))?;
+        self.gpu.copy(vm(&mut ga), v(&gf))?;
         let g = get(&self.gpu, &ga)?;
         self.cmp("cast_f32_to_bf16 (copy F32 -> Act)".into(), &g, &rounded, Rule::Elem { rtol: 0.0, atol: 0.0 });
         Ok(())
@@ -356,8 +367,8 @@ impl Checker {
         let gt = put(&self.gpu, &table, BufKind::Param)?;
         let mut co = put(&self.cpu, &vec![0.0; n * c], BufKind::Act)?;
         let mut go = nan_buf(&self.gpu, n * c, BufKind::Act)?;
-        self.cpu.embedding_fwd(vm::<CpuBackend>(&mut co), &tokens, v::<CpuBackend>(&ct), vocab, c)?;
-        self.gpu.embedding_fwd(vm::<CudaBackend>(&mut go), &tokens, v::<CudaBackend>(&gt), vocab, c)?;
+        self.cpu.embedding_fwd(vm(&mut co), &tokens, v(&ct), vocab, c)?;
+        self.gpu.embedding_fwd(vm(&mut go), &tokens, v(&gt), vocab, c)?;
         let (g, r) = (get(&self.gpu, &go)?, get(&self.cpu, &co)?);
         self.cmp(format!("embedding_fwd n={n} v={vocab} c={c}"), &g, &r, BF);
         let dout = self.randn(n * c, 1.0);
@@ -365,8 +376,8 @@ impl Checker {
         let (cd, gd) = (put(&self.cpu, &dout, BufKind::Act)?, put(&self.gpu, &dout, BufKind::Act)?);
         let mut cdt = put(&self.cpu, &init, BufKind::F32)?;
         let mut gdt = put(&self.gpu, &init, BufKind::F32)?;
-        self.cpu.embedding_bwd(vm::<CpuBackend>(&mut cdt), v::<CpuBackend>(&cd), &tokens, vocab, c)?;
-        self.gpu.embedding_bwd(vm::<CudaBackend>(&mut gdt), v::<CudaBackend>(&gd), &tokens, vocab, c)?;
+        self.cpu.embedding_bwd(vm(&mut cdt), v(&cd), &tokens, vocab, c)?;
+        self.gpu.embedding_bwd(vm(&mut gdt), v(&gd), &tokens, vocab, c)?;
         let (g, r) = (get(&self.gpu, &gdt)?, get(&self.cpu, &cdt)?);
         self.cmp(format!("embedding_bwd n={n} v={vocab} c={c} (+=)"), &g, &r, Rule::MaxRel { tol: F32_SUM });
         Ok(())
@@ -382,8 +393,8 @@ impl Checker {
         let mut cr = put(&self.cpu, &vec![0.0; n], BufKind::F32)?;
         let mut go = nan_buf(&self.gpu, n * c, BufKind::Act)?;
         let mut gr = nan_buf(&self.gpu, n, BufKind::F32)?;
-        self.cpu.rmsnorm_fwd(vm::<CpuBackend>(&mut co), vm::<CpuBackend>(&mut cr), v::<CpuBackend>(&cx), v::<CpuBackend>(&cw), n, c, eps)?;
-        self.gpu.rmsnorm_fwd(vm::<CudaBackend>(&mut go), vm::<CudaBackend>(&mut gr), v::<CudaBackend>(&gx), v::<CudaBackend>(&gw), n, c, eps)?;
+        self.cpu.rmsnorm_fwd(vm(&mut co), vm(&mut cr), v(&cx), v(&cw), n, c, eps)?;
+        self.gpu.rmsnorm_fwd(vm(&mut go), vm(&mut gr), v(&gx), v(&gw), n, c, eps)?;
         let (g, r) = (get(&self.gpu, &go)?, get(&self.cpu, &co)?);
         self.cmp(format!("rmsnorm_fwd n={n} c={c}: out"), &g, &r, BF);
         let (g, r) = (get(&self.gpu, &gr)?, get(&self.cpu, &cr)?);
@@ -400,8 +411,8 @@ impl Checker {
             let mut gdi = if write == GradWrite::Overwrite { nan_buf(&self.gpu, n * c, BufKind::Act)? } else { put(&self.gpu, &dinit, BufKind::Act)? };
             let mut cdw = put(&self.cpu, &dwinit, BufKind::F32)?;
             let mut gdw = put(&self.gpu, &dwinit, BufKind::F32)?;
-            self.cpu.rmsnorm_bwd(vm::<CpuBackend>(&mut cdi), vm::<CpuBackend>(&mut cdw), v::<CpuBackend>(&cd), v::<CpuBackend>(&cx), v::<CpuBackend>(&cw), v::<CpuBackend>(&crs), n, c, write)?;
-            self.gpu.rmsnorm_bwd(vm::<CudaBackend>(&mut gdi), vm::<CudaBackend>(&mut gdw), v::<CudaBackend>(&gd), v::<CudaBackend>(&gx), v::<CudaBackend>(&gw), v::<CudaBackend>(&grs), n, c, write)?;
+            self.cpu.rmsnorm_bwd(vm(&mut cdi), vm(&mut cdw), v(&cd), v(&cx), v(&cw), v(&crs), n, c, write)?;
+            self.gpu.rmsnorm_bwd(vm(&mut gdi), vm(&mut gdw), v(&gd), v(&gx), v(&gw), v(&grs), n, c, write)?;
             let (g, r) = (get(&self.gpu, &gdi)?, get(&self.cpu, &cdi)?);
             self.cmp(format!("rmsnorm_bwd n={n} c={c} {write:?}: dinp"), &g, &r, Rule::FlashAttn { factor: FA_BWD });
             let (g, r) = (get(&self.gpu, &gdw)?, get(&self.cpu, &cdw)?);
@@ -416,13 +427,13 @@ impl Checker {
         let x = self.randn(b * t * heads * hd, 1.0);
         let (ct, gt) = (put(&self.cpu, &table, BufKind::F32)?, put(&self.gpu, &table, BufKind::F32)?);
         let (mut cx, mut gx) = (put(&self.cpu, &x, BufKind::Act)?, put(&self.gpu, &x, BufKind::Act)?);
-        self.cpu.rope_fwd(vm::<CpuBackend>(&mut cx), v::<CpuBackend>(&ct), s)?;
-        self.gpu.rope_fwd(vm::<CudaBackend>(&mut gx), v::<CudaBackend>(&gt), s)?;
+        self.cpu.rope_fwd(vm(&mut cx), v(&ct), s)?;
+        self.gpu.rope_fwd(vm(&mut gx), v(&gt), s)?;
         let (g, r) = (get(&self.gpu, &gx)?, get(&self.cpu, &cx)?);
         self.cmp(format!("rope_fwd b={b} t={t} heads={heads} hd={hd} pos0={pos0}"), &g, &r, BF);
         let (mut cx, mut gx) = (put(&self.cpu, &x, BufKind::Act)?, put(&self.gpu, &x, BufKind::Act)?);
-        self.cpu.rope_bwd(vm::<CpuBackend>(&mut cx), v::<CpuBackend>(&ct), s)?;
-        self.gpu.rope_bwd(vm::<CudaBackend>(&mut gx), v::<CudaBackend>(&gt), s)?;
+        self.cpu.rope_bwd(vm(&mut cx), v(&ct), s)?;
+        self.gpu.rope_bwd(vm(&mut gx), v(&gt), s)?;
         let (g, r) = (get(&self.gpu, &gx)?, get(&self.cpu, &cx)?);
         self.cmp(format!("rope_bwd b={b} t={t} heads={heads} hd={hd} pos0={pos0}"), &g, &r, BF);
         Ok(())
@@ -434,14 +445,14 @@ impl Checker {
         let g: Vec<CudaBuf> = vec![put(&self.gpu, &gate, BufKind::Act)?, put(&self.gpu, &up, BufKind::Act)?, put(&self.gpu, &dy, BufKind::Act)?];
         let mut co = put(&self.cpu, &vec![0.0; n], BufKind::Act)?;
         let mut go = nan_buf(&self.gpu, n, BufKind::Act)?;
-        self.cpu.swiglu_fwd(vm::<CpuBackend>(&mut co), v::<CpuBackend>(&c[0]), v::<CpuBackend>(&c[1]))?;
-        self.gpu.swiglu_fwd(vm::<CudaBackend>(&mut go), v::<CudaBackend>(&g[0]), v::<CudaBackend>(&g[1]))?;
+        self.cpu.swiglu_fwd(vm(&mut co), v(&c[0]), v(&c[1]))?;
+        self.gpu.swiglu_fwd(vm(&mut go), v(&g[0]), v(&g[1]))?;
         let (a, b) = (get(&self.gpu, &go)?, get(&self.cpu, &co)?);
         self.cmp(format!("swiglu_fwd n={n}"), &a, &b, BF);
         let (mut cdg, mut cdu) = (put(&self.cpu, &vec![0.0; n], BufKind::Act)?, put(&self.cpu, &vec![0.0; n], BufKind::Act)?);
         let (mut gdg, mut gdu) = (nan_buf(&self.gpu, n, BufKind::Act)?, nan_buf(&self.gpu, n, BufKind::Act)?);
-        self.cpu.swiglu_bwd(vm::<CpuBackend>(&mut cdg), vm::<CpuBackend>(&mut cdu), v::<CpuBackend>(&c[2]), v::<CpuBackend>(&c[0]), v::<CpuBackend>(&c[1]))?;
-        self.gpu.swiglu_bwd(vm::<CudaBackend>(&mut gdg), vm::<CudaBackend>(&mut gdu), v::<CudaBackend>(&g[2]), v::<CudaBackend>(&g[0]), v::<CudaBackend>(&g[1]))?;
+        self.cpu.swiglu_bwd(vm(&mut cdg), vm(&mut cdu), v(&c[2]), v(&c[0]), v(&c[1]))?;
+        self.gpu.swiglu_bwd(vm(&mut gdg), vm(&mut gdu), v(&g[2]), v(&g[0]), v(&g[1]))?;
         let (a, b) = (get(&self.gpu, &gdg)?, get(&self.cpu, &cdg)?);
         self.cmp(format!("swiglu_bwd n={n}: dgate"), &a, &b, BF);
         let (a, b) = (get(&self.gpu, &gdu)?, get(&self.cpu, &cdu)?);
@@ -457,8 +468,8 @@ impl Checker {
             let (mut cl, mut gl) = (put(&self.cpu, &logits, BufKind::Act)?, put(&self.gpu, &logits, BufKind::Act)?);
             let mut cls = put(&self.cpu, &vec![0.0; n], BufKind::F32)?;
             let mut gls = nan_buf(&self.gpu, n, BufKind::F32)?;
-            self.cpu.cross_entropy(vm::<CpuBackend>(&mut cl), vm::<CpuBackend>(&mut cls), &targets, vocab, grad)?;
-            self.gpu.cross_entropy(vm::<CudaBackend>(&mut gl), vm::<CudaBackend>(&mut gls), &targets, vocab, grad)?;
+            self.cpu.cross_entropy(vm(&mut cl), vm(&mut cls), &targets, vocab, grad)?;
+            self.gpu.cross_entropy(vm(&mut gl), vm(&mut gls), &targets, vocab, grad)?;
             let (g, r) = (get(&self.gpu, &gls)?, get(&self.cpu, &cls)?);
             self.cmp(format!("cross_entropy n={n} v={vocab} {mode}: losses"), &g, &r, F32);
             let (g, r) = (get(&self.gpu, &gl)?, get(&self.cpu, &cl)?);
@@ -481,15 +492,15 @@ impl Checker {
             let (cg, gg) = (put(&self.cpu, &gr, BufKind::F32)?, put(&self.gpu, &gr, BufKind::F32)?);
             let (mut cm, mut gm) = (put(&self.cpu, &m, BufKind::F32)?, put(&self.gpu, &m, BufKind::F32)?);
             let (mut cv, mut gv) = (put(&self.cpu, &vv, BufKind::F32)?, put(&self.gpu, &vv, BufKind::F32)?);
-            self.cpu.adamw(vm::<CpuBackend>(&mut cp), v::<CpuBackend>(&cg), vm::<CpuBackend>(&mut cm), vm::<CpuBackend>(&mut cv), h)?;
-            self.gpu.adamw(vm::<CudaBackend>(&mut gp), v::<CudaBackend>(&gg), vm::<CudaBackend>(&mut gm), vm::<CudaBackend>(&mut gv), h)?;
+            self.cpu.adamw(vm(&mut cp), v(&cg), vm(&mut cm), vm(&mut cv), h)?;
+            self.gpu.adamw(vm(&mut gp), v(&gg), vm(&mut gm), vm(&mut gv), h)?;
             let tag = format!("adamw n={n} wd={wd} step={step} clip={gs}");
             let rule = Rule::Elem { rtol: RTOL_ADAMW, atol: 0.0 };
             let r = get(&self.cpu, &cp)?;
             self.cmp(format!("{tag}: master"), &get(&self.gpu, &gp)?, &r, rule);
             self.cmp(format!("{tag}: m"), &get(&self.gpu, &gm)?, &get(&self.cpu, &cm)?, rule);
             self.cmp(format!("{tag}: v"), &get(&self.gpu, &gv)?, &get(&self.cpu, &cv)?, rule);
-            let work = self.gpu.download_work(v::<CudaBackend>(&gp))?;
+            let work = self.gpu.download_work(v(&gp))?;
             let rounded: Vec<f32> = get(&self.gpu, &gp)?.iter().map(|&x| bfr(x)).collect();
             self.cmp(format!("{tag}: bf16 copy = bf16(master)"), &work, &rounded, Rule::Elem { rtol: 0.0, atol: 0.0 });
         }
@@ -506,8 +517,8 @@ impl Checker {
             let g = Gemm { m, n, k, ta, tb, write: GradWrite::Overwrite };
             let mut cc = put(&self.cpu, &vec![0.0; m * n], BufKind::Act)?;
             let mut gc = nan_buf(&self.gpu, m * n, BufKind::Act)?;
-            self.cpu.matmul(vm::<CpuBackend>(&mut cc), v::<CpuBackend>(&ca), v::<CpuBackend>(&cb), g)?;
-            self.gpu.matmul(vm::<CudaBackend>(&mut gc), v::<CudaBackend>(&ga), v::<CudaBackend>(&gb), g)?;
+            self.cpu.matmul(vm(&mut cc), v(&ca), v(&cb), g)?;
+            self.gpu.matmul(vm(&mut gc), v(&ga), v(&gb), g)?;
             let (x, y) = (get(&self.gpu, &gc)?, get(&self.cpu, &cc)?);
             self.cmp(format!("matmul {m}x{n}x{k} {ta:?}{tb:?} -> bf16 (=)"), &x, &y, Rule::FlashAttn { factor: FA_FWD });
             // parameter-gradient output: f32, accumulated (beta = 1)
@@ -515,8 +526,8 @@ impl Checker {
             let g = Gemm { m, n, k, ta, tb, write: GradWrite::Accumulate };
             let mut cc = put(&self.cpu, &init, BufKind::F32)?;
             let mut gc = put(&self.gpu, &init, BufKind::F32)?;
-            self.cpu.matmul(vm::<CpuBackend>(&mut cc), v::<CpuBackend>(&ca), v::<CpuBackend>(&cb), g)?;
-            self.gpu.matmul(vm::<CudaBackend>(&mut gc), v::<CudaBackend>(&ga), v::<CudaBackend>(&gb), g)?;
+            self.cpu.matmul(vm(&mut cc), v(&ca), v(&cb), g)?;
+            self.gpu.matmul(vm(&mut gc), v(&ga), v(&gb), g)?;
             let (x, y) = (get(&self.gpu, &gc)?, get(&self.cpu, &cc)?);
             self.cmp(format!("matmul {m}x{n}x{k} {ta:?}{tb:?} -> f32 (+=)"), &x, &y, Rule::MaxRel { tol: F32_SUM });
         }
@@ -538,7 +549,7 @@ impl Checker {
         let gv = put(&self.gpu, &vv, BufKind::Act)?;
         let mut co = put(&self.cpu, &vec![0.0; q.len()], BufKind::Act)?;
         let mut cl = put(&self.cpu, &vec![0.0; b * nh * t], BufKind::F32)?;
-        self.cpu.attention_fwd(vm::<CpuBackend>(&mut co), vm::<CpuBackend>(&mut cl), v::<CpuBackend>(&cq), v::<CpuBackend>(&ck), v::<CpuBackend>(&cv), s)?;
+        self.cpu.attention_fwd(vm(&mut co), vm(&mut cl), v(&cq), v(&ck), v(&cv), s)?;
         let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
         // the tensor-core kernel rounds P to bf16: its naive reference does too
         let naive_p = attention_naive_bf16p(&q, &k, &vv, s);
@@ -546,7 +557,7 @@ impl Checker {
             self.gpu.set_attention_fwd(imp);
             let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
             let mut gl = nan_buf(&self.gpu, b * nh * t, BufKind::F32)?;
-            self.gpu.attention_fwd(vm::<CudaBackend>(&mut go), vm::<CudaBackend>(&mut gl), v::<CudaBackend>(&gq), v::<CudaBackend>(&gk), v::<CudaBackend>(&gv), s)?;
+            self.gpu.attention_fwd(vm(&mut go), vm(&mut gl), v(&gq), v(&gk), v(&gv), s)?;
             let g = get(&self.gpu, &go)?;
             let name = format!("{tag} fwd {imp:?}: out");
             match imp {
@@ -568,27 +579,27 @@ impl Checker {
         let mut gdk = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
         let mut gdv = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
         self.cpu.attention_bwd(
-            vm::<CpuBackend>(&mut cdq),
-            vm::<CpuBackend>(&mut cdk),
-            vm::<CpuBackend>(&mut cdv),
-            v::<CpuBackend>(&cd),
-            v::<CpuBackend>(&cq),
-            v::<CpuBackend>(&ck),
-            v::<CpuBackend>(&cv),
-            v::<CpuBackend>(&cout),
-            v::<CpuBackend>(&clse),
+            vm(&mut cdq),
+            vm(&mut cdk),
+            vm(&mut cdv),
+            v(&cd),
+            v(&cq),
+            v(&ck),
+            v(&cv),
+            v(&cout),
+            v(&clse),
             s,
         )?;
         self.gpu.attention_bwd(
-            vm::<CudaBackend>(&mut gdq),
-            vm::<CudaBackend>(&mut gdk),
-            vm::<CudaBackend>(&mut gdv),
-            v::<CudaBackend>(&gd),
-            v::<CudaBackend>(&gq),
-            v::<CudaBackend>(&gk),
-            v::<CudaBackend>(&gv),
-            v::<CudaBackend>(&gout),
-            v::<CudaBackend>(&glse),
+            vm(&mut gdq),
+            vm(&mut gdk),
+            vm(&mut gdv),
+            v(&gd),
+            v(&gq),
+            v(&gk),
+            v(&gv),
+            v(&gout),
+            v(&glse),
             s,
         )?;
         for (name, g, c) in [("dq", &gdq, &cdq), ("dk", &gdk, &cdk), ("dv", &gdv, &cdv)] {
@@ -616,14 +627,14 @@ impl Checker {
         let (gq, gk, gv) = (put(&self.gpu, &q, BufKind::Act)?, put(&self.gpu, &k, BufKind::Act)?, put(&self.gpu, &vv, BufKind::Act)?);
         let mut co = put(&self.cpu, &vec![0.0; q.len()], BufKind::Act)?;
         let mut cl = put(&self.cpu, &vec![0.0; b * nh * tq], BufKind::F32)?;
-        self.cpu.attention_fwd(vm::<CpuBackend>(&mut co), vm::<CpuBackend>(&mut cl), v::<CpuBackend>(&cq), v::<CpuBackend>(&ck), v::<CpuBackend>(&cv), s)?;
+        self.cpu.attention_fwd(vm(&mut co), vm(&mut cl), v(&cq), v(&ck), v(&cv), s)?;
         let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
         let naive_p = attention_naive_bf16p(&q, &k, &vv, s);
         for imp in [AttnFwd::Simple, AttnFwd::Mma] {
             self.gpu.set_attention_fwd(imp);
             let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
             let mut gl = nan_buf(&self.gpu, b * nh * tq, BufKind::F32)?;
-            self.gpu.attention_fwd(vm::<CudaBackend>(&mut go), vm::<CudaBackend>(&mut gl), v::<CudaBackend>(&gq), v::<CudaBackend>(&gk), v::<CudaBackend>(&gv), s)?;
+            self.gpu.attention_fwd(vm(&mut go), vm(&mut gl), v(&gq), v(&gk), v(&gv), s)?;
             let g = get(&self.gpu, &go)?;
             match imp {
                 AttnFwd::Mma => self.cmp_naive(format!("{tag} {imp:?}: out"), &g, &out_ref, &naive_p, FA_FWD),

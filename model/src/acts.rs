@@ -1,0 +1,158 @@
+//! Activation buffers: what forward stores for backward (`ActTensors`), and
+//! the activation gradients backward reuses across layers (`GradActTensors`).
+//! Each field is its own buffer, so an op that reads one activation and
+//! writes another borrows two distinct fields (the borrow checker sees every
+//! read and write).
+//!
+//! `layers` is `L` when training (every layer's activations are kept for
+//! backward) and 1 for inference (one slot reused by every layer).
+//!
+//! Public items: [`ActTensors`], [`Acts`], [`GradActTensors`], [`GradActs`],
+//! [`LogitRows`].
+
+use crate::config::Config;
+use crate::error::Result;
+use llama2_runtime::{Backend, BufKind};
+
+/// Which rows get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// every position: `(b*t, V)` (training, scoring)
+    All,
+    /// the last position of each sequence: `(b, V)` (generation)
+    Last,
+}
+
+/// Activations kept by forward. `N = b*t`, `S` = stored layers (L or 1).
+pub struct ActTensors<T> {
+    pub emb: T,      // (N, C)        token embeddings (layer 0's input)
+    pub ln1: T,      // (S, N, C)     input_layernorm output
+    pub rstd1: T,    // (S, N)        F32
+    pub q: T,        // (S, N, q_dim) after RoPE
+    pub k: T,        // (S, N, kv_dim) after RoPE
+    pub v: T,        // (S, N, kv_dim)
+    pub att: T,      // (S, N, q_dim) attention output before o_proj
+    pub lse: T,      // (S, b, n_heads, t) F32
+    pub res_mid: T,  // (S, N, C)     residual after attention
+    pub ln2: T,      // (S, N, C)     post_attention_layernorm output
+    pub rstd2: T,    // (S, N)        F32
+    pub gate: T,     // (S, N, I)
+    pub up: T,       // (S, N, I)
+    pub h: T,        // (S, N, I)     silu(gate) * up
+    pub res_out: T,  // (S, N, C)     residual after the MLP (layer output)
+    pub lnf: T,      // (N, C)        final norm output
+    pub rstdf: T,    // (N)           F32
+    pub lnf_last: T, // (b, C)        final norm of the last positions (LogitRows::Last)
+    pub logits: T,   // (N or b, V)   logits; overwritten by dlogits
+    pub losses: T,   // (N)           F32 per-position loss
+    pub scratch: T,  // (N, C)        o_proj / down_proj output before the residual add
+}
+
+/// The activations of one forward shape.
+pub struct Acts<B: Backend> {
+    pub b: usize,
+    pub t: usize,
+    /// stored layers: L (training) or 1 (inference)
+    pub layers: usize,
+    pub rows: LogitRows,
+    pub a: ActTensors<B::Buf>,
+}
+
+impl<B: Backend> Acts<B> {
+    /// Allocates activations for batches of `b` sequences of `t` tokens.
+    pub fn new(be: &B, cfg: &Config, b: usize, t: usize, training: bool, rows: LogitRows) -> Result<Self> {
+        let n = b * t;
+        let s = if training { cfg.n_layers } else { 1 };
+        let (c, q, kv, i, v) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate, cfg.vocab_size);
+        let nl = match rows {
+            LogitRows::All => n,
+            LogitRows::Last => b,
+        };
+        let act = |len: usize| be.alloc(len, BufKind::Act);
+        let f32b = |len: usize| be.alloc(len, BufKind::F32);
+        let a = ActTensors {
+            emb: act(n * c)?,
+            ln1: act(s * n * c)?,
+            rstd1: f32b(s * n)?,
+            q: act(s * n * q)?,
+            k: act(s * n * kv)?,
+            v: act(s * n * kv)?,
+            att: act(s * n * q)?,
+            lse: f32b(s * b * cfg.n_heads * t)?,
+            res_mid: act(s * n * c)?,
+            ln2: act(s * n * c)?,
+            rstd2: f32b(s * n)?,
+            gate: act(s * n * i)?,
+            up: act(s * n * i)?,
+            h: act(s * n * i)?,
+            res_out: act(s * n * c)?,
+            lnf: act(n * c)?,
+            rstdf: f32b(n)?,
+            lnf_last: act(if rows == LogitRows::Last { b * c } else { 0 })?,
+            logits: act(nl * v)?,
+            losses: f32b(nl)?,
+            scratch: act(n * c)?,
+        };
+        Ok(Acts { b, t, layers: s, rows, a })
+    }
+
+    /// Number of rows that have logits.
+    pub fn logit_rows(&self) -> usize {
+        match self.rows {
+            LogitRows::All => self.b * self.t,
+            LogitRows::Last => self.b,
+        }
+    }
+
+    /// Bytes of activation memory if every element is stored in f32.
+    pub fn bytes_f32(cfg: &Config, b: usize, t: usize, training: bool) -> usize {
+        let n = b * t;
+        let s = if training { cfg.n_layers } else { 1 };
+        let (c, q, kv, i, v) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate, cfg.vocab_size);
+        let per_layer = n * (4 * c + 2 * q + 2 * kv + 3 * i + 2) + b * cfg.n_heads * t;
+        4 * (s * per_layer + n * (3 * c + 2) + n * v)
+    }
+}
+
+/// Activation gradients of one layer, reused by every layer in backward.
+pub struct GradActTensors<T> {
+    pub dres: T,  // (N, C)      gradient of the residual stream (accumulated)
+    pub dln: T,   // (N, C)      gradient of a norm's output
+    pub dq: T,    // (N, q_dim)
+    pub dk: T,    // (N, kv_dim)
+    pub dv: T,    // (N, kv_dim)
+    pub datt: T,  // (N, q_dim)
+    pub dgate: T, // (N, I)
+    pub dup: T,   // (N, I)
+    pub dh: T,    // (N, I)
+}
+
+/// Activation gradients for batches of `b x t`.
+pub struct GradActs<B: Backend> {
+    pub b: usize,
+    pub t: usize,
+    pub g: GradActTensors<B::Buf>,
+}
+
+impl<B: Backend> GradActs<B> {
+    pub fn new(be: &B, cfg: &Config, b: usize, t: usize) -> Result<Self> {
+        let n = b * t;
+        let (c, q, kv, i) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+        let act = |len: usize| be.alloc(len, BufKind::Act);
+        Ok(GradActs {
+            b,
+            t,
+            g: GradActTensors {
+                dres: act(n * c)?,
+                dln: act(n * c)?,
+                dq: act(n * q)?,
+                dk: act(n * kv)?,
+                dv: act(n * kv)?,
+                datt: act(n * q)?,
+                dgate: act(n * i)?,
+                dup: act(n * i)?,
+                dh: act(n * i)?,
+            },
+        })
+    }
+}

@@ -1,0 +1,132 @@
+//! The model: config, parameter arena on a backend, RoPE table. Loading and
+//! saving in Hugging Face format; random initialisation as transformers
+//! does it (normal(0, 0.02) for every matrix, ones for the norms).
+//!
+//! Public items: [`Model`], [`KvCache`], [`param_view`], [`param_view_mut`].
+
+use crate::config::Config;
+use crate::error::{ModelError, Result};
+use crate::params::{ParamId, ParamLayout};
+use crate::weights::{save_safetensors, write_atomic, Checkpoint, HostWeights, SaveDtype};
+use llama2_runtime::kernels::rope::rope_table;
+use llama2_runtime::rng::Rng;
+use llama2_runtime::{vm, Backend, BufKind, View, ViewMut};
+use std::path::Path;
+
+/// A Llama model on a backend.
+pub struct Model<B: Backend> {
+    pub cfg: Config,
+    pub layout: ParamLayout,
+    /// the parameter arena (`BufKind::Param`), laid out by `layout`
+    pub params: B::Buf,
+    /// RoPE cos/sin table `(rope_len, head_dim/2, 2)`, F32
+    pub rope: B::Buf,
+    /// positions covered by `rope`
+    pub rope_len: usize,
+}
+
+/// Window of parameter `id` (layer `l`) in an arena laid out by `lay`.
+pub fn param_view<'a, B: Backend>(buf: &'a B::Buf, lay: &ParamLayout, id: ParamId, l: usize) -> View<'a, B> {
+    let (off, len) = lay.range(id, l);
+    View { buf, off, len }
+}
+
+/// Exclusive window of parameter `id` (layer `l`), for gradients.
+pub fn param_view_mut<'a, B: Backend>(buf: &'a mut B::Buf, lay: &ParamLayout, id: ParamId, l: usize) -> ViewMut<'a, B> {
+    let (off, len) = lay.range(id, l);
+    ViewMut { buf, off, len }
+}
+
+/// Keys and values of past positions for incremental decoding.
+pub struct KvCache<B: Backend> {
+    pub k: B::Buf, // (L, b, cap, kv_dim)
+    pub v: B::Buf, // (L, b, cap, kv_dim)
+    pub b: usize,
+    pub cap: usize,
+    /// positions filled so far
+    pub len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(be: &B, cfg: &Config, b: usize, cap: usize) -> Result<Self> {
+        let n = cfg.n_layers * b * cap * cfg.kv_dim();
+        Ok(KvCache { k: be.alloc(n, BufKind::Act)?, v: be.alloc(n, BufKind::Act)?, b, cap, len: 0 })
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// A model with its parameters taken from the host arena `host (total)`.
+    pub fn from_host(be: &B, cfg: Config, host: &[f32]) -> Result<Self> {
+        cfg.validate()?;
+        let layout = ParamLayout::new(&cfg);
+        if host.len() != layout.total {
+            return Err(ModelError::Invalid(format!("{} parameter values for a layout of {}", host.len(), layout.total)));
+        }
+        let mut params = be.alloc(layout.total, BufKind::Param)?;
+        be.upload(vm(&mut params), host)?;
+        let rope_len = cfg.max_seq_len.max(1);
+        let tab = rope_table(rope_len, cfg.head_dim, cfg.rope_theta as f32);
+        let mut rope = be.alloc(tab.len(), BufKind::F32)?;
+        be.upload(vm(&mut rope), &tab)?;
+        Ok(Model { cfg, layout, params, rope, rope_len })
+    }
+
+    /// Random initialisation as transformers' `_init_weights` for Llama:
+    /// every matrix normal(0, 0.02), every RMSNorm gain 1.
+    pub fn init_random(be: &B, cfg: Config, seed: u64) -> Result<Self> {
+        let layout = ParamLayout::new(&cfg);
+        let mut host = vec![0f32; layout.total];
+        let mut rng = Rng::derive(seed, "init");
+        const INIT_STD: f32 = 0.02; // transformers' initializer_range default
+        for (i, x) in host.iter_mut().enumerate() {
+            *x = if i < layout.n_decay { rng.normal() * INIT_STD } else { 1.0 };
+        }
+        Self::from_host(be, cfg, &host)
+    }
+
+    /// Loads a Hugging Face model directory (config.json + safetensors).
+    pub fn load(be: &B, dir: &Path) -> Result<Self> {
+        let cfg = Config::from_hf_file(&dir.join("config.json"))?;
+        let ck = Checkpoint::open(dir)?;
+        let layout = ParamLayout::new(&cfg);
+        let mut host = vec![0f32; layout.total];
+        layout.load(&cfg, &ck, &mut host)?;
+        Self::from_host(be, cfg, &host)
+    }
+
+    /// The parameters on the host (f32; the master copy on CUDA).
+    pub fn params_host(&self, be: &B) -> Result<Vec<f32>> {
+        let mut host = vec![0f32; self.layout.total];
+        be.download(View::of(&self.params), &mut host)?;
+        Ok(host)
+    }
+
+    /// The parameters as named HF tensors.
+    pub fn to_hf(&self, be: &B) -> Result<HostWeights> {
+        Ok(self.layout.to_host(&self.cfg, &self.params_host(be)?))
+    }
+
+    /// Writes `dir/config.json` and `dir/model.safetensors` (creating `dir`).
+    pub fn save(&self, be: &B, dir: &Path, dtype: SaveDtype) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let cfg = serde_json::to_string_pretty(&self.cfg.to_hf_json()).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        save_safetensors(&dir.join("model.safetensors"), &self.to_hf(be)?, dtype, Some(meta))
+    }
+
+    /// Window of parameter `id` of layer `l`.
+    pub fn p(&self, id: ParamId, l: usize) -> View<'_, B> {
+        param_view::<B>(&self.params, &self.layout, id, l)
+    }
+
+    /// The output head's weight: `lm_head`, or the embedding when tied.
+    pub fn head_id(&self) -> ParamId {
+        if self.cfg.tie_embeddings {
+            ParamId::Embed
+        } else {
+            ParamId::LmHead
+        }
+    }
+}

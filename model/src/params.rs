@@ -1,0 +1,249 @@
+//! The parameters of the model as one arena with one named field per
+//! tensor (llm.c `ParameterTensors`). The same struct holds sizes, offsets,
+//! and (in the train crate) gradients and AdamW moments.
+//!
+//! Per-layer tensors are stacked over layers: `wq (L, q_dim, C)` holds
+//! transformers' `model.layers.{l}.self_attn.q_proj.weight` at layer l.
+//!
+//! Arena order: every matrix first (the weight-decay group), then the 1-D
+//! RMSNorm gains (no weight decay), so AdamW runs as two contiguous calls.
+//!
+//! Public items: [`ParamTensors`], [`ParamId`], [`ParamLayout`].
+
+use crate::config::Config;
+use crate::error::{ModelError, Result};
+use crate::weights::{Checkpoint, HostTensor, HostWeights};
+
+/// One field per parameter tensor.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParamTensors<T> {
+    pub embed: T,   // (V, C)             model.embed_tokens.weight
+    pub lm_head: T, // (V, C)             lm_head.weight (empty when tied)
+    pub wq: T,      // (L, q_dim, C)      self_attn.q_proj.weight
+    pub wk: T,      // (L, kv_dim, C)     self_attn.k_proj.weight
+    pub wv: T,      // (L, kv_dim, C)     self_attn.v_proj.weight
+    pub wo: T,      // (L, C, q_dim)      self_attn.o_proj.weight
+    pub wgate: T,   // (L, I, C)          mlp.gate_proj.weight
+    pub wup: T,     // (L, I, C)          mlp.up_proj.weight
+    pub wdown: T,   // (L, C, I)          mlp.down_proj.weight
+    pub ln1: T,     // (L, C)             input_layernorm.weight
+    pub ln2: T,     // (L, C)             post_attention_layernorm.weight
+    pub lnf: T,     // (C)                model.norm.weight
+}
+
+/// The parameter tensors, in arena order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamId {
+    Embed,
+    LmHead,
+    Wq,
+    Wk,
+    Wv,
+    Wo,
+    Wgate,
+    Wup,
+    Wdown,
+    Ln1,
+    Ln2,
+    Lnf,
+}
+
+impl ParamId {
+    pub const ALL: [ParamId; 12] = [
+        ParamId::Embed,
+        ParamId::LmHead,
+        ParamId::Wq,
+        ParamId::Wk,
+        ParamId::Wv,
+        ParamId::Wo,
+        ParamId::Wgate,
+        ParamId::Wup,
+        ParamId::Wdown,
+        ParamId::Ln1,
+        ParamId::Ln2,
+        ParamId::Lnf,
+    ];
+
+    /// Stacked over layers?
+    pub fn per_layer(self) -> bool {
+        !matches!(self, ParamId::Embed | ParamId::LmHead | ParamId::Lnf)
+    }
+
+    /// Gets weight decay (2-D tensors)?
+    pub fn decays(self) -> bool {
+        !matches!(self, ParamId::Ln1 | ParamId::Ln2 | ParamId::Lnf)
+    }
+
+    /// The HF tensor name (of layer `l` for per-layer tensors).
+    pub fn hf_name(self, l: usize) -> String {
+        match self {
+            ParamId::Embed => "model.embed_tokens.weight".into(),
+            ParamId::LmHead => "lm_head.weight".into(),
+            ParamId::Lnf => "model.norm.weight".into(),
+            ParamId::Wq => format!("model.layers.{l}.self_attn.q_proj.weight"),
+            ParamId::Wk => format!("model.layers.{l}.self_attn.k_proj.weight"),
+            ParamId::Wv => format!("model.layers.{l}.self_attn.v_proj.weight"),
+            ParamId::Wo => format!("model.layers.{l}.self_attn.o_proj.weight"),
+            ParamId::Wgate => format!("model.layers.{l}.mlp.gate_proj.weight"),
+            ParamId::Wup => format!("model.layers.{l}.mlp.up_proj.weight"),
+            ParamId::Wdown => format!("model.layers.{l}.mlp.down_proj.weight"),
+            ParamId::Ln1 => format!("model.layers.{l}.input_layernorm.weight"),
+            ParamId::Ln2 => format!("model.layers.{l}.post_attention_layernorm.weight"),
+        }
+    }
+
+    /// Shape of one HF tensor (one layer's slice for per-layer tensors).
+    pub fn hf_shape(self, c: &Config) -> Vec<usize> {
+        let (h, v, i, q, kv) = (c.hidden, c.vocab_size, c.intermediate, c.q_dim(), c.kv_dim());
+        match self {
+            ParamId::Embed => vec![v, h],
+            ParamId::LmHead => {
+                if c.tie_embeddings {
+                    vec![0]
+                } else {
+                    vec![v, h]
+                }
+            }
+            ParamId::Wq => vec![q, h],
+            ParamId::Wk | ParamId::Wv => vec![kv, h],
+            ParamId::Wo => vec![h, q],
+            ParamId::Wgate | ParamId::Wup => vec![i, h],
+            ParamId::Wdown => vec![h, i],
+            ParamId::Ln1 | ParamId::Ln2 | ParamId::Lnf => vec![h],
+        }
+    }
+}
+
+impl<T> ParamTensors<T> {
+    pub fn get(&self, id: ParamId) -> &T {
+        match id {
+            ParamId::Embed => &self.embed,
+            ParamId::LmHead => &self.lm_head,
+            ParamId::Wq => &self.wq,
+            ParamId::Wk => &self.wk,
+            ParamId::Wv => &self.wv,
+            ParamId::Wo => &self.wo,
+            ParamId::Wgate => &self.wgate,
+            ParamId::Wup => &self.wup,
+            ParamId::Wdown => &self.wdown,
+            ParamId::Ln1 => &self.ln1,
+            ParamId::Ln2 => &self.ln2,
+            ParamId::Lnf => &self.lnf,
+        }
+    }
+
+    /// Builds a struct field by field.
+    pub fn from_fn(mut f: impl FnMut(ParamId) -> T) -> Self {
+        ParamTensors {
+            embed: f(ParamId::Embed),
+            lm_head: f(ParamId::LmHead),
+            wq: f(ParamId::Wq),
+            wk: f(ParamId::Wk),
+            wv: f(ParamId::Wv),
+            wo: f(ParamId::Wo),
+            wgate: f(ParamId::Wgate),
+            wup: f(ParamId::Wup),
+            wdown: f(ParamId::Wdown),
+            ln1: f(ParamId::Ln1),
+            ln2: f(ParamId::Ln2),
+            lnf: f(ParamId::Lnf),
+        }
+    }
+}
+
+/// Sizes and offsets of every tensor in the arena.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamLayout {
+    pub size: ParamTensors<usize>,
+    pub offset: ParamTensors<usize>,
+    /// total number of elements
+    pub total: usize,
+    /// elements `[0, n_decay)` get weight decay, `[n_decay, total)` do not
+    pub n_decay: usize,
+    pub n_layers: usize,
+}
+
+impl ParamLayout {
+    pub fn new(c: &Config) -> Self {
+        let size = ParamTensors::from_fn(|id| {
+            let one: usize = id.hf_shape(c).iter().product();
+            if id == ParamId::LmHead && c.tie_embeddings {
+                0
+            } else if id.per_layer() {
+                one * c.n_layers
+            } else {
+                one
+            }
+        });
+        let mut off = 0;
+        let mut n_decay = 0;
+        let offset = ParamTensors::from_fn(|id| {
+            let o = off;
+            off += *size.get(id);
+            if id.decays() {
+                n_decay = off;
+            }
+            o
+        });
+        ParamLayout { size, offset, total: off, n_decay, n_layers: c.n_layers }
+    }
+
+    /// `(offset, len)` of tensor `id`, of layer `l` for per-layer tensors.
+    pub fn range(&self, id: ParamId, l: usize) -> (usize, usize) {
+        let (o, s) = (*self.offset.get(id), *self.size.get(id));
+        if id.per_layer() {
+            let one = s / self.n_layers;
+            (o + l * one, one)
+        } else {
+            (o, s)
+        }
+    }
+
+    /// Every HF tensor: (id, layer, name).
+    pub fn hf_tensors<'a>(&'a self, c: &'a Config) -> impl Iterator<Item = (ParamId, usize, String)> + 'a {
+        ParamId::ALL.into_iter().filter(move |&id| !(id == ParamId::LmHead && c.tie_embeddings)).flat_map(move |id| {
+            let layers = if id.per_layer() { c.n_layers } else { 1 };
+            (0..layers).map(move |l| (id, l, id.hf_name(l)))
+        })
+    }
+
+    /// Fills the host arena `dst (total)` from a checkpoint, checking every
+    /// tensor's presence, shape and dtype.
+    pub fn load(&self, c: &Config, ck: &Checkpoint, dst: &mut [f32]) -> Result<()> {
+        if dst.len() != self.total {
+            return Err(ModelError::Invalid(format!("arena of {} values, layout needs {}", dst.len(), self.total)));
+        }
+        for (id, l, name) in self.hf_tensors(c) {
+            let (o, n) = self.range(id, l);
+            if !ck.contains(&name) {
+                return Err(ModelError::Tensor { name, msg: "missing from the checkpoint; HINT: the weights do not belong to this config.json".into() });
+            }
+            ck.read_into(&name, &id.hf_shape(c), &mut dst[o..o + n])?;
+        }
+        Ok(())
+    }
+
+    /// Fills the arena from named host tensors (same checks as [`Self::load`]).
+    pub fn load_host(&self, c: &Config, w: &HostWeights, dst: &mut [f32]) -> Result<()> {
+        for (id, l, name) in self.hf_tensors(c) {
+            let (o, n) = self.range(id, l);
+            let t = w.get(&name).ok_or_else(|| ModelError::Tensor { name: name.clone(), msg: "missing".into() })?;
+            let want = id.hf_shape(c);
+            if t.shape != want {
+                return Err(ModelError::Tensor { name, msg: format!("shape {:?}, config implies {want:?}", t.shape) });
+            }
+            dst[o..o + n].copy_from_slice(&t.data);
+        }
+        Ok(())
+    }
+
+    /// The arena as named HF tensors.
+    pub fn to_host(&self, c: &Config, src: &[f32]) -> HostWeights {
+        let mut w = HostWeights::new();
+        for (id, l, name) in self.hf_tensors(c) {
+            let (o, n) = self.range(id, l);
+            w.insert(name, HostTensor::new(id.hf_shape(c), src[o..o + n].to_vec()));
+        }
+        w
+    }
+}

@@ -1,0 +1,79 @@
+//! `train-tool debug grads`: the gradient of the mean loss of the first batch
+//! with respect to every parameter, saved under HF names.
+
+use crate::device::{dispatch, DeviceOpts, Job};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use llama2_model::weights::{save_safetensors, SaveDtype};
+use llama2_model::{Acts, GradActs, LogitRows, Model};
+use llama2_runtime::{v, Backend, BufKind, CeGrad};
+use llama2_train::data::{BatchReader, ShardSet};
+use std::path::PathBuf;
+
+#[derive(Args, Clone, Debug)]
+pub struct DebugArgs {
+    #[command(subcommand)]
+    pub cmd: DebugCmd,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum DebugCmd {
+    /// Write d(mean loss)/d(parameter) of the first batch for every parameter
+    Grads(GradsArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct GradsArgs {
+    /// Model directory (HF format)
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Token shard (llm.c format) or a directory of shards
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Sequences per batch
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch_size: u32,
+    /// Tokens per sequence
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1048576))]
+    pub seq_len: u32,
+    /// Output safetensors file (f32, HF tensor names)
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub dev: DeviceOpts,
+}
+
+struct GradsJob(GradsArgs);
+
+impl Job for GradsJob {
+    type Out = ();
+    fn run<B: Backend>(self, be: &B) -> Result<()> {
+        let a = self.0;
+        let (b, t) = (a.batch_size as usize, a.seq_len as usize);
+        let model = Model::load(be, &a.model).with_context(|| format!("loading the model from {}", a.model.display()))?;
+        let mut reader = BatchReader::new(ShardSet::open(&a.data)?, b, t, model.cfg.vocab_size, false, None)?;
+        let mb = reader.next_batch()?.context("no batch in the data")?;
+        let mut acts = Acts::new(be, &model.cfg, b, t, true, LogitRows::All)?;
+        let mut gacts = GradActs::new(be, &model.cfg, b, t)?;
+        let mut grads = be.alloc(model.layout.total, BufKind::F32)?;
+        model.forward(be, &mut acts, &mb.inputs, None)?;
+        let count = mb.targets.iter().filter(|&&x| x >= 0).count();
+        let (sum, _) = model.loss(be, &mut acts, &mb.targets, CeGrad::Uniform(1.0 / count as f32))?;
+        model.backward(be, &acts, &mut gacts, &mut grads, &mb.inputs)?;
+        let mut host = vec![0f32; model.layout.total];
+        be.download(v(&grads), &mut host)?;
+        let named = model.layout.to_host(&model.cfg, &host);
+        save_safetensors(&a.out, &named, SaveDtype::F32, None)?;
+        println!("{}", serde_json::json!({"loss": sum / count as f64}));
+        Ok(())
+    }
+}
+
+pub fn run(a: DebugArgs) -> Result<()> {
+    match a.cmd {
+        DebugCmd::Grads(g) => {
+            let dev = g.dev.clone();
+            dispatch(&dev, GradsJob(g))
+        }
+    }
+}

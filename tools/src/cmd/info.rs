@@ -1,0 +1,83 @@
+//! `train-tool info`: shapes, parameter count and memory estimates.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use llama2_model::{Acts, Config};
+use std::path::PathBuf;
+
+#[derive(Args, Clone, Debug)]
+pub struct InfoArgs {
+    /// Model directory (HF format); only config.json is read
+    #[arg(long, conflicts_with = "preset")]
+    pub model: Option<PathBuf>,
+    /// A preset instead of a model (tiny, small, ref-tiny, ref-small, 1b, 7b, 13b, 34b, 70b)
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Vocabulary size for a preset
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub vocab: Option<u32>,
+    /// Batch size for the training-memory estimate
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Sequence length for the memory estimates (default: max_position_embeddings)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub seq_len: Option<u32>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn load_config(model: &Option<PathBuf>, preset: &Option<String>, vocab: Option<u32>) -> Result<Config> {
+    match (model, preset) {
+        (Some(dir), None) => Ok(Config::from_hf_file(&dir.join("config.json"))?),
+        (None, Some(p)) => Ok(Config::preset(p, vocab.map(|v| v as usize))?),
+        _ => bail!("give exactly one of --model DIR or --preset NAME"),
+    }
+}
+
+fn gib(bytes: f64) -> f64 {
+    bytes / (1u64 << 30) as f64
+}
+
+pub fn run(a: InfoArgs) -> Result<()> {
+    let c = load_config(&a.model, &a.preset, a.vocab)?;
+    let p = c.n_params() as f64;
+    let (b, t) = (a.batch_size as usize, a.seq_len.map(|x| x as usize).unwrap_or(c.max_seq_len));
+    let kv = (2 * c.n_layers * t * c.kv_dim()) as f64; // one sequence
+                                                       // inference: weights + KV cache of one sequence + one position's activations
+    let infer_f32 = 4.0 * (p + kv);
+    let infer_bf16 = 2.0 * (p + kv);
+    // training on CPU: f32 params, grads, m, v; activations of b x t, f32
+    let acts = Acts::<llama2_runtime::CpuBackend>::bytes_f32(&c, b, t, true) as f64;
+    let train_cpu = 16.0 * p + acts;
+    // training on CUDA: bf16 + f32 master params, f32 grads, m, v; bf16 activations
+    let train_cuda = 18.0 * p + acts / 2.0;
+    let flops = c.train_flops_per_token(t);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "config": c.to_hf_json(), "n_params": c.n_params(),
+                "inference_gib": {"f32": gib(infer_f32), "bf16": gib(infer_bf16)},
+                "training_gib": {"cpu_f32": gib(train_cpu), "cuda_mixed": gib(train_cuda)},
+                "batch_size": b, "seq_len": t, "train_flops_per_token": flops,
+            })
+        );
+        return Ok(());
+    }
+    println!("[Llama]");
+    println!("vocab_size          {}", c.vocab_size);
+    println!("hidden              {}", c.hidden);
+    println!("intermediate        {}", c.intermediate);
+    println!("layers              {}", c.n_layers);
+    println!("heads / kv heads    {} / {}", c.n_heads, c.n_kv_heads);
+    println!("head_dim            {}", c.head_dim);
+    println!("max_seq_len         {}", c.max_seq_len);
+    println!("rms_eps / rope θ    {} / {}", c.rms_eps, c.rope_theta);
+    println!("tied embeddings     {}", c.tie_embeddings);
+    println!("parameters          {} ({:.3} B)", c.n_params(), p / 1e9);
+    println!("inference memory    {:.3} GiB f32, {:.3} GiB bf16 (weights + KV cache of one {t}-token sequence)", gib(infer_f32), gib(infer_bf16));
+    println!("training memory     {:.3} GiB on CPU (f32), {:.3} GiB on CUDA (mixed) at batch {b} x {t}", gib(train_cpu), gib(train_cuda));
+    println!("train FLOPs/token   {:.3e}", flops);
+    Ok(())
+}

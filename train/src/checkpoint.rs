@@ -1,0 +1,231 @@
+//! Training checkpoints: a directory per save, written atomically.
+//!
+//! `OUT/ckpt-000123/` holds `config.json` + `model.safetensors` (the model in
+//! HF format: it loads in transformers as is), `optimizer.safetensors` (AdamW
+//! moments `m.<hf name>`, `v.<hf name>`, f32) and `state.json` (step, data
+//! position, RNG state, the resolved run configuration).
+//!
+//! Atomicity: everything is written into `OUT/.tmp-ckpt-000123-<pid>/`, each
+//! file fsynced, then the directory is renamed to its final name and `OUT`
+//! fsynced. A process killed at any moment leaves either no new checkpoint or
+//! a complete one; leftovers of interrupted saves are removed by the next
+//! save. Only directories named `ckpt-*` count as checkpoints.
+//!
+//! Public items: [`TrainState`], [`save`], [`load`], [`latest`], [`Loaded`].
+
+use crate::data::DataPosition;
+use crate::error::{Result, TrainError};
+use crate::optim::AdamW;
+use llama2_model::weights::{save_safetensors, write_atomic, Checkpoint, SaveDtype};
+use llama2_model::Model;
+use llama2_runtime::{v, vm, Backend};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Everything but tensors that a resumed run needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// optimizer steps done
+    pub step: u64,
+    /// where the training data reader continues
+    pub data: DataPosition,
+    /// state of the run's random stream
+    pub rng: [u64; 4],
+    /// input tokens processed so far
+    pub tokens_seen: u64,
+    /// wall time spent training so far (s)
+    pub elapsed_s: f64,
+    /// the resolved run configuration (as printed at start)
+    pub config: Value,
+}
+
+impl TrainState {
+    fn to_json(&self) -> Value {
+        json!({
+            "step": self.step,
+            "data": {"shard": self.data.shard, "window": self.data.window, "pass": self.data.pass},
+            // u64 as strings: JSON numbers are f64 in many readers
+            "rng": self.rng.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+            "tokens_seen": self.tokens_seen,
+            "elapsed_s": self.elapsed_s,
+            "config": self.config,
+        })
+    }
+
+    fn from_json(v: &Value, path: &Path) -> Result<Self> {
+        let bad = |what: &str| TrainError::BadFile {
+            path: path.to_path_buf(),
+            msg: format!("missing or invalid `{what}`"),
+            hint: "the checkpoint is damaged; resume from an earlier one".into(),
+        };
+        let u = |x: &Value, k: &str| x.get(k).and_then(|y| y.as_u64()).ok_or_else(|| bad(k));
+        let d = v.get("data").ok_or_else(|| bad("data"))?;
+        let rng: Vec<u64> = v
+            .get("rng")
+            .and_then(|r| r.as_array())
+            .ok_or_else(|| bad("rng"))?
+            .iter()
+            .map(|x| x.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| bad("rng")))
+            .collect::<Result<_>>()?;
+        if rng.len() != 4 {
+            return Err(bad("rng"));
+        }
+        Ok(TrainState {
+            step: u(v, "step")?,
+            data: DataPosition { shard: u(d, "shard")? as usize, window: u(d, "window")? as usize, pass: u(d, "pass")? },
+            rng: [rng[0], rng[1], rng[2], rng[3]],
+            tokens_seen: u(v, "tokens_seen")?,
+            elapsed_s: v.get("elapsed_s").and_then(|x| x.as_f64()).ok_or_else(|| bad("elapsed_s"))?,
+            config: v.get("config").cloned().unwrap_or(Value::Null),
+        })
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Name of the checkpoint of step `step`.
+pub fn ckpt_name(step: u64) -> String {
+    format!("ckpt-{step:06}")
+}
+
+/// Writes a checkpoint of `model`, `opt` and `state` into `out`, then keeps
+/// only the newest `keep_last` checkpoints (0 = keep all). Returns its path.
+pub fn save<B: Backend>(be: &B, out: &Path, model: &Model<B>, opt: &AdamW<B>, state: &TrainState, keep_last: usize) -> Result<PathBuf> {
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    // leftovers of interrupted saves
+    if let Ok(rd) = std::fs::read_dir(out) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-ckpt-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let name = ckpt_name(state.step);
+    let tmp = out.join(format!(".tmp-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    model.save(be, &tmp, SaveDtype::F32)?;
+    let (cfg, lay) = (&model.cfg, &model.layout);
+    let mut host = vec![0f32; lay.total];
+    let mut tensors = llama2_model::weights::HostWeights::new();
+    for (prefix, buf) in [("m", &opt.m), ("v", &opt.v)] {
+        be.download(v(buf), &mut host)?;
+        for (name, t) in lay.to_host(cfg, &host) {
+            tensors.insert(format!("{prefix}.{name}"), t);
+        }
+    }
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("adam_step".to_string(), opt.step.to_string());
+    save_safetensors(&tmp.join("optimizer.safetensors"), &tensors, SaveDtype::F32, Some(meta))?;
+    let st = serde_json::to_string_pretty(&state.to_json()).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    write_atomic(&tmp.join("state.json"), st.as_bytes())?;
+    sync_dir(&tmp);
+    let dst = out.join(&name);
+    if dst.exists() {
+        let old = out.join(format!(".tmp-old-{name}-{}", std::process::id()));
+        std::fs::rename(&dst, &old).map_err(|e| TrainError::io(&dst, e))?;
+        std::fs::rename(&tmp, &dst).map_err(|e| TrainError::io(&dst, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&tmp, &dst).map_err(|e| TrainError::io(&dst, e))?;
+    }
+    sync_dir(out);
+    if keep_last > 0 {
+        let all = list(out)?;
+        if all.len() > keep_last {
+            for (_, p) in &all[..all.len() - keep_last] {
+                if p != &dst {
+                    let _ = std::fs::remove_dir_all(p);
+                }
+            }
+        }
+    }
+    Ok(dst)
+}
+
+/// Complete checkpoints in `out`, oldest first.
+pub fn list(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut v = Vec::new();
+    let rd = match std::fs::read_dir(out) {
+        Ok(rd) => rd,
+        Err(_) => return Ok(v),
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_prefix("ckpt-").and_then(|s| s.parse::<u64>().ok()) {
+            if e.path().join("state.json").is_file() {
+                v.push((n, e.path()));
+            }
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// The newest complete checkpoint in `out`.
+pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
+    Ok(list(out)?.pop().map(|x| x.1))
+}
+
+/// A loaded checkpoint.
+pub struct Loaded<B: Backend> {
+    pub model: Model<B>,
+    pub state: TrainState,
+    /// (m, v) host arrays laid out like the parameters, and the AdamW step
+    pub moments: (Vec<f32>, Vec<f32>, u64),
+    pub dir: PathBuf,
+}
+
+/// Loads a checkpoint directory, or the newest checkpoint under a run
+/// directory.
+pub fn load<B: Backend>(be: &B, path: &Path) -> Result<Loaded<B>> {
+    let dir = if path.join("state.json").is_file() {
+        path.to_path_buf()
+    } else {
+        latest(path)?.ok_or_else(|| TrainError::BadFile {
+            path: path.to_path_buf(),
+            msg: "no complete checkpoint (ckpt-*/state.json) here".into(),
+            hint: "pass a run's --out directory or one of its ckpt-* directories".into(),
+        })?
+    };
+    let model = Model::load(be, &dir)?;
+    let sp = dir.join("state.json");
+    let text = std::fs::read_to_string(&sp).map_err(|e| TrainError::io(&sp, e))?;
+    let sv: Value = serde_json::from_str(&text).map_err(|e| TrainError::BadFile {
+        path: sp.clone(),
+        msg: format!("not valid JSON: {e}"),
+        hint: "the checkpoint is damaged".into(),
+    })?;
+    let state = TrainState::from_json(&sv, &sp)?;
+    let op = dir.join("optimizer.safetensors");
+    let ck = Checkpoint::open(&op)?;
+    let lay = &model.layout;
+    let (mut m, mut vv) = (vec![0f32; lay.total], vec![0f32; lay.total]);
+    for (prefix, dst) in [("m", &mut m), ("v", &mut vv)] {
+        for (id, l, name) in lay.hf_tensors(&model.cfg) {
+            let (o, n) = lay.range(id, l);
+            ck.read_into(&format!("{prefix}.{name}"), &id.hf_shape(&model.cfg), &mut dst[o..o + n])?;
+        }
+    }
+    let adam_step = read_adam_step(&ck, &op)?;
+    Ok(Loaded { model, state, moments: (m, vv, adam_step), dir })
+}
+
+fn read_adam_step(ck: &Checkpoint, path: &Path) -> Result<u64> {
+    ck.metadata(0)?.get("adam_step").and_then(|s| s.parse().ok()).ok_or_else(|| TrainError::BadFile {
+        path: path.to_path_buf(),
+        msg: "no adam_step in the metadata".into(),
+        hint: "the checkpoint is damaged".into(),
+    })
+}
+
+/// Puts loaded moments into an optimizer.
+pub fn restore_optimizer<B: Backend>(be: &B, opt: &mut AdamW<B>, moments: &(Vec<f32>, Vec<f32>, u64)) -> Result<()> {
+    be.upload(vm(&mut opt.m), &moments.0)?;
+    be.upload(vm(&mut opt.v), &moments.1)?;
+    opt.step = moments.2;
+    Ok(())
+}

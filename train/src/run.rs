@@ -1,0 +1,172 @@
+//! The outer loop shared by pretraining and SFT (both are next-token
+//! objectives; they differ in where batches come from): learning-rate
+//! schedule, micro-batch accumulation, validation every N steps,
+//! checkpoints every N steps, metrics and progress, resume.
+//!
+//! Public items: [`BatchSource`], [`RunConfig`], [`RunSummary`], [`run_lm`],
+//! [`eval_loss`].
+
+use crate::checkpoint::{self, TrainState};
+use crate::data::{BatchReader, DataPosition};
+use crate::error::{Result, TrainError};
+use crate::metrics::{Energy, MetricsLog, Progress};
+use crate::schedule::LrSchedule;
+use crate::step::{LmTrainer, MicroBatch};
+use llama2_runtime::{Backend, CeGrad};
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+
+/// A stream of micro-batches with a position that checkpoints can save.
+pub trait BatchSource {
+    /// The next micro-batch, or None when the data is exhausted.
+    fn next_batch(&mut self) -> Result<Option<MicroBatch>>;
+    fn position(&self) -> DataPosition;
+    fn seek(&mut self, pos: DataPosition) -> Result<()>;
+}
+
+impl BatchSource for BatchReader {
+    fn next_batch(&mut self) -> Result<Option<MicroBatch>> {
+        BatchReader::next_batch(self)
+    }
+    fn position(&self) -> DataPosition {
+        self.pos
+    }
+    fn seek(&mut self, pos: DataPosition) -> Result<()> {
+        BatchReader::seek(self, pos)
+    }
+}
+
+/// Settings of the outer loop.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// optimizer steps in the whole run
+    pub steps: u64,
+    /// stop after this many steps in this invocation (checkpointing first)
+    pub stop_after: Option<u64>,
+    /// micro-batches per optimizer step
+    pub grad_accum: usize,
+    pub schedule: LrSchedule,
+    /// checkpoint every N steps (0 = none during the run)
+    pub save_every: u64,
+    /// checkpoints to keep (0 = all)
+    pub keep_last: usize,
+    /// validation every N steps (0 = only at the end)
+    pub val_every: u64,
+    /// validation batches per evaluation
+    pub val_batches: usize,
+    /// progress label, e.g. "pretrain"
+    pub label: String,
+    /// no progress output
+    pub quiet: bool,
+    pub energy: Energy,
+    /// the device's peak FLOP/s, for MFU (None on CPU)
+    pub peak_flops: Option<f64>,
+    /// the resolved configuration, saved with every checkpoint
+    pub resolved: serde_json::Value,
+}
+
+/// What a run did (`steps < RunConfig::steps` when stopped early).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    pub steps: u64,
+    pub last_loss: f64,
+    /// (step, validation loss) of every evaluation
+    pub val: Vec<(u64, f64)>,
+    pub seconds: f64,
+    pub tokens: u64,
+    /// (device-hours, kWh, kg CO2eq)
+    pub energy: (f64, f64, f64),
+}
+
+/// Mean loss over up to `max_batches` batches of `src` from its start,
+/// using the trainer's activation buffers (forward only).
+pub fn eval_loss<B: Backend>(be: &B, tr: &mut LmTrainer<B>, src: &mut dyn BatchSource, max_batches: usize) -> Result<f64> {
+    src.seek(DataPosition::default())?;
+    let (mut sum, mut count) = (0.0, 0usize);
+    for _ in 0..max_batches {
+        let Some(mb) = src.next_batch()? else { break };
+        tr.model.forward(be, &mut tr.acts, &mb.inputs, None)?;
+        let (s, n) = tr.model.loss(be, &mut tr.acts, &mb.targets, CeGrad::None)?;
+        sum += s;
+        count += n;
+    }
+    if count == 0 {
+        return Err(TrainError::Invalid("validation data holds no complete batch; HINT: use a smaller --batch-size or --seq-len".into()));
+    }
+    Ok(sum / count as f64)
+}
+
+/// Trains from `state.step` to `rc.steps`, writing `out/metrics.jsonl` and
+/// checkpoints under `out`. `resumed` says whether `state` came from a
+/// checkpoint (the metrics log is then continued, not restarted).
+pub fn run_lm<B: Backend>(
+    be: &B,
+    tr: &mut LmTrainer<B>,
+    train: &mut dyn BatchSource,
+    mut val: Option<&mut dyn BatchSource>,
+    rc: &RunConfig,
+    out: &Path,
+    mut state: TrainState,
+    resumed: bool,
+) -> Result<RunSummary> {
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let mut log = MetricsLog::open(&out.join("metrics.jsonl"), if resumed { Some(state.step) } else { None })?;
+    if resumed {
+        train.seek(state.data)?;
+    }
+    let progress = Progress::new(&rc.label, rc.steps, state.step, rc.quiet);
+    let flops_per_token = tr.model.cfg.train_flops_per_token(tr.t);
+    let mut summary = RunSummary { steps: state.step, last_loss: f64::NAN, val: Vec::new(), seconds: 0.0, tokens: state.tokens_seen, energy: (0.0, 0.0, 0.0) };
+    let run_start = Instant::now();
+    let elapsed0 = state.elapsed_s;
+    let stop_at = rc.stop_after.map_or(rc.steps, |n| (state.step + n).min(rc.steps));
+    while state.step < stop_at {
+        let t0 = Instant::now();
+        let mut micro = Vec::with_capacity(rc.grad_accum);
+        for _ in 0..rc.grad_accum {
+            match train.next_batch()? {
+                Some(mb) => micro.push(mb),
+                None => return Err(TrainError::Invalid("the training data ran out; HINT: fewer --steps, or data that wraps around".into())),
+            }
+        }
+        let lr = rc.schedule.lr(state.step);
+        let st = tr.step(be, &micro, lr)?;
+        be.synchronize()?;
+        let dt = t0.elapsed().as_secs_f64();
+        state.step += 1;
+        state.data = train.position();
+        state.tokens_seen += st.tokens as u64;
+        state.elapsed_s = elapsed0 + run_start.elapsed().as_secs_f64();
+        let tps = st.tokens as f64 / dt;
+        let mut rec = json!({
+            "step": state.step, "loss": st.loss, "lr": lr, "grad_norm": st.grad_norm,
+            "tokens_per_s": tps, "elapsed_s": state.elapsed_s, "tokens": state.tokens_seen,
+        });
+        if let Some(peak) = rc.peak_flops {
+            rec["mfu"] = json!(flops_per_token * tps / peak);
+        }
+        let is_last = state.step == rc.steps;
+        if let Some(v) = val.as_deref_mut() {
+            if is_last || (rc.val_every > 0 && state.step % rc.val_every == 0) {
+                let vl = eval_loss(be, tr, v, rc.val_batches)?;
+                rec["val_loss"] = json!(vl);
+                summary.val.push((state.step, vl));
+            }
+        }
+        log.write(&rec)?;
+        summary.last_loss = st.loss;
+        progress.update(state.step, rc.steps, &format!("loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s", st.loss, lr, st.grad_norm, tps));
+        if rc.save_every > 0 && (state.step % rc.save_every == 0 || is_last || state.step == stop_at) {
+            let mut s = state.clone();
+            s.config = rc.resolved.clone();
+            checkpoint::save(be, out, &tr.model, &tr.opt, &s, rc.keep_last)?;
+        }
+    }
+    progress.finish();
+    summary.steps = state.step;
+    summary.seconds = state.elapsed_s;
+    summary.tokens = state.tokens_seen;
+    summary.energy = rc.energy.estimate(state.elapsed_s);
+    Ok(summary)
+}
