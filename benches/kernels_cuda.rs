@@ -72,9 +72,7 @@ fn benches(c: &mut Criterion) {
     grp.throughput(Throughput::BytesDecimal((3 * bt * cw * 2) as u64));
     grp.bench_function("16384x4096", |b| {
         b.iter_custom(|it| {
-            timed(&g, Some(&mut flush), it, || {
-                g.rmsnorm_bwd(vm(&mut dx), vm(&mut dw), v(&dy), v(&x), v(&w), v(&r), bt, cw, GradWrite::Overwrite)
-            })
+            timed(&g, Some(&mut flush), it, || g.rmsnorm_bwd(vm(&mut dx), vm(&mut dw), v(&dy), v(&x), v(&w), v(&r), bt, cw, GradWrite::Overwrite))
         })
     });
     grp.finish();
@@ -106,7 +104,9 @@ fn benches(c: &mut Criterion) {
     let mut grp = c.benchmark_group("cross_entropy_fwd_bwd_bf16");
     grp.throughput(Throughput::BytesDecimal((2 * rows * vocab * 2) as u64));
     grp.bench_function("4096x32000", |b| {
-        b.iter_custom(|it| timed(&g, Some(&mut flush), it, || g.cross_entropy(vm(&mut logits), vm(&mut losses), &targets, vocab, CeGrad::Uniform(1.0 / rows as f32))))
+        b.iter_custom(|it| {
+            timed(&g, Some(&mut flush), it, || g.cross_entropy(vm(&mut logits), vm(&mut losses), &targets, vocab, CeGrad::Uniform(1.0 / rows as f32)))
+        })
     });
     grp.finish();
     drop((logits, losses));
@@ -125,7 +125,8 @@ fn benches(c: &mut Criterion) {
     for nkv in [32usize, 8] {
         let t = 4096;
         let s = AttnShape::causal(1, t, nh, nkv, hd);
-        let (q, k, vv) = (rand_buf(&g, t * nh * hd, BufKind::Act, 11), rand_buf(&g, t * nkv * hd, BufKind::Act, 12), rand_buf(&g, t * nkv * hd, BufKind::Act, 13));
+        let (q, k, vv) =
+            (rand_buf(&g, t * nh * hd, BufKind::Act, 11), rand_buf(&g, t * nkv * hd, BufKind::Act, 12), rand_buf(&g, t * nkv * hd, BufKind::Act, 13));
         let (mut o, mut l) = (g.alloc(t * nh * hd, BufKind::Act).expect("alloc"), g.alloc(nh * t, BufKind::F32).expect("alloc"));
         let flops = 4.0 * (t * t * nh * hd) as f64 / 2.0;
         let mut grp = c.benchmark_group("attention_fwd_d128_bf16_flop");
@@ -136,27 +137,16 @@ fn benches(c: &mut Criterion) {
         });
         grp.finish();
         let d = rand_buf(&g, t * nh * hd, BufKind::Act, 14);
-        let (mut dq, mut dk, mut dv) = (g.alloc(t * nh * hd, BufKind::Act).expect("alloc"), g.alloc(t * nkv * hd, BufKind::Act).expect("alloc"), g.alloc(t * nkv * hd, BufKind::Act).expect("alloc"));
+        let (mut dq, mut dk, mut dv) = (
+            g.alloc(t * nh * hd, BufKind::Act).expect("alloc"),
+            g.alloc(t * nkv * hd, BufKind::Act).expect("alloc"),
+            g.alloc(t * nkv * hd, BufKind::Act).expect("alloc"),
+        );
         let mut grp = c.benchmark_group("attention_bwd_d128_bf16_flop");
         grp.throughput(Throughput::Elements((2.5 * flops) as u64));
         grp.sample_size(10);
         grp.bench_function(format!("t4096_h32_kv{nkv}_causal"), |b| {
-            b.iter_custom(|it| {
-                timed(&g, None, it, || {
-                    g.attention_bwd(
-                        vm(&mut dq),
-                        vm(&mut dk),
-                        vm(&mut dv),
-                        v(&d),
-                        v(&q),
-                        v(&k),
-                        v(&vv),
-                        v(&o),
-                        v(&l),
-                        s,
-                    )
-                })
-            })
+            b.iter_custom(|it| timed(&g, None, it, || g.attention_bwd(vm(&mut dq), vm(&mut dk), vm(&mut dv), v(&d), v(&q), v(&k), v(&vv), v(&o), v(&l), s)))
         });
         grp.finish();
     }

@@ -21,11 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GENCODE: [&str; 3] = [
-    "-gencode=arch=compute_90a,code=sm_90a",
-    "-gencode=arch=compute_80,code=sm_80",
-    "-gencode=arch=compute_80,code=compute_80",
-];
+const GENCODE: [&str; 3] = ["-gencode=arch=compute_90a,code=sm_90a", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_80,code=compute_80"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -33,9 +29,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let cu_dir = manifest.join("cu");
-    let mut sources: Vec<PathBuf> = std::fs::read_dir(&cu_dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&cu_dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
     sources.sort();
     for s in &sources {
         if matches!(s.extension().and_then(|e| e.to_str()), Some("cu" | "cuh")) {

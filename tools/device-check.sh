@@ -4,8 +4,9 @@
 # (.devbin/train-tool; set TRAIN_TOOL to use another). Under 5 minutes:
 #   1. train-tool gpu-check: every CUDA kernel vs its CPU counterpart, then
 #      the kernel timings at Llama-2 7B shapes (--bench-json)
-#   2. tools/bench/torch_gpu_peer.py: PyTorch on the same shapes
-#   3. tools/bench/table.py: the table, printed last
+#   2. train-tool bench train-step: a 1B Llama training step (MFU)
+#   3. tools/bench/torch_gpu_peer.py: PyTorch on the same shapes
+#   4. tools/bench/table.py: the table, printed last
 # Logs and JSON go to $OUT (the device tool's output folder) or
 # /tmp/device-check. Copy the table into docs/gpu-validation.md.
 set -uo pipefail
@@ -26,7 +27,10 @@ for r in roots:
         print(os.path.dirname(p)); sys.exit(0)
 PY
 )
-[ -z "$LT" ] && LT=$(dirname "$(find /usr /opt -name 'libcublasLt.so.13*' -print -quit 2>/dev/null)" 2>/dev/null)
+if [ -z "$LT" ]; then
+  F=$(find /usr /opt -name 'libcublasLt.so.13*' -print -quit 2>/dev/null)
+  [ -n "$F" ] && LT=$(dirname "$F")
+fi
 [ -n "$LT" ] && export LD_LIBRARY_PATH="$LT${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -38,8 +42,10 @@ SEED=${SEED:-$(date +%s)}
 echo "== gpu-check (seed $SEED)"
 timeout 200 "$BIN" gpu-check --seed "$SEED" --json "$DEST/check.json" --bench-json "$DEST/ours.json" 2>&1 | tee "$DEST/gpu-check.log" | grep -v '^bench ' | grep -Ev ' ok$' | tail -n 40
 RC=${PIPESTATUS[0]}
+echo "== training step, 1B Llama (preset 1b), B=4 T=2048, bf16"
+timeout 120 "$BIN" bench train-step --preset 1b --batch-size 4 --seq-len 2048 --steps 5 --warmup 2 --device cuda --json > "$DEST/step1b.json" 2> "$DEST/step1b.log" || echo "train-step bench failed: $(tail -n 3 "$DEST/step1b.log")"
 echo "== torch peer"
 PYTHONUNBUFFERED=1 timeout 150 python3 tools/bench/torch_gpu_peer.py --json "$DEST/peer.json" > "$DEST/peer.log" 2>&1 || echo "torch peer failed: $(tail -n 3 "$DEST/peer.log")"
 echo "== gpu-check exit code: $RC (0 = every check passed)"
-python3 tools/bench/table.py "$DEST/check.json" "$DEST/ours.json" "$DEST/peer.json" | tee "$DEST/table.txt"
+python3 tools/bench/table.py "$DEST/check.json" "$DEST/ours.json" "$DEST/peer.json" "$DEST/step1b.json" | tee "$DEST/table.txt"
 exit "$RC"

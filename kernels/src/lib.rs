@@ -20,9 +20,9 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;

@@ -43,7 +43,8 @@ fn an_unknown_name_is_not_found() {
 fn kept_cubins_match_the_embedded_entries() {
     for f in Family::ALL {
         let dir = keep_dir(f);
-        let cubins: Vec<_> = std::fs::read_dir(&dir).expect("keep dir").flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "cubin")).collect();
+        let cubins: Vec<_> =
+            std::fs::read_dir(&dir).expect("keep dir").flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "cubin")).collect();
         assert_eq!(cubins.len(), SASS_TARGETS, "{}: {cubins:?}", f.name());
         for c in cubins {
             let bytes = std::fs::read(&c).expect("cubin");
@@ -120,7 +121,8 @@ fn attention_rejects_bad_arguments() {
     assert!(is_align(attention::check_fwd(p(A, ql), p(A, 2 * 8 * 97), p(A + 8, ql), p(A, kl), p(A, kl), &s).unwrap_err()));
     // backward needs the training shape
     let dec = AttnShape { b: 1, tq: 1, tkv: 5, cap: 8, n_head: 8, n_kv_head: 2, hd: 64 };
-    let e = attention::check_bwd(p(A, 512), p(A, 1024), p(A, 1024), p(A, 8), p(A, 512), p(A, 512), p(A, 1024), p(A, 1024), p(A, 512), p(A, 8), &dec).unwrap_err();
+    let e =
+        attention::check_bwd(p(A, 512), p(A, 1024), p(A, 1024), p(A, 8), p(A, 512), p(A, 512), p(A, 1024), p(A, 1024), p(A, 512), p(A, 8), &dec).unwrap_err();
     assert!(is_arg(e));
     // the decode shape itself is fine for the forward
     attention::check_fwd(p(A, 512), p(A, 8), p(A, 512), p(A, 8 * 2 * 64), p(A, 8 * 2 * 64), &dec).expect("decode shape");

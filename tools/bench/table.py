@@ -2,7 +2,7 @@
 """Joins gpu-check's results (check JSON, our timings) with the PyTorch
 peer's timings into the table tools/device-check.sh prints last.
 
-Usage: table.py CHECK_JSON OURS_JSON PEER_JSON
+Usage: table.py CHECK_JSON OURS_JSON PEER_JSON [STEP_JSON]
 
 ratio = peer ms / our ms (above 1: we are faster). For memory-bound kernels
 the rate is GB/s of bytes read + written once, also as a fraction of the
@@ -45,6 +45,13 @@ def load(p):
 
 def main():
     checks, ours, peer = (load(p) for p in sys.argv[1:4])
+    step = None
+    if len(sys.argv) > 4:
+        try:
+            with open(sys.argv[4]) as f:
+                step = json.loads(f.read().strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError) as e:
+            print(f"table: no training-step result in {sys.argv[4]}: {e}")
     peer_by = {r["key"]: r for r in peer}
     ours_by = {r["key"]: r for r in ours}
     copy_gbs = None
@@ -86,6 +93,12 @@ def main():
         pm = peer_by.get("matmul_8192_bf16")
         ptxt = f", torch.matmul {2 * 8192 ** 3 / (pm['ms'] * 1e-3) / 1e12:.0f} TFLOP/s" if pm else ""
         print(f"bf16 matmul 8192^3: cuBLASLt {mm_tfs:.0f} TFLOP/s{ptxt}")
+    if step and mm_tfs:
+        tf = step["flops_per_s"] / 1e12
+        # MFU against the bf16 rate measured in this run, and against the
+        # H100/H200 SXM datasheet dense bf16 rate (989 TFLOP/s)
+        print(f"training step 1B (B=4, T=2048): {step['step_ms_median']:.1f} ms, {step['tokens_per_s']:.0f} tokens/s, "
+              f"{tf:.0f} TFLOP/s = MFU {tf / mm_tfs:.0%} of measured matmul, {tf / 989:.0%} of 989 TFLOP/s")
     failed = sum(1 for c in checks if not c["ok"])
     print(f"gpu-check: {len(checks) - failed} passed, {failed} failed")
 

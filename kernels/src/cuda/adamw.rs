@@ -27,7 +27,17 @@ pub fn check(params: DPtr<f32>, params_bf16: DPtr<Bf16>, grads: DPtr<f32>, m: DP
 /// One AdamW step over `n` fp32 master weights, moments `m`, `v`, writing
 /// the bf16 working copy in the same pass.
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_step_f32(ks: &KernelStore, s: &CudaStream, params: DPtr<f32>, params_bf16: DPtr<Bf16>, grads: DPtr<f32>, m: DPtr<f32>, v: DPtr<f32>, n: usize, h: &AdamWStep) -> Result<()> {
+pub fn adamw_step_f32(
+    ks: &KernelStore,
+    s: &CudaStream,
+    params: DPtr<f32>,
+    params_bf16: DPtr<Bf16>,
+    grads: DPtr<f32>,
+    m: DPtr<f32>,
+    v: DPtr<f32>,
+    n: usize,
+    h: &AdamWStep,
+) -> Result<()> {
     let dims = check(params, params_bf16, grads, m, v, n, h)?;
     let f = ks.func(Family::Adamw, STEP)?;
     let (step_size, bc2_sqrt) = h.corrections();

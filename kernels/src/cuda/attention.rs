@@ -75,7 +75,16 @@ pub fn check_fwd(out: DPtr<Bf16>, lse: DPtr<f32>, q: DPtr<Bf16>, k: DPtr<Bf16>, 
 /// `out (b, tq, n_head, hd)`, `lse (b, n_head, tq)`: causal GQA attention
 /// of `q` against rows `0..tkv` of `k, v (b, cap, n_kv_head, hd)`. With
 /// `tq = 1` this is the decode step against the KV cache.
-pub fn attention_fwd_bf16(ks: &KernelStore, st: &CudaStream, out: DPtr<Bf16>, lse: DPtr<f32>, q: DPtr<Bf16>, k: DPtr<Bf16>, v: DPtr<Bf16>, s: &AttnShape) -> Result<()> {
+pub fn attention_fwd_bf16(
+    ks: &KernelStore,
+    st: &CudaStream,
+    out: DPtr<Bf16>,
+    lse: DPtr<f32>,
+    q: DPtr<Bf16>,
+    k: DPtr<Bf16>,
+    v: DPtr<Bf16>,
+    s: &AttnShape,
+) -> Result<()> {
     let (name, d) = check_fwd(out, lse, q, k, v, s)?;
     let f = ks.func(Family::Attention, name)?;
     let (o, l, qp, kp, vp) = (out.addr, lse.addr, q.addr, k.addr, v.addr);
@@ -98,7 +107,16 @@ pub fn check_fwd_mma(out: DPtr<Bf16>, lse: DPtr<f32>, q: DPtr<Bf16>, k: DPtr<Bf1
 
 /// The forward on tensor cores (mma.sync bf16, FlashAttention-2 split):
 /// same contract as [`attention_fwd_bf16`]; P is rounded to bf16 for P·V.
-pub fn attention_fwd_mma_bf16(ks: &KernelStore, st: &CudaStream, out: DPtr<Bf16>, lse: DPtr<f32>, q: DPtr<Bf16>, k: DPtr<Bf16>, v: DPtr<Bf16>, s: &AttnShape) -> Result<()> {
+pub fn attention_fwd_mma_bf16(
+    ks: &KernelStore,
+    st: &CudaStream,
+    out: DPtr<Bf16>,
+    lse: DPtr<f32>,
+    q: DPtr<Bf16>,
+    k: DPtr<Bf16>,
+    v: DPtr<Bf16>,
+    s: &AttnShape,
+) -> Result<()> {
     let (name, d) = check_fwd_mma(out, lse, q, k, v, s)?;
     let f = ks.func(Family::Attention, name)?;
     let (o, l, qp, kp, vp) = (out.addr, lse.addr, q.addr, k.addr, v.addr);
@@ -167,7 +185,18 @@ pub fn attention_bwd_pre_bf16(ks: &KernelStore, st: &CudaStream, delta: DPtr<f32
 
 /// `dq (b, t, n_head, hd)` overwritten (the backward's second kernel).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_bwd_dq_bf16(ks: &KernelStore, st: &CudaStream, dq: DPtr<Bf16>, dout: DPtr<Bf16>, q: DPtr<Bf16>, k: DPtr<Bf16>, v: DPtr<Bf16>, lse: DPtr<f32>, delta: DPtr<f32>, s: &AttnShape) -> Result<()> {
+pub fn attention_bwd_dq_bf16(
+    ks: &KernelStore,
+    st: &CudaStream,
+    dq: DPtr<Bf16>,
+    dout: DPtr<Bf16>,
+    q: DPtr<Bf16>,
+    k: DPtr<Bf16>,
+    v: DPtr<Bf16>,
+    lse: DPtr<f32>,
+    delta: DPtr<f32>,
+    s: &AttnShape,
+) -> Result<()> {
     // the shape checks of check_bwd, restricted to the buffers this kernel touches
     check_bwd(dq, k, v, delta, dout, q, k, v, dout, lse, s)?;
     let name = pick("attention_bwd_dq", s.hd, BWD_DQ_D64, BWD_DQ_D128)?;
@@ -184,7 +213,19 @@ pub fn attention_bwd_dq_bf16(ks: &KernelStore, st: &CudaStream, dq: DPtr<Bf16>, 
 /// `dk, dv (b, t, n_kv_head, hd)` overwritten, summed over the query heads
 /// of each KV head (the backward's third kernel).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_bwd_dkdv_bf16(ks: &KernelStore, st: &CudaStream, dk: DPtr<Bf16>, dv: DPtr<Bf16>, dout: DPtr<Bf16>, q: DPtr<Bf16>, k: DPtr<Bf16>, v: DPtr<Bf16>, lse: DPtr<f32>, delta: DPtr<f32>, s: &AttnShape) -> Result<()> {
+pub fn attention_bwd_dkdv_bf16(
+    ks: &KernelStore,
+    st: &CudaStream,
+    dk: DPtr<Bf16>,
+    dv: DPtr<Bf16>,
+    dout: DPtr<Bf16>,
+    q: DPtr<Bf16>,
+    k: DPtr<Bf16>,
+    v: DPtr<Bf16>,
+    lse: DPtr<f32>,
+    delta: DPtr<f32>,
+    s: &AttnShape,
+) -> Result<()> {
     check_bwd(q, dk, dv, delta, dout, q, k, v, dout, lse, s)?;
     let name = pick("attention_bwd_dkdv", s.hd, BWD_DKDV_D64, BWD_DKDV_D128)?;
     let d = dims(name, s.tq, s.n_kv_head, s.b)?;

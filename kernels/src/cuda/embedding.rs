@@ -35,7 +35,7 @@ pub fn group_rows(tokens: &[u32]) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
 
 /// Checks of the forward (ids already checked `< v` on the host).
 pub fn check_fwd(out: DPtr<Bf16>, tokens: DPtr<u32>, table: DPtr<Bf16>, n: usize, v: usize, c: usize) -> Result<LaunchDims> {
-    if c == 0 || c % 8 != 0 {
+    if c == 0 || !c.is_multiple_of(8) {
         return arg_err(FWD, format!("c = {c} must be a positive multiple of 8 (16-byte rows of bf16)"));
     }
     check_ptr(FWD, "out", out, n * c)?;
@@ -63,7 +63,17 @@ pub fn embedding_fwd_bf16(ks: &KernelStore, s: &CudaStream, out: DPtr<Bf16>, tok
 
 /// Checks of the backward: the CSR of [`group_rows`] on the device.
 #[allow(clippy::too_many_arguments)]
-pub fn check_bwd(dtable: DPtr<f32>, dout: DPtr<Bf16>, uniq: DPtr<u32>, offsets: DPtr<u32>, order: DPtr<u32>, n_uniq: usize, n: usize, v: usize, c: usize) -> Result<LaunchDims> {
+pub fn check_bwd(
+    dtable: DPtr<f32>,
+    dout: DPtr<Bf16>,
+    uniq: DPtr<u32>,
+    offsets: DPtr<u32>,
+    order: DPtr<u32>,
+    n_uniq: usize,
+    n: usize,
+    v: usize,
+    c: usize,
+) -> Result<LaunchDims> {
     check_ptr(BWD, "dtable", dtable, v * c)?;
     check_ptr(BWD, "dout", dout, n * c)?;
     check_ptr(BWD, "uniq", uniq, n_uniq)?;
@@ -81,7 +91,19 @@ pub fn check_bwd(dtable: DPtr<f32>, dout: DPtr<Bf16>, uniq: DPtr<u32>, offsets: 
 
 /// `dtable (v, c)[uniq[u]] += Σ dout[order[offsets[u]..offsets[u+1]]]`.
 #[allow(clippy::too_many_arguments)]
-pub fn embedding_bwd_f32(ks: &KernelStore, s: &CudaStream, dtable: DPtr<f32>, dout: DPtr<Bf16>, uniq: DPtr<u32>, offsets: DPtr<u32>, order: DPtr<u32>, n_uniq: usize, n: usize, v: usize, c: usize) -> Result<()> {
+pub fn embedding_bwd_f32(
+    ks: &KernelStore,
+    s: &CudaStream,
+    dtable: DPtr<f32>,
+    dout: DPtr<Bf16>,
+    uniq: DPtr<u32>,
+    offsets: DPtr<u32>,
+    order: DPtr<u32>,
+    n_uniq: usize,
+    n: usize,
+    v: usize,
+    c: usize,
+) -> Result<()> {
     let dims = check_bwd(dtable, dout, uniq, offsets, order, n_uniq, n, v, c)?;
     if n_uniq == 0 || c == 0 {
         return Ok(());

@@ -25,9 +25,9 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod report;
 pub mod rmsnorm;
 pub mod rope;
-pub mod report;
 pub mod swiglu;
 
 use crate::{KernelError, Result};
@@ -110,16 +110,8 @@ pub enum Family {
 }
 
 impl Family {
-    pub const ALL: [Family; 8] = [
-        Family::Elementwise,
-        Family::Rmsnorm,
-        Family::Rope,
-        Family::Swiglu,
-        Family::Embedding,
-        Family::CrossEntropy,
-        Family::Adamw,
-        Family::Attention,
-    ];
+    pub const ALL: [Family; 8] =
+        [Family::Elementwise, Family::Rmsnorm, Family::Rope, Family::Swiglu, Family::Embedding, Family::CrossEntropy, Family::Adamw, Family::Attention];
     /// The file stem of the family's `.cu` source.
     pub fn name(self) -> &'static str {
         match self {
@@ -265,10 +257,7 @@ impl KernelStore {
         if let Some(func) = self.funcs.lock().map_err(|_| poisoned())?.get(name) {
             return Ok(func.clone());
         }
-        let func = self
-            .module(f)?
-            .load_function(name)
-            .map_err(|e| KernelError::Cuda { what: format!("looking up kernel `{name}`"), msg: e.to_string() })?;
+        let func = self.module(f)?.load_function(name).map_err(|e| KernelError::Cuda { what: format!("looking up kernel `{name}`"), msg: e.to_string() })?;
         self.funcs.lock().map_err(|_| poisoned())?.insert(name, func.clone());
         Ok(func)
     }
@@ -319,7 +308,7 @@ pub(crate) fn check_ptr<T>(op: &'static str, buf: &'static str, p: DPtr<T>, need
 
 /// Checks that `p` is `align`-byte aligned.
 pub(crate) fn check_align<T>(op: &'static str, buf: &'static str, p: DPtr<T>, align: u64) -> Result<()> {
-    if p.addr % align != 0 {
+    if !p.addr.is_multiple_of(align) {
         return Err(KernelError::Align { op, buf, addr: p.addr, need: align });
     }
     Ok(())

@@ -29,7 +29,7 @@ pub fn bwd_blocks(n: usize) -> usize {
 }
 
 fn check_row(op: &'static str, n: usize, c: usize) -> Result<()> {
-    if c == 0 || c % 8 != 0 {
+    if c == 0 || !c.is_multiple_of(8) {
         return arg_err(op, format!("c = {c} must be a positive multiple of 8 (16-byte rows of bf16)"));
     }
     if c > MAX_C {
@@ -56,7 +56,17 @@ pub fn check_fwd(out: DPtr<Bf16>, rstd: DPtr<f32>, inp: DPtr<Bf16>, weight: DPtr
 
 /// `out (n, c) = rmsnorm(inp) ⊙ weight`, `rstd (n)` saved.
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_fwd_bf16(ks: &KernelStore, s: &CudaStream, out: DPtr<Bf16>, rstd: DPtr<f32>, inp: DPtr<Bf16>, weight: DPtr<Bf16>, n: usize, c: usize, eps: f32) -> Result<()> {
+pub fn rmsnorm_fwd_bf16(
+    ks: &KernelStore,
+    s: &CudaStream,
+    out: DPtr<Bf16>,
+    rstd: DPtr<f32>,
+    inp: DPtr<Bf16>,
+    weight: DPtr<Bf16>,
+    n: usize,
+    c: usize,
+    eps: f32,
+) -> Result<()> {
     let dims = check_fwd(out, rstd, inp, weight, n, c)?;
     let f = ks.func(Family::Rmsnorm, FWD)?;
     let (o, r, i, w) = (out.addr, rstd.addr, inp.addr, weight.addr);
@@ -68,7 +78,16 @@ pub fn rmsnorm_fwd_bf16(ks: &KernelStore, s: &CudaStream, out: DPtr<Bf16>, rstd:
 
 /// Checks of the backward; `partial` holds `bwd_blocks(n) * c` f32.
 #[allow(clippy::too_many_arguments)]
-pub fn check_bwd(dinp: DPtr<Bf16>, partial: DPtr<f32>, dout: DPtr<Bf16>, inp: DPtr<Bf16>, weight: DPtr<Bf16>, rstd: DPtr<f32>, n: usize, c: usize) -> Result<LaunchDims> {
+pub fn check_bwd(
+    dinp: DPtr<Bf16>,
+    partial: DPtr<f32>,
+    dout: DPtr<Bf16>,
+    inp: DPtr<Bf16>,
+    weight: DPtr<Bf16>,
+    rstd: DPtr<f32>,
+    n: usize,
+    c: usize,
+) -> Result<LaunchDims> {
     check_row(BWD, n, c)?;
     for (name, p) in [("dinp", dinp), ("dout", dout), ("inp", inp)] {
         check_ptr(BWD, name, p, n * c)?;

@@ -14,7 +14,7 @@ const MAX_BLOCKS: usize = 132 * 8 * 16;
 
 /// Checks shared by forward and backward; returns the launch dimensions.
 pub fn check(op: &'static str, x: DPtr<Bf16>, table: DPtr<f32>, s: RopeShape) -> Result<LaunchDims> {
-    if s.hd == 0 || s.hd % 2 != 0 {
+    if s.hd == 0 || !s.hd.is_multiple_of(2) {
         return arg_err(op, format!("head_dim {} must be even and > 0", s.hd));
     }
     check_ptr(op, "x", x, s.b * s.t * s.heads * s.hd)?;

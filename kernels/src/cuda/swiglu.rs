@@ -23,7 +23,16 @@ pub fn swiglu_fwd_bf16(ks: &KernelStore, s: &CudaStream, out: DPtr<Bf16>, gate: 
 
 /// `dgate, dup (n)` overwritten from `dout, gate, up (n)`.
 #[allow(clippy::too_many_arguments)]
-pub fn swiglu_bwd_bf16(ks: &KernelStore, s: &CudaStream, dgate: DPtr<Bf16>, dup: DPtr<Bf16>, dout: DPtr<Bf16>, gate: DPtr<Bf16>, up: DPtr<Bf16>, n: usize) -> Result<()> {
+pub fn swiglu_bwd_bf16(
+    ks: &KernelStore,
+    s: &CudaStream,
+    dgate: DPtr<Bf16>,
+    dup: DPtr<Bf16>,
+    dout: DPtr<Bf16>,
+    gate: DPtr<Bf16>,
+    up: DPtr<Bf16>,
+    n: usize,
+) -> Result<()> {
     for (name, p) in [("dgate", dgate), ("dup", dup), ("dout", dout), ("gate", gate), ("up", up)] {
         check_ptr(BWD, name, p, n)?;
     }

@@ -409,7 +409,9 @@ impl Backend for CudaBackend {
                 self.stream.memcpy_dtod(&sm.slice(soff..soff + len), &mut master.slice_mut(doff..doff + len)).map_err(e)?;
                 self.stream.memcpy_dtod(&sw.slice(soff..soff + len), &mut work.slice_mut(doff..doff + len)).map_err(e)?;
             }
-            (Store::Bf16(d), Store::Param { work: s, .. }) => self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut d.slice_mut(doff..doff + len)).map_err(e)?,
+            (Store::Bf16(d), Store::Param { work: s, .. }) => {
+                self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut d.slice_mut(doff..doff + len)).map_err(e)?
+            }
             (Store::Bf16(d), Store::F32(s)) => {
                 kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(d, doff, len), self.dp_f32(s, soff, len), len)?
             }
@@ -745,7 +747,7 @@ impl Backend for CudaBackend {
     fn gather_rows(&self, out: ViewMut<Self>, src: View<Self>, rows: &[u32], c: usize) -> Result<()> {
         const OP: &str = "gather_rows";
         check_len(OP, "out", out.len, rows.len() * c)?;
-        let src_rows = if c == 0 { 0 } else { src.len / c };
+        let src_rows = src.len.checked_div(c).unwrap_or(0);
         check_ids(OP, rows, src_rows, "row")?;
         if rows.is_empty() || c == 0 {
             return Ok(());
@@ -768,7 +770,7 @@ impl Backend for CudaBackend {
     fn scatter_add_rows(&self, dst: ViewMut<Self>, src: View<Self>, rows: &[u32], c: usize) -> Result<()> {
         const OP: &str = "scatter_add_rows";
         check_len(OP, "src", src.len, rows.len() * c)?;
-        let dst_rows = if c == 0 { 0 } else { dst.len / c };
+        let dst_rows = dst.len.checked_div(c).unwrap_or(0);
         check_ids(OP, rows, dst_rows, "row")?;
         if rows.is_empty() || c == 0 {
             return Ok(());

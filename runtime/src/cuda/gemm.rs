@@ -120,7 +120,20 @@ impl Blas {
     /// # Safety
     /// `a`, `b`, `c` must be live device allocations of at least those sizes.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn matmul(&self, stream: &CudaStream, c: u64, out: OutType, a: u64, b: u64, m: usize, n: usize, k: usize, ta: Trans, tb: Trans, write: GradWrite) -> Result<()> {
+    pub unsafe fn matmul(
+        &self,
+        stream: &CudaStream,
+        c: u64,
+        out: OutType,
+        a: u64,
+        b: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: Trans,
+        tb: Trans,
+        write: GradWrite,
+    ) -> Result<()> {
         let accumulate = write == GradWrite::Accumulate;
         let key = Key { m, n, k, ta: ta == Trans::T, tb: tb == Trans::T, out, accumulate, align: [alignment(a), alignment(b), alignment(c)] };
         let out_ty = match out {
@@ -134,7 +147,8 @@ impl Blas {
         let la = Layout(lt::create_matrix_layout(bf, a_rows as u64, a_cols as u64, lda as i64).map_err(|e| lt_err("layout", e))?);
         let lb = Layout(lt::create_matrix_layout(bf, b_rows as u64, b_cols as u64, ldb as i64).map_err(|e| lt_err("layout", e))?);
         let lc = Layout(lt::create_matrix_layout(out_ty, n as u64, m as u64, n as i64).map_err(|e| lt_err("layout", e))?);
-        let desc = Desc(lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType_t::CUDA_R_32F).map_err(|e| lt_err("matmul desc", e))?);
+        let desc =
+            Desc(lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType_t::CUDA_R_32F).map_err(|e| lt_err("matmul desc", e))?);
         let op = |t: Trans| -> i32 {
             match t {
                 Trans::N => 0, // CUBLAS_OP_N
@@ -154,8 +168,13 @@ impl Blas {
                 None => {
                     let pref = Pref(lt::create_matmul_pref().map_err(|e| lt_err("preference", e))?);
                     let ws = self.ws_bytes;
-                    lt::set_matmul_pref_attribute(pref.0, sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, (&ws) as *const usize as *const c_void, std::mem::size_of::<usize>())
-                        .map_err(|e| lt_err("workspace preference", e))?;
+                    lt::set_matmul_pref_attribute(
+                        pref.0,
+                        sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                        (&ws) as *const usize as *const c_void,
+                        std::mem::size_of::<usize>(),
+                    )
+                    .map_err(|e| lt_err("workspace preference", e))?;
                     // our A is cuBLASLt's B and vice versa
                     for (attr, al) in [
                         (sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align[1]),
@@ -163,7 +182,8 @@ impl Blas {
                         (sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align[2]),
                         (sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align[2]),
                     ] {
-                        lt::set_matmul_pref_attribute(pref.0, attr, (&al) as *const u32 as *const c_void, std::mem::size_of::<u32>()).map_err(|e| lt_err("alignment preference", e))?;
+                        lt::set_matmul_pref_attribute(pref.0, attr, (&al) as *const u32 as *const c_void, std::mem::size_of::<u32>())
+                            .map_err(|e| lt_err("alignment preference", e))?;
                     }
                     let h = lt::get_matmul_algo_heuristic(self.handle, desc.0, la.0, lb.0, lc.0, lc.0, pref.0)
                         .map_err(|e| lt_err(&format!("heuristic for m {m} n {n} k {k} {ta:?}{tb:?} -> {out:?}"), e))?;
