@@ -21,6 +21,6 @@ pub use backend::*;
 pub use cpu::{CpuBackend, CpuBuf};
 pub use cuda::CudaBackend;
 #[cfg(feature = "cuda")]
-pub use cuda::{AttnFwd, CudaBuf};
+pub use cuda::{AttnImpl, CudaBuf};
 pub use error::{Result, RtError};
 pub use llama2_kernels as kernels;

@@ -26,10 +26,12 @@ CHECK_PREFIX = {
     "adamw_2^28": "adamw",
     "matmul_8192_bf16": "matmul",
     "matmul_linear_16384x11008x4096": "matmul",
-    "attention_fwd_t4096_d128_kv32": "attention b=1 t=4096 hd=128 h=16 kv=16 fwd",
-    "attention_fwd_t4096_d128_kv8": "attention b=1 t=4096 hd=128 h=16 kv=8 fwd",
-    "attention_bwd_t4096_d128_kv32": "attention b=1 t=4096 hd=128 h=16 kv=16 bwd",
-    "attention_bwd_t4096_d128_kv8": "attention b=1 t=4096 hd=128 h=16 kv=8 bwd",
+    "attention_fwd_t4096_d128_kv32": "attention b=1 t=4096 hd=128 h=16 kv=16 fwd Mma",
+    "attention_fwd_t4096_d128_kv8": "attention b=1 t=4096 hd=128 h=16 kv=8 fwd Mma",
+    "attention_bwd_t4096_d128_kv32": "attention b=1 t=4096 hd=128 h=16 kv=16 bwd Mma",
+    "attention_bwd_t4096_d128_kv8": "attention b=1 t=4096 hd=128 h=16 kv=8 bwd Mma",
+    "attention_fwd_t4096_d128_kv32_v1": "attention b=1 t=4096 hd=128 h=16 kv=16 fwd Simple",
+    "attention_bwd_t4096_d128_kv32_v1": "attention b=1 t=4096 hd=128 h=16 kv=16 bwd Simple",
     "attention_decode_b8_t4096_d128": "attention decode",
 }
 
@@ -71,7 +73,7 @@ def main():
         err = max((c["max_abs_err"] for c in rows), default=float("nan"))
         used = max((c["tol_used"] for c in rows), default=float("nan"))
         bad = any(not c["ok"] for c in rows)
-        p = peer_by.get(key)
+        p = peer_by.get(key[:-3] if key.endswith("_v1") else key)
         pms = p["ms"] if p else float("nan")
         ratio = pms / r["ms"] if p else float("nan")
         if r.get("bytes"):

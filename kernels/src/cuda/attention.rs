@@ -3,7 +3,8 @@
 //! layouts: q, out (b, tq, n_head, hd); k, v (b, cap, n_kv_head, hd);
 //! lse (b, n_head, tq) f32.
 //!
-//! Compiled head dims: 64 and 128 ([`HEAD_DIMS`]). Rows are read as 16-byte
+//! v1 kernels (`cu/attention.cu`, warp per row, f32 FMAs) and v2 kernels
+//! (`cu/attention_mma.cu`, tensor cores). Compiled head dims: 64 and 128 ([`HEAD_DIMS`]). Rows are read as 16-byte
 //! words, so every bf16 buffer must be 16-byte aligned. The grid is
 //! (row blocks, heads, batch): heads and batch at most 65535.
 //! Backward is three kernels: `delta = rowsum(dout ⊙ out)` into an f32
@@ -18,6 +19,10 @@ pub const FWD_D64: &str = "attention_fwd_d64_bf16";
 pub const FWD_D128: &str = "attention_fwd_d128_bf16";
 pub const FWD_MMA_D64: &str = "attention_fwd_mma_d64_bf16";
 pub const FWD_MMA_D128: &str = "attention_fwd_mma_d128_bf16";
+pub const BWD_DQ_MMA_D64: &str = "attention_bwd_dq_mma_d64_bf16";
+pub const BWD_DQ_MMA_D128: &str = "attention_bwd_dq_mma_d128_bf16";
+pub const BWD_DKDV_MMA_D64: &str = "attention_bwd_dkdv_mma_d64_bf16";
+pub const BWD_DKDV_MMA_D128: &str = "attention_bwd_dkdv_mma_d128_bf16";
 pub const BWD_PRE_D64: &str = "attention_bwd_pre_d64_bf16";
 pub const BWD_PRE_D128: &str = "attention_bwd_pre_d128_bf16";
 pub const BWD_DQ_D64: &str = "attention_bwd_dq_d64_bf16";
@@ -118,7 +123,7 @@ pub fn attention_fwd_mma_bf16(
     s: &AttnShape,
 ) -> Result<()> {
     let (name, d) = check_fwd_mma(out, lse, q, k, v, s)?;
-    let f = ks.func(Family::Attention, name)?;
+    let f = ks.func(Family::AttentionMma, name)?;
     let (o, l, qp, kp, vp) = (out.addr, lse.addr, q.addr, k.addr, v.addr);
     let (b, tq, tkv, cap) = (to_i32(name, "b", s.b)?, to_i32(name, "tq", s.tq)?, to_i32(name, "tkv", s.tkv)?, to_i32(name, "cap", s.cap)?);
     let (nh, nkv) = (to_i32(name, "n_head", s.n_head)?, to_i32(name, "n_kv_head", s.n_kv_head)?);
@@ -236,6 +241,84 @@ pub fn attention_bwd_dkdv_bf16(
     // SAFETY: check_bwd covers every buffer for the training shape; warps
     // past t return.
     unsafe { launch!(st, f, name, d, [dkp, dvp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
+}
+
+/// dq on tensor cores (`cu/attention_mma.cu`): same contract as
+/// [`attention_bwd_dq_bf16`]; dS is rounded to bf16 for dS·K.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd_dq_mma_bf16(
+    ks: &KernelStore,
+    st: &CudaStream,
+    dq: DPtr<Bf16>,
+    dout: DPtr<Bf16>,
+    q: DPtr<Bf16>,
+    k: DPtr<Bf16>,
+    v: DPtr<Bf16>,
+    lse: DPtr<f32>,
+    delta: DPtr<f32>,
+    s: &AttnShape,
+) -> Result<()> {
+    check_bwd(dq, k, v, delta, dout, q, k, v, dout, lse, s)?;
+    let name = pick("attention_bwd_dq_mma", s.hd, BWD_DQ_MMA_D64, BWD_DQ_MMA_D128)?;
+    let d = dims(name, s.tq.div_ceil(MMA_ROWS) * WARPS, s.n_head, s.b)?;
+    let f = ks.func(Family::AttentionMma, name)?;
+    let (dqp, dp, qp, kp, vp, lp, dlp) = (dq.addr, dout.addr, q.addr, k.addr, v.addr, lse.addr, delta.addr);
+    let (b, t) = (to_i32(name, "b", s.b)?, to_i32(name, "t", s.tq)?);
+    let (nh, nkv) = (to_i32(name, "n_head", s.n_head)?, to_i32(name, "n_kv_head", s.n_kv_head)?);
+    // SAFETY: check_bwd covers every buffer for the training shape; rows
+    // past t are neither read (zero-filled) nor written.
+    unsafe { launch!(st, f, name, d, [dqp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
+}
+
+/// dk, dv on tensor cores (`cu/attention_mma.cu`): same contract as
+/// [`attention_bwd_dkdv_bf16`]; P and dS are rounded to bf16 as operands.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd_dkdv_mma_bf16(
+    ks: &KernelStore,
+    st: &CudaStream,
+    dk: DPtr<Bf16>,
+    dv: DPtr<Bf16>,
+    dout: DPtr<Bf16>,
+    q: DPtr<Bf16>,
+    k: DPtr<Bf16>,
+    v: DPtr<Bf16>,
+    lse: DPtr<f32>,
+    delta: DPtr<f32>,
+    s: &AttnShape,
+) -> Result<()> {
+    check_bwd(q, dk, dv, delta, dout, q, k, v, dout, lse, s)?;
+    let name = pick("attention_bwd_dkdv_mma", s.hd, BWD_DKDV_MMA_D64, BWD_DKDV_MMA_D128)?;
+    let d = dims(name, s.tq.div_ceil(MMA_ROWS) * WARPS, s.n_kv_head, s.b)?;
+    let f = ks.func(Family::AttentionMma, name)?;
+    let (dkp, dvp, dp, qp, kp, vp, lp, dlp) = (dk.addr, dv.addr, dout.addr, q.addr, k.addr, v.addr, lse.addr, delta.addr);
+    let (b, t) = (to_i32(name, "b", s.b)?, to_i32(name, "t", s.tq)?);
+    let (nh, nkv) = (to_i32(name, "n_head", s.n_head)?, to_i32(name, "n_kv_head", s.n_kv_head)?);
+    // SAFETY: check_bwd covers every buffer for the training shape; rows
+    // past t are neither read (zero-filled) nor written.
+    unsafe { launch!(st, f, name, d, [dkp, dvp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
+}
+
+/// The whole backward on tensor cores: delta (v1 kernel), dq, dk/dv.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd_mma_bf16(
+    ks: &KernelStore,
+    st: &CudaStream,
+    dq: DPtr<Bf16>,
+    dk: DPtr<Bf16>,
+    dv: DPtr<Bf16>,
+    delta: DPtr<f32>,
+    dout: DPtr<Bf16>,
+    q: DPtr<Bf16>,
+    k: DPtr<Bf16>,
+    v: DPtr<Bf16>,
+    out: DPtr<Bf16>,
+    lse: DPtr<f32>,
+    s: &AttnShape,
+) -> Result<()> {
+    check_bwd(dq, dk, dv, delta, dout, q, k, v, out, lse, s)?;
+    attention_bwd_pre_bf16(ks, st, delta, dout, out, s)?;
+    attention_bwd_dq_mma_bf16(ks, st, dq, dout, q, k, v, lse, delta, s)?;
+    attention_bwd_dkdv_mma_bf16(ks, st, dk, dv, dout, q, k, v, lse, delta, s)
 }
 
 /// The whole backward: delta, dq, dk/dv (`dq, dk, dv` overwritten).

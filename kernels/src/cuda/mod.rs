@@ -107,11 +107,21 @@ pub enum Family {
     CrossEntropy,
     Adamw,
     Attention,
+    AttentionMma,
 }
 
 impl Family {
-    pub const ALL: [Family; 8] =
-        [Family::Elementwise, Family::Rmsnorm, Family::Rope, Family::Swiglu, Family::Embedding, Family::CrossEntropy, Family::Adamw, Family::Attention];
+    pub const ALL: [Family; 9] = [
+        Family::Elementwise,
+        Family::Rmsnorm,
+        Family::Rope,
+        Family::Swiglu,
+        Family::Embedding,
+        Family::CrossEntropy,
+        Family::Adamw,
+        Family::Attention,
+        Family::AttentionMma,
+    ];
     /// The file stem of the family's `.cu` source.
     pub fn name(self) -> &'static str {
         match self {
@@ -123,6 +133,7 @@ impl Family {
             Family::CrossEntropy => "cross_entropy",
             Family::Adamw => "adamw",
             Family::Attention => "attention",
+            Family::AttentionMma => "attention_mma",
         }
     }
     fn index(self) -> usize {
@@ -152,6 +163,7 @@ pub fn fatbin(f: Family) -> &'static [u8] {
         Family::CrossEntropy => out_file!("cross_entropy"),
         Family::Adamw => out_file!("adamw"),
         Family::Attention => out_file!("attention"),
+        Family::AttentionMma => out_file!("attention_mma"),
     }
 }
 
@@ -166,6 +178,7 @@ pub fn ptxas_report(f: Family) -> &'static str {
         Family::CrossEntropy => out_text!("cross_entropy"),
         Family::Adamw => out_text!("adamw"),
         Family::Attention => out_text!("attention"),
+        Family::AttentionMma => out_text!("attention_mma"),
     }
 }
 
@@ -206,8 +219,12 @@ pub const ENTRY_POINTS: &[(Family, &str)] = &[
     (Family::Adamw, adamw::STEP),
     (Family::Attention, attention::FWD_D64),
     (Family::Attention, attention::FWD_D128),
-    (Family::Attention, attention::FWD_MMA_D64),
-    (Family::Attention, attention::FWD_MMA_D128),
+    (Family::AttentionMma, attention::FWD_MMA_D64),
+    (Family::AttentionMma, attention::FWD_MMA_D128),
+    (Family::AttentionMma, attention::BWD_DQ_MMA_D64),
+    (Family::AttentionMma, attention::BWD_DQ_MMA_D128),
+    (Family::AttentionMma, attention::BWD_DKDV_MMA_D64),
+    (Family::AttentionMma, attention::BWD_DKDV_MMA_D128),
     (Family::Attention, attention::BWD_PRE_D64),
     (Family::Attention, attention::BWD_PRE_D128),
     (Family::Attention, attention::BWD_DQ_D64),
@@ -220,7 +237,7 @@ pub const ENTRY_POINTS: &[(Family, &str)] = &[
 /// looked up in them, cached by name (candle's `ModuleStore`).
 pub struct KernelStore {
     ctx: Arc<CudaContext>,
-    modules: [OnceLock<Arc<CudaModule>>; 8],
+    modules: [OnceLock<Arc<CudaModule>>; 9],
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
 }
 

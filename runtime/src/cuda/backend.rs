@@ -12,7 +12,7 @@
 //! the window is converted through a stream-ordered temporary (correct,
 //! slower; the model uses the native kinds).
 //!
-//! Public items: [`CudaBackend`], [`CudaBuf`], [`AttnFwd`].
+//! Public items: [`CudaBackend`], [`CudaBuf`], [`AttnImpl`].
 
 use super::gemm::{Blas, OutType};
 use crate::backend::*;
@@ -47,14 +47,14 @@ impl Buffer for CudaBuf {
     }
 }
 
-/// Which attention-forward kernel the backend launches.
+/// Which attention kernels (forward and backward) the backend launches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttnFwd {
-    /// tensor cores for tq >= MMA_MIN_TQ, the warp-per-row kernel below
+pub enum AttnImpl {
+    /// tensor cores (v2) for tq >= MMA_MIN_TQ, the warp-per-row v1 below
     Auto,
-    /// the warp-per-row f32 kernel (the reference GPU path)
+    /// the warp-per-row f32 kernels (v1, the reference GPU path)
     Simple,
-    /// the tensor-core kernel at every shape
+    /// the tensor-core kernels (v2) at every shape
     Mma,
 }
 
@@ -68,7 +68,7 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     ks: KernelStore,
     blas: Blas,
-    attn_fwd: std::sync::Mutex<AttnFwd>,
+    attn: std::sync::Mutex<AttnImpl>,
 }
 
 #[track_caller]
@@ -121,27 +121,27 @@ impl CudaBackend {
         let ks = KernelStore::new(ctx.clone());
         ks.load_all()?;
         let blas = Blas::new(&stream)?;
-        // LLAMA2_ATTN_FWD=simple|mma|auto overrides the kernel choice
-        let attn = match std::env::var("LLAMA2_ATTN_FWD").as_deref() {
-            Ok("simple") => AttnFwd::Simple,
-            Ok("mma") => AttnFwd::Mma,
-            _ => AttnFwd::Auto,
+        // LLAMA2_ATTN=simple|mma|auto overrides the kernel choice
+        let attn = match std::env::var("LLAMA2_ATTN").as_deref() {
+            Ok("simple") => AttnImpl::Simple,
+            Ok("mma") => AttnImpl::Mma,
+            _ => AttnImpl::Auto,
         };
-        Ok(CudaBackend { ctx, stream, ks, blas, attn_fwd: std::sync::Mutex::new(attn) })
+        Ok(CudaBackend { ctx, stream, ks, blas, attn: std::sync::Mutex::new(attn) })
     }
 
-    /// Chooses the attention-forward kernel (gpu-check runs both).
-    pub fn set_attention_fwd(&self, a: AttnFwd) {
-        if let Ok(mut g) = self.attn_fwd.lock() {
+    /// Chooses the attention kernels (gpu-check runs each).
+    pub fn set_attention_impl(&self, a: AttnImpl) {
+        if let Ok(mut g) = self.attn.lock() {
             *g = a;
         }
     }
 
     fn use_mma(&self, tq: usize) -> bool {
-        match self.attn_fwd.lock().map(|g| *g).unwrap_or(AttnFwd::Auto) {
-            AttnFwd::Auto => tq >= MMA_MIN_TQ,
-            AttnFwd::Simple => false,
-            AttnFwd::Mma => true,
+        match self.attn.lock().map(|g| *g).unwrap_or(AttnImpl::Auto) {
+            AttnImpl::Auto => tq >= MMA_MIN_TQ,
+            AttnImpl::Simple => false,
+            AttnImpl::Mma => true,
         }
     }
 
@@ -629,7 +629,12 @@ impl Backend for CudaBackend {
         let dq = self.out_bf16(dq, false)?;
         let dk = self.out_bf16(dk, false)?;
         let dv = self.out_bf16(dv, false)?;
-        kc::attention::attention_bwd_bf16(&self.ks, &self.stream, dq.ptr, dk.ptr, dv.ptr, self.dp_f32(&delta, 0, nd), dop, qp, kp, vp, op, lp, &s)?;
+        let dl = self.dp_f32(&delta, 0, nd);
+        if self.use_mma(s.tq) {
+            kc::attention::attention_bwd_mma_bf16(&self.ks, &self.stream, dq.ptr, dk.ptr, dv.ptr, dl, dop, qp, kp, vp, op, lp, &s)?;
+        } else {
+            kc::attention::attention_bwd_bf16(&self.ks, &self.stream, dq.ptr, dk.ptr, dv.ptr, dl, dop, qp, kp, vp, op, lp, &s)?;
+        }
         self.finish_bf16(dq)?;
         self.finish_bf16(dk)?;
         self.finish_bf16(dv)

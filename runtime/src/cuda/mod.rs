@@ -2,14 +2,14 @@
 //! constructor returns [`RtError::NotCompiledWithCuda`].
 //!
 //! Public items: [`CudaBackend`] (and with the feature [`CudaBuf`],
-//! [`AttnFwd`], [`device_count`], [`gemm`]).
+//! [`AttnImpl`], [`device_count`], [`gemm`]).
 
 #[cfg(feature = "cuda")]
 mod backend;
 #[cfg(feature = "cuda")]
 pub mod gemm;
 #[cfg(feature = "cuda")]
-pub use backend::{AttnFwd, CudaBackend, CudaBuf};
+pub use backend::{AttnImpl, CudaBackend, CudaBuf};
 
 /// Number of CUDA devices; `Ok(0)` where there is no NVIDIA driver (never
 /// panics: the driver library is looked up before any call into it).

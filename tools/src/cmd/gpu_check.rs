@@ -24,6 +24,8 @@ mod bench;
 mod checks;
 #[cfg(any(feature = "cuda", test))]
 pub mod model_check;
+#[cfg(any(feature = "cuda", test))]
+pub mod reference;
 
 #[derive(Args)]
 pub struct GpuCheckArgs {

@@ -197,20 +197,23 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
     b.section("attention", |b| {
         let gpu = b.gpu;
         // attention, T = 4096, 32 heads of 128, causal, B = 1, and GQA kv = 8
-        for nkv in [32usize, 8] {
+        for (nkv, imp, suffix) in [(32usize, AttnImpl::Mma, ""), (8, AttnImpl::Mma, ""), (32, AttnImpl::Simple, "_v1")] {
+            // v2 (tensor cores) is what the backend runs; v1 is timed for the record
+            gpu.set_attention_impl(imp);
             let s = AttnShape::causal(1, 4096, nh, nkv, hd);
             let t = 4096;
             let (q, k, vv) = (b.buf(t * nh * hd, BufKind::Act)?, b.buf(t * nkv * hd, BufKind::Act)?, b.buf(t * nkv * hd, BufKind::Act)?);
             let (mut o, mut l) = (gpu.alloc(t * nh * hd, BufKind::Act)?, gpu.alloc(nh * t, BufKind::F32)?);
             let ms = b.time(false, |g| g.attention_fwd(vm(&mut o), vm(&mut l), v(&q), v(&k), v(&vv), s))?;
             let fwd_flops = 4.0 * (t * t * nh * hd) as f64 / 2.0;
-            b.record(&format!("attention_fwd_t4096_d128_kv{nkv}"), ms, None, Some(fwd_flops));
+            b.record(&format!("attention_fwd_t4096_d128_kv{nkv}{suffix}"), ms, None, Some(fwd_flops));
             let d = b.buf(t * nh * hd, BufKind::Act)?;
             let (mut dq, mut dk, mut dv) =
                 (gpu.alloc(t * nh * hd, BufKind::Act)?, gpu.alloc(t * nkv * hd, BufKind::Act)?, gpu.alloc(t * nkv * hd, BufKind::Act)?);
             let ms = b.time(false, |g| g.attention_bwd(vm(&mut dq), vm(&mut dk), vm(&mut dv), v(&d), v(&q), v(&k), v(&vv), v(&o), v(&l), s))?;
-            b.record(&format!("attention_bwd_t4096_d128_kv{nkv}"), ms, None, Some(2.5 * fwd_flops));
+            b.record(&format!("attention_bwd_t4096_d128_kv{nkv}{suffix}"), ms, None, Some(2.5 * fwd_flops));
         }
+        gpu.set_attention_impl(AttnImpl::Auto);
         Ok(())
     });
     b.section("decode", |b| {

@@ -18,7 +18,7 @@
 //!   per element with RTOL_F32/ATOL_F32, or relative to the tensor's max
 //!   for reductions over many rows (F32_SUM).
 
-use half::bf16;
+use super::reference::{attention_bwd_naive_bf16, attention_naive_bf16p, bfr};
 use llama2_runtime::kernels::attention::AttnShape;
 use llama2_runtime::kernels::rope::rope_table;
 use llama2_runtime::rng::Rng;
@@ -83,10 +83,6 @@ pub struct Checker {
     rows: Vec<Row>,
 }
 
-fn bfr(x: f32) -> f32 {
-    bf16::from_f32(x).to_f32()
-}
-
 fn put<B: Backend>(be: &B, data: &[f32], kind: BufKind) -> Result<B::Buf> {
     let mut b = be.alloc(data.len(), kind)?;
     be.upload(vm(&mut b), data)?;
@@ -101,45 +97,6 @@ fn get<B: Backend>(be: &B, b: &B::Buf) -> Result<Vec<f32>> {
     let mut out = vec![0f32; b.len()];
     be.download(v(b), &mut out)?;
     Ok(out)
-}
-
-/// Naive attention forward with the rounding points of the tensor-core
-/// kernel: scores and softmax in f32, P rounded to bf16 for P·V (row sums
-/// from the f32 P), the output rounded to bf16. Rows in parallel.
-fn attention_naive_bf16p(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32> {
-    use rayon::prelude::*;
-    let AttnShape { b, tq, tkv, cap, n_head: nh, n_kv_head: nkv, hd } = s;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; b * tq * nh * hd];
-    out.par_chunks_mut(hd).enumerate().for_each(|(row, o)| {
-        let h = row % nh;
-        let i = (row / nh) % tq;
-        let bi = row / (nh * tq);
-        let g = h / (nh / nkv);
-        let qr = &q[row * hd..(row + 1) * hd];
-        let vis = tkv - tq + i + 1;
-        let sc: Vec<f32> = (0..vis)
-            .map(|j| {
-                let kr = &k[((bi * cap + j) * nkv + g) * hd..][..hd];
-                qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale
-            })
-            .collect();
-        let m = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let p: Vec<f32> = sc.iter().map(|x| (x - m).exp()).collect();
-        let l: f32 = p.iter().sum();
-        let mut acc = vec![0f32; hd];
-        for (j, &pj) in p.iter().enumerate() {
-            let pb = bfr(pj);
-            let vr = &v[((bi * cap + j) * nkv + g) * hd..][..hd];
-            for (a, &x) in acc.iter_mut().zip(vr) {
-                *a += pb * x;
-            }
-        }
-        for (oi, a) in o.iter_mut().zip(acc) {
-            *oi = bfr(a / l);
-        }
-    });
-    out
 }
 
 impl Checker {
@@ -568,20 +525,20 @@ impl Checker {
         let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
         // the tensor-core kernel rounds P to bf16: its naive reference does too
         let naive_p = attention_naive_bf16p(&q, &k, &vv, s);
-        for imp in [AttnFwd::Simple, AttnFwd::Mma] {
-            self.gpu.set_attention_fwd(imp);
+        for imp in [AttnImpl::Simple, AttnImpl::Mma] {
+            self.gpu.set_attention_impl(imp);
             let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
             let mut gl = nan_buf(&self.gpu, b * nh * t, BufKind::F32)?;
             self.gpu.attention_fwd(vm(&mut go), vm(&mut gl), v(&gq), v(&gk), v(&gv), s)?;
             let g = get(&self.gpu, &go)?;
             let name = format!("{tag} fwd {imp:?}: out");
             match imp {
-                AttnFwd::Mma => self.cmp_naive(name, &g, &out_ref, &naive_p, FA_FWD),
+                AttnImpl::Mma => self.cmp_naive(name, &g, &out_ref, &naive_p, FA_FWD),
                 _ => self.cmp(name, &g, &out_ref, Rule::FlashAttn { factor: FA_FWD }),
             }
             self.cmp(format!("{tag} fwd {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
         }
-        self.gpu.set_attention_fwd(AttnFwd::Auto);
+        self.gpu.set_attention_impl(AttnImpl::Auto);
         // backward from the same (bf16-rounded) forward output on both sides
         let out_bf: Vec<f32> = out_ref.iter().map(|&x| bfr(x)).collect();
         let (cout, gout) = (put(&self.cpu, &out_bf, BufKind::Act)?, put(&self.gpu, &out_bf, BufKind::Act)?);
@@ -590,15 +547,26 @@ impl Checker {
         let mut cdq = put(&self.cpu, &vec![0.0; q.len()], BufKind::Act)?;
         let mut cdk = put(&self.cpu, &vec![0.0; k.len()], BufKind::Act)?;
         let mut cdv = put(&self.cpu, &vec![0.0; k.len()], BufKind::Act)?;
-        let mut gdq = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
-        let mut gdk = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
-        let mut gdv = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
         self.cpu.attention_bwd(vm(&mut cdq), vm(&mut cdk), vm(&mut cdv), v(&cd), v(&cq), v(&ck), v(&cv), v(&cout), v(&clse), s)?;
-        self.gpu.attention_bwd(vm(&mut gdq), vm(&mut gdk), vm(&mut gdv), v(&gd), v(&gq), v(&gk), v(&gv), v(&gout), v(&glse), s)?;
-        for (name, g, c) in [("dq", &gdq, &cdq), ("dk", &gdk, &cdk), ("dv", &gdv, &cdv)] {
-            let (x, y) = (get(&self.gpu, g)?, get(&self.cpu, c)?);
-            self.cmp(format!("{tag} bwd: {name}"), &x, &y, Rule::FlashAttn { factor: FA_BWD });
+        let refs = [get(&self.cpu, &cdq)?, get(&self.cpu, &cdk)?, get(&self.cpu, &cdv)?];
+        // the tensor-core backward rounds P and dS to bf16: its naive reference does too
+        let naive = attention_bwd_naive_bf16(&q, &k, &vv, &dout, &out_bf, &lse_ref, s);
+        for imp in [AttnImpl::Simple, AttnImpl::Mma] {
+            self.gpu.set_attention_impl(imp);
+            let mut gdq = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
+            let mut gdk = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
+            let mut gdv = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
+            self.gpu.attention_bwd(vm(&mut gdq), vm(&mut gdk), vm(&mut gdv), v(&gd), v(&gq), v(&gk), v(&gv), v(&gout), v(&glse), s)?;
+            for (ix, (name, g)) in [("dq", &gdq), ("dk", &gdk), ("dv", &gdv)].into_iter().enumerate() {
+                let x = get(&self.gpu, g)?;
+                let label = format!("{tag} bwd {imp:?}: {name}");
+                match imp {
+                    AttnImpl::Mma => self.cmp_naive(label, &x, &refs[ix], &naive[ix], FA_BWD),
+                    _ => self.cmp(label, &x, &refs[ix], Rule::FlashAttn { factor: FA_BWD }),
+                }
+            }
         }
+        self.gpu.set_attention_impl(AttnImpl::Auto);
         Ok(())
     }
 
@@ -623,19 +591,19 @@ impl Checker {
         self.cpu.attention_fwd(vm(&mut co), vm(&mut cl), v(&cq), v(&ck), v(&cv), s)?;
         let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
         let naive_p = attention_naive_bf16p(&q, &k, &vv, s);
-        for imp in [AttnFwd::Simple, AttnFwd::Mma] {
-            self.gpu.set_attention_fwd(imp);
+        for imp in [AttnImpl::Simple, AttnImpl::Mma] {
+            self.gpu.set_attention_impl(imp);
             let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
             let mut gl = nan_buf(&self.gpu, b * nh * tq, BufKind::F32)?;
             self.gpu.attention_fwd(vm(&mut go), vm(&mut gl), v(&gq), v(&gk), v(&gv), s)?;
             let g = get(&self.gpu, &go)?;
             match imp {
-                AttnFwd::Mma => self.cmp_naive(format!("{tag} {imp:?}: out"), &g, &out_ref, &naive_p, FA_FWD),
+                AttnImpl::Mma => self.cmp_naive(format!("{tag} {imp:?}: out"), &g, &out_ref, &naive_p, FA_FWD),
                 _ => self.cmp(format!("{tag} {imp:?}: out"), &g, &out_ref, Rule::FlashAttn { factor: FA_FWD }),
             }
             self.cmp(format!("{tag} {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
         }
-        self.gpu.set_attention_fwd(AttnFwd::Auto);
+        self.gpu.set_attention_impl(AttnImpl::Auto);
         Ok(())
     }
 }
