@@ -18,6 +18,8 @@ pub enum ModelError {
     Tensor { name: String, msg: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
 }
 
 impl ModelError {

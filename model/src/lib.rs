@@ -8,18 +8,22 @@
 //! - [`model::Model`], [`model::KvCache`]: parameters on a backend, load/save
 //! - [`acts`]: activations and activation gradients
 //! - forward ([`forward`]), backward ([`backward`])
+//! - [`chat`]: the Llama-2-chat format with loss masks
 //! - [`generate`]: sampling and generation with the KV cache
+//! - [`shards`]: llm.c token shards (streaming writer, validated reader)
 //! - [`tokenizer`]: the Llama 2 tokenizer (SentencePiece BPE; GGUF and
 //!   `.model` vocabularies; BPE training)
 
 pub mod acts;
 pub mod backward;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod forward;
 pub mod generate;
 pub mod model;
 pub mod params;
+pub mod shards;
 pub mod tokenizer;
 pub mod weights;
 

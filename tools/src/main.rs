@@ -29,6 +29,12 @@ enum Cmd {
     Bench(cmd::bench::BenchArgs),
     /// Pretrain a model on token shards (the paper's recipe)
     Pretrain(cmd::pretrain::PretrainArgs),
+    /// Supervised fine-tuning on dialogs in the Llama-2-chat format
+    Sft(cmd::sft::SftArgs),
+    /// Chat with a model in the terminal (Llama-2-chat format)
+    Chat(cmd::chat::ChatArgs),
+    /// The main job: vocabulary, pretraining, SFT and chat samples on the built-in data, with a report
+    Pipeline(cmd::pipeline::PipelineArgs),
     /// Tokenizer tools: train a BPE vocabulary, encode, decode, info
     Tokenizer(cmd::tokenizer::TokenizerArgs),
     /// Tokenize text corpora into llm.c token shards (train and val)
@@ -46,6 +52,9 @@ fn main() {
         Cmd::Info(a) => cmd::info::run(a),
         Cmd::Bench(a) => cmd::bench::run(a),
         Cmd::Pretrain(a) => cmd::pretrain::run(a),
+        Cmd::Sft(a) => cmd::sft::run(a),
+        Cmd::Chat(a) => cmd::chat::run(a),
+        Cmd::Pipeline(a) => cmd::pipeline::run(a),
         Cmd::Tokenizer(a) => cmd::tokenizer::run_tokenizer(a),
         Cmd::Tokenize(a) => cmd::tokenizer::run_tokenize(a),
         Cmd::GpuCheck(a) => cmd::gpu_check::run(a),

@@ -23,8 +23,8 @@ fn tmpdir(name: &str) -> PathBuf {
 /// A shard of a toy language (vocab 512) with enough tokens to wrap.
 fn shard(dir: &Path) -> PathBuf {
     let p = dir.join("toy.bin");
-    let toks: Vec<u16> = (0..40_000u32).map(|i| ((i * 7 + i / 13) % 500) as u16).collect();
-    llama2_train::data::write_shard(&p, &toks).unwrap();
+    let toks: Vec<u32> = (0..40_000u32).map(|i| (i * 7 + i / 13) % 500).collect();
+    llama2_model::shards::write_shard(&p, &toks).unwrap();
     p
 }
 

@@ -14,105 +14,23 @@
 //! batch windows inside each shard is a seeded permutation, drawn afresh per
 //! pass.
 //!
-//! Public items: [`TokenShard`], [`ShardSet`], [`BatchReader`],
-//! [`DataPosition`], [`SHARD_MAGIC`], [`write_shard`].
+//! The shard files themselves are read by `llama2_model::shards`.
+//!
+//! Public items: [`ShardSet`], [`BatchReader`], [`DataPosition`].
 
 use crate::error::{Result, TrainError};
 use crate::step::MicroBatch;
+use llama2_model::shards::ShardReader;
 use llama2_runtime::rng::Rng;
 use std::path::{Path, PathBuf};
-
-pub const SHARD_MAGIC: i32 = 20240520;
-pub const SHARD_VERSION: i32 = 1;
-const HEADER_INTS: usize = 256;
-const HEADER_BYTES: usize = HEADER_INTS * 4;
-
-/// One memory-mapped, validated shard.
-pub struct TokenShard {
-    pub path: PathBuf,
-    map: memmap2::Mmap,
-    n: usize,
-}
 
 fn bad(path: &Path, msg: String, hint: &str) -> TrainError {
     TrainError::BadFile { path: path.to_path_buf(), msg, hint: hint.to_string() }
 }
 
-impl TokenShard {
-    pub fn open(path: &Path) -> Result<Self> {
-        let f = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
-        // SAFETY: read-only mapping; the shard must not change while open.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| TrainError::io(path, e))?;
-        const HINT: &str = "token shards are written by `train-tool tokenize` (llm.c format)";
-        if map.len() < HEADER_BYTES {
-            return Err(bad(path, format!("{} bytes, shorter than the 1024-byte header", map.len()), HINT));
-        }
-        let hdr = |i: usize| i32::from_le_bytes([map[4 * i], map[4 * i + 1], map[4 * i + 2], map[4 * i + 3]]);
-        if hdr(0) != SHARD_MAGIC {
-            return Err(bad(path, format!("bad magic {:#x} (expected {SHARD_MAGIC})", hdr(0)), HINT));
-        }
-        if hdr(1) != SHARD_VERSION {
-            return Err(bad(path, format!("unsupported version {} (expected {SHARD_VERSION})", hdr(1)), HINT));
-        }
-        if hdr(2) < 0 {
-            return Err(bad(path, format!("negative token count {}", hdr(2)), HINT));
-        }
-        let n = hdr(2) as usize;
-        let want = HEADER_BYTES + 2 * n;
-        if map.len() != want {
-            return Err(bad(
-                path,
-                format!("header says {n} tokens ({want} bytes) but the file has {} bytes", map.len()),
-                "the shard is truncated or corrupt; re-run `train-tool tokenize`",
-            ));
-        }
-        Ok(TokenShard { path: path.to_path_buf(), map, n })
-    }
-
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
-    /// Token `i`.
-    #[inline]
-    pub fn get(&self, i: usize) -> u16 {
-        let o = HEADER_BYTES + 2 * i;
-        u16::from_le_bytes([self.map[o], self.map[o + 1]])
-    }
-
-    /// Tokens `[start, start + len)` as u32.
-    pub fn read(&self, start: usize, len: usize) -> Vec<u32> {
-        (start..start + len).map(|i| self.get(i) as u32).collect()
-    }
-}
-
-/// Writes `tokens` as a shard, atomically.
-pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<()> {
-    if tokens.len() > i32::MAX as usize {
-        return Err(TrainError::Invalid(format!("{} tokens do not fit one shard", tokens.len())));
-    }
-    let mut data = Vec::with_capacity(HEADER_BYTES + 2 * tokens.len());
-    let mut hdr = [0i32; HEADER_INTS];
-    hdr[0] = SHARD_MAGIC;
-    hdr[1] = SHARD_VERSION;
-    hdr[2] = tokens.len() as i32;
-    for h in hdr {
-        data.extend_from_slice(&h.to_le_bytes());
-    }
-    for t in tokens {
-        data.extend_from_slice(&t.to_le_bytes());
-    }
-    llama2_model::weights::write_atomic(path, &data)?;
-    Ok(())
-}
-
 /// The shards of a file or a directory (`*.bin`, sorted by name).
 pub struct ShardSet {
-    pub shards: Vec<TokenShard>,
+    pub shards: Vec<ShardReader>,
 }
 
 impl ShardSet {
@@ -131,7 +49,7 @@ impl ShardSet {
         } else {
             vec![path.to_path_buf()]
         };
-        let shards = files.iter().map(|p| TokenShard::open(p)).collect::<Result<Vec<_>>>()?;
+        let shards = files.iter().map(ShardReader::open).collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(ShardSet { shards })
     }
 
@@ -168,7 +86,7 @@ impl BatchReader {
         }
         let need = b * t + 1;
         if !set.shards.iter().any(|s| s.len() >= need) {
-            let path = set.shards.first().map(|s| s.path.clone()).unwrap_or_default();
+            let path = set.shards.first().map(|s| s.path().to_path_buf()).unwrap_or_default();
             return Err(bad(
                 &path,
                 format!("no shard holds the {need} tokens one batch of {b} x {t} needs"),
@@ -236,10 +154,10 @@ impl BatchReader {
         let bt = self.b * self.t;
         let shard = &self.set.shards[self.pos.shard];
         let start = self.order[self.pos.window] * bt;
-        let toks = shard.read(start, bt + 1);
+        let toks: Vec<u32> = shard.tokens()[start..start + bt + 1].iter().map(|&x| x as u32).collect();
         if let Some((i, &bad_id)) = toks.iter().enumerate().find(|(_, &x)| x as usize >= self.vocab) {
             return Err(bad(
-                &shard.path,
+                shard.path(),
                 format!("token id {bad_id} at position {} is >= the vocabulary size {}", start + i, self.vocab),
                 "the shard was made with a different tokenizer than this model's",
             ));

@@ -8,6 +8,8 @@ pub enum TrainError {
     Model(#[from] llama2_model::ModelError),
     #[error(transparent)]
     Runtime(#[from] llama2_runtime::RtError),
+    #[error(transparent)]
+    Shard(#[from] llama2_model::shards::ShardError),
     #[error("{path}: {msg}; HINT: {hint}")]
     BadFile { path: PathBuf, msg: String, hint: String },
     #[error("{path}: {err}")]

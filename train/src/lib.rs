@@ -6,8 +6,10 @@
 //! - [`checkpoint`]: atomic checkpoint directories, resume
 //! - [`metrics`]: JSONL metrics, progress, energy and carbon estimate
 //! - [`run`]: the outer training loop (schedule, validation, checkpoints)
+//! - [`sft`]: SFT datasets (messages, sharegpt, prompt/completion, Alpaca), chat format, packing
 //! - [`step`]: the language-model training step (micro-batch accumulation)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
+//! - [`plot`]: training curves as PNG files
 //! - [`error`]: [`TrainError`]
 
 pub mod checkpoint;
@@ -15,8 +17,10 @@ pub mod data;
 pub mod error;
 pub mod metrics;
 pub mod optim;
+pub mod plot;
 pub mod run;
 pub mod schedule;
+pub mod sft;
 pub mod step;
 
 pub use error::{Result, TrainError};

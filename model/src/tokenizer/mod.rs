@@ -1,1 +1,733 @@
-//! The Llama 2 tokenizer (tokenizer issue).
+//! The Llama 2 tokenizer: SentencePiece BPE (PAPER.md section 2), token-exact
+//! with the `sentencepiece` library, loaded from GGUF vocabularies
+//! (llama.cpp), SentencePiece `.model` files, or Hugging Face
+//! `tokenizer.json` files of Llama-style BPE models; plus BPE training.
+//!
+//! Encoding follows sentencepiece's `SentencePieceProcessor::Encode` for BPE
+//! models: normalise (charsmap rules, dummy prefix, spaces as U+2581), merge
+//! by piece score (see [`bpe`]), byte fallback or UNK for what the
+//! vocabulary lacks; BOS/EOS only when asked. Decoding follows
+//! `SentencePieceProcessor::Decode`: control pieces vanish, UNK shows as the
+//! unk surface (" ⁇ "), the first piece loses the dummy-prefix U+2581, byte
+//! pieces are gathered and decoded as UTF-8 with one U+FFFD per byte that
+//! does not start a valid sequence.
+//!
+//! Public items: [`Tokenizer`] (load, encode, encode_batch, decode,
+//! save_spm_model, info), [`EncodeOptions`], [`DecodeOptions`],
+//! [`EncodeCache`], [`Piece`], [`PieceKind`], [`TokenizerInfo`],
+//! [`SourceFormat`], [`TokenizerError`], and the submodules
+//! [`spm_proto`] (the `.model` protobuf), [`gguf`] (the GGUF metadata
+//! reader), [`train`] (the BPE trainer), [`hf`] (`tokenizer.json`).
+
+pub mod bpe;
+pub mod gguf;
+pub mod hf;
+mod normalize;
+pub mod spm_proto;
+pub mod train;
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
+
+pub use bpe::EncodeCache;
+use normalize::{CharsMap, Normalizer};
+use spm_proto::{ModelProto, ModelType, NormalizerSpec, SpmPiece, TrainerSpec};
+
+/// SentencePiece's whitespace symbol, U+2581 ("▁").
+pub const META: char = '\u{2581}';
+
+/// Errors of the tokenizer module. Those the user can cause end with a HINT.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("cannot read {}: {source}; HINT: check the path", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {}: {source}; HINT: check the directory exists and is writable", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{}: not a tokenizer file we know (first bytes {head:02x?}); HINT: give a GGUF vocabulary, a SentencePiece .model or a tokenizer.json", path.display())]
+    UnknownFormat { path: PathBuf, head: Vec<u8> },
+    #[error("{}: malformed GGUF: {what}; HINT: the file is truncated or not a GGUF vocabulary (re-download or re-convert it)", path.display())]
+    Gguf { path: PathBuf, what: String },
+    #[error("{}: malformed SentencePiece model: {what}; HINT: the file is truncated or not a SentencePiece .model (load it with the sentencepiece package to check)", path.display())]
+    Proto { path: PathBuf, what: String },
+    #[error("{}: malformed tokenizer.json: {what}; HINT: only Llama-style BPE tokenizer.json files (model.type \"BPE\", byte fallback) are supported", path.display())]
+    HfJson { path: PathBuf, what: String },
+    #[error("{}: invalid vocabulary: {what}; HINT: {hint}", path.display())]
+    Vocab { path: PathBuf, what: String, hint: &'static str },
+    #[error("{}: {what} is not supported; HINT: {hint}", path.display())]
+    Unsupported { path: PathBuf, what: String, hint: &'static str },
+    #[error("token id {id} is out of range for a vocabulary of {vocab_size}; HINT: the ids were made with another tokenizer")]
+    IdOutOfRange { id: u32, vocab_size: usize },
+    #[error("{0}")]
+    Train(String),
+}
+
+type Result<T> = std::result::Result<T, TokenizerError>;
+
+/// SentencePiece piece types (the same codes in GGUF's token_type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PieceKind {
+    Normal = 1,
+    Unknown = 2,
+    Control = 3,
+    UserDefined = 4,
+    Unused = 5,
+    Byte = 6,
+}
+
+impl PieceKind {
+    pub fn from_code(c: i64) -> Option<PieceKind> {
+        Some(match c {
+            1 => PieceKind::Normal,
+            2 => PieceKind::Unknown,
+            3 => PieceKind::Control,
+            4 => PieceKind::UserDefined,
+            5 => PieceKind::Unused,
+            6 => PieceKind::Byte,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            PieceKind::Normal => "normal",
+            PieceKind::Unknown => "unknown",
+            PieceKind::Control => "control",
+            PieceKind::UserDefined => "user_defined",
+            PieceKind::Unused => "unused",
+            PieceKind::Byte => "byte",
+        }
+    }
+}
+
+/// One vocabulary entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Piece {
+    pub text: String,
+    pub score: f32,
+    pub kind: PieceKind,
+}
+
+/// Where a tokenizer was loaded from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceFormat {
+    Gguf,
+    SpmModel,
+    HfJson,
+    /// Built in memory (trainer, tests).
+    Memory,
+}
+
+/// Options of [`Tokenizer::encode`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EncodeOptions {
+    /// Prepend BOS.
+    pub bos: bool,
+    /// Append EOS.
+    pub eos: bool,
+}
+
+/// Options of [`Tokenizer::decode_with`]; the default is SentencePiece's
+/// `DecodeIds`.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeOptions {
+    /// Write control pieces (`<s>`, `</s>`) as their text instead of nothing.
+    pub keep_control: bool,
+    /// Drop the U+2581 of the dummy prefix at the start of the first piece.
+    pub strip_dummy_prefix: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions { keep_control: false, strip_dummy_prefix: true }
+    }
+}
+
+/// A summary of a tokenizer, for `train-tool tokenizer info`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TokenizerInfo {
+    pub format: String,
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub unk_id: u32,
+    pub pad_id: Option<u32>,
+    pub add_bos_default: bool,
+    pub add_eos_default: bool,
+    pub byte_fallback: bool,
+    pub normalizer: String,
+    pub add_dummy_prefix: bool,
+    pub remove_extra_whitespaces: bool,
+    pub split_digits: bool,
+    /// Count of pieces of each kind, by kind name.
+    pub piece_kinds: Vec<(String, usize)>,
+    /// (left, right) -> merged entries in the encoder's table.
+    pub merge_pairs: usize,
+    /// Whether the encoder may cut text into words (see `bpe`).
+    pub word_split: bool,
+}
+
+/// A loaded tokenizer. Immutable and `Sync`: share one across threads.
+#[derive(Debug)]
+pub struct Tokenizer {
+    pieces: Vec<Piece>,
+    /// Every piece's text -> id (first id if duplicated).
+    piece_ids: FxHashMap<String, u32>,
+    unk_id: u32,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    pad_id: Option<u32>,
+    /// Byte value of each byte piece (`<0x41>` -> 0x41).
+    byte_value: Vec<Option<u8>>,
+    byte_fallback: bool,
+    normalizer: Normalizer,
+    /// None for model types we read but cannot encode with (unigram).
+    bpe: Option<bpe::Bpe>,
+    model_type: ModelType,
+    /// What `save_spm_model` writes (trainer and normalizer specs).
+    proto: ModelProto,
+    add_bos_default: bool,
+    add_eos_default: bool,
+    format: SourceFormat,
+    path: PathBuf,
+    /// Decoding: each piece's text with U+2581 turned into spaces.
+    surface: Vec<Box<str>>,
+    unk_surface: String,
+    /// Hugging Face settings beyond SentencePiece's (tokenizer.json only).
+    hf: Option<HfExtras>,
+}
+
+/// What a Hugging Face `tokenizer.json` says that a `ModelProto` cannot.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HfExtras {
+    /// The ranked merge list (pairs not in it never merge).
+    pub merges: Vec<(String, String)>,
+    /// Metaspace pre-tokenizer: prefix only when the text lacks a leading space.
+    pub prefix_only_if_absent: bool,
+    pub fuse_unk: bool,
+}
+
+/// Parses `<0xAB>` to 0xAB.
+pub(crate) fn parse_byte_piece(t: &str) -> Option<u8> {
+    let h = t.strip_prefix("<0x")?.strip_suffix('>')?;
+    if h.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(h, 16).ok()
+}
+
+impl Tokenizer {
+    /// Loads a tokenizer, recognising the format by content: GGUF magic,
+    /// JSON (`tokenizer.json`), else a SentencePiece `.model`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        let path = path.as_ref();
+        let mut head = [0u8; 8];
+        let n = {
+            use std::io::Read;
+            let mut f = std::fs::File::open(path).map_err(|e| TokenizerError::Read { path: path.into(), source: e })?;
+            let mut n = 0;
+            while n < head.len() {
+                match f.read(&mut head[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) => return Err(TokenizerError::Read { path: path.into(), source: e }),
+                }
+            }
+            n
+        };
+        let head = &head[..n];
+        if head.starts_with(b"GGUF") {
+            return Self::from_gguf_file(path);
+        }
+        let first = head.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'{') {
+            return hf::load(path);
+        }
+        // A ModelProto starts with field 1 (pieces), length-delimited: 0x0a
+        // (serializers write fields in order); or trust a .model name.
+        if head.first() == Some(&0x0a) || path.extension().is_some_and(|e| e == "model") {
+            return Self::from_spm_file(path);
+        }
+        Err(TokenizerError::UnknownFormat { path: path.into(), head: head.to_vec() })
+    }
+
+    /// Loads the vocabulary of a GGUF file (only its metadata is read).
+    pub fn from_gguf_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        let path = path.as_ref();
+        let f = std::fs::File::open(path).map_err(|e| TokenizerError::Read { path: path.into(), source: e })?;
+        let len = f.metadata().map_err(|e| TokenizerError::Read { path: path.into(), source: e })?.len();
+        let v = gguf::read_gguf_vocab(std::io::BufReader::with_capacity(1 << 16, f), len).map_err(|what| TokenizerError::Gguf { path: path.into(), what })?;
+        if v.model != "llama" {
+            return Err(TokenizerError::Unsupported {
+                path: path.into(),
+                what: format!("tokenizer.ggml.model \"{}\" (only \"llama\", SentencePiece BPE)", v.model),
+                hint: "use a Llama / SentencePiece vocabulary",
+            });
+        }
+        let mut pieces = Vec::with_capacity(v.tokens.len());
+        for (i, ((t, &s), &k)) in v.tokens.into_iter().zip(&v.scores).zip(&v.token_types).enumerate() {
+            let kind = PieceKind::from_code(i64::from(k))
+                .ok_or_else(|| TokenizerError::Gguf { path: path.into(), what: format!("token {i} has unknown token type {k}") })?;
+            pieces.push(SpmPiece { piece: t, score: s, kind });
+        }
+        let n_bytes = pieces.iter().filter(|p| p.kind == PieceKind::Byte).count();
+        // llama.cpp falls back to bytes whenever the vocabulary has them
+        let byte_fallback = n_bytes == 256;
+        // trained with split_digits if no piece holds a digit with other characters
+        let split_digits = !pieces.iter().any(|p| p.kind == PieceKind::Normal && p.piece.chars().count() > 1 && p.piece.chars().any(|c| c.is_ascii_digit()));
+        let unk_id = match v.unk_id {
+            Some(u) => u,
+            None => pieces.iter().position(|p| p.kind == PieceKind::Unknown).ok_or_else(|| TokenizerError::Vocab {
+                path: path.into(),
+                what: "no UNKNOWN token and no tokenizer.ggml.unknown_token_id".into(),
+                hint: "a SentencePiece vocabulary needs an <unk> token (token type 2)",
+            })? as u32,
+        };
+        let id = |x: Option<u32>| x.map_or(-1, |v| v as i32);
+        let proto = ModelProto {
+            trainer: TrainerSpec {
+                model_type: ModelType::Bpe,
+                vocab_size: pieces.len() as i32,
+                byte_fallback,
+                split_digits,
+                allow_whitespace_only_pieces: true,
+                unk_id: unk_id as i32,
+                bos_id: id(v.bos_id),
+                eos_id: id(v.eos_id),
+                pad_id: id(v.pad_id),
+                ..TrainerSpec::default()
+            },
+            normalizer: NormalizerSpec {
+                name: "identity".into(),
+                precompiled_charsmap: vec![],
+                add_dummy_prefix: v.add_space_prefix.unwrap_or(true),
+                remove_extra_whitespaces: v.remove_extra_whitespaces.unwrap_or(false),
+                escape_whitespaces: true,
+            },
+            pieces,
+            has_trainer_spec: true,
+            has_normalizer_spec: true,
+        };
+        let mut t = Self::from_proto(proto, path, SourceFormat::Gguf)?;
+        t.add_bos_default = v.add_bos.unwrap_or(true);
+        t.add_eos_default = v.add_eos.unwrap_or(false);
+        Ok(t)
+    }
+
+    /// Loads a SentencePiece `.model` file.
+    pub fn from_spm_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        let path = path.as_ref();
+        let b = std::fs::read(path).map_err(|e| TokenizerError::Read { path: path.into(), source: e })?;
+        Self::from_spm_bytes(&b, path)
+    }
+
+    /// Parses a serialized `ModelProto`; `path` names it in errors.
+    pub fn from_spm_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Tokenizer> {
+        let path = path.as_ref();
+        let proto = ModelProto::parse(bytes).map_err(|what| TokenizerError::Proto { path: path.into(), what })?;
+        // real .model files always carry both specs after the pieces; a file
+        // cut at a piece boundary parses but lacks them
+        for (has, name) in [(proto.has_trainer_spec, "trainer_spec"), (proto.has_normalizer_spec, "normalizer_spec")] {
+            if !has {
+                return Err(TokenizerError::Proto { path: path.into(), what: format!("no {name} after the {} pieces", proto.pieces.len()) });
+            }
+        }
+        Self::from_proto(proto, path, SourceFormat::SpmModel)
+    }
+
+    /// Builds a tokenizer from a model description, validating it as
+    /// sentencepiece does at load (unique pieces, one UNK at unk_id, special
+    /// ids in range, all 256 byte pieces when byte_fallback is set).
+    pub fn from_proto(proto: ModelProto, path: impl AsRef<Path>, format: SourceFormat) -> Result<Tokenizer> {
+        Self::build(proto, path.as_ref(), format, None)
+    }
+
+    pub(crate) fn build(proto: ModelProto, path: &Path, format: SourceFormat, hf: Option<HfExtras>) -> Result<Tokenizer> {
+        let path = path.to_path_buf();
+        let bad = |what: String, hint: &'static str| TokenizerError::Vocab { path: path.clone(), what, hint };
+        const HINT_FILE: &str = "the file is damaged or was written by an incompatible tool";
+        let n = proto.pieces.len();
+        if n == 0 || n > u32::MAX as usize / 2 {
+            return Err(bad(format!("{n} pieces"), HINT_FILE));
+        }
+        let t = &proto.trainer;
+        if t.treat_whitespace_as_suffix {
+            return Err(TokenizerError::Unsupported {
+                path,
+                what: "treat_whitespace_as_suffix".into(),
+                hint: "retrain the vocabulary with treat_whitespace_as_suffix=false",
+            });
+        }
+        let mut piece_ids: FxHashMap<String, u32> = FxHashMap::default();
+        let mut byte_value = vec![None; n];
+        let mut byte_ids = [u32::MAX; 256];
+        let mut unk_ids = vec![];
+        for (i, p) in proto.pieces.iter().enumerate() {
+            if p.piece.is_empty() {
+                return Err(bad(format!("piece {i} is empty"), HINT_FILE));
+            }
+            if piece_ids.insert(p.piece.clone(), i as u32).is_some() {
+                return Err(bad(format!("piece {:?} appears twice (second at id {i})", p.piece), HINT_FILE));
+            }
+            match p.kind {
+                PieceKind::Unknown => unk_ids.push(i as u32),
+                PieceKind::Byte => {
+                    let b = parse_byte_piece(&p.piece).ok_or_else(|| bad(format!("byte piece {i} is {:?}, not <0xHH>", p.piece), HINT_FILE))?;
+                    byte_value[i] = Some(b);
+                    byte_ids[b as usize] = i as u32;
+                }
+                _ => {}
+            }
+        }
+        let unk_id = u32::try_from(t.unk_id)
+            .ok()
+            .filter(|&u| (u as usize) < n)
+            .ok_or_else(|| bad(format!("unk_id {} is out of range for {n} pieces", t.unk_id), HINT_FILE))?;
+        if unk_ids != [unk_id] {
+            return Err(bad(format!("unk_id is {unk_id} but the UNKNOWN pieces are at {unk_ids:?} (exactly one is needed)"), HINT_FILE));
+        }
+        let special = |id: i32, name: &str| -> Result<Option<u32>> {
+            if id < 0 {
+                return Ok(None);
+            }
+            if id as usize >= n {
+                return Err(bad(format!("{name}_id {id} is out of range for {n} pieces"), HINT_FILE));
+            }
+            Ok(Some(id as u32))
+        };
+        let bos_id = special(t.bos_id, "bos")?;
+        let eos_id = special(t.eos_id, "eos")?;
+        let pad_id = special(t.pad_id, "pad")?;
+        if t.byte_fallback {
+            if let Some(b) = byte_ids.iter().position(|&x| x == u32::MAX) {
+                return Err(bad(format!("byte_fallback is set but there is no byte piece <0x{b:02X}>"), HINT_FILE));
+            }
+        }
+        let charsmap = if proto.normalizer.precompiled_charsmap.is_empty() {
+            None
+        } else {
+            Some(CharsMap::parse(&proto.normalizer.precompiled_charsmap).map_err(|what| TokenizerError::Proto { path: path.clone(), what })?)
+        };
+        let mut user_defined: Vec<String> = proto.pieces.iter().filter(|p| p.kind == PieceKind::UserDefined).map(|p| p.piece.clone()).collect();
+        user_defined.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        let normalizer = Normalizer {
+            charsmap,
+            add_dummy_prefix: proto.normalizer.add_dummy_prefix,
+            remove_extra_whitespaces: proto.normalizer.remove_extra_whitespaces,
+            escape_whitespaces: proto.normalizer.escape_whitespaces,
+            prefix_only_if_absent: hf.as_ref().is_some_and(|h| h.prefix_only_if_absent),
+            user_defined,
+        };
+        let bpe = match t.model_type {
+            ModelType::Bpe => {
+                let tuples: Vec<(&str, f32, PieceKind)> = proto.pieces.iter().map(|p| (p.piece.as_str(), p.score, p.kind)).collect();
+                let merges = hf.as_ref().map(|h| h.merges.as_slice());
+                let fuse_unk = hf.as_ref().is_none_or(|h| h.fuse_unk);
+                Some(bpe::Bpe::new(&tuples, unk_id, t.byte_fallback.then_some(byte_ids), merges, fuse_unk))
+            }
+            ModelType::Unigram => None,
+            other => {
+                return Err(TokenizerError::Unsupported {
+                    path,
+                    what: format!("model type {other:?}"),
+                    hint: "use a BPE (or, to read only, unigram) SentencePiece model",
+                })
+            }
+        };
+        let surface = proto.pieces.iter().map(|p| p.piece.replace(META, " ").into_boxed_str()).collect();
+        let pieces = proto.pieces.iter().map(|p| Piece { text: p.piece.clone(), score: p.score, kind: p.kind }).collect();
+        Ok(Tokenizer {
+            pieces,
+            piece_ids,
+            unk_id,
+            bos_id,
+            eos_id,
+            pad_id,
+            byte_value,
+            byte_fallback: t.byte_fallback,
+            normalizer,
+            bpe,
+            model_type: t.model_type,
+            unk_surface: t.unk_surface.clone(),
+            proto,
+            add_bos_default: true,
+            add_eos_default: false,
+            format,
+            path,
+            surface,
+            hf,
+        })
+    }
+
+    // ------------------------------------------------------------ accessors
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_id
+    }
+    pub fn unk_id(&self) -> u32 {
+        self.unk_id
+    }
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
+    }
+    /// The file's own default for adding BOS (GGUF `add_bos_token`; true for
+    /// `.model`, as Llama does).
+    pub fn add_bos_default(&self) -> bool {
+        self.add_bos_default
+    }
+    pub fn add_eos_default(&self) -> bool {
+        self.add_eos_default
+    }
+    pub fn pieces(&self) -> &[Piece] {
+        &self.pieces
+    }
+    pub fn id_to_piece(&self, id: u32) -> Option<&str> {
+        self.pieces.get(id as usize).map(|p| p.text.as_str())
+    }
+    pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
+        self.piece_ids.get(piece).copied()
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The model as a SentencePiece `ModelProto` (what `save_spm_model` writes).
+    pub fn model_proto(&self) -> &ModelProto {
+        &self.proto
+    }
+
+    pub fn info(&self) -> TokenizerInfo {
+        let mut kinds: Vec<(String, usize)> = Vec::new();
+        for k in [PieceKind::Normal, PieceKind::Unknown, PieceKind::Control, PieceKind::UserDefined, PieceKind::Unused, PieceKind::Byte] {
+            let c = self.pieces.iter().filter(|p| p.kind == k).count();
+            if c > 0 {
+                kinds.push((k.name().to_string(), c));
+            }
+        }
+        let nm = &self.proto.normalizer;
+        TokenizerInfo {
+            format: format!("{:?}", self.format),
+            model_type: format!("{:?}", self.model_type),
+            vocab_size: self.vocab_size(),
+            bos_id: self.bos_id,
+            eos_id: self.eos_id,
+            unk_id: self.unk_id,
+            pad_id: self.pad_id,
+            add_bos_default: self.add_bos_default,
+            add_eos_default: self.add_eos_default,
+            byte_fallback: self.byte_fallback,
+            normalizer: if nm.name.is_empty() { "(unnamed)".into() } else { nm.name.clone() },
+            add_dummy_prefix: nm.add_dummy_prefix,
+            remove_extra_whitespaces: nm.remove_extra_whitespaces,
+            split_digits: self.proto.trainer.split_digits,
+            piece_kinds: kinds,
+            merge_pairs: self.bpe.as_ref().map_or(0, |b| b.n_pairs()),
+            word_split: self.bpe.as_ref().is_some_and(|b| b.chunkable),
+        }
+    }
+
+    // ------------------------------------------------------------- encoding
+    fn bpe(&self) -> Result<&bpe::Bpe> {
+        self.bpe.as_ref().ok_or_else(|| TokenizerError::Unsupported {
+            path: self.path.clone(),
+            what: format!("encoding with a {:?} model", self.model_type),
+            hint: "only BPE models encode; unigram models can be read and decoded",
+        })
+    }
+
+    /// Normalises `text` as the model's normalizer spec says.
+    pub fn normalize(&self, text: &str) -> String {
+        let mut s = String::new();
+        self.normalizer.normalize(text, true, &mut s);
+        s
+    }
+
+    /// Encodes `text` to ids, as SentencePiece's `EncodeAsIds`.
+    pub fn encode(&self, text: &str, opts: EncodeOptions) -> Result<Vec<u32>> {
+        let mut cache = EncodeCache::new();
+        self.encode_with(text, opts, &mut cache)
+    }
+
+    /// [`Tokenizer::encode`] with a caller-owned word cache (reuse it across
+    /// calls on one thread; it changes no output).
+    pub fn encode_with(&self, text: &str, opts: EncodeOptions, cache: &mut EncodeCache) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        self.encode_into(text, opts, true, true, cache, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the ids of `text` to `out`. `dummy_prefix: false` encodes a
+    /// continuation segment of a longer text (see [`Tokenizer::segment_safe`]);
+    /// `use_cache: false` disables the word cache (for measuring it).
+    pub fn encode_into(&self, text: &str, opts: EncodeOptions, dummy_prefix: bool, use_cache: bool, cache: &mut EncodeCache, out: &mut Vec<u32>) -> Result<()> {
+        let bpe = self.bpe()?;
+        if opts.bos {
+            if let Some(b) = self.bos_id {
+                out.push(b);
+            }
+        }
+        let mut norm = std::mem::take(&mut cache.norm);
+        self.normalizer.normalize(text, dummy_prefix, &mut norm);
+        bpe.encode(&norm, out, cache, use_cache);
+        cache.norm = norm;
+        if opts.eos {
+            if let Some(e) = self.eos_id {
+                out.push(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes many texts in parallel (rayon, the current pool), in order.
+    pub fn encode_batch<S: AsRef<str> + Sync>(&self, texts: &[S], opts: EncodeOptions) -> Result<Vec<Vec<u32>>> {
+        self.bpe()?;
+        texts.par_iter().map_init(EncodeCache::new, |cache, t| self.encode_with(t.as_ref(), opts, cache)).collect()
+    }
+
+    /// Whether a long text may be encoded in segments cut just before a
+    /// space that follows a non-space (continuations without dummy prefix)
+    /// with the same result as in one piece: true when the encoder splits at
+    /// those points anyway and normalisation is per character.
+    pub fn segment_safe(&self) -> bool {
+        self.bpe.as_ref().is_some_and(|b| b.chunkable)
+            && self.normalizer.charsmap.is_none()
+            && !self.normalizer.remove_extra_whitespaces
+            && self.normalizer.escape_whitespaces
+    }
+
+    // ------------------------------------------------------------- decoding
+    /// Decodes ids to text, as SentencePiece's `DecodeIds`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.decode_with(ids, DecodeOptions::default())
+    }
+
+    /// Decodes with options (see [`DecodeOptions`]).
+    pub fn decode_with(&self, ids: &[u32], opts: DecodeOptions) -> Result<String> {
+        let strip = opts.strip_dummy_prefix && (self.proto.normalizer.add_dummy_prefix || self.proto.normalizer.remove_extra_whitespaces);
+        let mut text = String::with_capacity(ids.len() * 4);
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut bos_ws = true;
+        for &id in ids {
+            let Some(p) = self.pieces.get(id as usize) else {
+                return Err(TokenizerError::IdOutOfRange { id, vocab_size: self.pieces.len() });
+            };
+            if let Some(b) = self.byte_value[id as usize] {
+                bytes.push(b);
+                bos_ws = false;
+                continue;
+            }
+            flush_bytes(&mut bytes, &mut text);
+            match p.kind {
+                PieceKind::Control => {
+                    if opts.keep_control {
+                        text.push_str(&p.text);
+                        bos_ws = false;
+                    }
+                }
+                PieceKind::Unknown => {
+                    text.push_str(&self.unk_surface);
+                    bos_ws = false;
+                }
+                _ => {
+                    let s = &self.surface[id as usize];
+                    if bos_ws && strip && p.text.starts_with(META) {
+                        text.push_str(&s[1..]);
+                    } else {
+                        text.push_str(s);
+                    }
+                    bos_ws = false;
+                }
+            }
+        }
+        flush_bytes(&mut bytes, &mut text);
+        Ok(text)
+    }
+
+    // --------------------------------------------------------------- saving
+    /// Writes the model as a SentencePiece `.model` (loadable by the
+    /// `sentencepiece` package), via a temporary file and rename.
+    pub fn save_spm_model(&self, path: impl AsRef<Path>) -> Result<()> {
+        if self.hf.as_ref().is_some_and(|h| h.prefix_only_if_absent || !h.fuse_unk) {
+            return Err(TokenizerError::Unsupported {
+                path: self.path.clone(),
+                what: "writing as .model a tokenizer.json whose Metaspace prefix rule or unfused UNKs SentencePiece cannot express".into(),
+                hint: "keep using the tokenizer.json",
+            });
+        }
+        write_atomic(path.as_ref(), &self.proto.to_bytes())
+    }
+}
+
+/// Writes `bytes` to `path` through `path.tmp` + fsync + rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let err = |e| TokenizerError::Write { path: path.into(), source: e };
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(())
+}
+
+/// Appends gathered byte-piece bytes as text: each valid UTF-8 sequence as
+/// its character, each byte that starts none as U+FFFD (SentencePiece
+/// replaces byte by byte, so a truncated 4-byte sequence gives as many
+/// U+FFFD as it has bytes).
+fn flush_bytes(bytes: &mut Vec<u8>, text: &mut String) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let lead = bytes[i];
+        let n = match lead {
+            0x00..=0x7f => 1,
+            0xc2..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf4 => 4,
+            _ => 0,
+        };
+        match bytes.get(i..i + n).filter(|_| n > 0).and_then(|s| std::str::from_utf8(s).ok()) {
+            Some(s) => {
+                text.push_str(s);
+                i += n;
+            }
+            None => {
+                text.push('\u{FFFD}');
+                i += 1;
+            }
+        }
+    }
+    bytes.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_piece_names() {
+        assert_eq!(parse_byte_piece("<0x0A>"), Some(10));
+        assert_eq!(parse_byte_piece("<0xff>"), Some(255));
+        assert_eq!(parse_byte_piece("<0x1>"), None);
+        assert_eq!(parse_byte_piece("0x41"), None);
+    }
+
+    #[test]
+    fn invalid_utf8_bytes_become_one_replacement_each() {
+        let mut t = String::new();
+        flush_bytes(&mut vec![0xf0, 0x9f, 0xa6, 0x99], &mut t);
+        assert_eq!(t, "🦙");
+        t.clear();
+        flush_bytes(&mut vec![0xf0, 0x9f, b'a'], &mut t);
+        assert_eq!(t, "\u{FFFD}\u{FFFD}a");
+        t.clear();
+        flush_bytes(&mut vec![0xed, 0xa0, 0x80, 0xc0, 0xaf], &mut t);
+        assert_eq!(t, "\u{FFFD}".repeat(5));
+    }
+}

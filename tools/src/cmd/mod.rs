@@ -1,10 +1,14 @@
 //! One module per subcommand.
 pub mod bench;
+pub mod chat;
 pub mod debug;
 pub mod eval;
 pub mod generate;
 pub mod gpu_check;
 pub mod info;
+pub mod pipeline;
 pub mod pretrain;
+pub mod report;
+pub mod sft;
 pub mod tokenizer;
 pub mod train_common;

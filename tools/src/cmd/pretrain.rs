@@ -107,25 +107,26 @@ impl Job for PretrainJob {
         if let Some(m) = &moments {
             checkpoint::restore_optimizer(be, &mut tr.opt, m)?;
         }
-        let schedule = llama2_train::schedule::LrSchedule::Cosine { peak: a.lr, warmup: a.warmup_steps, total: a.run.steps, min_ratio: a.min_lr_ratio };
+        let steps = a.run.steps.unwrap_or(1000);
+        let schedule = llama2_train::schedule::LrSchedule::Cosine { peak: a.lr, warmup: a.warmup_steps, total: steps, min_ratio: a.min_lr_ratio };
         let resolved = json!({
             "job": "pretrain", "model": cfg.to_hf_json(), "n_params": cfg.n_params(), "device": be.name(),
             "init": a.init, "preset": a.preset, "data": a.data, "val_data": a.val_data,
             "batch_size": b, "seq_len": t, "grad_accum": a.run.grad_accum, "tokens_per_step": b * t * a.run.grad_accum as usize,
-            "steps": a.run.steps, "lr": a.lr, "warmup_steps": a.warmup_steps, "min_lr_ratio": a.min_lr_ratio,
+            "steps": steps, "lr": a.lr, "warmup_steps": a.warmup_steps, "min_lr_ratio": a.min_lr_ratio,
             "adamw": a.opt.to_json(), "shuffle": a.shuffle, "seed": a.run.seed, "save_every": a.run.save_every,
             "keep_last": a.run.keep_last, "val_every": a.run.val_every, "val_batches": a.run.val_batches,
         });
         print_resolved(&resolved, &out)?;
-        let rc = a.run.run_config("pretrain", schedule, be, resolved.clone());
+        let rc = a.run.run_config("pretrain", steps, schedule, be, resolved.clone());
         let summary = run_lm(be, &mut tr, &mut train, val.as_mut().map(|v| v as &mut dyn BatchSource), &rc, &out, state, resumed)?;
-        if summary.steps < a.run.steps {
-            eprintln!("stopped at step {} of {}; continue with --resume {}", summary.steps, a.run.steps, out.display());
+        if summary.steps < steps {
+            eprintln!("stopped at step {} of {steps}; continue with --resume {}", summary.steps, out.display());
             return Ok(());
         }
         let final_dir = out.join("final");
         tr.model.save(be, &final_dir, SaveDtype::F32)?;
-        crate::cmd::train_common::finish(&out, &summary, &rc, &["loss"])?;
+        crate::cmd::train_common::finish(&out, &summary, &rc)?;
         eprintln!("final model: {}", final_dir.display());
         Ok(())
     }

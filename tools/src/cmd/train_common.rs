@@ -82,9 +82,9 @@ impl OptFlags {
 /// Run length, checkpoints, output, accounting.
 #[derive(Args, Clone, Debug)]
 pub struct RunFlags {
-    /// Optimizer steps in the whole run
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub steps: u64,
+    /// Optimizer steps in the whole run (default: pretrain 1000; sft from --epochs)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: Option<u64>,
     /// Micro-batches accumulated per optimizer step
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub grad_accum: u32,
@@ -127,13 +127,13 @@ pub struct RunFlags {
 }
 
 impl RunFlags {
-    pub fn run_config<B: Backend>(&self, label: &str, schedule: LrSchedule, be: &B, resolved: Value) -> RunConfig {
+    pub fn run_config<B: Backend>(&self, label: &str, steps: u64, schedule: LrSchedule, be: &B, resolved: Value) -> RunConfig {
         let cuda = be.name().starts_with("cuda");
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
         let watts = self.power_watts.unwrap_or(if cuda { 700.0 } else { 15.0 * threads });
         let peak = self.peak_tflops.or(if cuda { Some(989.0) } else { None }).map(|t| t * 1e12);
         RunConfig {
-            steps: self.steps,
+            steps,
             stop_after: self.stop_after,
             grad_accum: self.grad_accum as usize,
             schedule,
@@ -187,8 +187,9 @@ pub fn check_resume(saved: &Value, now: &[(&str, Value)]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `out/summary.json` and prints the energy estimate.
-pub fn finish(out: &Path, s: &RunSummary, rc: &RunConfig, _curves: &[&str]) -> Result<()> {
+/// Writes `out/summary.json` and `out/<label>_loss.png`, and prints the
+/// energy estimate.
+pub fn finish(out: &Path, s: &RunSummary, rc: &RunConfig) -> Result<()> {
     let (hours, kwh, kg) = s.energy;
     let summary = json!({
         "steps": s.steps, "last_loss": s.last_loss, "val": s.val, "seconds": s.seconds, "tokens": s.tokens,
@@ -196,6 +197,8 @@ pub fn finish(out: &Path, s: &RunSummary, rc: &RunConfig, _curves: &[&str]) -> R
                    "kg_co2_per_kwh": rc.energy.kg_co2_per_kwh, "kg_co2eq": kg},
     });
     llama2_model::weights::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    let recs = llama2_train::metrics::MetricsLog::read(&out.join("metrics.jsonl"))?;
+    crate::cmd::report::loss_plots(out, &[(rc.label.as_str(), &recs)])?;
     eprintln!(
         "{} steps, {} tokens in {:.1} s; last loss {:.4}{}; energy {:.4} device-h x {} W = {:.4} kWh, {:.4} kg CO2eq at {} kg/kWh",
         s.steps,

@@ -1,0 +1,99 @@
+//! `train-tool chat`: multi-turn chat in the terminal, in the Llama-2-chat
+//! format (the same template SFT trains on). Reads one user message per
+//! line from stdin; an empty line or EOF ends the session.
+
+use crate::cmd::generate::{parse_temperature, parse_top_p};
+use crate::cmd::sft::find_tokenizer;
+use crate::device::{dispatch, DeviceOpts, Job};
+use anyhow::{Context, Result};
+use clap::Args;
+use llama2_model::chat::{encode_prompt, Message, Role};
+use llama2_model::generate::{Generator, Sampling};
+use llama2_model::Model;
+use llama2_runtime::rng::Rng;
+use llama2_runtime::Backend;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+#[derive(Args, Clone, Debug)]
+pub struct ChatArgs {
+    /// Model directory (HF format), with its tokenizer.model unless --tokenizer is given
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Tokenizer file (.model, .gguf, tokenizer.json)
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// System message, merged into the first user turn
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Sampling temperature; 0 = greedy
+    #[arg(long, default_value_t = 0.7, value_parser = parse_temperature)]
+    pub temperature: f32,
+    /// Nucleus sampling probability
+    #[arg(long, default_value_t = 0.9, value_parser = parse_top_p)]
+    pub top_p: f32,
+    /// Token budget per answer
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_new_tokens: u32,
+    /// Random seed
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print each answer as one JSON line {"answer": ..., "ended_with_eos": ...}
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub dev: DeviceOpts,
+}
+
+struct ChatJob(ChatArgs);
+
+impl Job for ChatJob {
+    type Out = ();
+    fn run<B: Backend>(self, be: &B) -> Result<()> {
+        let a = self.0;
+        let model = Model::load(be, &a.model).with_context(|| format!("loading {}", a.model.display()))?;
+        let tok = find_tokenizer(&a.tokenizer, &a.model)?;
+        let s = Sampling { temperature: a.temperature, top_k: None, top_p: Some(a.top_p) };
+        let mut rng = Rng::derive(a.seed, "chat");
+        let mut dialog: Vec<Message> = a.system.iter().map(|s| Message::new(Role::System, s.clone())).collect();
+        let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        loop {
+            if interactive {
+                eprint!("user> ");
+                std::io::stderr().flush()?;
+            }
+            let Some(line) = lines.next() else { break };
+            let line = line?;
+            if line.trim().is_empty() {
+                break;
+            }
+            dialog.push(Message::new(Role::User, line));
+            let ids = encode_prompt(&tok, &dialog)?;
+            let cap = (ids.len() + a.max_new_tokens as usize).min(model.rope_len);
+            if ids.len() >= cap {
+                anyhow::bail!("the conversation ({} tokens) fills the model's context of {}; HINT: start a new chat", ids.len(), model.rope_len);
+            }
+            let mut gen = Generator::new(be, &model, 1, cap)?;
+            let out = gen.generate(be, &model, &[ids.clone()], cap - ids.len(), &s, &mut rng, true)?;
+            let mut ans = out.ids[0].clone();
+            if out.ended[0] {
+                ans.pop();
+            }
+            let text = tok.decode(&ans)?;
+            if a.json {
+                println!("{}", serde_json::json!({"answer": text.trim(), "ended_with_eos": out.ended[0]}));
+            } else {
+                println!("{}", text.trim());
+            }
+            dialog.push(Message::new(Role::Assistant, text.trim().to_string()));
+        }
+        Ok(())
+    }
+}
+
+pub fn run(a: ChatArgs) -> Result<()> {
+    let dev = a.dev.clone();
+    dispatch(&dev, ChatJob(a))
+}

@@ -1,0 +1,31 @@
+//! Plots of training runs for reports: loss curves (training and
+//! validation) from a run's metrics records.
+
+use anyhow::Result;
+use llama2_train::plot::{save_png, Chart, Series};
+use serde_json::Value;
+use std::path::Path;
+
+/// Points `(step, record[key])` of the records that have `key`.
+fn points(recs: &[Value], key: &str) -> Vec<(f64, f64)> {
+    recs.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?))).collect()
+}
+
+/// One PNG per stage (`<dir>/<stage>_loss.png`) with its training and
+/// validation loss. Returns (title, file name relative to `dir`).
+pub fn loss_plots(dir: &Path, stages: &[(&str, &[Value])]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (name, recs) in stages {
+        let chart = Chart {
+            title: format!("{name}: loss"),
+            x_label: "step".into(),
+            y_label: "cross-entropy (nats/token)".into(),
+            series: vec![Series { name: "train".into(), points: points(recs, "loss") }, Series { name: "validation".into(), points: points(recs, "val_loss") }],
+            log_y: false,
+        };
+        let file = format!("{name}_loss.png");
+        save_png(&chart, &dir.join(&file), 900, 500)?;
+        out.push((chart.title, file));
+    }
+    Ok(out)
+}

@@ -1,0 +1,184 @@
+//! `train-tool sft`: supervised fine-tuning in the Llama-2-chat format
+//! (PAPER.md section 4): packed sequences, loss only on the answers, cosine
+//! schedule from 2e-5, weight decay 0.1, 2 epochs.
+
+use crate::cmd::train_common::{check_resume, finish, print_resolved, OptFlags, RunFlags};
+use crate::device::{dispatch, DeviceOpts, Job};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use llama2_model::generate::Sampling;
+use llama2_model::tokenizer::Tokenizer;
+use llama2_model::weights::SaveDtype;
+use llama2_model::Model;
+use llama2_runtime::rng::Rng;
+use llama2_runtime::Backend;
+use llama2_train::checkpoint::{self, TrainState};
+use llama2_train::run::{run_lm, BatchSource};
+use llama2_train::sft::{answer_prompts, load_dialogs, split_dialogs, SftData};
+use llama2_train::step::LmTrainer;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Clone, Debug)]
+pub struct SftArgs {
+    /// The model to fine-tune (HF format directory)
+    #[arg(long, required_unless_present = "resume")]
+    pub init: Option<PathBuf>,
+    /// Dialog datasets (JSON Lines or JSON arrays: messages, conversations, prompt/completion, Alpaca)
+    #[arg(long, num_args = 1.., required = true)]
+    pub data: Vec<PathBuf>,
+    /// Tokenizer (.model, .gguf or tokenizer.json; default: tokenizer.model beside the model)
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Fraction of the dialogs held out for validation loss and chat samples
+    #[arg(long, default_value_t = 0.05, value_parser = crate::cmd::train_common::parse_unit)]
+    pub val_fraction: f64,
+    /// Sequences per micro-batch (packed, each exactly --seq-len tokens)
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch_size: u32,
+    /// Tokens per packed sequence (the paper: 4096)
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1048576))]
+    pub seq_len: u32,
+    /// Passes over the training dialogs (the paper: 2); sets --steps unless given
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub epochs: u32,
+    /// Peak learning rate (the paper: 2e-5)
+    #[arg(long, default_value_t = 2e-5, value_parser = crate::cmd::train_common::parse_lr)]
+    pub lr: f64,
+    /// Warm-up steps (the paper is silent; default: 3% of the steps)
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// The cosine schedule ends at this fraction of the peak
+    #[arg(long, default_value_t = 0.1, value_parser = crate::cmd::train_common::parse_unit)]
+    pub min_lr_ratio: f64,
+    /// Held-out prompts to answer at the end (0 = none)
+    #[arg(long, default_value_t = 8)]
+    pub samples: usize,
+    /// Token budget of each sampled answer
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sample_tokens: u32,
+    #[command(flatten)]
+    pub opt: OptFlags,
+    #[command(flatten)]
+    pub run: RunFlags,
+    #[command(flatten)]
+    pub dev: DeviceOpts,
+}
+
+/// The tokenizer given, or the one saved beside a model.
+pub fn find_tokenizer(given: &Option<PathBuf>, model_dir: &Path) -> Result<Tokenizer> {
+    let path = match given {
+        Some(p) => p.clone(),
+        None => ["tokenizer.model", "tokenizer.json", "tokenizer.gguf"]
+            .iter()
+            .map(|f| model_dir.join(f))
+            .find(|p| p.is_file())
+            .with_context(|| format!("no tokenizer.model / tokenizer.json in {}; HINT: pass --tokenizer PATH", model_dir.display()))?,
+    };
+    Tokenizer::load(&path).with_context(|| format!("loading the tokenizer {}", path.display()))
+}
+
+/// Copies the tokenizer file next to a saved model, as `tokenizer.model`
+/// (SentencePiece format), so the model directory is self-contained.
+pub fn save_tokenizer(tok: &Tokenizer, dir: &Path) -> Result<()> {
+    tok.save_spm_model(dir.join("tokenizer.model"))?;
+    Ok(())
+}
+
+struct SftJob(SftArgs);
+
+impl Job for SftJob {
+    type Out = ();
+    fn run<B: Backend>(self, be: &B) -> Result<()> {
+        let a = self.0;
+        let (b, t) = (a.batch_size as usize, a.seq_len as usize);
+        let out = a.run.out.clone();
+        let (model, state, moments, resumed, model_dir) = if let Some(r) = &a.run.resume {
+            let ld = checkpoint::load(be, r).with_context(|| format!("resuming from {}", r.display()))?;
+            check_resume(
+                &ld.state.config,
+                &[("batch_size", json!(b)), ("seq_len", json!(t)), ("grad_accum", json!(a.run.grad_accum)), ("data", json!(a.data))],
+            )?;
+            eprintln!("resuming from {} at step {}", ld.dir.display(), ld.state.step);
+            let dir = ld.dir.clone();
+            (ld.model, ld.state, Some(ld.moments), true, dir)
+        } else {
+            let dir = a.init.clone().context("--init DIR is required")?;
+            let m = Model::load(be, &dir).with_context(|| format!("loading {}", dir.display()))?;
+            let st = TrainState {
+                step: 0,
+                data: Default::default(),
+                rng: Rng::derive(a.run.seed, "run").state(),
+                tokens_seen: 0,
+                elapsed_s: 0.0,
+                config: json!(null),
+            };
+            (m, st, None, false, dir)
+        };
+        let tok = find_tokenizer(&a.tokenizer, &model_dir).or_else(|e| match &a.init {
+            Some(init) if resumed => find_tokenizer(&a.tokenizer, init),
+            _ => Err(e),
+        })?;
+        if tok.vocab_size() != model.cfg.vocab_size {
+            bail!("the tokenizer has {} pieces but the model's vocabulary is {}; HINT: pass the model's own tokenizer", tok.vocab_size(), model.cfg.vocab_size);
+        }
+        let mut dialogs = Vec::new();
+        for p in &a.data {
+            dialogs.extend(load_dialogs(p)?);
+        }
+        let (train_d, held) = split_dialogs(dialogs, a.val_fraction, a.run.seed);
+        let mut train = SftData::new(&tok, &train_d, b, t, Some(a.run.seed), false)?;
+        let mut val = if held.is_empty() { None } else { SftData::new(&tok, &held, b, t, None, true).ok() };
+        let per_epoch = train.batches_per_epoch() as u64 / a.run.grad_accum as u64;
+        let steps = a.run.steps.unwrap_or((per_epoch * a.epochs as u64).max(1));
+        let warmup = a.warmup_steps.unwrap_or(((steps as f64) * 0.03).round() as u64);
+        let mut tr = LmTrainer::new(be, model, b, t, a.opt.adamw())?;
+        if let Some(m) = &moments {
+            checkpoint::restore_optimizer(be, &mut tr.opt, m)?;
+        }
+        let cfg = tr.model.cfg.clone();
+        let resolved = json!({
+            "job": "sft", "model": cfg.to_hf_json(), "device": be.name(), "init": a.init, "data": a.data,
+            "dialogs_train": train_d.len(), "dialogs_held_out": held.len(), "tokens_per_epoch": train.tokens(),
+            "answer_tokens_per_epoch": train.answer_tokens(), "batch_size": b, "seq_len": t, "grad_accum": a.run.grad_accum,
+            "epochs": a.epochs, "steps": steps, "lr": a.lr, "warmup_steps": warmup, "min_lr_ratio": a.min_lr_ratio,
+            "adamw": a.opt.to_json(), "seed": a.run.seed, "save_every": a.run.save_every,
+        });
+        print_resolved(&resolved, &out)?;
+        let schedule = llama2_train::schedule::LrSchedule::Cosine { peak: a.lr, warmup, total: steps, min_ratio: a.min_lr_ratio };
+        let rc = a.run.run_config("sft", steps, schedule, be, resolved);
+        let summary = run_lm(be, &mut tr, &mut train, val.as_mut().map(|v| v as &mut dyn BatchSource), &rc, &out, state, resumed)?;
+        if summary.steps < steps {
+            eprintln!("stopped at step {} of {steps}; continue with --resume {}", summary.steps, out.display());
+            return Ok(());
+        }
+        let final_dir = out.join("final");
+        tr.model.save(be, &final_dir, SaveDtype::F32)?;
+        save_tokenizer(&tok, &final_dir)?;
+        finish(&out, &summary, &rc)?;
+        if a.samples > 0 && !held.is_empty() {
+            let n = a.samples.min(held.len());
+            let s = Sampling { temperature: 0.0, top_k: None, top_p: None };
+            let samples = answer_prompts(be, &tr.model, &tok, &held[..n], a.sample_tokens as usize, &s, a.run.seed)?;
+            let ended = samples.iter().filter(|x| x.ended).count();
+            let recs: Vec<_> = samples
+                .iter()
+                .map(|x| json!({"prompt": x.prompt.last().map(|m| m.content.clone()), "answer": x.answer, "reference": x.reference, "ended_with_eos": x.ended, "tokens": x.tokens}))
+                .collect();
+            llama2_model::weights::write_atomic(&out.join("samples.json"), serde_json::to_string_pretty(&recs)?.as_bytes())?;
+            eprintln!(
+                "{ended}/{} held-out answers ended with EOS (greedy, {} tokens max); see {}",
+                samples.len(),
+                a.sample_tokens,
+                out.join("samples.json").display()
+            );
+        }
+        eprintln!("final model: {}", final_dir.display());
+        Ok(())
+    }
+}
+
+pub fn run(a: SftArgs) -> Result<()> {
+    let dev = a.dev.clone();
+    dispatch(&dev, SftJob(a))
+}
