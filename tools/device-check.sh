@@ -6,7 +6,7 @@
 #      the kernel timings at Llama-2 7B shapes (--bench-json)
 #   2. train-tool bench train-step: a 1B Llama training step (MFU)
 #   3. tools/bench/torch_gpu_peer.py: PyTorch on the same shapes
-#   4. tools/bench/table.py: the table, printed last
+#   4. tools/bench/gpu_table.py: the table, printed last
 # Logs and JSON go to $OUT (the device tool's output folder) or
 # /tmp/device-check. Copy the table into docs/gpu-validation.md.
 set -uo pipefail
@@ -47,5 +47,5 @@ timeout 120 "$BIN" bench train-step --preset 1b --batch-size 4 --seq-len 2048 --
 echo "== torch peer"
 PYTHONUNBUFFERED=1 timeout 150 python3 tools/bench/torch_gpu_peer.py --json "$DEST/peer.json" > "$DEST/peer.log" 2>&1 || echo "torch peer failed: $(tail -n 3 "$DEST/peer.log")"
 echo "== gpu-check exit code: $RC (0 = every check passed)"
-python3 tools/bench/table.py "$DEST/check.json" "$DEST/ours.json" "$DEST/peer.json" "$DEST/step1b.json" | tee "$DEST/table.txt"
+python3 tools/bench/gpu_table.py "$DEST/check.json" "$DEST/ours.json" "$DEST/peer.json" "$DEST/step1b.json" | tee "$DEST/table.txt"
 exit "$RC"

@@ -4,7 +4,7 @@
 //! REPS, the L2 cache flushed before each timed launch of a memory-bound
 //! kernel), plus the two ceilings: device copy bandwidth and the bf16
 //! matmul rate. tools/bench/torch_gpu_peer.py times PyTorch on the same
-//! shapes with the same keys; tools/bench/table.py joins the two.
+//! shapes with the same keys; tools/bench/gpu_table.py joins the two.
 //!
 //! Each entry: `{"key", "ms", "bytes"}` (memory-bound: bytes read + written
 //! once) or `{"key", "ms", "flops"}` (matrix-bound; causal attention counts
