@@ -37,15 +37,18 @@ fi
   echo "commit: $(cat .devbin/COMMIT 2>/dev/null | tr '\n' ' ')"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/card: /'
   echo "cublasLt: ${LT:-not found}"
-} | tee "$DEST/env.txt"
+} | tee "$DEST/env.tmp"
 SEED=${SEED:-$(date +%s)}
 echo "== gpu-check (seed $SEED)"
-timeout 200 "$BIN" gpu-check --seed "$SEED" --json "$DEST/check.json" --bench-json "$DEST/ours.json" 2>&1 | tee "$DEST/gpu-check.log" | grep -v '^bench ' | grep -Ev ' ok$' | tail -n 40
+timeout 300 "$BIN" gpu-check --seed "$SEED" --json "$DEST/check.json" --bench-json "$DEST/ours.json" 2>&1 | tee "$DEST/gpu-check.log" | grep -v '^bench ' | grep -Ev ' ok$' | tail -n 40
 RC=${PIPESTATUS[0]}
 echo "== training step, 1B Llama (preset 1b), B=4 T=2048, bf16"
-timeout 120 "$BIN" bench train-step --preset 1b --batch-size 4 --seq-len 2048 --steps 5 --warmup 2 --device cuda --json > "$DEST/step1b.json" 2> "$DEST/step1b.log" || echo "train-step bench failed: $(tail -n 3 "$DEST/step1b.log")"
+timeout 120 "$BIN" bench train-step --preset 1b --batch-size 4 --seq-len 2048 --steps 5 --warmup 2 --device cuda --json > "$DEST/step1b.json" 2>> "$DEST/aux.log" || echo "train-step bench failed: $(tail -n 3 "$DEST/aux.log")"
 echo "== torch peer"
-PYTHONUNBUFFERED=1 timeout 150 python3 tools/bench/torch_gpu_peer.py --json "$DEST/peer.json" > "$DEST/peer.log" 2>&1 || echo "torch peer failed: $(tail -n 3 "$DEST/peer.log")"
+PYTHONUNBUFFERED=1 timeout 150 python3 tools/bench/torch_gpu_peer.py --json "$DEST/peer.json" >> "$DEST/aux.log" 2>&1 || echo "torch peer failed: $(tail -n 3 "$DEST/aux.log")"
 echo "== gpu-check exit code: $RC (0 = every check passed)"
-python3 tools/bench/gpu_table.py "$DEST/check.json" "$DEST/ours.json" "$DEST/peer.json" "$DEST/step1b.json" | tee "$DEST/table.txt"
+{ cat "$DEST/env.tmp"; python3 tools/bench/gpu_table.py "$DEST/check.json" "$DEST/ours.json" "$DEST/peer.json" "$DEST/step1b.json"; } | tee "$DEST/table.txt"
+rm -f "$DEST/env.tmp"
+# $OUT holds 7 files (the device tool returns at most 8): table.txt,
+# gpu-check.log, check.json, ours.json, peer.json, step1b.json, aux.log
 exit "$RC"
