@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
 # The test command of the README: builds everything and runs every test that
 # needs no GPU. Installs what it needs into the project (see README).
+#
+# With `--features cuda` every CUDA kernel is compiled by nvcc 13.0 (from
+# PyPI into .cuda/ by tools/install-cuda.sh) and the GPU-free CUDA checks run
+# (entry points in the embedded images, no ptxas spills, launcher argument
+# checks); the CPU tests run in the same build. Checks that need a GPU are
+# not cargo tests: they are `train-tool gpu-check` (tools/device-check.sh).
+# The CPU-only configuration (no CUDA code compiled) is checked too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --workspace --release
+bash tools/install-cuda.sh
+cargo check --workspace --all-targets
+cargo test --workspace --release --features cuda

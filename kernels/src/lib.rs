@@ -11,6 +11,8 @@
 //! - [`KernelError`]: shape and argument errors of the CPU kernels
 //! - families: [`matmul`], [`embedding`], [`rmsnorm`], [`rope`], [`attention`],
 //!   [`swiglu`], [`cross_entropy`], [`adamw`], [`elementwise`]
+//! - `cuda` (feature `cuda`): the embedded CUDA images, the per-device module
+//!   store and one typed launcher per CUDA kernel
 //!
 //! Conventions shared by all families: row-major storage, f32 on CPU, shapes
 //! named `b, t, c, n_head, n_kv_head, hd, v` and written in a comment at every
@@ -19,6 +21,8 @@
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
@@ -56,6 +60,15 @@ pub enum KernelError {
     Shape { op: &'static str, buf: &'static str, expected: usize, got: usize },
     #[error("{op}: {msg}")]
     Arg { op: &'static str, msg: String },
+    /// a device buffer that is not aligned as the kernel's vector accesses need
+    #[error("{op}: buffer `{buf}` at {addr:#x} is not {need}-byte aligned; HINT: start the window at a multiple of {need} bytes")]
+    Align { op: &'static str, buf: &'static str, addr: u64, need: u64 },
+    /// a kernel launch the driver refused (or, with `sync-check`, that faulted)
+    #[error("launch of `{kernel}` (grid {grid:?}, block {block}, smem {smem} B) failed: {msg}")]
+    Launch { kernel: &'static str, grid: (u32, u32, u32), block: u32, smem: u32, msg: String },
+    /// any other CUDA driver call
+    #[error("CUDA {what} failed: {msg}")]
+    Cuda { what: String, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;

@@ -4,6 +4,8 @@
 //! - [`Backend`], [`Buffer`], [`BufKind`], [`View`], [`ViewMut`], [`v`], [`vm`]:
 //!   the op set of the model and its memory windows ([`backend`])
 //! - [`CpuBackend`], [`CpuBuf`]: the f32 CPU backend ([`cpu`])
+//! - [`CudaBackend`]: the CUDA backend ([`cuda`], feature `cuda`; without it
+//!   a stub whose `new` returns `Err(NotCompiledWithCuda)`)
 //! - [`RtError`], [`Result`] ([`error`])
 //! - [`rng::Rng`]: the seeded random number generator every stream derives from
 //! - re-exported kernel types: [`Gemm`], [`Trans`], [`GradWrite`], [`AttnShape`],
@@ -11,10 +13,14 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod rng;
 
 pub use backend::*;
 pub use cpu::{CpuBackend, CpuBuf};
+pub use cuda::CudaBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::{AttnImpl, CudaBuf};
 pub use error::{Result, RtError};
 pub use llama2_kernels as kernels;

@@ -1,7 +1,7 @@
 //! `--device` and `--threads`: choosing and creating the backend, and running
 //! a backend-generic job on it.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 use llama2_runtime::{Backend, CpuBackend};
 
@@ -68,5 +68,5 @@ fn run_cuda<J: Job>(_opts: &DeviceOpts, job: J) -> Result<J::Out> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_cuda<J: Job>(_opts: &DeviceOpts, _job: J) -> Result<J::Out> {
-    bail!("{}", llama2_runtime::RtError::NotCompiledWithCuda)
+    anyhow::bail!("{}", llama2_runtime::RtError::NotCompiledWithCuda)
 }

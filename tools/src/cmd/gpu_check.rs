@@ -1,9 +1,96 @@
-//! `train-tool gpu-check` (CUDA issue).
+//! `train-tool gpu-check` (feature `cuda`): every CUDA kernel against its
+//! CPU counterpart on fresh random inputs, at real and ragged shapes, with
+//! the tolerances of STYLE.md section 5; optionally (`--bench-json`) the
+//! device timings of every kernel at Llama-2 7B shapes for
+//! tools/device-check.sh.
+//!
+//! Checks ([`checks`]): casts, element-wise ops, sum of squares, row
+//! gather/scatter, KV-cache writes, embedding fwd/bwd, RMSNorm fwd/bwd,
+//! RoPE fwd/bwd, SwiGLU fwd/bwd, fused cross-entropy, AdamW (master, moments
+//! and the bf16 copy), cuBLASLt matmul in every transpose, attention
+//! forward (T ∈ {1, 97, 1024, 4096}, hd ∈ {64, 128}, KV heads = H, 8, 1),
+//! decode against a cache, and backward. Outputs are poisoned with NaN
+//! before each GPU op, so an element the kernel fails to write fails.
+//!
+//! Model-level checks ([`model_check`]): a whole training step of a small
+//! Llama on GPU vs CPU (the loss and every gradient), and 200 steps of
+//! training whose loss curve must track the CPU one.
+
 use clap::Args;
 
-#[derive(Args)]
-pub struct GpuCheckArgs {}
+#[cfg(feature = "cuda")]
+mod bench;
+#[cfg(feature = "cuda")]
+mod checks;
+#[cfg(any(feature = "cuda", test))]
+pub mod model_check;
+#[cfg(any(feature = "cuda", test))]
+pub mod reference;
 
+#[derive(Args)]
+pub struct GpuCheckArgs {
+    /// CUDA device ordinal
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+    /// Seed of the random inputs (fresh inputs: change it between runs)
+    #[arg(long, default_value_t = 20240520)]
+    pub seed: u64,
+    /// Only the small shapes (T <= 97): a fast smoke test
+    #[arg(long)]
+    pub quick: bool,
+    /// Only the kernel checks (skip the training step and the 200-step run)
+    #[arg(long)]
+    pub kernels_only: bool,
+    /// Skip the correctness checks (with --bench-json: timings only)
+    #[arg(long)]
+    pub no_check: bool,
+    /// Also time every kernel at Llama-2 7B shapes and write the results as JSON here
+    #[arg(long)]
+    pub bench_json: Option<std::path::PathBuf>,
+    /// Write the check results as JSON here
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+#[cfg(not(feature = "cuda"))]
 pub fn run(_a: GpuCheckArgs) -> anyhow::Result<()> {
-    anyhow::bail!("gpu-check: not built yet")
+    anyhow::bail!("gpu-check needs the CUDA backend; HINT: rebuild with `cargo build --release --features cuda`")
+}
+
+#[cfg(feature = "cuda")]
+pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let gpu = llama2_runtime::CudaBackend::new(a.device).context("starting the CUDA backend")?;
+    let cpu = llama2_runtime::CpuBackend::new(0).context("starting the CPU backend")?;
+    println!("gpu-check on {} ({}), seed {}, {} shapes", gpu.device_name(), llama2_runtime::Backend::name(&gpu), a.seed, if a.quick { "quick" } else { "all" });
+    let mut failed = 0;
+    let gpu = if a.no_check {
+        gpu
+    } else {
+        let mut c = checks::Checker::new(cpu, gpu, a.seed, a.quick);
+        c.run_all()?;
+        if !a.kernels_only {
+            let (cpu, gpu) = c.backends();
+            let mut rows = Vec::new();
+            let res = model_check::compare(cpu, gpu, a.seed, &mut |n, e, l| rows.push((n, e, l)));
+            for (n, e, l) in rows {
+                c.record(n, e, l);
+            }
+            if let Err(e) = res {
+                c.record(format!("model-level checks: error {e:#}"), f64::INFINITY, 0.0);
+            }
+        }
+        failed = c.report();
+        if let Some(p) = &a.json {
+            std::fs::write(p, c.json()).with_context(|| format!("writing {}", p.display()))?;
+        }
+        c.into_gpu()
+    };
+    if let Some(p) = &a.bench_json {
+        bench::run(&gpu, p)?;
+    }
+    if failed > 0 {
+        anyhow::bail!("gpu-check: {failed} check(s) failed");
+    }
+    Ok(())
 }

@@ -1,0 +1,179 @@
+//! Checks of the CUDA build that need nvcc but no GPU (feature `cuda`):
+//! every entry point the launchers name is in the embedded images, ptxas
+//! reports no spills, and the launchers reject bad arguments before any
+//! CUDA call.
+#![cfg(feature = "cuda")]
+
+use llama2_kernels::attention::AttnShape;
+use llama2_kernels::cuda::report::{fatbin_elf_entries, parse_ptxas};
+use llama2_kernels::cuda::*;
+use llama2_kernels::rope::RopeShape;
+use llama2_kernels::KernelError;
+
+/// Number of SASS targets in every fatbin: sm_90a and sm_80.
+const SASS_TARGETS: usize = 2;
+
+#[test]
+fn every_entry_point_is_in_the_embedded_images() {
+    for f in Family::ALL {
+        let images = fatbin_elf_entries(fatbin(f));
+        assert_eq!(images.len(), SASS_TARGETS, "{}: expected {SASS_TARGETS} cubins (sm_90a, sm_80) in the fatbin", f.name());
+        let ptx = String::from_utf8_lossy(fatbin(f));
+        let wanted: Vec<&str> = ENTRY_POINTS.iter().filter(|(fam, _)| *fam == f).map(|(_, n)| *n).collect();
+        assert!(!wanted.is_empty(), "{}: no launcher names an entry of this family", f.name());
+        for name in &wanted {
+            for (i, syms) in images.iter().enumerate() {
+                assert!(syms.iter().any(|s| s == name), "{}: `{name}` missing from cubin {i} (has {syms:?})", f.name());
+            }
+            // the compute_80 PTX of the same fatbin (JIT path for newer GPUs)
+            assert!(ptx.contains(&format!(".entry {name}(")), "{}: `{name}` missing from the PTX", f.name());
+        }
+    }
+}
+
+#[test]
+fn an_unknown_name_is_not_found() {
+    // the symbol check can fail: a misspelt name is absent from the image
+    let images = fatbin_elf_entries(fatbin(Family::Rmsnorm));
+    assert!(images.iter().all(|syms| !syms.iter().any(|s| s == "rmsnorm_fwd_bf61")));
+    assert!(images.iter().all(|syms| syms.iter().any(|s| s == rmsnorm::FWD)));
+}
+
+#[test]
+fn kept_cubins_match_the_embedded_entries() {
+    for f in Family::ALL {
+        let dir = keep_dir(f);
+        let cubins: Vec<_> =
+            std::fs::read_dir(&dir).expect("keep dir").flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "cubin")).collect();
+        assert_eq!(cubins.len(), SASS_TARGETS, "{}: {cubins:?}", f.name());
+        for c in cubins {
+            let bytes = std::fs::read(&c).expect("cubin");
+            let syms = fatbin_elf_entries(&bytes);
+            assert_eq!(syms.len(), 1, "{}", c.display());
+            for (_, name) in ENTRY_POINTS.iter().filter(|(fam, _)| *fam == f) {
+                assert!(syms[0].iter().any(|s| s == name), "{}: {name}", c.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn ptxas_reports_no_spills() {
+    let mut seen = 0;
+    for f in Family::ALL {
+        let res = parse_ptxas(ptxas_report(f));
+        let entries = ENTRY_POINTS.iter().filter(|(fam, _)| *fam == f).count();
+        // one report per kernel per SASS target
+        assert_eq!(res.len(), entries * SASS_TARGETS, "{}: {res:?}", f.name());
+        for r in res {
+            assert!(r.registers > 0 && r.registers <= 255, "{r:?}");
+            assert_eq!((r.spill_stores, r.spill_loads), (0, 0), "register spills in {r:?}");
+            assert_eq!(r.stack_frame, 0, "local-memory stack frame in {r:?}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, ENTRY_POINTS.len() * SASS_TARGETS);
+}
+
+#[test]
+fn ptxas_parser_reads_spills() {
+    let text = "ptxas info    : Compiling entry function 'k' for 'sm_90a'\nptxas info    : Function properties for k\n    16 bytes stack frame, 12 bytes spill stores, 8 bytes spill loads\nptxas info    : Used 255 registers, used 1 barriers, 4096 bytes smem\n";
+    let r = parse_ptxas(text);
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].registers, r[0].stack_frame, r[0].spill_stores, r[0].spill_loads, r[0].smem), (255, 16, 12, 8, 4096));
+    assert_eq!(r[0].target, "sm_90a");
+}
+
+// ---- launchers reject bad arguments before any CUDA call ----------------
+
+fn p<T: Elem>(addr: u64, len: usize) -> DPtr<T> {
+    DPtr::new(addr, len)
+}
+const A: u64 = 0x7f00_0000_0000; // a 256-byte aligned fake device address
+
+fn is_shape(e: KernelError) -> bool {
+    matches!(e, KernelError::Shape { .. })
+}
+fn is_align(e: KernelError) -> bool {
+    matches!(e, KernelError::Align { .. })
+}
+fn is_arg(e: KernelError) -> bool {
+    matches!(e, KernelError::Arg { .. })
+}
+
+#[test]
+fn attention_rejects_bad_arguments() {
+    let s = AttnShape::causal(2, 97, 8, 2, 128);
+    let ql = 2 * 97 * 8 * 128;
+    let kl = 2 * 97 * 2 * 128;
+    let ok = attention::check_fwd(p(A, ql), p(A, 2 * 8 * 97), p(A, ql), p(A, kl), p(A, kl), &s).expect("valid shape");
+    assert_eq!(ok.1.grid, (97usize.div_ceil(attention::WARPS) as u32, 8, 2));
+    // unsupported head dim
+    let s96 = AttnShape::causal(2, 97, 8, 2, 96);
+    let e = attention::check_fwd(p(A, ql), p(A, 2 * 8 * 97), p(A, ql), p(A, kl), p(A, kl), &s96).unwrap_err();
+    assert!(is_arg(e));
+    // n_head not a multiple of n_kv_head
+    let s3 = AttnShape::causal(2, 97, 8, 3, 128);
+    assert!(is_arg(attention::check_fwd(p(A, ql), p(A, 2 * 8 * 97), p(A, ql), p(A, kl * 2), p(A, kl * 2), &s3).unwrap_err()));
+    // k too short
+    assert!(is_shape(attention::check_fwd(p(A, ql), p(A, 2 * 8 * 97), p(A, ql), p(A, kl - 1), p(A, kl), &s).unwrap_err()));
+    // misaligned q (an 8-byte offset)
+    assert!(is_align(attention::check_fwd(p(A, ql), p(A, 2 * 8 * 97), p(A + 8, ql), p(A, kl), p(A, kl), &s).unwrap_err()));
+    // backward needs the training shape
+    let dec = AttnShape { b: 1, tq: 1, tkv: 5, cap: 8, n_head: 8, n_kv_head: 2, hd: 64 };
+    let e =
+        attention::check_bwd(p(A, 512), p(A, 1024), p(A, 1024), p(A, 8), p(A, 512), p(A, 512), p(A, 1024), p(A, 1024), p(A, 512), p(A, 8), &dec).unwrap_err();
+    assert!(is_arg(e));
+    // the decode shape itself is fine for the forward
+    attention::check_fwd(p(A, 512), p(A, 8), p(A, 512), p(A, 8 * 2 * 64), p(A, 8 * 2 * 64), &dec).expect("decode shape");
+    // tq > tkv is rejected
+    let bad = AttnShape { b: 1, tq: 6, tkv: 5, cap: 8, n_head: 8, n_kv_head: 2, hd: 64 };
+    assert!(is_arg(attention::check_fwd(p(A, 6 * 512), p(A, 48), p(A, 6 * 512), p(A, 1024), p(A, 1024), &bad).unwrap_err()));
+}
+
+#[test]
+fn rmsnorm_rejects_bad_arguments() {
+    let (n, c) = (97, 4096);
+    let d = rmsnorm::check_fwd(p(A, n * c), p(A, n), p(A, n * c), p(A, c), n, c).expect("valid");
+    assert_eq!(d.grid.0, 97);
+    assert!(is_arg(rmsnorm::check_fwd(p(A, n * 100), p(A, n), p(A, n * 100), p(A, 100), n, 100).unwrap_err()), "c % 8");
+    assert!(is_arg(rmsnorm::check_fwd(p(A, n * 16384), p(A, n), p(A, n * 16384), p(A, 16384), n, 16384).unwrap_err()), "c too wide");
+    assert!(is_align(rmsnorm::check_fwd(p(A, n * c), p(A, n), p(A + 2, n * c), p(A, c), n, c).unwrap_err()));
+    assert!(is_shape(rmsnorm::check_fwd(p(A, n * c), p(A, n - 1), p(A, n * c), p(A, c), n, c).unwrap_err()));
+    let blocks = rmsnorm::bwd_blocks(n);
+    let d = rmsnorm::check_bwd(p(A, n * c), p(A, blocks * c), p(A, n * c), p(A, n * c), p(A, c), p(A, n), n, c).expect("valid bwd");
+    assert_eq!(d.smem as usize, c * 4);
+    assert!(is_shape(rmsnorm::check_bwd(p(A, n * c), p(A, blocks * c - 1), p(A, n * c), p(A, n * c), p(A, c), p(A, n), n, c).unwrap_err()));
+}
+
+#[test]
+fn other_launchers_reject_bad_arguments() {
+    let rs = RopeShape { b: 2, t: 10, heads: 4, hd: 63, pos0: 0 };
+    assert!(is_arg(rope::check(rope::FWD, p(A, 2 * 10 * 4 * 63), p(A, 1 << 16), rs).unwrap_err()));
+    let rs = RopeShape { b: 2, t: 10, heads: 4, hd: 64, pos0: 5 };
+    assert!(is_shape(rope::check(rope::FWD, p(A, 2 * 10 * 4 * 64), p(A, 14 * 64), rs).unwrap_err()), "table too short for pos0 + t");
+    rope::check(rope::FWD, p(A, 2 * 10 * 4 * 64), p(A, 15 * 64), rs).expect("valid rope");
+    // embedding rows must be whole 16-byte words
+    assert!(is_arg(embedding::check_fwd(p(A, 10 * 12), p(A, 10), p(A, 100 * 12), 10, 100, 12).unwrap_err()));
+    assert!(is_align(embedding::check_fwd(p(A, 10 * 16), p(A, 10), p(A + 4, 100 * 16), 10, 100, 16).unwrap_err()));
+    // cross-entropy: per-row coefficients must cover the rows
+    let e = cross_entropy::check(p(A, 4 * 50), p(A, 4), p(A, 4), cross_entropy::CeMode::PerRow(p(A, 3)), 4, 50).unwrap_err();
+    assert!(is_shape(e));
+    // kv_write beyond the cache
+    assert!(is_arg(elementwise::check_kv_write::<Bf16>(p(A, 2 * 8 * 16), p(A, 2 * 4 * 16), 2, 4, 8, 16, 5).unwrap_err()));
+    // adamw: step 0 has no bias correction
+    let h = llama2_kernels::adamw::AdamWStep { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 0, grad_scale: 1.0 };
+    assert!(is_arg(adamw::check(p(A, 8), p(A, 8), p(A, 8), p(A, 8), p(A, 8), 8, &h).unwrap_err()));
+    // sum_squares partials
+    let n = 1 << 20;
+    let blocks = elementwise::sum_squares_blocks(n);
+    assert!(is_shape(elementwise::check_sum_squares::<f32>(p(A, blocks - 1), p(A, n), n).unwrap_err()));
+}
+
+#[test]
+fn group_rows_builds_the_csr() {
+    let (u, o, r) = embedding::group_rows(&[5, 2, 5, 7, 2, 5]);
+    assert_eq!(u, vec![2, 5, 7]);
+    assert_eq!(o, vec![0, 2, 5, 6]);
+    assert_eq!(r, vec![1, 4, 0, 2, 5, 3]);
+}

@@ -1,0 +1,871 @@
+//! The CUDA backend: bf16 activations, fp32 master weights with a bf16
+//! working copy, fp32 gradients and optimizer state, fp32 accumulation in
+//! every kernel. Each op validates on the host, then enqueues our kernels
+//! (`llama2_kernels::cuda`) or cuBLASLt ([`super::gemm`]) on the backend's
+//! one stream (never the default stream).
+//!
+//! Buffer kinds: `Act` → bf16; `F32` → f32; `Param` → an f32 master copy
+//! and a bf16 working copy kept equal to bf16(master) by every op that
+//! writes the buffer (upload, copy, AdamW, ...). Kernels read a `Param` as
+//! its bf16 copy where they take bf16 and as its master where they take
+//! f32. Where an op gets a buffer of another kind than its kernel takes,
+//! the window is converted through a stream-ordered temporary (correct,
+//! slower; the model uses the native kinds).
+//!
+//! Public items: [`CudaBackend`], [`CudaBuf`], [`AttnImpl`].
+
+use super::gemm::{Blas, OutType};
+use crate::backend::*;
+use crate::error::{Result, RtError};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
+use half::bf16;
+use llama2_kernels::cuda::{self as kc, cross_entropy::CeMode, Bf16, DPtr, KernelStore};
+use llama2_kernels::{check_len, check_min_len};
+use std::sync::Arc;
+
+/// Storage of a device buffer by kind.
+enum Store {
+    Bf16(CudaSlice<u16>),
+    F32(CudaSlice<f32>),
+    Param { master: CudaSlice<f32>, work: CudaSlice<u16> },
+}
+
+/// A device buffer.
+pub struct CudaBuf {
+    kind: BufKind,
+    len: usize,
+    st: Store,
+}
+
+impl Buffer for CudaBuf {
+    type Be = CudaBackend;
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn kind(&self) -> BufKind {
+        self.kind
+    }
+}
+
+/// Which attention kernels (forward and backward) the backend launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnImpl {
+    /// tensor cores (v2) for tq >= MMA_MIN_TQ, the warp-per-row v1 below
+    Auto,
+    /// the warp-per-row f32 kernels (v1, the reference GPU path)
+    Simple,
+    /// the tensor-core kernels (v2) at every shape
+    Mma,
+}
+
+/// Below this many query rows (decoding) the warp-per-row kernel is used:
+/// a 64-row tensor-core block would idle most of its rows.
+const MMA_MIN_TQ: usize = 16;
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    ks: KernelStore,
+    blas: Blas,
+    attn: std::sync::Mutex<AttnImpl>,
+}
+
+#[track_caller]
+fn cu_err(what: &str, e: impl std::fmt::Display) -> RtError {
+    let l = std::panic::Location::caller();
+    RtError::Cuda { what: what.to_string(), location: format!("{}:{}", l.file(), l.line()), msg: e.to_string() }
+}
+
+fn addr<T>(s: &CudaSlice<T>, st: &CudaStream) -> u64 {
+    // event tracking is off (one stream), so the guard records nothing
+    s.device_ptr(st).0
+}
+
+fn to_bf16_bits(x: &[f32]) -> Vec<u16> {
+    x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect()
+}
+
+/// A bf16 window an op writes: the buffer itself, or a temporary copied
+/// back by [`CudaBackend::finish_bf16`].
+struct OutB<'a> {
+    ptr: DPtr<Bf16>,
+    tmp: Option<CudaSlice<u16>>,
+    dst: ViewMut<'a, CudaBackend>,
+}
+
+/// An f32 window an op writes (see [`OutB`]).
+struct OutF<'a> {
+    ptr: DPtr<f32>,
+    tmp: Option<CudaSlice<f32>>,
+    dst: ViewMut<'a, CudaBackend>,
+}
+
+impl CudaBackend {
+    /// The backend on GPU `ordinal`. Errors (no panic) when there is no
+    /// driver, no such device, or the kernels do not load.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        // SAFETY: only asks the dynamic loader whether libcuda exists.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(RtError::NoDevice("the NVIDIA driver (libcuda.so) is not installed".into()));
+        }
+        let count = CudaContext::device_count().map_err(|e| RtError::NoDevice(format!("cuInit/device count failed: {e}")))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(RtError::NoDevice(format!("device {ordinal} requested, {count} present")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| cu_err("creating the context", e))?;
+        // One stream: ordering is the stream's, no per-buffer events needed.
+        // SAFETY: no buffer of this context exists yet.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| cu_err("creating the stream", e))?;
+        let ks = KernelStore::new(ctx.clone());
+        ks.load_all()?;
+        let blas = Blas::new(&stream)?;
+        // LLAMA2_ATTN=simple|mma|auto overrides the kernel choice
+        let attn = match std::env::var("LLAMA2_ATTN").as_deref() {
+            Ok("simple") => AttnImpl::Simple,
+            Ok("mma") => AttnImpl::Mma,
+            _ => AttnImpl::Auto,
+        };
+        Ok(CudaBackend { ctx, stream, ks, blas, attn: std::sync::Mutex::new(attn) })
+    }
+
+    /// Chooses the attention kernels (gpu-check runs each).
+    pub fn set_attention_impl(&self, a: AttnImpl) {
+        if let Ok(mut g) = self.attn.lock() {
+            *g = a;
+        }
+    }
+
+    fn use_mma(&self, tq: usize) -> bool {
+        match self.attn.lock().map(|g| *g).unwrap_or(AttnImpl::Auto) {
+            AttnImpl::Auto => tq >= MMA_MIN_TQ,
+            AttnImpl::Simple => false,
+            AttnImpl::Mma => true,
+        }
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    pub fn kernels(&self) -> &KernelStore {
+        &self.ks
+    }
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    /// Device name as the driver reports it.
+    pub fn device_name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "unknown".into())
+    }
+
+    /// Device time in ms of the work `f` enqueues on this backend's stream,
+    /// between two CUDA events (waits for the end event).
+    pub fn time_ms(&self, f: impl FnOnce() -> Result<()>) -> Result<f32> {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let e0 = self.ctx.new_event(flags).map_err(|e| cu_err("event", e))?;
+        let e1 = self.ctx.new_event(flags).map_err(|e| cu_err("event", e))?;
+        e0.record(&self.stream).map_err(|e| cu_err("event record", e))?;
+        f()?;
+        e1.record(&self.stream).map_err(|e| cu_err("event record", e))?;
+        e0.elapsed_ms(&e1).map_err(|e| cu_err("event elapsed", e))
+    }
+
+    /// The bf16 working copy of a `Param` window, as f32 (for checks: it
+    /// must equal bf16(master) after every op that writes the buffer).
+    pub fn download_work(&self, src: View<Self>) -> Result<Vec<f32>> {
+        let Store::Param { work, .. } = &src.buf.st else {
+            return Err(RtError::Op { op: "download_work", msg: "not a Param buffer".into() });
+        };
+        let mut bits = vec![0u16; src.len];
+        if src.len > 0 {
+            self.stream.memcpy_dtoh(&work.slice(src.off..src.off + src.len), &mut bits).map_err(|e| cu_err("download", e))?;
+            self.stream.synchronize().map_err(|e| cu_err("synchronize", e))?;
+        }
+        Ok(bits.into_iter().map(|b| bf16::from_bits(b).to_f32()).collect())
+    }
+
+    fn tmp_u16(&self, n: usize) -> Result<CudaSlice<u16>> {
+        // SAFETY: every use writes the temporary fully before reading it.
+        unsafe { self.stream.alloc::<u16>(n.max(1)) }.map_err(|e| cu_err("temporary allocation", e))
+    }
+    fn tmp_f32(&self, n: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: as tmp_u16.
+        unsafe { self.stream.alloc::<f32>(n.max(1)) }.map_err(|e| cu_err("temporary allocation", e))
+    }
+    fn upload_idx<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, x: &[T]) -> Result<CudaSlice<T>> {
+        if x.is_empty() {
+            return self.stream.alloc_zeros::<T>(1).map_err(|e| cu_err("index upload", e));
+        }
+        self.stream.clone_htod(x).map_err(|e| cu_err("index upload", e))
+    }
+
+    fn dp_bf16(&self, s: &CudaSlice<u16>, off: usize, len: usize) -> DPtr<Bf16> {
+        DPtr::new(addr(s, &self.stream) + 2 * off as u64, len)
+    }
+    fn dp_f32(&self, s: &CudaSlice<f32>, off: usize, len: usize) -> DPtr<f32> {
+        DPtr::new(addr(s, &self.stream) + 4 * off as u64, len)
+    }
+
+    /// A window read as bf16 (a Param's working copy; F32 converted).
+    fn in_bf16(&self, v: View<Self>) -> Result<(DPtr<Bf16>, Option<CudaSlice<u16>>)> {
+        match &v.buf.st {
+            Store::Bf16(s) | Store::Param { work: s, .. } => Ok((self.dp_bf16(s, v.off, v.len), None)),
+            Store::F32(s) => {
+                let t = self.tmp_u16(v.len)?;
+                let p = self.dp_bf16(&t, 0, v.len);
+                kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, p, self.dp_f32(s, v.off, v.len), v.len)?;
+                Ok((p, Some(t)))
+            }
+        }
+    }
+
+    /// A window read as f32 (a Param's master copy; Act converted).
+    fn in_f32(&self, v: View<Self>) -> Result<(DPtr<f32>, Option<CudaSlice<f32>>)> {
+        match &v.buf.st {
+            Store::F32(s) | Store::Param { master: s, .. } => Ok((self.dp_f32(s, v.off, v.len), None)),
+            Store::Bf16(s) => {
+                let t = self.tmp_f32(v.len)?;
+                let p = self.dp_f32(&t, 0, v.len);
+                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, p, self.dp_bf16(s, v.off, v.len), v.len)?;
+                Ok((p, Some(t)))
+            }
+        }
+    }
+
+    /// A window written as bf16; `init` copies the current values in first
+    /// (for in-place and accumulating ops).
+    fn out_bf16<'a>(&self, v: ViewMut<'a, Self>, init: bool) -> Result<OutB<'a>> {
+        let (off, len) = (v.off, v.len);
+        match &v.buf.st {
+            Store::Bf16(s) => {
+                let ptr = self.dp_bf16(s, off, len);
+                Ok(OutB { ptr, tmp: None, dst: v })
+            }
+            Store::F32(s) | Store::Param { master: s, .. } => {
+                let t = self.tmp_u16(len)?;
+                let ptr = self.dp_bf16(&t, 0, len);
+                if init {
+                    kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, ptr, self.dp_f32(s, off, len), len)?;
+                }
+                Ok(OutB { ptr, tmp: Some(t), dst: v })
+            }
+        }
+    }
+
+    fn finish_bf16(&self, o: OutB<'_>) -> Result<()> {
+        let Some(t) = o.tmp else { return Ok(()) };
+        let (off, len) = (o.dst.off, o.dst.len);
+        let src = self.dp_bf16(&t, 0, len);
+        match &mut o.dst.buf.st {
+            Store::Bf16(_) => Ok(()),
+            Store::F32(s) => Ok(kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(s, off, len), src, len)?),
+            Store::Param { master, work } => {
+                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(master, off, len), src, len)?;
+                let mut w = work.slice_mut(off..off + len);
+                self.stream.memcpy_dtod(&t.slice(0..len), &mut w).map_err(|e| cu_err("copy", e))
+            }
+        }
+    }
+
+    /// A window written as f32 (a Param's master, its bf16 copy refreshed
+    /// by [`Self::finish_f32`]); `init` as in [`Self::out_bf16`].
+    fn out_f32<'a>(&self, v: ViewMut<'a, Self>, init: bool) -> Result<OutF<'a>> {
+        let (off, len) = (v.off, v.len);
+        match &v.buf.st {
+            Store::F32(s) | Store::Param { master: s, .. } => {
+                let ptr = self.dp_f32(s, off, len);
+                Ok(OutF { ptr, tmp: None, dst: v })
+            }
+            Store::Bf16(s) => {
+                let t = self.tmp_f32(len)?;
+                let ptr = self.dp_f32(&t, 0, len);
+                if init {
+                    kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, ptr, self.dp_bf16(s, off, len), len)?;
+                }
+                Ok(OutF { ptr, tmp: Some(t), dst: v })
+            }
+        }
+    }
+
+    fn finish_f32(&self, o: OutF<'_>) -> Result<()> {
+        let (off, len) = (o.dst.off, o.dst.len);
+        match &o.dst.buf.st {
+            Store::F32(_) => Ok(()),
+            Store::Param { master, work } => {
+                Ok(kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(work, off, len), self.dp_f32(master, off, len), len)?)
+            }
+            Store::Bf16(s) => {
+                let t = o.tmp.as_ref().ok_or_else(|| cu_err("finish", "missing temporary"))?;
+                Ok(kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(s, off, len), self.dp_f32(t, 0, len), len)?)
+            }
+        }
+    }
+
+    /// Whether every window is stored as bf16 (Act) / f32 (F32).
+    fn all_kind(kind: BufKind, kinds: &[BufKind]) -> bool {
+        kinds.iter().all(|&k| k == kind)
+    }
+}
+
+fn check_ids(op: &'static str, ids: &[u32], bound: usize, what: &str) -> Result<()> {
+    if let Some((i, &t)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= bound) {
+        return Err(RtError::Op { op, msg: format!("{what} {t} at position {i} is out of range for {bound}") });
+    }
+    Ok(())
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> String {
+        format!("cuda:{}", self.ctx.ordinal())
+    }
+
+    fn alloc(&self, n: usize, kind: BufKind) -> Result<CudaBuf> {
+        let m = n.max(1); // the driver refuses 0-byte allocations
+        let e = |e| cu_err("allocation", e);
+        let st = match kind {
+            BufKind::Act => Store::Bf16(self.stream.alloc_zeros::<u16>(m).map_err(e)?),
+            BufKind::F32 => Store::F32(self.stream.alloc_zeros::<f32>(m).map_err(e)?),
+            BufKind::Param => Store::Param { master: self.stream.alloc_zeros::<f32>(m).map_err(e)?, work: self.stream.alloc_zeros::<u16>(m).map_err(e)? },
+        };
+        Ok(CudaBuf { kind, len: n, st })
+    }
+
+    fn upload(&self, dst: ViewMut<Self>, src: &[f32]) -> Result<()> {
+        check_len("upload", "src", src.len(), dst.len)?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        let (off, len) = (dst.off, dst.len);
+        let e = |e| cu_err("upload", e);
+        match &mut dst.buf.st {
+            Store::Bf16(s) => self.stream.memcpy_htod(&to_bf16_bits(src), &mut s.slice_mut(off..off + len)).map_err(e)?,
+            Store::F32(s) => self.stream.memcpy_htod(src, &mut s.slice_mut(off..off + len)).map_err(e)?,
+            Store::Param { master, work } => {
+                self.stream.memcpy_htod(src, &mut master.slice_mut(off..off + len)).map_err(e)?;
+                self.stream.memcpy_htod(&to_bf16_bits(src), &mut work.slice_mut(off..off + len)).map_err(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn download(&self, src: View<Self>, dst: &mut [f32]) -> Result<()> {
+        check_len("download", "dst", dst.len(), src.len)?;
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let (off, len) = (src.off, src.len);
+        let e = |e| cu_err("download", e);
+        match &src.buf.st {
+            Store::Bf16(s) => {
+                let mut bits = vec![0u16; len];
+                self.stream.memcpy_dtoh(&s.slice(off..off + len), &mut bits).map_err(e)?;
+                self.stream.synchronize().map_err(e)?;
+                for (d, b) in dst.iter_mut().zip(bits) {
+                    *d = bf16::from_bits(b).to_f32();
+                }
+            }
+            Store::F32(s) | Store::Param { master: s, .. } => {
+                self.stream.memcpy_dtoh(&s.slice(off..off + len), dst).map_err(e)?;
+                self.stream.synchronize().map_err(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn zero(&self, dst: ViewMut<Self>) -> Result<()> {
+        let (off, len) = (dst.off, dst.len);
+        if len == 0 {
+            return Ok(());
+        }
+        let e = |e| cu_err("zero", e);
+        match &mut dst.buf.st {
+            Store::Bf16(s) => self.stream.memset_zeros(&mut s.slice_mut(off..off + len)).map_err(e)?,
+            Store::F32(s) => self.stream.memset_zeros(&mut s.slice_mut(off..off + len)).map_err(e)?,
+            Store::Param { master, work } => {
+                self.stream.memset_zeros(&mut master.slice_mut(off..off + len)).map_err(e)?;
+                self.stream.memset_zeros(&mut work.slice_mut(off..off + len)).map_err(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn copy(&self, dst: ViewMut<Self>, src: View<Self>) -> Result<()> {
+        check_len("copy", "src", src.len, dst.len)?;
+        let len = src.len;
+        if len == 0 {
+            return Ok(());
+        }
+        let e = |e| cu_err("copy", e);
+        let (doff, soff) = (dst.off, src.off);
+        match (&mut dst.buf.st, &src.buf.st) {
+            (Store::Bf16(d), Store::Bf16(s)) => self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut d.slice_mut(doff..doff + len)).map_err(e)?,
+            (Store::F32(d), Store::F32(s) | Store::Param { master: s, .. }) => {
+                self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut d.slice_mut(doff..doff + len)).map_err(e)?
+            }
+            (Store::Param { master, work }, Store::Param { master: sm, work: sw }) => {
+                self.stream.memcpy_dtod(&sm.slice(soff..soff + len), &mut master.slice_mut(doff..doff + len)).map_err(e)?;
+                self.stream.memcpy_dtod(&sw.slice(soff..soff + len), &mut work.slice_mut(doff..doff + len)).map_err(e)?;
+            }
+            (Store::Bf16(d), Store::Param { work: s, .. }) => {
+                self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut d.slice_mut(doff..doff + len)).map_err(e)?
+            }
+            (Store::Bf16(d), Store::F32(s)) => {
+                kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(d, doff, len), self.dp_f32(s, soff, len), len)?
+            }
+            (Store::F32(d), Store::Bf16(s)) => {
+                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(d, doff, len), self.dp_bf16(s, soff, len), len)?
+            }
+            (Store::Param { master, work }, Store::F32(s)) => {
+                self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut master.slice_mut(doff..doff + len)).map_err(e)?;
+                kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(work, doff, len), self.dp_f32(s, soff, len), len)?;
+            }
+            (Store::Param { master, work }, Store::Bf16(s)) => {
+                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(master, doff, len), self.dp_bf16(s, soff, len), len)?;
+                self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut work.slice_mut(doff..doff + len)).map_err(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| cu_err("synchronize", e))
+    }
+
+    fn embedding_fwd(&self, out: ViewMut<Self>, tokens: &[u32], table: View<Self>, v: usize, c: usize) -> Result<()> {
+        const OP: &str = "embedding_fwd";
+        check_len(OP, "out", out.len, tokens.len() * c)?;
+        check_len(OP, "table", table.len, v * c)?;
+        check_ids(OP, tokens, v, "token")?;
+        let ids = self.upload_idx(tokens)?;
+        let (tb, _t) = self.in_bf16(table)?;
+        let o = self.out_bf16(out, false)?;
+        kc::embedding::embedding_fwd_bf16(&self.ks, &self.stream, o.ptr, DPtr::new(addr(&ids, &self.stream), tokens.len()), tb, tokens.len(), v, c)?;
+        self.finish_bf16(o)
+    }
+
+    fn embedding_bwd(&self, dtable: ViewMut<Self>, dout: View<Self>, tokens: &[u32], v: usize, c: usize) -> Result<()> {
+        const OP: &str = "embedding_bwd";
+        check_len(OP, "dout", dout.len, tokens.len() * c)?;
+        check_len(OP, "dtable", dtable.len, v * c)?;
+        check_ids(OP, tokens, v, "token")?;
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let (uniq, offsets, order) = kc::embedding::group_rows(tokens);
+        let (du, doff, dord) = (self.upload_idx(&uniq)?, self.upload_idx(&offsets)?, self.upload_idx(&order)?);
+        let (d, _t) = self.in_bf16(dout)?;
+        let o = self.out_f32(dtable, true)?;
+        let st = &self.stream;
+        kc::embedding::embedding_bwd_f32(
+            &self.ks,
+            st,
+            o.ptr,
+            d,
+            DPtr::new(addr(&du, st), uniq.len()),
+            DPtr::new(addr(&doff, st), offsets.len()),
+            DPtr::new(addr(&dord, st), order.len()),
+            uniq.len(),
+            tokens.len(),
+            v,
+            c,
+        )?;
+        self.finish_f32(o)
+    }
+
+    fn matmul(&self, c: ViewMut<Self>, a: View<Self>, b: View<Self>, g: Gemm) -> Result<()> {
+        const OP: &str = "matmul";
+        let Gemm { m, n, k, ta, tb, write } = g;
+        check_min_len(OP, "c", c.len, m * n)?;
+        check_min_len(OP, "a", a.len, m * k)?;
+        check_min_len(OP, "b", b.len, k * n)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let c = ViewMut { buf: c.buf, off: c.off, len: m * n };
+        if k == 0 {
+            return if write == GradWrite::Overwrite { self.zero(c) } else { Ok(()) };
+        }
+        let (ap, _ta) = self.in_bf16(a)?;
+        let (bp, _tb) = self.in_bf16(b)?;
+        let accumulate = write == GradWrite::Accumulate;
+        if c.buf.kind == BufKind::Act {
+            let o = self.out_bf16(c, accumulate)?;
+            // SAFETY: a, b, c windows hold m*k, k*n, m*n elements (checked above).
+            unsafe { self.blas.matmul(&self.stream, o.ptr.addr, OutType::Bf16, ap.addr, bp.addr, m, n, k, ta, tb, write)? };
+            self.finish_bf16(o)
+        } else {
+            let o = self.out_f32(c, accumulate)?;
+            // SAFETY: as above, C as f32.
+            unsafe { self.blas.matmul(&self.stream, o.ptr.addr, OutType::F32, ap.addr, bp.addr, m, n, k, ta, tb, write)? };
+            self.finish_f32(o)
+        }
+    }
+
+    fn rmsnorm_fwd(&self, out: ViewMut<Self>, rstd: ViewMut<Self>, inp: View<Self>, weight: View<Self>, n: usize, c: usize, eps: f32) -> Result<()> {
+        const OP: &str = "rmsnorm_fwd";
+        check_len(OP, "out", out.len, n * c)?;
+        check_len(OP, "rstd", rstd.len, n)?;
+        check_len(OP, "inp", inp.len, n * c)?;
+        check_len(OP, "weight", weight.len, c)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (x, _t1) = self.in_bf16(inp)?;
+        let (w, _t2) = self.in_bf16(weight)?;
+        let o = self.out_bf16(out, false)?;
+        let r = self.out_f32(rstd, false)?;
+        kc::rmsnorm::rmsnorm_fwd_bf16(&self.ks, &self.stream, o.ptr, r.ptr, x, w, n, c, eps)?;
+        self.finish_bf16(o)?;
+        self.finish_f32(r)
+    }
+
+    fn rmsnorm_bwd(
+        &self,
+        dinp: ViewMut<Self>,
+        dweight: ViewMut<Self>,
+        dout: View<Self>,
+        inp: View<Self>,
+        weight: View<Self>,
+        rstd: View<Self>,
+        n: usize,
+        c: usize,
+        dinp_write: GradWrite,
+    ) -> Result<()> {
+        const OP: &str = "rmsnorm_bwd";
+        check_len(OP, "dinp", dinp.len, n * c)?;
+        check_len(OP, "dweight", dweight.len, c)?;
+        check_len(OP, "dout", dout.len, n * c)?;
+        check_len(OP, "inp", inp.len, n * c)?;
+        check_len(OP, "weight", weight.len, c)?;
+        check_len(OP, "rstd", rstd.len, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (dy, _t1) = self.in_bf16(dout)?;
+        let (x, _t2) = self.in_bf16(inp)?;
+        let (w, _t3) = self.in_bf16(weight)?;
+        let (r, _t4) = self.in_f32(rstd)?;
+        let parts = kc::rmsnorm::bwd_blocks(n);
+        let partial = self.tmp_f32(parts * c)?;
+        let pp = self.dp_f32(&partial, 0, parts * c);
+        let di = self.out_bf16(dinp, dinp_write == GradWrite::Accumulate)?;
+        let dw = self.out_f32(dweight, true)?;
+        kc::rmsnorm::rmsnorm_bwd_bf16(&self.ks, &self.stream, di.ptr, pp, dy, x, w, r, n, c, dinp_write)?;
+        kc::rmsnorm::rmsnorm_bwd_dweight_f32(&self.ks, &self.stream, dw.ptr, pp, parts, c)?;
+        self.finish_bf16(di)?;
+        self.finish_f32(dw)
+    }
+
+    fn rope_fwd(&self, x: ViewMut<Self>, table: View<Self>, s: RopeShape) -> Result<()> {
+        check_len("rope_fwd", "x", x.len, s.b * s.t * s.heads * s.hd)?;
+        let (tb, _t) = self.in_f32(table)?;
+        let o = self.out_bf16(x, true)?;
+        kc::rope::rope_fwd_bf16(&self.ks, &self.stream, o.ptr, tb, s)?;
+        self.finish_bf16(o)
+    }
+
+    fn rope_bwd(&self, dx: ViewMut<Self>, table: View<Self>, s: RopeShape) -> Result<()> {
+        check_len("rope_bwd", "dx", dx.len, s.b * s.t * s.heads * s.hd)?;
+        let (tb, _t) = self.in_f32(table)?;
+        let o = self.out_bf16(dx, true)?;
+        kc::rope::rope_bwd_bf16(&self.ks, &self.stream, o.ptr, tb, s)?;
+        self.finish_bf16(o)
+    }
+
+    fn attention_fwd(&self, out: ViewMut<Self>, lse: ViewMut<Self>, q: View<Self>, k: View<Self>, v: View<Self>, s: AttnShape) -> Result<()> {
+        const OP: &str = "attention_fwd";
+        s.validate(OP)?;
+        check_len(OP, "out", out.len, s.b * s.tq * s.n_head * s.hd)?;
+        check_len(OP, "lse", lse.len, s.b * s.n_head * s.tq)?;
+        if s.b == 0 || s.tq == 0 {
+            return Ok(());
+        }
+        let (qp, _t1) = self.in_bf16(q)?;
+        let (kp, _t2) = self.in_bf16(k)?;
+        let (vp, _t3) = self.in_bf16(v)?;
+        let o = self.out_bf16(out, false)?;
+        let l = self.out_f32(lse, false)?;
+        if self.use_mma(s.tq) {
+            kc::attention::attention_fwd_mma_bf16(&self.ks, &self.stream, o.ptr, l.ptr, qp, kp, vp, &s)?;
+        } else {
+            kc::attention::attention_fwd_bf16(&self.ks, &self.stream, o.ptr, l.ptr, qp, kp, vp, &s)?;
+        }
+        self.finish_bf16(o)?;
+        self.finish_f32(l)
+    }
+
+    fn attention_bwd(
+        &self,
+        dq: ViewMut<Self>,
+        dk: ViewMut<Self>,
+        dv: ViewMut<Self>,
+        dout: View<Self>,
+        q: View<Self>,
+        k: View<Self>,
+        v: View<Self>,
+        out: View<Self>,
+        lse: View<Self>,
+        s: AttnShape,
+    ) -> Result<()> {
+        const OP: &str = "attention_bwd";
+        s.validate(OP)?;
+        check_len(OP, "dq", dq.len, s.b * s.tq * s.n_head * s.hd)?;
+        check_len(OP, "dk", dk.len, s.b * s.cap * s.n_kv_head * s.hd)?;
+        check_len(OP, "dv", dv.len, s.b * s.cap * s.n_kv_head * s.hd)?;
+        if s.b == 0 || s.tq == 0 {
+            return Ok(());
+        }
+        let (dop, _t1) = self.in_bf16(dout)?;
+        let (qp, _t2) = self.in_bf16(q)?;
+        let (kp, _t3) = self.in_bf16(k)?;
+        let (vp, _t4) = self.in_bf16(v)?;
+        let (op, _t5) = self.in_bf16(out)?;
+        let (lp, _t6) = self.in_f32(lse)?;
+        let nd = s.b * s.n_head * s.tq;
+        let delta = self.tmp_f32(nd)?;
+        let dq = self.out_bf16(dq, false)?;
+        let dk = self.out_bf16(dk, false)?;
+        let dv = self.out_bf16(dv, false)?;
+        let dl = self.dp_f32(&delta, 0, nd);
+        if self.use_mma(s.tq) {
+            kc::attention::attention_bwd_mma_bf16(&self.ks, &self.stream, dq.ptr, dk.ptr, dv.ptr, dl, dop, qp, kp, vp, op, lp, &s)?;
+        } else {
+            kc::attention::attention_bwd_bf16(&self.ks, &self.stream, dq.ptr, dk.ptr, dv.ptr, dl, dop, qp, kp, vp, op, lp, &s)?;
+        }
+        self.finish_bf16(dq)?;
+        self.finish_bf16(dk)?;
+        self.finish_bf16(dv)
+    }
+
+    fn swiglu_fwd(&self, out: ViewMut<Self>, gate: View<Self>, up: View<Self>) -> Result<()> {
+        check_len("swiglu_fwd", "gate", gate.len, out.len)?;
+        check_len("swiglu_fwd", "up", up.len, out.len)?;
+        let n = out.len;
+        let (g, _t1) = self.in_bf16(gate)?;
+        let (u, _t2) = self.in_bf16(up)?;
+        let o = self.out_bf16(out, false)?;
+        kc::swiglu::swiglu_fwd_bf16(&self.ks, &self.stream, o.ptr, g, u, n)?;
+        self.finish_bf16(o)
+    }
+
+    fn swiglu_bwd(&self, dgate: ViewMut<Self>, dup: ViewMut<Self>, dout: View<Self>, gate: View<Self>, up: View<Self>) -> Result<()> {
+        let n = dout.len;
+        for (name, len) in [("dgate", dgate.len), ("dup", dup.len), ("gate", gate.len), ("up", up.len)] {
+            check_len("swiglu_bwd", name, len, n)?;
+        }
+        let (d, _t1) = self.in_bf16(dout)?;
+        let (g, _t2) = self.in_bf16(gate)?;
+        let (u, _t3) = self.in_bf16(up)?;
+        let dg = self.out_bf16(dgate, false)?;
+        let du = self.out_bf16(dup, false)?;
+        kc::swiglu::swiglu_bwd_bf16(&self.ks, &self.stream, dg.ptr, du.ptr, d, g, u, n)?;
+        self.finish_bf16(dg)?;
+        self.finish_bf16(du)
+    }
+
+    fn cross_entropy(&self, logits: ViewMut<Self>, losses: ViewMut<Self>, targets: &[i32], v: usize, grad: CeGrad) -> Result<()> {
+        const OP: &str = "cross_entropy";
+        let n = targets.len();
+        check_len(OP, "logits", logits.len, n * v)?;
+        check_len(OP, "losses", losses.len, n)?;
+        if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t >= 0 && t as usize >= v) {
+            return Err(RtError::Op { op: OP, msg: format!("target {t} at row {i} is out of range for vocabulary {v}") });
+        }
+        if let CeGrad::PerRow(cf) = grad {
+            check_len(OP, "coef", cf.len(), n)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let tg = self.upload_idx(targets)?;
+        let coef = match grad {
+            CeGrad::PerRow(cf) => Some(self.upload_idx(cf)?),
+            _ => None,
+        };
+        let mode = match grad {
+            CeGrad::None => CeMode::LossOnly,
+            CeGrad::Uniform(s) => CeMode::Uniform(s),
+            CeGrad::PerRow(_) => CeMode::PerRow(coef.as_ref().map(|c| self.dp_f32(c, 0, n)).ok_or_else(|| cu_err(OP, "coefficients"))?),
+        };
+        let writes = !matches!(grad, CeGrad::None);
+        let lg = self.out_bf16(logits, true)?;
+        let ls = self.out_f32(losses, false)?;
+        kc::cross_entropy::cross_entropy_fwd_bwd_bf16(&self.ks, &self.stream, lg.ptr, ls.ptr, DPtr::new(addr(&tg, &self.stream), n), mode, n, v)?;
+        if writes {
+            self.finish_bf16(lg)?;
+        }
+        self.finish_f32(ls)
+    }
+
+    fn add(&self, out: ViewMut<Self>, a: View<Self>, b: View<Self>) -> Result<()> {
+        check_len("add", "a", a.len, out.len)?;
+        check_len("add", "b", b.len, out.len)?;
+        let n = out.len;
+        let kinds = [out.buf.kind, a.buf.kind, b.buf.kind];
+        if Self::all_kind(BufKind::Act, &kinds) {
+            let (ap, _t1) = self.in_bf16(a)?;
+            let (bp, _t2) = self.in_bf16(b)?;
+            let o = self.out_bf16(out, false)?;
+            kc::elementwise::add_fwd_bf16(&self.ks, &self.stream, o.ptr, ap, bp, n)?;
+            self.finish_bf16(o)
+        } else {
+            let (ap, _t1) = self.in_f32(a)?;
+            let (bp, _t2) = self.in_f32(b)?;
+            let o = self.out_f32(out, false)?;
+            kc::elementwise::add_fwd_f32(&self.ks, &self.stream, o.ptr, ap, bp, n)?;
+            self.finish_f32(o)
+        }
+    }
+
+    fn add_assign(&self, x: ViewMut<Self>, y: View<Self>) -> Result<()> {
+        check_len("add_assign", "y", y.len, x.len)?;
+        let n = x.len;
+        if x.buf.kind == BufKind::Act && y.buf.kind == BufKind::Act {
+            let (yp, _t) = self.in_bf16(y)?;
+            let o = self.out_bf16(x, true)?;
+            kc::elementwise::add_assign_bf16(&self.ks, &self.stream, o.ptr, yp, n)?;
+            self.finish_bf16(o)
+        } else {
+            let (yp, _t) = self.in_f32(y)?;
+            let o = self.out_f32(x, true)?;
+            kc::elementwise::add_assign_f32(&self.ks, &self.stream, o.ptr, yp, n)?;
+            self.finish_f32(o)
+        }
+    }
+
+    fn scale(&self, x: ViewMut<Self>, s: f32) -> Result<()> {
+        let n = x.len;
+        if x.buf.kind == BufKind::Act {
+            let o = self.out_bf16(x, true)?;
+            kc::elementwise::scale_bf16(&self.ks, &self.stream, o.ptr, s, n)?;
+            self.finish_bf16(o)
+        } else {
+            let o = self.out_f32(x, true)?;
+            kc::elementwise::scale_f32(&self.ks, &self.stream, o.ptr, s, n)?;
+            self.finish_f32(o)
+        }
+    }
+
+    fn gather_rows(&self, out: ViewMut<Self>, src: View<Self>, rows: &[u32], c: usize) -> Result<()> {
+        const OP: &str = "gather_rows";
+        check_len(OP, "out", out.len, rows.len() * c)?;
+        let src_rows = src.len.checked_div(c).unwrap_or(0);
+        check_ids(OP, rows, src_rows, "row")?;
+        if rows.is_empty() || c == 0 {
+            return Ok(());
+        }
+        let r = self.upload_idx(rows)?;
+        let rp = DPtr::new(addr(&r, &self.stream), rows.len());
+        if out.buf.kind == BufKind::Act && src.buf.kind == BufKind::Act {
+            let (sp, _t) = self.in_bf16(src)?;
+            let o = self.out_bf16(out, false)?;
+            kc::elementwise::gather_rows_bf16(&self.ks, &self.stream, o.ptr, sp, src_rows, rp, rows.len(), c)?;
+            self.finish_bf16(o)
+        } else {
+            let (sp, _t) = self.in_f32(src)?;
+            let o = self.out_f32(out, false)?;
+            kc::elementwise::gather_rows_f32(&self.ks, &self.stream, o.ptr, sp, src_rows, rp, rows.len(), c)?;
+            self.finish_f32(o)
+        }
+    }
+
+    fn scatter_add_rows(&self, dst: ViewMut<Self>, src: View<Self>, rows: &[u32], c: usize) -> Result<()> {
+        const OP: &str = "scatter_add_rows";
+        check_len(OP, "src", src.len, rows.len() * c)?;
+        let dst_rows = dst.len.checked_div(c).unwrap_or(0);
+        check_ids(OP, rows, dst_rows, "row")?;
+        if rows.is_empty() || c == 0 {
+            return Ok(());
+        }
+        let r = self.upload_idx(rows)?;
+        let rp = DPtr::new(addr(&r, &self.stream), rows.len());
+        if dst.buf.kind == BufKind::Act && src.buf.kind == BufKind::Act {
+            let (sp, _t) = self.in_bf16(src)?;
+            let o = self.out_bf16(dst, true)?;
+            kc::elementwise::scatter_add_rows_bf16(&self.ks, &self.stream, o.ptr, dst_rows, sp, rp, rows.len(), c)?;
+            self.finish_bf16(o)
+        } else {
+            let (sp, _t) = self.in_f32(src)?;
+            let o = self.out_f32(dst, true)?;
+            kc::elementwise::scatter_add_rows_f32(&self.ks, &self.stream, o.ptr, dst_rows, sp, rp, rows.len(), c)?;
+            self.finish_f32(o)
+        }
+    }
+
+    fn kv_write(&self, cache: ViewMut<Self>, new: View<Self>, b: usize, t: usize, cap: usize, w: usize, pos0: usize) -> Result<()> {
+        const OP: &str = "kv_write";
+        if pos0 + t > cap {
+            return Err(RtError::Op { op: OP, msg: format!("positions {pos0}..{} exceed the cache length {cap}", pos0 + t) });
+        }
+        check_len(OP, "new", new.len, b * t * w)?;
+        check_min_len(OP, "cache", cache.len, b * cap * w)?;
+        if b * t * w == 0 {
+            return Ok(());
+        }
+        if cache.buf.kind == BufKind::Act && new.buf.kind == BufKind::Act {
+            let (sp, _t) = self.in_bf16(new)?;
+            let o = self.out_bf16(cache, true)?;
+            kc::elementwise::kv_write_bf16(&self.ks, &self.stream, o.ptr, sp, b, t, cap, w, pos0)?;
+            self.finish_bf16(o)
+        } else {
+            let (sp, _t) = self.in_f32(new)?;
+            let o = self.out_f32(cache, true)?;
+            kc::elementwise::kv_write_f32(&self.ks, &self.stream, o.ptr, sp, b, t, cap, w, pos0)?;
+            self.finish_f32(o)
+        }
+    }
+
+    fn sum_squares(&self, x: View<Self>) -> Result<f64> {
+        let n = x.len;
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let blocks = kc::elementwise::sum_squares_blocks(n);
+        // SAFETY: the kernel writes all `blocks` partials before they are read.
+        let partial = unsafe { self.stream.alloc::<f64>(blocks) }.map_err(|e| cu_err("allocation", e))?;
+        let pp = DPtr::new(addr(&partial, &self.stream), blocks);
+        match &x.buf.st {
+            Store::Bf16(s) => kc::elementwise::sum_squares_bf16(&self.ks, &self.stream, pp, self.dp_bf16(s, x.off, n), n)?,
+            Store::F32(s) | Store::Param { master: s, .. } => kc::elementwise::sum_squares_f32(&self.ks, &self.stream, pp, self.dp_f32(s, x.off, n), n)?,
+        }
+        let mut host = vec![0f64; blocks];
+        self.stream.memcpy_dtoh(&partial, &mut host).map_err(|e| cu_err("download", e))?;
+        self.stream.synchronize().map_err(|e| cu_err("synchronize", e))?;
+        // in block order: the same sum on every run
+        Ok(host.iter().sum())
+    }
+
+    fn adamw(&self, params: ViewMut<Self>, grads: View<Self>, m: ViewMut<Self>, v: ViewMut<Self>, h: AdamWStep) -> Result<()> {
+        const OP: &str = "adamw";
+        let n = params.len;
+        check_len(OP, "grads", grads.len, n)?;
+        check_len(OP, "m", m.len, n)?;
+        check_len(OP, "v", v.len, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (g, _t) = self.in_f32(grads)?;
+        let mo = self.out_f32(m, true)?;
+        let vo = self.out_f32(v, true)?;
+        let (poff, plen) = (params.off, params.len);
+        match &params.buf.st {
+            Store::Param { master, work } => {
+                let (pm, pw) = (self.dp_f32(master, poff, plen), self.dp_bf16(work, poff, plen));
+                kc::adamw::adamw_step_f32(&self.ks, &self.stream, pm, pw, g, mo.ptr, vo.ptr, n, &h)?;
+            }
+            _ => {
+                // not a Param: update an f32 view; the bf16 copy goes to a scratch
+                let scratch = self.tmp_u16(n)?;
+                let sp = self.dp_bf16(&scratch, 0, n);
+                let po = self.out_f32(params, true)?;
+                kc::adamw::adamw_step_f32(&self.ks, &self.stream, po.ptr, sp, g, mo.ptr, vo.ptr, n, &h)?;
+                self.finish_f32(po)?;
+            }
+        }
+        self.finish_f32(mo)?;
+        self.finish_f32(vo)
+    }
+}

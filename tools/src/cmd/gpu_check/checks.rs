@@ -1,0 +1,609 @@
+//! The kernel-level checks of `gpu-check`: each op runs through the
+//! `Backend` trait on the CPU backend (the f32 reference) and on the CUDA
+//! backend with the same inputs, and each output is compared.
+//!
+//! Inputs are drawn from the seeded RNG and rounded to bf16, so both
+//! backends see exactly the same values (the GPU stores activations in
+//! bf16). GPU outputs are poisoned with NaN first; NaN never passes.
+//!
+//! Tolerances (STYLE.md section 5):
+//! - kernels that compute in f32 and round once to bf16: per element
+//!   `|gpu − ref| <= ATOL_BF16 + RTOL_BF16·|ref|`;
+//! - low-precision kernels with long reductions (attention, matmul, RMSNorm
+//!   backward): flash-attn's rule, max error vs the f32 reference at most
+//!   FA_FWD (forward) or FA_BWD (backward) times the max error of the naive
+//!   bf16 reference (the f32 reference rounded to bf16 where the kernel
+//!   stores bf16), plus F32_FLOOR·max|ref| for f32 rounding noise;
+//! - f32 outputs (rstd, lse, losses, weight gradients, optimizer state):
+//!   per element with RTOL_F32/ATOL_F32, or relative to the tensor's max
+//!   for reductions over many rows (F32_SUM).
+
+use super::reference::{attention_bwd_naive_bf16, attention_naive_bf16p, bfr};
+use llama2_runtime::kernels::attention::AttnShape;
+use llama2_runtime::kernels::rope::rope_table;
+use llama2_runtime::rng::Rng;
+use llama2_runtime::*;
+
+/// bf16 machine epsilon: the spacing of bf16 numbers at 1.0 (8 bits of mantissa).
+const BF16_EPS: f64 = 1.0 / 128.0;
+/// One rounding to bf16 costs at most BF16_EPS/2 relative; a different f32
+/// order can move a value across a rounding boundary, one more BF16_EPS.
+/// 4·BF16_EPS (STYLE.md) leaves margin over that 1.5·BF16_EPS.
+const RTOL_BF16: f64 = 4.0 * BF16_EPS;
+/// Absolute floor for values near 0 from cancelling f32 terms of O(1)
+/// inputs (rope's a·cos − b·sin, rmsnorm's r·g − k·x): a few f32 ulps of the
+/// terms (~1e-7 each); 1e-5 is 100x that and still far below BF16_EPS.
+const ATOL_BF16: f64 = 1e-5;
+/// f32 statistics (rstd, lse, per-row losses) computed in another order:
+/// a few ulps of f32 (1.2e-7) per reduction level of up to 32k terms.
+const RTOL_F32: f64 = 1e-5;
+const ATOL_F32: f64 = 1e-6;
+/// f32 sums over up to 16k rows in another order (weight gradients): the
+/// error grows like sqrt(n)·eps_f32·Σ|terms| ~ 1e-5 of the largest value.
+const F32_SUM: f64 = 1e-4;
+/// flash-attn's rule: forward error <= 2x, backward <= 3x the naive bf16 error.
+const FA_FWD: f64 = 2.0;
+const FA_BWD: f64 = 3.0;
+/// f32 noise allowed on top of the flash-attn bound, relative to max|ref|.
+const F32_FLOOR: f64 = 1e-6;
+/// AdamW mirrors the CPU kernel operation by operation (no FMA
+/// contraction, IEEE sqrt and division): bit-identical is expected; allow
+/// one f32 ulp in case a compiler rewrites anyway.
+const RTOL_ADAMW: f64 = 1.2e-7;
+
+/// How an output is compared.
+#[derive(Clone, Copy, Debug)]
+pub enum Rule {
+    /// per element: |g − r| <= atol + rtol·|r|
+    Elem { rtol: f64, atol: f64 },
+    /// max|g − r| <= factor·max|bf16(r) − r| + F32_FLOOR·max|r|
+    FlashAttn { factor: f64 },
+    /// max|g − r| <= tol·max|r|
+    MaxRel { tol: f64 },
+}
+
+const BF: Rule = Rule::Elem { rtol: RTOL_BF16, atol: ATOL_BF16 };
+const F32: Rule = Rule::Elem { rtol: RTOL_F32, atol: ATOL_F32 };
+
+/// One compared output.
+pub struct Row {
+    pub name: String,
+    pub max_abs: f64,
+    /// fraction of the tolerance used (<= 1 passes)
+    pub used: f64,
+    pub ok: bool,
+    pub first_bad: String,
+}
+
+pub struct Checker {
+    cpu: CpuBackend,
+    gpu: CudaBackend,
+    rng: Rng,
+    quick: bool,
+    rows: Vec<Row>,
+}
+
+fn put<B: Backend>(be: &B, data: &[f32], kind: BufKind) -> Result<B::Buf> {
+    let mut b = be.alloc(data.len(), kind)?;
+    be.upload(vm(&mut b), data)?;
+    Ok(b)
+}
+
+fn nan_buf<B: Backend>(be: &B, n: usize, kind: BufKind) -> Result<B::Buf> {
+    put(be, &vec![f32::NAN; n], kind)
+}
+
+fn get<B: Backend>(be: &B, b: &B::Buf) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; b.len()];
+    be.download(v(b), &mut out)?;
+    Ok(out)
+}
+
+impl Checker {
+    pub fn new(cpu: CpuBackend, gpu: CudaBackend, seed: u64, quick: bool) -> Self {
+        Checker { cpu, gpu, rng: Rng::derive(seed, "gpu-check"), quick, rows: Vec::new() }
+    }
+
+    pub fn into_gpu(self) -> CudaBackend {
+        self.gpu
+    }
+    pub fn backends(&self) -> (&CpuBackend, &CudaBackend) {
+        (&self.cpu, &self.gpu)
+    }
+
+    /// Records a scalar check: passes when `err <= limit` (NaN fails).
+    pub fn record(&mut self, name: String, err: f64, limit: f64) {
+        let used = if limit > 0.0 {
+            err / limit
+        } else if err == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        };
+        let ok = used <= 1.0;
+        let used = if used.is_nan() { f64::INFINITY } else { used };
+        self.rows.push(Row { name, max_abs: err, used, ok, first_bad: if ok { String::new() } else { format!(" {err:.4e} > limit {limit:.4e}") } });
+    }
+
+    fn randn(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| bfr(self.rng.normal() * scale)).collect()
+    }
+
+    /// Compares `g` with `r` under `rule` and records the row. The negated
+    /// comparisons are deliberate: a NaN must count as out of tolerance.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    fn cmp(&mut self, name: String, g: &[f32], r: &[f32], rule: Rule) {
+        let n = g.len().min(r.len());
+        let mut max_abs = 0f64;
+        let mut used = 0f64;
+        let mut first_bad = String::new();
+        let len_ok = g.len() == r.len();
+        let max_ref = r.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+        let limit = match rule {
+            Rule::FlashAttn { factor } => {
+                let naive = r.iter().fold(0f64, |m, &x| m.max((bfr(x) as f64 - x as f64).abs()));
+                factor * naive + F32_FLOOR * max_ref
+            }
+            Rule::MaxRel { tol } => tol * max_ref,
+            Rule::Elem { .. } => 1.0,
+        };
+        let mut bad = 0usize;
+        for i in 0..n {
+            let (gi, ri) = (g[i] as f64, r[i] as f64);
+            let d = (gi - ri).abs();
+            let u = match rule {
+                Rule::Elem { rtol, atol } => d / (atol + rtol * ri.abs()),
+                _ => d / limit.max(f64::MIN_POSITIVE),
+            };
+            if !(d <= max_abs) {
+                max_abs = if d.is_nan() { f64::NAN } else { d };
+            }
+            if !(u <= used) {
+                used = if u.is_nan() { f64::INFINITY } else { u };
+            }
+            if !(u <= 1.0) {
+                if bad < 3 {
+                    first_bad.push_str(&format!(" [{i}] gpu {gi:.6e} ref {ri:.6e};"));
+                }
+                bad += 1;
+            }
+        }
+        if bad > 0 {
+            first_bad.push_str(&format!(" {bad} of {n} out of tolerance"));
+        }
+        if !len_ok {
+            first_bad.push_str(&format!(" length {} vs {}", g.len(), r.len()));
+        }
+        let ok = len_ok && bad == 0 && used <= 1.0;
+        self.rows.push(Row { name, max_abs, used, ok, first_bad });
+    }
+
+    /// flash-attn's rule against an explicit naive bf16 reference `naive`
+    /// (computed with the kernel's own bf16 rounding points): max|g − r| <=
+    /// factor·max|naive − r| + F32_FLOOR·max|r|.
+    fn cmp_naive(&mut self, name: String, g: &[f32], r: &[f32], naive: &[f32], factor: f64) {
+        let max_ref = r.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+        let naive_err = naive.iter().zip(r).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+        let limit = factor * naive_err + F32_FLOOR * max_ref;
+        self.cmp(name, g, r, Rule::MaxRel { tol: limit / max_ref.max(f64::MIN_POSITIVE) });
+    }
+
+    /// Prints the table; returns the number of failed rows.
+    pub fn report(&self) -> usize {
+        println!("{:<58} {:>12} {:>9}  result", "check", "max |err|", "tol used");
+        let mut failed = 0;
+        for r in &self.rows {
+            println!("{:<58} {:>12.3e} {:>8.1}%  {}{}", r.name, r.max_abs, 100.0 * r.used, if r.ok { "ok" } else { "FAIL" }, r.first_bad);
+            if !r.ok {
+                failed += 1;
+            }
+        }
+        println!("{} passed, {} failed", self.rows.len() - failed, failed);
+        failed
+    }
+
+    pub fn json(&self) -> String {
+        let rows: Vec<serde_json::Value> =
+            self.rows.iter().map(|r| serde_json::json!({"check": r.name, "max_abs_err": r.max_abs, "tol_used": r.used, "ok": r.ok})).collect();
+        serde_json::Value::Array(rows).to_string()
+    }
+
+    /// Runs one group of checks; an error (a refused launch, a CUDA fault)
+    /// becomes a failed row instead of ending the run, so one broken kernel
+    /// does not hide the results of the others.
+    fn guard(&mut self, name: &str, f: impl FnOnce(&mut Self) -> anyhow::Result<()>) {
+        if let Err(e) = f(self) {
+            self.rows.push(Row { name: format!("{name}: error"), max_abs: f64::NAN, used: f64::INFINITY, ok: false, first_bad: format!(" {e:#}") });
+        }
+    }
+
+    pub fn run_all(&mut self) -> anyhow::Result<()> {
+        self.guard("elementwise", |s| s.elementwise());
+        self.guard("embedding", |s| s.embedding(97, 1000, 256));
+        self.guard("embedding", |s| s.embedding(4096, 32000, 4096));
+        for (n, c) in [(1, 256), (97, 4096), (4096, 4096), (333, 8192)] {
+            if self.quick && n > 97 {
+                continue;
+            }
+            self.guard("rmsnorm", |s| s.rmsnorm(n, c));
+        }
+        for (b, t, heads, hd, pos0) in [(3, 97, 4, 64, 0), (1, 97, 8, 128, 5), (2, 1024, 32, 128, 0)] {
+            if self.quick && t > 97 {
+                continue;
+            }
+            self.guard("rope", |s| s.rope(b, t, heads, hd, pos0));
+        }
+        self.guard("swiglu", |s| s.swiglu(97 * 1000 + 3));
+        if !self.quick {
+            self.guard("swiglu", |s| s.swiglu(4096 * 11008));
+        }
+        self.guard("cross_entropy", |s| s.cross_entropy(97, 97));
+        let rows = if self.quick { 37 } else { 1024 };
+        self.guard("cross_entropy", |s| s.cross_entropy(rows, 32000));
+        self.guard("adamw", |s| s.adamw(1_000_003));
+        for (m, n, k) in [(97, 96, 128), (1024, 4096, 4096), (333, 1000, 520)] {
+            if self.quick && m > 97 {
+                continue;
+            }
+            self.guard("matmul", |s| s.matmul(m, n, k));
+        }
+        let ts: &[usize] = if self.quick { &[1, 97] } else { &[1, 97, 1024, 4096] };
+        for &t in ts {
+            for hd in [64, 128] {
+                for nkv in [16, 8, 1] {
+                    let b = if t <= 97 { 3 } else { 1 };
+                    self.guard(&format!("attention t={t} hd={hd} kv={nkv}"), |s| s.attention(AttnShape::causal(b, t, 16, nkv, hd)));
+                }
+            }
+        }
+        // decoding (one query) and a prefill chunk against a cache
+        for (tq, tkv, cap, hd) in [(1, 97, 128, 128), (1, 1000, 1024, 128), (1, 33, 40, 64), (37, 100, 128, 128), (70, 70, 96, 64)] {
+            self.guard("attention decode", |s| s.attention_decode(AttnShape { b: 2, tq, tkv, cap, n_head: 16, n_kv_head: 8, hd }));
+        }
+        Ok(())
+    }
+
+    fn elementwise(&mut self) -> anyhow::Result<()> {
+        let n = 100_003; // odd: exercises the scalar tails
+        for kind in [BufKind::Act, BufKind::F32] {
+            let k = if kind == BufKind::Act { "bf16" } else { "f32" };
+            let (a, b) = (self.randn(n, 1.0), self.randn(n, 1.0));
+            let rule = if kind == BufKind::Act { BF } else { F32 };
+            // add
+            let (ca, cb, mut co) = (put(&self.cpu, &a, kind)?, put(&self.cpu, &b, kind)?, put(&self.cpu, &vec![0.0; n], kind)?);
+            self.cpu.add(vm(&mut co), v(&ca), v(&cb))?;
+            let (ga, gb, mut go) = (put(&self.gpu, &a, kind)?, put(&self.gpu, &b, kind)?, nan_buf(&self.gpu, n, kind)?);
+            self.gpu.add(vm(&mut go), v(&ga), v(&gb))?;
+            let (g, r) = (get(&self.gpu, &go)?, get(&self.cpu, &co)?);
+            self.cmp(format!("add_{k} n={n}"), &g, &r, rule);
+            // add_assign on an odd window (offset 3: unaligned path)
+            let mut cx = put(&self.cpu, &a, kind)?;
+            let mut gx = put(&self.gpu, &a, kind)?;
+            self.cpu.add_assign(vm(&mut cx).sub(3, n - 3)?, v(&cb).sub(0, n - 3)?)?;
+            self.gpu.add_assign(vm(&mut gx).sub(3, n - 3)?, v(&gb).sub(0, n - 3)?)?;
+            let (g, r) = (get(&self.gpu, &gx)?, get(&self.cpu, &cx)?);
+            self.cmp(format!("add_assign_{k} n={} (offset 3)", n - 3), &g, &r, rule);
+            // scale
+            self.cpu.scale(vm(&mut cx), 0.37)?;
+            self.gpu.scale(vm(&mut gx), 0.37)?;
+            let (g, r) = (get(&self.gpu, &gx)?, get(&self.cpu, &cx)?);
+            self.cmp(format!("scale_{k} n={n}"), &g, &r, rule);
+            // sum of squares (f64 on the host)
+            let (cs, gs) = (self.cpu.sum_squares(v(&ca))?, self.gpu.sum_squares(v(&ga))?);
+            self.cmp(format!("sum_squares_{k} n={n}"), &[gs as f32], &[cs as f32], F32);
+            // gather / scatter-add of rows (repeated rows in order)
+            let c = 100;
+            let rows: Vec<u32> = vec![5, 0, 999, 5, 17];
+            let mut cg = put(&self.cpu, &vec![0.0; rows.len() * c], kind)?;
+            let mut gg = nan_buf(&self.gpu, rows.len() * c, kind)?;
+            self.cpu.gather_rows(vm(&mut cg), v(&ca), &rows, c)?;
+            self.gpu.gather_rows(vm(&mut gg), v(&ga), &rows, c)?;
+            let (g, r) = (get(&self.gpu, &gg)?, get(&self.cpu, &cg)?);
+            self.cmp(format!("gather_rows_{k}"), &g, &r, rule);
+            self.cpu.scatter_add_rows(vm(&mut cx), v(&cg), &rows, c)?;
+            self.gpu.scatter_add_rows(vm(&mut gx), v(&gg), &rows, c)?;
+            let (g, r) = (get(&self.gpu, &gx)?, get(&self.cpu, &cx)?);
+            self.cmp(format!("scatter_add_rows_{k}"), &g, &r, rule);
+            // KV-cache write
+            let (b, t, cap, w, pos0) = (2, 7, 16, 256, 5);
+            let new = self.randn(b * t * w, 1.0);
+            let base = self.randn(b * cap * w, 1.0);
+            let (mut cc, cn) = (put(&self.cpu, &base, kind)?, put(&self.cpu, &new, kind)?);
+            let (mut gc, gn) = (put(&self.gpu, &base, kind)?, put(&self.gpu, &new, kind)?);
+            self.cpu.kv_write(vm(&mut cc), v(&cn), b, t, cap, w, pos0)?;
+            self.gpu.kv_write(vm(&mut gc), v(&gn), b, t, cap, w, pos0)?;
+            let (g, r) = (get(&self.gpu, &gc)?, get(&self.cpu, &cc)?);
+            self.cmp(format!("kv_write_{k}"), &g, &r, rule);
+        }
+        // casts: a Param upload keeps master and bf16 copy; copy F32 -> Act rounds
+        let x: Vec<f32> = (0..n).map(|_| self.rng.normal()).collect(); // not bf16-exact
+        let gp = put(&self.gpu, &x, BufKind::Param)?;
+        let master = get(&self.gpu, &gp)?;
+        self.cmp("param upload: fp32 master".into(), &master, &x, Rule::Elem { rtol: 0.0, atol: 0.0 });
+        let work = self.gpu.download_work(v(&gp))?;
+        let rounded: Vec<f32> = x.iter().map(|&e| bfr(e)).collect();
+        self.cmp("param upload: bf16 copy = bf16(master)".into(), &work, &rounded, Rule::Elem { rtol: 0.0, atol: 0.0 });
+        let gf = put(&self.gpu, &x, BufKind::F32)?;
+        let mut ga = nan_buf(&self.gpu, n, BufKind::Act)?;
+        self.gpu.copy(vm(&mut ga), v(&gf))?;
+        let g = get(&self.gpu, &ga)?;
+        self.cmp("cast_f32_to_bf16 (copy F32 -> Act)".into(), &g, &rounded, Rule::Elem { rtol: 0.0, atol: 0.0 });
+        Ok(())
+    }
+
+    fn embedding(&mut self, n: usize, vocab: usize, c: usize) -> anyhow::Result<()> {
+        let table = self.randn(vocab * c, 1.0);
+        // a skewed draw, so many tokens repeat (the backward's hard case)
+        let tokens: Vec<u32> = (0..n).map(|_| (self.rng.below(vocab as u64).min(self.rng.below(vocab as u64))) as u32).collect();
+        let ct = put(&self.cpu, &table, BufKind::Param)?;
+        let gt = put(&self.gpu, &table, BufKind::Param)?;
+        let mut co = put(&self.cpu, &vec![0.0; n * c], BufKind::Act)?;
+        let mut go = nan_buf(&self.gpu, n * c, BufKind::Act)?;
+        self.cpu.embedding_fwd(vm(&mut co), &tokens, v(&ct), vocab, c)?;
+        self.gpu.embedding_fwd(vm(&mut go), &tokens, v(&gt), vocab, c)?;
+        let (g, r) = (get(&self.gpu, &go)?, get(&self.cpu, &co)?);
+        self.cmp(format!("embedding_fwd n={n} v={vocab} c={c}"), &g, &r, BF);
+        let dout = self.randn(n * c, 1.0);
+        let init = self.randn(vocab * c, 0.1);
+        let (cd, gd) = (put(&self.cpu, &dout, BufKind::Act)?, put(&self.gpu, &dout, BufKind::Act)?);
+        let mut cdt = put(&self.cpu, &init, BufKind::F32)?;
+        let mut gdt = put(&self.gpu, &init, BufKind::F32)?;
+        self.cpu.embedding_bwd(vm(&mut cdt), v(&cd), &tokens, vocab, c)?;
+        self.gpu.embedding_bwd(vm(&mut gdt), v(&gd), &tokens, vocab, c)?;
+        let (g, r) = (get(&self.gpu, &gdt)?, get(&self.cpu, &cdt)?);
+        self.cmp(format!("embedding_bwd n={n} v={vocab} c={c} (+=)"), &g, &r, Rule::MaxRel { tol: F32_SUM });
+        Ok(())
+    }
+
+    fn rmsnorm(&mut self, n: usize, c: usize) -> anyhow::Result<()> {
+        let eps = 1e-5;
+        let x = self.randn(n * c, 1.0);
+        let w: Vec<f32> = (0..c).map(|_| bfr(1.0 + 0.1 * self.rng.normal())).collect();
+        let (cx, gx) = (put(&self.cpu, &x, BufKind::Act)?, put(&self.gpu, &x, BufKind::Act)?);
+        let (cw, gw) = (put(&self.cpu, &w, BufKind::Param)?, put(&self.gpu, &w, BufKind::Param)?);
+        let mut co = put(&self.cpu, &vec![0.0; n * c], BufKind::Act)?;
+        let mut cr = put(&self.cpu, &vec![0.0; n], BufKind::F32)?;
+        let mut go = nan_buf(&self.gpu, n * c, BufKind::Act)?;
+        let mut gr = nan_buf(&self.gpu, n, BufKind::F32)?;
+        self.cpu.rmsnorm_fwd(vm(&mut co), vm(&mut cr), v(&cx), v(&cw), n, c, eps)?;
+        self.gpu.rmsnorm_fwd(vm(&mut go), vm(&mut gr), v(&gx), v(&gw), n, c, eps)?;
+        let (g, r) = (get(&self.gpu, &go)?, get(&self.cpu, &co)?);
+        self.cmp(format!("rmsnorm_fwd n={n} c={c}: out"), &g, &r, BF);
+        let (g, r) = (get(&self.gpu, &gr)?, get(&self.cpu, &cr)?);
+        self.cmp(format!("rmsnorm_fwd n={n} c={c}: rstd"), &g, &r, F32);
+        // backward from the CPU's rstd, both write rules
+        let rstd = get(&self.cpu, &cr)?;
+        let dy = self.randn(n * c, 1.0);
+        for write in [GradWrite::Overwrite, GradWrite::Accumulate] {
+            let dinit = self.randn(n * c, 1.0);
+            let dwinit = self.randn(c, 1.0);
+            let (cd, gd) = (put(&self.cpu, &dy, BufKind::Act)?, put(&self.gpu, &dy, BufKind::Act)?);
+            let (crs, grs) = (put(&self.cpu, &rstd, BufKind::F32)?, put(&self.gpu, &rstd, BufKind::F32)?);
+            let mut cdi = put(&self.cpu, &dinit, BufKind::Act)?;
+            let mut gdi = if write == GradWrite::Overwrite { nan_buf(&self.gpu, n * c, BufKind::Act)? } else { put(&self.gpu, &dinit, BufKind::Act)? };
+            let mut cdw = put(&self.cpu, &dwinit, BufKind::F32)?;
+            let mut gdw = put(&self.gpu, &dwinit, BufKind::F32)?;
+            self.cpu.rmsnorm_bwd(vm(&mut cdi), vm(&mut cdw), v(&cd), v(&cx), v(&cw), v(&crs), n, c, write)?;
+            self.gpu.rmsnorm_bwd(vm(&mut gdi), vm(&mut gdw), v(&gd), v(&gx), v(&gw), v(&grs), n, c, write)?;
+            let (g, r) = (get(&self.gpu, &gdi)?, get(&self.cpu, &cdi)?);
+            self.cmp(format!("rmsnorm_bwd n={n} c={c} {write:?}: dinp"), &g, &r, Rule::FlashAttn { factor: FA_BWD });
+            let (g, r) = (get(&self.gpu, &gdw)?, get(&self.cpu, &cdw)?);
+            self.cmp(format!("rmsnorm_bwd n={n} c={c} {write:?}: dweight (+=)"), &g, &r, Rule::MaxRel { tol: F32_SUM });
+        }
+        Ok(())
+    }
+
+    fn rope(&mut self, b: usize, t: usize, heads: usize, hd: usize, pos0: usize) -> anyhow::Result<()> {
+        let table = rope_table(pos0 + t, hd, 10000.0);
+        let s = RopeShape { b, t, heads, hd, pos0 };
+        let x = self.randn(b * t * heads * hd, 1.0);
+        let (ct, gt) = (put(&self.cpu, &table, BufKind::F32)?, put(&self.gpu, &table, BufKind::F32)?);
+        let (mut cx, mut gx) = (put(&self.cpu, &x, BufKind::Act)?, put(&self.gpu, &x, BufKind::Act)?);
+        self.cpu.rope_fwd(vm(&mut cx), v(&ct), s)?;
+        self.gpu.rope_fwd(vm(&mut gx), v(&gt), s)?;
+        let (g, r) = (get(&self.gpu, &gx)?, get(&self.cpu, &cx)?);
+        self.cmp(format!("rope_fwd b={b} t={t} heads={heads} hd={hd} pos0={pos0}"), &g, &r, BF);
+        let (mut cx, mut gx) = (put(&self.cpu, &x, BufKind::Act)?, put(&self.gpu, &x, BufKind::Act)?);
+        self.cpu.rope_bwd(vm(&mut cx), v(&ct), s)?;
+        self.gpu.rope_bwd(vm(&mut gx), v(&gt), s)?;
+        let (g, r) = (get(&self.gpu, &gx)?, get(&self.cpu, &cx)?);
+        self.cmp(format!("rope_bwd b={b} t={t} heads={heads} hd={hd} pos0={pos0}"), &g, &r, BF);
+        Ok(())
+    }
+
+    fn swiglu(&mut self, n: usize) -> anyhow::Result<()> {
+        let (gate, up, dy) = (self.randn(n, 2.0), self.randn(n, 1.0), self.randn(n, 1.0));
+        let c: Vec<CpuBuf> = vec![put(&self.cpu, &gate, BufKind::Act)?, put(&self.cpu, &up, BufKind::Act)?, put(&self.cpu, &dy, BufKind::Act)?];
+        let g: Vec<CudaBuf> = vec![put(&self.gpu, &gate, BufKind::Act)?, put(&self.gpu, &up, BufKind::Act)?, put(&self.gpu, &dy, BufKind::Act)?];
+        let mut co = put(&self.cpu, &vec![0.0; n], BufKind::Act)?;
+        let mut go = nan_buf(&self.gpu, n, BufKind::Act)?;
+        self.cpu.swiglu_fwd(vm(&mut co), v(&c[0]), v(&c[1]))?;
+        self.gpu.swiglu_fwd(vm(&mut go), v(&g[0]), v(&g[1]))?;
+        let (a, b) = (get(&self.gpu, &go)?, get(&self.cpu, &co)?);
+        self.cmp(format!("swiglu_fwd n={n}"), &a, &b, BF);
+        let (mut cdg, mut cdu) = (put(&self.cpu, &vec![0.0; n], BufKind::Act)?, put(&self.cpu, &vec![0.0; n], BufKind::Act)?);
+        let (mut gdg, mut gdu) = (nan_buf(&self.gpu, n, BufKind::Act)?, nan_buf(&self.gpu, n, BufKind::Act)?);
+        self.cpu.swiglu_bwd(vm(&mut cdg), vm(&mut cdu), v(&c[2]), v(&c[0]), v(&c[1]))?;
+        self.gpu.swiglu_bwd(vm(&mut gdg), vm(&mut gdu), v(&g[2]), v(&g[0]), v(&g[1]))?;
+        let (a, b) = (get(&self.gpu, &gdg)?, get(&self.cpu, &cdg)?);
+        self.cmp(format!("swiglu_bwd n={n}: dgate"), &a, &b, BF);
+        let (a, b) = (get(&self.gpu, &gdu)?, get(&self.cpu, &cdu)?);
+        self.cmp(format!("swiglu_bwd n={n}: dup"), &a, &b, BF);
+        Ok(())
+    }
+
+    fn cross_entropy(&mut self, n: usize, vocab: usize) -> anyhow::Result<()> {
+        let logits = self.randn(n * vocab, 3.0);
+        let targets: Vec<i32> = (0..n).map(|i| if i % 7 == 3 { -100 } else { self.rng.below(vocab as u64) as i32 }).collect();
+        let coef: Vec<f32> = (0..n).map(|_| self.rng.next_f32()).collect();
+        for (mode, grad) in [("loss only", CeGrad::None), ("uniform", CeGrad::Uniform(1.0 / n as f32)), ("per-row", CeGrad::PerRow(&coef))] {
+            let (mut cl, mut gl) = (put(&self.cpu, &logits, BufKind::Act)?, put(&self.gpu, &logits, BufKind::Act)?);
+            let mut cls = put(&self.cpu, &vec![0.0; n], BufKind::F32)?;
+            let mut gls = nan_buf(&self.gpu, n, BufKind::F32)?;
+            self.cpu.cross_entropy(vm(&mut cl), vm(&mut cls), &targets, vocab, grad)?;
+            self.gpu.cross_entropy(vm(&mut gl), vm(&mut gls), &targets, vocab, grad)?;
+            let (g, r) = (get(&self.gpu, &gls)?, get(&self.cpu, &cls)?);
+            self.cmp(format!("cross_entropy n={n} v={vocab} {mode}: losses"), &g, &r, F32);
+            let (g, r) = (get(&self.gpu, &gl)?, get(&self.cpu, &cl)?);
+            // dlogits are c·p − c·onehot: tiny probabilities are relative-exact,
+            // the atol covers p ≈ 1e-9 values computed from an lse that differs
+            // in the last f32 bits
+            self.cmp(format!("cross_entropy n={n} v={vocab} {mode}: logits/dlogits"), &g, &r, Rule::Elem { rtol: RTOL_BF16, atol: 1e-8 });
+        }
+        Ok(())
+    }
+
+    fn adamw(&mut self, n: usize) -> anyhow::Result<()> {
+        let p: Vec<f32> = (0..n).map(|_| self.rng.normal()).collect();
+        let gr: Vec<f32> = (0..n).map(|_| self.rng.normal() * 0.01).collect();
+        let m: Vec<f32> = (0..n).map(|_| self.rng.normal() * 0.001).collect();
+        let vv: Vec<f32> = (0..n).map(|_| (self.rng.normal() * 0.001).powi(2)).collect();
+        for (wd, step, gs) in [(0.1f32, 1u64, 1.0f32), (0.0, 1000, 0.5)] {
+            let h = AdamWStep { lr: 3e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: wd, step, grad_scale: gs };
+            let (mut cp, mut gp) = (put(&self.cpu, &p, BufKind::Param)?, put(&self.gpu, &p, BufKind::Param)?);
+            let (cg, gg) = (put(&self.cpu, &gr, BufKind::F32)?, put(&self.gpu, &gr, BufKind::F32)?);
+            let (mut cm, mut gm) = (put(&self.cpu, &m, BufKind::F32)?, put(&self.gpu, &m, BufKind::F32)?);
+            let (mut cv, mut gv) = (put(&self.cpu, &vv, BufKind::F32)?, put(&self.gpu, &vv, BufKind::F32)?);
+            self.cpu.adamw(vm(&mut cp), v(&cg), vm(&mut cm), vm(&mut cv), h)?;
+            self.gpu.adamw(vm(&mut gp), v(&gg), vm(&mut gm), vm(&mut gv), h)?;
+            let tag = format!("adamw n={n} wd={wd} step={step} clip={gs}");
+            let rule = Rule::Elem { rtol: RTOL_ADAMW, atol: 0.0 };
+            let r = get(&self.cpu, &cp)?;
+            self.cmp(format!("{tag}: master"), &get(&self.gpu, &gp)?, &r, rule);
+            self.cmp(format!("{tag}: m"), &get(&self.gpu, &gm)?, &get(&self.cpu, &cm)?, rule);
+            self.cmp(format!("{tag}: v"), &get(&self.gpu, &gv)?, &get(&self.cpu, &cv)?, rule);
+            let work = self.gpu.download_work(v(&gp))?;
+            let rounded: Vec<f32> = get(&self.gpu, &gp)?.iter().map(|&x| bfr(x)).collect();
+            self.cmp(format!("{tag}: bf16 copy = bf16(master)"), &work, &rounded, Rule::Elem { rtol: 0.0, atol: 0.0 });
+        }
+        Ok(())
+    }
+
+    fn matmul(&mut self, m: usize, n: usize, k: usize) -> anyhow::Result<()> {
+        for (ta, tb) in [(Trans::N, Trans::T), (Trans::N, Trans::N), (Trans::T, Trans::N), (Trans::T, Trans::T)] {
+            let a = self.randn(m * k, 1.0);
+            let b = self.randn(k * n, 1.0);
+            let (ca, ga) = (put(&self.cpu, &a, BufKind::Act)?, put(&self.gpu, &a, BufKind::Act)?);
+            let (cb, gb) = (put(&self.cpu, &b, BufKind::Param)?, put(&self.gpu, &b, BufKind::Param)?);
+            // activation output: bf16, overwritten
+            let g = Gemm { m, n, k, ta, tb, write: GradWrite::Overwrite };
+            let mut cc = put(&self.cpu, &vec![0.0; m * n], BufKind::Act)?;
+            let mut gc = nan_buf(&self.gpu, m * n, BufKind::Act)?;
+            self.cpu.matmul(vm(&mut cc), v(&ca), v(&cb), g)?;
+            self.gpu.matmul(vm(&mut gc), v(&ga), v(&gb), g)?;
+            let (x, y) = (get(&self.gpu, &gc)?, get(&self.cpu, &cc)?);
+            self.cmp(format!("matmul {m}x{n}x{k} {ta:?}{tb:?} -> bf16 (=)"), &x, &y, Rule::FlashAttn { factor: FA_FWD });
+            // parameter-gradient output: f32, accumulated (beta = 1)
+            let init = self.randn(m * n, 1.0);
+            let g = Gemm { m, n, k, ta, tb, write: GradWrite::Accumulate };
+            let mut cc = put(&self.cpu, &init, BufKind::F32)?;
+            let mut gc = put(&self.gpu, &init, BufKind::F32)?;
+            self.cpu.matmul(vm(&mut cc), v(&ca), v(&cb), g)?;
+            self.gpu.matmul(vm(&mut gc), v(&ga), v(&gb), g)?;
+            let (x, y) = (get(&self.gpu, &gc)?, get(&self.cpu, &cc)?);
+            self.cmp(format!("matmul {m}x{n}x{k} {ta:?}{tb:?} -> f32 (+=)"), &x, &y, Rule::MaxRel { tol: F32_SUM });
+        }
+        Ok(())
+    }
+
+    fn attention(&mut self, s: AttnShape) -> anyhow::Result<()> {
+        let AttnShape { b, tq: t, n_head: nh, n_kv_head: nkv, hd, .. } = s;
+        let tag = format!("attention b={b} t={t} hd={hd} h={nh} kv={nkv}");
+        let q = self.randn(b * t * nh * hd, 1.0);
+        let k = self.randn(b * t * nkv * hd, 1.0);
+        let vv = self.randn(b * t * nkv * hd, 1.0);
+        let dout = self.randn(b * t * nh * hd, 1.0);
+        let cq = put(&self.cpu, &q, BufKind::Act)?;
+        let ck = put(&self.cpu, &k, BufKind::Act)?;
+        let cv = put(&self.cpu, &vv, BufKind::Act)?;
+        let gq = put(&self.gpu, &q, BufKind::Act)?;
+        let gk = put(&self.gpu, &k, BufKind::Act)?;
+        let gv = put(&self.gpu, &vv, BufKind::Act)?;
+        let mut co = put(&self.cpu, &vec![0.0; q.len()], BufKind::Act)?;
+        let mut cl = put(&self.cpu, &vec![0.0; b * nh * t], BufKind::F32)?;
+        self.cpu.attention_fwd(vm(&mut co), vm(&mut cl), v(&cq), v(&ck), v(&cv), s)?;
+        let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
+        // the tensor-core kernel rounds P to bf16: its naive reference does too
+        let naive_p = attention_naive_bf16p(&q, &k, &vv, s);
+        for imp in [AttnImpl::Simple, AttnImpl::Mma] {
+            self.gpu.set_attention_impl(imp);
+            let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
+            let mut gl = nan_buf(&self.gpu, b * nh * t, BufKind::F32)?;
+            self.gpu.attention_fwd(vm(&mut go), vm(&mut gl), v(&gq), v(&gk), v(&gv), s)?;
+            let g = get(&self.gpu, &go)?;
+            let name = format!("{tag} fwd {imp:?}: out");
+            match imp {
+                AttnImpl::Mma => self.cmp_naive(name, &g, &out_ref, &naive_p, FA_FWD),
+                _ => self.cmp(name, &g, &out_ref, Rule::FlashAttn { factor: FA_FWD }),
+            }
+            self.cmp(format!("{tag} fwd {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
+        }
+        self.gpu.set_attention_impl(AttnImpl::Auto);
+        // backward from the same (bf16-rounded) forward output on both sides
+        let out_bf: Vec<f32> = out_ref.iter().map(|&x| bfr(x)).collect();
+        let (cout, gout) = (put(&self.cpu, &out_bf, BufKind::Act)?, put(&self.gpu, &out_bf, BufKind::Act)?);
+        let (clse, glse) = (put(&self.cpu, &lse_ref, BufKind::F32)?, put(&self.gpu, &lse_ref, BufKind::F32)?);
+        let (cd, gd) = (put(&self.cpu, &dout, BufKind::Act)?, put(&self.gpu, &dout, BufKind::Act)?);
+        let mut cdq = put(&self.cpu, &vec![0.0; q.len()], BufKind::Act)?;
+        let mut cdk = put(&self.cpu, &vec![0.0; k.len()], BufKind::Act)?;
+        let mut cdv = put(&self.cpu, &vec![0.0; k.len()], BufKind::Act)?;
+        self.cpu.attention_bwd(vm(&mut cdq), vm(&mut cdk), vm(&mut cdv), v(&cd), v(&cq), v(&ck), v(&cv), v(&cout), v(&clse), s)?;
+        let refs = [get(&self.cpu, &cdq)?, get(&self.cpu, &cdk)?, get(&self.cpu, &cdv)?];
+        // the tensor-core backward rounds P and dS to bf16: its naive reference does too
+        let naive = attention_bwd_naive_bf16(&q, &k, &vv, &dout, &out_bf, &lse_ref, s);
+        for imp in [AttnImpl::Simple, AttnImpl::Mma] {
+            self.gpu.set_attention_impl(imp);
+            let mut gdq = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
+            let mut gdk = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
+            let mut gdv = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
+            self.gpu.attention_bwd(vm(&mut gdq), vm(&mut gdk), vm(&mut gdv), v(&gd), v(&gq), v(&gk), v(&gv), v(&gout), v(&glse), s)?;
+            for (ix, (name, g)) in [("dq", &gdq), ("dk", &gdk), ("dv", &gdv)].into_iter().enumerate() {
+                let x = get(&self.gpu, g)?;
+                let label = format!("{tag} bwd {imp:?}: {name}");
+                match imp {
+                    AttnImpl::Mma => self.cmp_naive(label, &x, &refs[ix], &naive[ix], FA_BWD),
+                    _ => self.cmp(label, &x, &refs[ix], Rule::FlashAttn { factor: FA_BWD }),
+                }
+            }
+        }
+        self.gpu.set_attention_impl(AttnImpl::Auto);
+        Ok(())
+    }
+
+    fn attention_decode(&mut self, s: AttnShape) -> anyhow::Result<()> {
+        let AttnShape { b, tq, tkv, cap, n_head: nh, n_kv_head: nkv, hd } = s;
+        let tag = format!("attention decode b={b} tq={tq} tkv={tkv} cap={cap} hd={hd} h={nh} kv={nkv}");
+        let q = self.randn(b * tq * nh * hd, 1.0);
+        // rows past tkv hold garbage that must not be read
+        let mut k = self.randn(b * cap * nkv * hd, 1.0);
+        let mut vv = self.randn(b * cap * nkv * hd, 1.0);
+        for bi in 0..b {
+            for r in tkv..cap {
+                let o = (bi * cap + r) * nkv * hd;
+                k[o..o + nkv * hd].fill(1e4);
+                vv[o..o + nkv * hd].fill(f32::NAN);
+            }
+        }
+        let (cq, ck, cv) = (put(&self.cpu, &q, BufKind::Act)?, put(&self.cpu, &k, BufKind::Act)?, put(&self.cpu, &vv, BufKind::Act)?);
+        let (gq, gk, gv) = (put(&self.gpu, &q, BufKind::Act)?, put(&self.gpu, &k, BufKind::Act)?, put(&self.gpu, &vv, BufKind::Act)?);
+        let mut co = put(&self.cpu, &vec![0.0; q.len()], BufKind::Act)?;
+        let mut cl = put(&self.cpu, &vec![0.0; b * nh * tq], BufKind::F32)?;
+        self.cpu.attention_fwd(vm(&mut co), vm(&mut cl), v(&cq), v(&ck), v(&cv), s)?;
+        let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
+        let naive_p = attention_naive_bf16p(&q, &k, &vv, s);
+        for imp in [AttnImpl::Simple, AttnImpl::Mma] {
+            self.gpu.set_attention_impl(imp);
+            let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
+            let mut gl = nan_buf(&self.gpu, b * nh * tq, BufKind::F32)?;
+            self.gpu.attention_fwd(vm(&mut go), vm(&mut gl), v(&gq), v(&gk), v(&gv), s)?;
+            let g = get(&self.gpu, &go)?;
+            match imp {
+                AttnImpl::Mma => self.cmp_naive(format!("{tag} {imp:?}: out"), &g, &out_ref, &naive_p, FA_FWD),
+                _ => self.cmp(format!("{tag} {imp:?}: out"), &g, &out_ref, Rule::FlashAttn { factor: FA_FWD }),
+            }
+            self.cmp(format!("{tag} {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
+        }
+        self.gpu.set_attention_impl(AttnImpl::Auto);
+        Ok(())
+    }
+}
