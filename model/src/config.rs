@@ -43,7 +43,7 @@ pub struct Config {
 
 /// Named presets: (name, description).
 pub const PRESETS: &[(&str, &str)] = &[
-    ("tiny", "C 128, 4 layers, 4 heads, 2 KV heads, ffn 352 (the pipeline's default)"),
+    ("tiny", "C 128, 4 layers, 2 heads, 1 KV head (head dim 64), ffn 352 (the pipeline's default)"),
     ("small", "C 288, 6 layers, 6 heads, 6 KV heads, ffn 768 (llama2.c's 15M)"),
     ("ref-tiny", "vocab 512, C 256, 4 layers, 8 heads, 2 KV heads, ffn 688 (benchmarks)"),
     ("ref-small", "vocab 32000, C 512, 8 layers, 8 heads, 4 KV heads, ffn 1376 (benchmarks)"),
@@ -79,7 +79,7 @@ impl Config {
     pub fn preset(name: &str, vocab: Option<usize>) -> Result<Self> {
         let v = |d: usize| vocab.unwrap_or(d);
         let mut c = match name {
-            "tiny" => Config::new(v(32000), 128, 352, 4, 4, 2),
+            "tiny" => Config::new(v(32000), 128, 352, 4, 2, 1),
             "small" => Config::new(v(32000), 288, 768, 6, 6, 6),
             "ref-tiny" => Config::new(v(512), 256, 688, 4, 8, 2),
             "ref-small" => Config::new(v(32000), 512, 1376, 8, 8, 4),
