@@ -23,7 +23,7 @@ const GRAD_RTOL: f64 = 1e-4;
 fn fixture_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    for name in ["gqa", "odd", "tied"] {
+    for name in ["gqa", "odd", "mha"] {
         dirs.push(root.join(name));
     }
     if let Ok(extra) = std::env::var("LLAMA2_FIXTURES_DIR") {

@@ -12,7 +12,7 @@ against these files (tests/fixtures/README.md says what each tensor means).
 Usage (from the repository root):
 
     /work/pyref/venv/bin/python tools/scripts/make_fixtures.py
-        regenerates the committed fixtures tests/fixtures/{gqa,odd,tied}
+        regenerates the committed fixtures tests/fixtures/{gqa,odd,mha}
 
     /work/pyref/venv/bin/python tools/scripts/make_fixtures.py \
         --random-configs 5 --seed 7 --out /tmp/fx
@@ -63,22 +63,27 @@ GREEDY_PROMPT_TRIES = 50
 # "top_level" is the transformers 4.x layout ("rope_theta": X at top level,
 # no head_dim), which the Rust loader must also accept (DESIGN.md, Formats).
 COMMITTED = {
+    # Sizes are kept small so the three directories stay a few MB in all:
+    # each holds the weights three times (model, gradients, AdamW result).
     "gqa": dict(
-        vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
-        rope_theta=10000.0, tie_word_embeddings=False, B=2, T=64, seed=1,
-        config_style="rope_parameters",
-    ),
-    "odd": dict(
-        vocab_size=1000, hidden_size=96, intermediate_size=200, num_hidden_layers=2,
-        num_attention_heads=3, num_key_value_heads=1, rms_norm_eps=1e-6,
-        rope_theta=500000.0, tie_word_embeddings=False, B=2, T=97, seed=2,
-        config_style="rope_parameters",
-    ),
-    "tied": dict(
         vocab_size=256, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+        rope_theta=10000.0, tie_word_embeddings=False, B=2, T=48, seed=1,
+        config_style="rope_parameters",
+    ),
+    # odd sizes everywhere (hidden 96, 3 heads of 32, one KV head, ffn 136,
+    # vocab 1000, T 97), tied embeddings, theta 5e5, eps 1e-6
+    "odd": dict(
+        vocab_size=1000, hidden_size=96, intermediate_size=136, num_hidden_layers=2,
+        num_attention_heads=3, num_key_value_heads=1, rms_norm_eps=1e-6,
+        rope_theta=500000.0, tie_word_embeddings=True, B=1, T=97, seed=2,
+        config_style="rope_parameters",
+    ),
+    # multi-head (KV heads = heads), untied, transformers 4.x config layout
+    "mha": dict(
+        vocab_size=256, hidden_size=64, intermediate_size=100, num_hidden_layers=1,
         num_attention_heads=4, num_key_value_heads=4, rms_norm_eps=1e-5,
-        rope_theta=10000.0, tie_word_embeddings=True, B=3, T=33, seed=3,
+        rope_theta=10000.0, tie_word_embeddings=False, B=3, T=33, seed=3,
         config_style="top_level",
     ),
 }

@@ -30,10 +30,10 @@ fn model_copy(name: &str) -> PathBuf {
     d
 }
 
-/// A valid shard of `n` tokens below 500 (the gqa vocab is 512).
+/// A valid shard of `n` tokens below 250 (the gqa vocab is 256).
 fn shard(dir: &Path, n: usize) -> PathBuf {
     let p = dir.join("data.bin");
-    let toks: Vec<u32> = (0..n).map(|i| (i * 7 % 500) as u32).collect();
+    let toks: Vec<u32> = (0..n).map(|i| (i * 7 % 250) as u32).collect();
     llama2_model::shards::write_shard(&p, &toks).unwrap();
     p
 }
@@ -115,7 +115,7 @@ fn handmade(path: &Path, tensors: &[(&str, &str, Vec<usize>, (usize, usize))], d
 #[test]
 fn safetensors_offsets_past_the_end() {
     let d = model_copy("offsets");
-    handmade(&d.join("model.safetensors"), &[("model.embed_tokens.weight", "F32", vec![512, 128], (0, 512 * 128 * 4))], 1000);
+    handmade(&d.join("model.safetensors"), &[("model.embed_tokens.weight", "F32", vec![256, 64], (0, 256 * 64 * 4))], 1000);
     let err = eval(&d, &shard(&d, 100));
     assert_mentions(&err, &["model.safetensors", "invalid safetensors"]);
 }
@@ -166,7 +166,7 @@ fn missing_tensor() {
 #[test]
 fn wrong_dtype() {
     let d = model_copy("dtype");
-    rewrite(&d, "model.norm.weight", Some(("I32", vec![128])));
+    rewrite(&d, "model.norm.weight", Some(("I32", vec![64])));
     let err = eval(&d, &shard(&d, 100));
     assert_mentions(&err, &["model.safetensors", "model.norm.weight", "I32"]);
 }
@@ -174,9 +174,9 @@ fn wrong_dtype() {
 #[test]
 fn shape_not_matching_config() {
     let d = model_copy("shape");
-    rewrite(&d, "model.layers.0.self_attn.k_proj.weight", Some(("F32", vec![128, 128])));
+    rewrite(&d, "model.layers.0.self_attn.k_proj.weight", Some(("F32", vec![64, 64])));
     let err = eval(&d, &shard(&d, 100));
-    assert_mentions(&err, &["model.safetensors", "k_proj", "[128, 128]", "config.json"]);
+    assert_mentions(&err, &["model.safetensors", "k_proj", "[64, 64]", "config.json"]);
 }
 
 #[test]
@@ -213,9 +213,9 @@ fn shard_with_ids_outside_the_vocabulary() {
     let d = model_copy("ids");
     let p = d.join("data.bin");
     let mut toks: Vec<u32> = (0..100).collect();
-    toks[5] = 600; // vocab is 512
+    toks[5] = 600; // vocab is 256
     llama2_model::shards::write_shard(&p, &toks).unwrap();
-    assert_mentions(&eval(&d, &p), &["data.bin", "600", "vocabulary size 512"]);
+    assert_mentions(&eval(&d, &p), &["data.bin", "600", "vocabulary size 256"]);
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn flags_out_of_range_are_rejected_not_clamped() {
         assert!(err.contains("invalid value") || err.contains("error"), "{args:?}: {err}");
     }
     // a prompt id outside the vocabulary
-    assert_mentions(&fails(&["generate", "--model", m, "--prompt-ids", "1,512", "--max-new-tokens", "4", "--threads", "1"]), &["512", "vocabulary"]);
+    assert_mentions(&fails(&["generate", "--model", m, "--prompt-ids", "1,256", "--max-new-tokens", "4", "--threads", "1"]), &["256", "vocabulary"]);
     // a batch larger than the data
     assert_mentions(&fails(&["eval-loss", "--model", m, "--data", s, "--batch-size", "64", "--seq-len", "8", "--threads", "1"]), &["data.bin", "HINT"]);
 }
