@@ -233,6 +233,8 @@ pub fn run(a: PipelineArgs) -> Result<()> {
         min_lr_ratio: 0.1,
         samples: a.samples,
         sample_tokens: a.sft_max_tokens,
+        sample_temperature: 0.7,
+        sample_top_p: 0.9,
         opt: default_opt(),
         run: run_flags(&sft_out, 0, 0, a.seed),
         dev,

@@ -57,6 +57,12 @@ pub struct SftArgs {
     /// Token budget of each sampled answer
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub sample_tokens: u32,
+    /// Temperature of the held-out answers (0 = greedy; default: `train-tool chat`'s)
+    #[arg(long, default_value_t = 0.7, value_parser = crate::cmd::generate::parse_temperature)]
+    pub sample_temperature: f32,
+    /// Nucleus probability of the held-out answers (default: `train-tool chat`'s)
+    #[arg(long, default_value_t = 0.9, value_parser = crate::cmd::generate::parse_top_p)]
+    pub sample_top_p: f32,
     #[command(flatten)]
     pub opt: OptFlags,
     #[command(flatten)]
@@ -158,17 +164,22 @@ impl Job for SftJob {
         finish(&out, &summary, &rc)?;
         if a.samples > 0 && !held.is_empty() {
             let n = a.samples.min(held.len());
-            let s = Sampling { temperature: 0.0, top_k: None, top_p: None };
+            let s = Sampling { temperature: a.sample_temperature, top_k: None, top_p: Some(a.sample_top_p) };
             let samples = answer_prompts(be, &tr.model, &tok, &held[..n], a.sample_tokens as usize, &s, a.run.seed)?;
             let ended = samples.iter().filter(|x| x.ended).count();
             let recs: Vec<_> = samples
                 .iter()
-                .map(|x| json!({"prompt": x.prompt.last().map(|m| m.content.clone()), "answer": x.answer, "reference": x.reference, "ended_with_eos": x.ended, "tokens": x.tokens}))
+                .map(|x| {
+                    json!({"prompt": x.prompt.last().map(|m| m.content.clone()), "answer": x.answer, "reference": x.reference, "ended_with_eos": x.ended, "tokens": x.tokens,
+                           "temperature": a.sample_temperature, "top_p": a.sample_top_p})
+                })
                 .collect();
             llama2_model::weights::write_atomic(&out.join("samples.json"), serde_json::to_string_pretty(&recs)?.as_bytes())?;
             eprintln!(
-                "{ended}/{} held-out answers ended with EOS (greedy, {} tokens max); see {}",
+                "{ended}/{} held-out answers ended with EOS (temperature {}, top-p {}, {} tokens max); see {}",
                 samples.len(),
+                a.sample_temperature,
+                a.sample_top_p,
                 a.sample_tokens,
                 out.join("samples.json").display()
             );
