@@ -102,7 +102,9 @@ fn memory_bound(c: &mut Criterion) {
     let mut rstd = vec![0f32; N];
     let mut g = c.benchmark_group("rmsnorm_f32");
     g.throughput(Throughput::BytesDecimal((4 * (2 * N * C + C + N)) as u64));
-    g.bench_function(BenchmarkId::new("fwd", format!("N{N}_C{C}")), |bch| bch.iter(|| pool.install(|| rmsnorm_fwd_cpu(&mut out, &mut rstd, &x, &w, N, C, 1e-5).unwrap())));
+    g.bench_function(BenchmarkId::new("fwd", format!("N{N}_C{C}")), |bch| {
+        bch.iter(|| pool.install(|| rmsnorm_fwd_cpu(&mut out, &mut rstd, &x, &w, N, C, 1e-5).unwrap()))
+    });
     let dy = data(N * C, 9);
     let (mut dx, mut dw) = (vec![0f32; N * C], vec![0f32; C]);
     g.throughput(Throughput::BytesDecimal((4 * (3 * N * C + 2 * C + N)) as u64));
@@ -128,7 +130,9 @@ fn memory_bound(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("fwd", format!("N{N}_F{FFN}")), |bch| bch.iter(|| pool.install(|| swiglu_fwd_cpu(&mut h, &gate, &up).unwrap())));
     let (mut dg, mut du) = (vec![0f32; N * FFN], vec![0f32; N * FFN]);
     g.throughput(Throughput::BytesDecimal((4 * 5 * N * FFN) as u64));
-    g.bench_function(BenchmarkId::new("bwd", format!("N{N}_F{FFN}")), |bch| bch.iter(|| pool.install(|| swiglu_bwd_cpu(&mut dg, &mut du, &h, &gate, &up).unwrap())));
+    g.bench_function(BenchmarkId::new("bwd", format!("N{N}_F{FFN}")), |bch| {
+        bch.iter(|| pool.install(|| swiglu_bwd_cpu(&mut dg, &mut du, &h, &gate, &up).unwrap()))
+    });
     g.finish();
 
     let logits0 = data(N * V, 13);

@@ -63,4 +63,28 @@ mod tests {
             assert!(s.lr(i + 1) <= s.lr(i));
         }
     }
+
+    /// Every step of several schedules against the formula written out
+    /// independently (as llm.c's `get_lr`, with the decay ending exactly at
+    /// the last step).
+    #[test]
+    fn equals_the_formula_at_every_step() {
+        for (peak, warmup, total, min_ratio) in [(3e-4, 2000u64, 10_000u64, 0.1), (2e-5, 0, 77, 0.1), (1e-3, 5, 6, 0.0), (5e-4, 3, 50, 0.5)] {
+            let s = LrSchedule::Cosine { peak, warmup, total, min_ratio };
+            for step in 0..total {
+                let want = if step < warmup {
+                    peak * (step as f64 + 1.0) / warmup as f64
+                } else if total - 1 == warmup {
+                    peak
+                } else {
+                    let ratio = (step - warmup) as f64 / (total - 1 - warmup) as f64;
+                    let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+                    peak * min_ratio + coeff * (peak - peak * min_ratio)
+                };
+                assert!((s.lr(step) - want).abs() <= 1e-15 * peak, "step {step} of {total}: {} vs {want}", s.lr(step));
+            }
+            assert!((s.lr(total - 1) - if total - 1 > warmup { peak * min_ratio } else { peak }).abs() < 1e-15);
+        }
+        assert_eq!(LrSchedule::Constant { lr: 1e-6 }.lr(123), 1e-6);
+    }
 }

@@ -30,7 +30,10 @@ fn k_micro_batches_equal_one_batch_k_times_larger() {
             (inp, tgt)
         })
         .collect();
-    let batch = |rs: &[(Vec<u32>, Vec<i32>)]| MicroBatch { inputs: rs.iter().flat_map(|r| r.0.clone()).collect(), targets: rs.iter().flat_map(|r| r.1.clone()).collect() };
+    let batch = |rs: &[(Vec<u32>, Vec<i32>)]| MicroBatch {
+        inputs: rs.iter().flat_map(|r| r.0.clone()).collect(),
+        targets: rs.iter().flat_map(|r| r.1.clone()).collect(),
+    };
     let opt = AdamWConfig::default();
     let mut small = LmTrainer::new(&be, Model::init_random(&be, cfg.clone(), 1).unwrap(), 2, t, opt).unwrap();
     let mut big = LmTrainer::new(&be, Model::init_random(&be, cfg.clone(), 1).unwrap(), 2 * k, t, opt).unwrap();
