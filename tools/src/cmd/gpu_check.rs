@@ -23,6 +23,8 @@ mod bench;
 #[cfg(feature = "cuda")]
 mod checks;
 #[cfg(any(feature = "cuda", test))]
+pub mod compare;
+#[cfg(any(feature = "cuda", test))]
 pub mod model_check;
 #[cfg(any(feature = "cuda", test))]
 pub mod reference;

@@ -18,6 +18,7 @@
 //!   per element with RTOL_F32/ATOL_F32, or relative to the tensor's max
 //!   for reductions over many rows (F32_SUM).
 
+use super::compare::{compare, Row, Rule, F32_FLOOR};
 use super::reference::{attention_bwd_naive_bf16, attention_naive_bf16p, bfr};
 use llama2_runtime::kernels::attention::AttnShape;
 use llama2_runtime::kernels::rope::rope_table;
@@ -44,36 +45,13 @@ const F32_SUM: f64 = 1e-4;
 /// flash-attn's rule: forward error <= 2x, backward <= 3x the naive bf16 error.
 const FA_FWD: f64 = 2.0;
 const FA_BWD: f64 = 3.0;
-/// f32 noise allowed on top of the flash-attn bound, relative to max|ref|.
-const F32_FLOOR: f64 = 1e-6;
 /// AdamW mirrors the CPU kernel operation by operation (no FMA
 /// contraction, IEEE sqrt and division): bit-identical is expected; allow
 /// one f32 ulp in case a compiler rewrites anyway.
 const RTOL_ADAMW: f64 = 1.2e-7;
 
-/// How an output is compared.
-#[derive(Clone, Copy, Debug)]
-pub enum Rule {
-    /// per element: |g − r| <= atol + rtol·|r|
-    Elem { rtol: f64, atol: f64 },
-    /// max|g − r| <= factor·max|bf16(r) − r| + F32_FLOOR·max|r|
-    FlashAttn { factor: f64 },
-    /// max|g − r| <= tol·max|r|
-    MaxRel { tol: f64 },
-}
-
 const BF: Rule = Rule::Elem { rtol: RTOL_BF16, atol: ATOL_BF16 };
 const F32: Rule = Rule::Elem { rtol: RTOL_F32, atol: ATOL_F32 };
-
-/// One compared output.
-pub struct Row {
-    pub name: String,
-    pub max_abs: f64,
-    /// fraction of the tolerance used (<= 1 passes)
-    pub used: f64,
-    pub ok: bool,
-    pub first_bad: String,
-}
 
 pub struct Checker {
     cpu: CpuBackend,
@@ -129,53 +107,9 @@ impl Checker {
         (0..n).map(|_| bfr(self.rng.normal() * scale)).collect()
     }
 
-    /// Compares `g` with `r` under `rule` and records the row. The negated
-    /// comparisons are deliberate: a NaN must count as out of tolerance.
-    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    /// Compares `g` with `r` under `rule` ([`compare`]) and records the row.
     fn cmp(&mut self, name: String, g: &[f32], r: &[f32], rule: Rule) {
-        let n = g.len().min(r.len());
-        let mut max_abs = 0f64;
-        let mut used = 0f64;
-        let mut first_bad = String::new();
-        let len_ok = g.len() == r.len();
-        let max_ref = r.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-        let limit = match rule {
-            Rule::FlashAttn { factor } => {
-                let naive = r.iter().fold(0f64, |m, &x| m.max((bfr(x) as f64 - x as f64).abs()));
-                factor * naive + F32_FLOOR * max_ref
-            }
-            Rule::MaxRel { tol } => tol * max_ref,
-            Rule::Elem { .. } => 1.0,
-        };
-        let mut bad = 0usize;
-        for i in 0..n {
-            let (gi, ri) = (g[i] as f64, r[i] as f64);
-            let d = (gi - ri).abs();
-            let u = match rule {
-                Rule::Elem { rtol, atol } => d / (atol + rtol * ri.abs()),
-                _ => d / limit.max(f64::MIN_POSITIVE),
-            };
-            if !(d <= max_abs) {
-                max_abs = if d.is_nan() { f64::NAN } else { d };
-            }
-            if !(u <= used) {
-                used = if u.is_nan() { f64::INFINITY } else { u };
-            }
-            if !(u <= 1.0) {
-                if bad < 3 {
-                    first_bad.push_str(&format!(" [{i}] gpu {gi:.6e} ref {ri:.6e};"));
-                }
-                bad += 1;
-            }
-        }
-        if bad > 0 {
-            first_bad.push_str(&format!(" {bad} of {n} out of tolerance"));
-        }
-        if !len_ok {
-            first_bad.push_str(&format!(" length {} vs {}", g.len(), r.len()));
-        }
-        let ok = len_ok && bad == 0 && used <= 1.0;
-        self.rows.push(Row { name, max_abs, used, ok, first_bad });
+        self.rows.push(compare(name, g, r, rule));
     }
 
     /// flash-attn's rule against an explicit naive bf16 reference `naive`
