@@ -186,7 +186,8 @@ impl Checker {
             for hd in [64, 128] {
                 for nkv in [16, 8, 1] {
                     let b = if t <= 97 { 3 } else { 1 };
-                    self.guard(&format!("attention t={t} hd={hd} kv={nkv}"), |s| s.attention(AttnShape::causal(b, t, 16, nkv, hd)));
+                    // named as the rows it records, so the table finds its error row
+                    self.guard(&format!("attention b={b} t={t} hd={hd} h=16 kv={nkv}"), |s| s.attention(AttnShape::causal(b, t, 16, nkv, hd)));
                 }
             }
         }
