@@ -19,7 +19,7 @@
 //!   for reductions over many rows (F32_SUM).
 
 use super::compare::{compare, Row, Rule, F32_FLOOR};
-use super::reference::{attention_bwd_naive_bf16, attention_naive_bf16p, bfr};
+use super::reference::{attention_bwd_naive_bf16, attention_naive_bf16p, bfr, normals};
 use llama2_runtime::kernels::attention::AttnShape;
 use llama2_runtime::kernels::rope::rope_table;
 use llama2_runtime::rng::Rng;
@@ -103,8 +103,12 @@ impl Checker {
         self.rows.push(Row { name, max_abs: err, used, ok, first_bad: if ok { String::new() } else { format!(" {err:.4e} > limit {limit:.4e}") } });
     }
 
+    /// `n` normal draws times `scale`, rounded to bf16 (parallel streams
+    /// seeded from the checker's RNG: fresh on every call).
     fn randn(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| bfr(self.rng.normal() * scale)).collect()
+        let mut x = normals(self.rng.next_u64(), n, scale);
+        x.iter_mut().for_each(|e| *e = bfr(*e));
+        x
     }
 
     /// Compares `g` with `r` under `rule` ([`compare`]) and records the row.
