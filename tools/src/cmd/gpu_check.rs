@@ -70,6 +70,7 @@ pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
         gpu
     } else {
         let mut c = checks::Checker::new(cpu, gpu, a.seed, a.quick);
+        c.set_json_path(a.json.clone());
         c.run_all()?;
         if !a.kernels_only {
             let (cpu, gpu) = c.backends();

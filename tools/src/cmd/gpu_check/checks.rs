@@ -59,6 +59,9 @@ pub struct Checker {
     rng: Rng,
     quick: bool,
     rows: Vec<Row>,
+    /// where the rows so far are rewritten as JSON after each row, so a run
+    /// cut short by a timeout or a hang still leaves its results
+    json_path: Option<std::path::PathBuf>,
 }
 
 fn put<B: Backend>(be: &B, data: &[f32], kind: BufKind) -> Result<B::Buf> {
@@ -79,7 +82,27 @@ fn get<B: Backend>(be: &B, b: &B::Buf) -> Result<Vec<f32>> {
 
 impl Checker {
     pub fn new(cpu: CpuBackend, gpu: CudaBackend, seed: u64, quick: bool) -> Self {
-        Checker { cpu, gpu, rng: Rng::derive(seed, "gpu-check"), quick, rows: Vec::new() }
+        Checker { cpu, gpu, rng: Rng::derive(seed, "gpu-check"), quick, rows: Vec::new(), json_path: None }
+    }
+
+    /// Rewrites `path` with the rows so far after every row (see `json_path`).
+    pub fn set_json_path(&mut self, path: Option<std::path::PathBuf>) {
+        self.json_path = path;
+    }
+
+    /// Prints a row at once (a run that hangs or times out still shows how
+    /// far it got) and records it.
+    fn push(&mut self, r: Row) {
+        println!("{}", Self::line(&r));
+        self.rows.push(r);
+        if let Some(p) = &self.json_path {
+            // best effort here; the final write in gpu_check::run reports errors
+            let _ = std::fs::write(p, self.json());
+        }
+    }
+
+    fn line(r: &Row) -> String {
+        format!("{:<58} {:>12.3e} {:>8.1}%  {}{}", r.name, r.max_abs, 100.0 * r.used, if r.ok { "ok" } else { "FAIL" }, r.first_bad)
     }
 
     pub fn into_gpu(self) -> CudaBackend {
@@ -100,7 +123,7 @@ impl Checker {
         };
         let ok = used <= 1.0;
         let used = if used.is_nan() { f64::INFINITY } else { used };
-        self.rows.push(Row { name, max_abs: err, used, ok, first_bad: if ok { String::new() } else { format!(" {err:.4e} > limit {limit:.4e}") } });
+        self.push(Row { name, max_abs: err, used, ok, first_bad: if ok { String::new() } else { format!(" {err:.4e} > limit {limit:.4e}") } });
     }
 
     /// `n` normal draws times `scale`, rounded to bf16 (parallel streams
@@ -113,7 +136,7 @@ impl Checker {
 
     /// Compares `g` with `r` under `rule` ([`compare`]) and records the row.
     fn cmp(&mut self, name: String, g: &[f32], r: &[f32], rule: Rule) {
-        self.rows.push(compare(name, g, r, rule));
+        self.push(compare(name, g, r, rule));
     }
 
     /// flash-attn's rule against an explicit naive bf16 reference `naive`
@@ -126,18 +149,18 @@ impl Checker {
         self.cmp(name, g, r, Rule::MaxRel { tol: limit / max_ref.max(f64::MIN_POSITIVE) });
     }
 
-    /// Prints the table; returns the number of failed rows.
+    /// Prints the failed rows again (every row was printed as it came) and
+    /// the count; returns the number of failed rows.
     pub fn report(&self) -> usize {
-        println!("{:<58} {:>12} {:>9}  result", "check", "max |err|", "tol used");
-        let mut failed = 0;
-        for r in &self.rows {
-            println!("{:<58} {:>12.3e} {:>8.1}%  {}{}", r.name, r.max_abs, 100.0 * r.used, if r.ok { "ok" } else { "FAIL" }, r.first_bad);
-            if !r.ok {
-                failed += 1;
+        let failed: Vec<&Row> = self.rows.iter().filter(|r| !r.ok).collect();
+        if !failed.is_empty() {
+            println!("failed checks:");
+            for r in &failed {
+                println!("{}", Self::line(r));
             }
         }
-        println!("{} passed, {} failed", self.rows.len() - failed, failed);
-        failed
+        println!("{} passed, {} failed", self.rows.len() - failed.len(), failed.len());
+        failed.len()
     }
 
     pub fn json(&self) -> String {
@@ -151,11 +174,12 @@ impl Checker {
     /// does not hide the results of the others.
     fn guard(&mut self, name: &str, f: impl FnOnce(&mut Self) -> anyhow::Result<()>) {
         if let Err(e) = f(self) {
-            self.rows.push(Row { name: format!("{name}: error"), max_abs: f64::NAN, used: f64::INFINITY, ok: false, first_bad: format!(" {e:#}") });
+            self.push(Row { name: format!("{name}: error"), max_abs: f64::NAN, used: f64::INFINITY, ok: false, first_bad: format!(" {e:#}") });
         }
     }
 
     pub fn run_all(&mut self) -> anyhow::Result<()> {
+        println!("{:<58} {:>12} {:>9}  result", "check", "max |err|", "tol used");
         self.guard("elementwise", |s| s.elementwise());
         self.guard("embedding", |s| s.embedding(97, 1000, 256));
         self.guard("embedding", |s| s.embedding(4096, 32000, 4096));
