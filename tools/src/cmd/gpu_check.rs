@@ -20,6 +20,8 @@ use clap::Args;
 
 #[cfg(feature = "cuda")]
 mod bench;
+#[cfg(test)]
+mod bf16_sim;
 #[cfg(feature = "cuda")]
 mod checks;
 #[cfg(any(feature = "cuda", test))]
