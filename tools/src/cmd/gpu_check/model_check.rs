@@ -38,7 +38,7 @@ const TRAIN_STEPS: usize = 200;
 const CURVE_ABS: f64 = 0.1;
 const CURVE_REL: f64 = 0.05;
 const CURVE_WINDOW: usize = 20;
-const _: () = assert!(TRAIN_STEPS % CURVE_WINDOW == 0);
+const _: () = assert!(TRAIN_STEPS.is_multiple_of(CURVE_WINDOW));
 /// Learning rate of the run (constant).
 const LR: f64 = 3e-3;
 
@@ -116,7 +116,7 @@ pub fn compare<C: Backend, G: Backend>(c: &C, g: &G, seed: u64, record: &mut dyn
     let mut cpu_tr = LmTrainer::new(c, Model::from_host(c, cfg.clone(), &host)?, b, t, opt)?;
     let mut gpu_tr = LmTrainer::new(g, Model::from_host(g, cfg.clone(), &host)?, b, t, opt)?;
     // per window of CURVE_WINDOW steps: (sum of gpu losses, sum of cpu losses)
-    let mut sums = vec![(0f64, 0f64); TRAIN_STEPS / CURVE_WINDOW];
+    let mut sums = [(0f64, 0f64); TRAIN_STEPS / CURVE_WINDOW];
     let mut first = (0f64, 0f64);
     for s in 0..TRAIN_STEPS {
         let mb = batch(&mut r, cfg.vocab_size, b, t, &perm);
