@@ -198,6 +198,7 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
     b.section("attention", |b| {
         let gpu = b.gpu;
         // attention, T = 4096, 32 heads of 128, causal, B = 1, and GQA kv = 8
+        let attn0 = gpu.attention_impl();
         for (nkv, imp, suffix) in [(32usize, AttnImpl::Mma, ""), (8, AttnImpl::Mma, ""), (32, AttnImpl::Simple, "_v1")] {
             // v2 (tensor cores) is what the backend runs; v1 is timed for the record
             gpu.set_attention_impl(imp);
@@ -214,7 +215,7 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
             let ms = b.time(false, |g| g.attention_bwd(vm(&mut dq), vm(&mut dk), vm(&mut dv), v(&d), v(&q), v(&k), v(&vv), v(&o), v(&l), s))?;
             b.record(&format!("attention_bwd_t4096_d128_kv{nkv}{suffix}"), ms, None, Some(2.5 * fwd_flops));
         }
-        gpu.set_attention_impl(AttnImpl::Auto);
+        gpu.set_attention_impl(attn0);
         Ok(())
     });
     b.section("decode", |b| {

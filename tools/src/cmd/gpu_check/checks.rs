@@ -59,6 +59,9 @@ pub struct Checker {
     rng: Rng,
     quick: bool,
     rows: Vec<Row>,
+    /// the attention kernels the backend started with (LLAMA2_ATTN), restored
+    /// after each check group, so the model-level checks run on them
+    attn0: AttnImpl,
     /// where the rows so far are rewritten as JSON after each row, so a run
     /// cut short by a timeout or a hang still leaves its results
     json_path: Option<std::path::PathBuf>,
@@ -82,7 +85,8 @@ fn get<B: Backend>(be: &B, b: &B::Buf) -> Result<Vec<f32>> {
 
 impl Checker {
     pub fn new(cpu: CpuBackend, gpu: CudaBackend, seed: u64, quick: bool) -> Self {
-        Checker { cpu, gpu, rng: Rng::derive(seed, "gpu-check"), quick, rows: Vec::new(), json_path: None }
+        let attn0 = gpu.attention_impl();
+        Checker { cpu, gpu, rng: Rng::derive(seed, "gpu-check"), quick, rows: Vec::new(), attn0, json_path: None }
     }
 
     /// Rewrites `path` with the rows so far after every row (see `json_path`).
@@ -173,7 +177,10 @@ impl Checker {
     /// becomes a failed row instead of ending the run, so one broken kernel
     /// does not hide the results of the others.
     fn guard(&mut self, name: &str, f: impl FnOnce(&mut Self) -> anyhow::Result<()>) {
-        if let Err(e) = f(self) {
+        let res = f(self);
+        // an attention check that failed half-way leaves its kernel choice set
+        self.gpu.set_attention_impl(self.attn0);
+        if let Err(e) = res {
             self.push(Row { name: format!("{name}: error"), max_abs: f64::NAN, used: f64::INFINITY, ok: false, first_bad: format!(" {e:#}") });
         }
     }
@@ -519,7 +526,7 @@ impl Checker {
             }
             self.cmp(format!("{tag} fwd {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
         }
-        self.gpu.set_attention_impl(AttnImpl::Auto);
+        self.gpu.set_attention_impl(self.attn0);
         // backward from the same (bf16-rounded) forward output on both sides
         let out_bf: Vec<f32> = out_ref.iter().map(|&x| bfr(x)).collect();
         let (cout, gout) = (put(&self.cpu, &out_bf, BufKind::Act)?, put(&self.gpu, &out_bf, BufKind::Act)?);
@@ -547,7 +554,7 @@ impl Checker {
                 }
             }
         }
-        self.gpu.set_attention_impl(AttnImpl::Auto);
+        self.gpu.set_attention_impl(self.attn0);
         Ok(())
     }
 
@@ -584,7 +591,7 @@ impl Checker {
             }
             self.cmp(format!("{tag} {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
         }
-        self.gpu.set_attention_impl(AttnImpl::Auto);
+        self.gpu.set_attention_impl(self.attn0);
         Ok(())
     }
 }
