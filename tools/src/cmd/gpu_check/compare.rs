@@ -94,6 +94,7 @@ mod tests {
         let r = [0.0f32, 1.5, -2.25, 3.0e-20];
         let row = compare("exact".into(), &r, &r, EXACT);
         assert!(row.ok && row.used == 0.0 && row.max_abs == 0.0, "{} {}", row.used, row.first_bad);
+        assert_eq!(row.name, "exact");
         let mut g = r;
         g[2] = f32::from_bits(g[2].to_bits() + 1); // one ulp
         let row = compare("exact".into(), &g, &r, EXACT);
