@@ -56,6 +56,8 @@ fi
   echo "commit: $(cat .devbin/COMMIT 2>/dev/null | tr '\n' ' ')"
   timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/card: /'
   echo "cublasLt: ${LT:-not found}"
+  # where the loader finds the driver (cudarc dlopens libcuda.so, then .so.1)
+  echo "libcuda: $( (timeout 10 ldconfig -p 2>/dev/null | grep -o '/[^ ]*libcuda\.so[.0-9]*' | head -n 2 | tr '\n' ' ') ) LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 } | tee "$DEST/env.tmp"
 SEED=${SEED:-$(date +%s)}
 echo "== gpu-check (seed $SEED, LLAMA2_SYNC_CHECK=1)"
