@@ -14,7 +14,12 @@
 //!
 //! Model-level checks ([`model_check`]): a whole training step of a small
 //! Llama on GPU vs CPU (the loss and every gradient), and 200 steps of
-//! training whose loss curve must track the CPU one.
+//! training whose loss curve (20-step means) must track the CPU one.
+//!
+//! The comparison rules are in [`compare`], the naive references and the
+//! input generator in [`reference`]; both, and the model-level checks, are
+//! tested on the CPU, the latter against `bf16_sim` (tests only: the CPU
+//! backend storing activations in bf16, as the CUDA backend does).
 
 use clap::Args;
 
