@@ -177,3 +177,48 @@ fn group_rows_builds_the_csr() {
     assert_eq!(o, vec![0, 2, 5, 6]);
     assert_eq!(r, vec![1, 4, 0, 2, 5, 3]);
 }
+
+#[test]
+fn tensor_core_attention_grids_cover_ragged_and_decode_shapes() {
+    // 64 query rows per block of 4 warps: t = 97 needs 2 blocks, t = 1 one
+    for (tq, tkv, blocks) in [(97usize, 97usize, 2u32), (1, 1000, 1), (64, 64, 1), (65, 130, 2), (4096, 4096, 64)] {
+        let s = AttnShape { b: 3, tq, tkv, cap: tkv, n_head: 16, n_kv_head: 8, hd: 128 };
+        let (ql, kl) = (3 * tq * 16 * 128, 3 * tkv * 8 * 128);
+        let (name, d) = attention::check_fwd_mma(p(A, ql), p(A, 3 * 16 * tq), p(A, ql), p(A, kl), p(A, kl), &s).expect("valid");
+        assert_eq!(name, attention::FWD_MMA_D128);
+        assert_eq!((d.grid, d.block, d.smem), ((blocks, 16, 3), 128, 0), "tq {tq}");
+        assert!(blocks as usize * attention::MMA_ROWS >= tq);
+    }
+}
+
+#[test]
+fn grid_stride_grids_are_clamped_to_at_least_one_block() {
+    assert_eq!(elementwise::map_dims("t", 0).expect("n = 0").grid, (1, 1, 1));
+    assert_eq!(elementwise::map_dims("t", 1).expect("n = 1").grid, (1, 1, 1));
+    // 8 elements per thread: 2049 elements need 2 blocks of 256
+    assert_eq!(elementwise::map_dims("t", 2049).expect("odd").grid, (2, 1, 1));
+    let huge = elementwise::map_dims("t", 1 << 40).expect("huge");
+    assert!(huge.grid.0 >= 1024 && huge.grid.0 < 1 << 20, "{huge:?}");
+    assert_eq!(rmsnorm::bwd_blocks(1), 1);
+    assert_eq!(rmsnorm::bwd_blocks(1 << 20), rmsnorm::BWD_MAX_BLOCKS);
+}
+
+/// The block size each launcher uses must match the kernel's
+/// `__launch_bounds__` / reduction constant in its .cu file (a launch with
+/// more threads than the bound is refused at run time; fewer would break
+/// the block reductions' assumptions).
+#[test]
+fn launcher_block_sizes_match_the_kernel_sources() {
+    let cu = |f: &str| std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cu").join(f)).expect("source");
+    let define = |src: &str, name: &str| -> u32 {
+        let line = src.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("#define {name}"));
+        line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    assert_eq!(define(&cu("rmsnorm.cu"), "RMS_THREADS"), rmsnorm::THREADS);
+    assert_eq!(define(&cu("cross_entropy.cu"), "CE_THREADS"), cross_entropy::THREADS);
+    assert_eq!(define(&cu("attention.cu"), "ATT_WARPS") as usize, attention::WARPS);
+    assert_eq!(define(&cu("attention_mma.cu"), "MMA_BQ") as usize, attention::MMA_ROWS);
+    // the tensor-core kernels are bounded at 4 warps, as the launcher uses
+    assert!(cu("attention_mma.cu").contains("__launch_bounds__(4 * WARP)"));
+    assert_eq!(attention::WARPS, 4);
+}

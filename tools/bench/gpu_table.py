@@ -36,6 +36,23 @@ CHECK_PREFIX = {
 }
 
 
+def num(x):
+    """A JSON number as a float; null (serde_json's NaN or infinity, written
+    for failed or errored checks) and NaN count as infinitely bad."""
+    if x is None:
+        return float("inf")
+    x = float(x)
+    return float("inf") if x != x else x
+
+
+def covers(check, pre):
+    """Whether gpu-check row `check` belongs to the kernel whose rows start
+    with `pre`: its own rows, or the error row of its check group."""
+    if check.startswith(pre):
+        return True
+    return check.endswith(": error") and pre.startswith(check[: -len(": error")])
+
+
 def load(p):
     try:
         with open(p) as f:
@@ -69,9 +86,9 @@ def main():
     for r in ours:
         key = r["key"]
         pre = CHECK_PREFIX.get(key)
-        rows = [c for c in checks if pre and c["check"].startswith(pre)]
-        err = max((c["max_abs_err"] for c in rows), default=float("nan"))
-        used = max((c["tol_used"] for c in rows), default=float("nan"))
+        rows = [c for c in checks if pre and covers(c["check"], pre)]
+        err = max((num(c["max_abs_err"]) for c in rows), default=float("nan"))
+        used = max((num(c["tol_used"]) for c in rows), default=float("nan"))
         bad = any(not c["ok"] for c in rows)
         p = peer_by.get(key[:-3] if key.endswith("_v1") else key)
         pms = p["ms"] if p else float("nan")
@@ -102,7 +119,10 @@ def main():
         print(f"training step 1B (B=4, T=2048): {step['step_ms_median']:.1f} ms, {step['tokens_per_s']:.0f} tokens/s, "
               f"{tf:.0f} TFLOP/s = MFU {tf / mm_tfs:.0%} of measured matmul, {tf / 989:.0%} of 989 TFLOP/s")
     failed = sum(1 for c in checks if not c["ok"])
-    print(f"gpu-check: {len(checks) - failed} passed, {failed} failed")
+    if checks:
+        print(f"gpu-check: {len(checks) - failed} passed, {failed} failed")
+    else:
+        print("gpu-check: NO RESULTS (its JSON is missing: it did not finish; see gpu-check.log)")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@
 //!   launch dimensions, grid sizes through `u32::try_from`,
 //! - launches in an `unsafe` block with a `// SAFETY:` line, and maps a
 //!   refused launch to [`KernelError::Launch`]; with the `sync-check`
-//!   feature it also synchronizes, so faults surface at their kernel.
+//!   feature, or `LLAMA2_SYNC_CHECK=1` in the environment ([`sync_check`]),
+//!   it also synchronizes, so faults surface at their kernel.
 //!
 //! Public items: [`Bf16`], [`DPtr`], [`Family`], [`KernelStore`],
 //! [`LaunchDims`], [`ENTRY_POINTS`], [`fatbin`], [`ptxas_report`],
-//! [`keep_dir`]; the launcher modules [`elementwise`], [`rmsnorm`], [`rope`],
+//! [`keep_dir`], [`sync_check`]; the launcher modules [`elementwise`], [`rmsnorm`], [`rope`],
 //! [`swiglu`], [`embedding`], [`cross_entropy`], [`adamw`], [`attention`].
 
 #![allow(clippy::too_many_arguments)]
@@ -355,8 +356,18 @@ macro_rules! launch {
 }
 pub(crate) use launch;
 
-/// Maps a refused launch to [`KernelError::Launch`]; with the `sync-check`
-/// feature, waits for the kernel so that a fault is reported at it.
+/// Whether every launch is followed by a synchronize, so an asynchronous
+/// fault is reported at the kernel that caused it: the `sync-check` feature,
+/// or `LLAMA2_SYNC_CHECK` set to anything but empty or `0` (read once; lets
+/// one release binary run gpu-check's correctness part this way and its
+/// timings without).
+pub fn sync_check() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    cfg!(feature = "sync-check") || *ON.get_or_init(|| std::env::var("LLAMA2_SYNC_CHECK").is_ok_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// Maps a refused launch to [`KernelError::Launch`]; under [`sync_check`],
+/// waits for the kernel so that a fault is reported at it.
 pub(crate) fn finish_launch(
     stream: &CudaStream,
     kernel: &'static str,
@@ -365,7 +376,7 @@ pub(crate) fn finish_launch(
 ) -> Result<()> {
     let err = |msg: String| KernelError::Launch { kernel, grid: dims.grid, block: dims.block, smem: dims.smem, msg };
     res.map_err(|e| err(e.to_string()))?;
-    if cfg!(feature = "sync-check") {
+    if sync_check() {
         stream.synchronize().map_err(|e| err(format!("after the launch: {e}")))?;
     }
     Ok(())

@@ -137,8 +137,14 @@ impl CudaBackend {
         }
     }
 
+    /// The attention kernels chosen now (`LLAMA2_ATTN` at start, then
+    /// [`Self::set_attention_impl`]).
+    pub fn attention_impl(&self) -> AttnImpl {
+        self.attn.lock().map(|g| *g).unwrap_or(AttnImpl::Auto)
+    }
+
     fn use_mma(&self, tq: usize) -> bool {
-        match self.attn.lock().map(|g| *g).unwrap_or(AttnImpl::Auto) {
+        match self.attention_impl() {
             AttnImpl::Auto => tq >= MMA_MIN_TQ,
             AttnImpl::Simple => false,
             AttnImpl::Mma => true,

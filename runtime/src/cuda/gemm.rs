@@ -134,6 +134,9 @@ impl Blas {
         tb: Trans,
         write: GradWrite,
     ) -> Result<()> {
+        // cuBLASLt runs on the calling thread's current context (our launches
+        // bind it themselves; this call must too, whatever thread it is on)
+        stream.context().bind_to_thread().map_err(|e| lt_err("binding the context", e))?;
         let accumulate = write == GradWrite::Accumulate;
         let key = Key { m, n, k, ta: ta == Trans::T, tb: tb == Trans::T, out, accumulate, align: [alignment(a), alignment(b), alignment(c)] };
         let out_ty = match out {
@@ -213,6 +216,10 @@ impl Blas {
             self.ws_bytes,
             stream.cu_stream() as sys::cudaStream_t,
         )
-        .map_err(|e| lt_err(&format!("matmul m {m} n {n} k {k} {ta:?}{tb:?} -> {out:?}"), e))
+        .map_err(|e| lt_err(&format!("matmul m {m} n {n} k {k} {ta:?}{tb:?} -> {out:?}"), e))?;
+        if llama2_kernels::cuda::sync_check() {
+            stream.synchronize().map_err(|e| lt_err(&format!("after matmul m {m} n {n} k {k} {ta:?}{tb:?} -> {out:?}"), e))?;
+        }
+        Ok(())
     }
 }

@@ -14,14 +14,23 @@
 //!
 //! Model-level checks ([`model_check`]): a whole training step of a small
 //! Llama on GPU vs CPU (the loss and every gradient), and 200 steps of
-//! training whose loss curve must track the CPU one.
+//! training whose loss curve (20-step means) must track the CPU one.
+//!
+//! The comparison rules are in [`compare`], the naive references and the
+//! input generator in [`reference`]; both, and the model-level checks, are
+//! tested on the CPU, the latter against `bf16_sim` (tests only: the CPU
+//! backend storing activations in bf16, as the CUDA backend does).
 
 use clap::Args;
 
 #[cfg(feature = "cuda")]
 mod bench;
+#[cfg(test)]
+mod bf16_sim;
 #[cfg(feature = "cuda")]
 mod checks;
+#[cfg(any(feature = "cuda", test))]
+pub mod compare;
 #[cfg(any(feature = "cuda", test))]
 pub mod model_check;
 #[cfg(any(feature = "cuda", test))]
@@ -68,6 +77,7 @@ pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
         gpu
     } else {
         let mut c = checks::Checker::new(cpu, gpu, a.seed, a.quick);
+        c.set_json_path(a.json.clone());
         c.run_all()?;
         if !a.kernels_only {
             let (cpu, gpu) = c.backends();

@@ -18,7 +18,8 @@
 //!   per element with RTOL_F32/ATOL_F32, or relative to the tensor's max
 //!   for reductions over many rows (F32_SUM).
 
-use super::reference::{attention_bwd_naive_bf16, attention_naive_bf16p, bfr};
+use super::compare::{compare, Row, Rule, F32_FLOOR};
+use super::reference::{attention_bwd_naive_bf16, attention_naive_bf16p, bfr, normals};
 use llama2_runtime::kernels::attention::AttnShape;
 use llama2_runtime::kernels::rope::rope_table;
 use llama2_runtime::rng::Rng;
@@ -44,36 +45,13 @@ const F32_SUM: f64 = 1e-4;
 /// flash-attn's rule: forward error <= 2x, backward <= 3x the naive bf16 error.
 const FA_FWD: f64 = 2.0;
 const FA_BWD: f64 = 3.0;
-/// f32 noise allowed on top of the flash-attn bound, relative to max|ref|.
-const F32_FLOOR: f64 = 1e-6;
 /// AdamW mirrors the CPU kernel operation by operation (no FMA
 /// contraction, IEEE sqrt and division): bit-identical is expected; allow
 /// one f32 ulp in case a compiler rewrites anyway.
 const RTOL_ADAMW: f64 = 1.2e-7;
 
-/// How an output is compared.
-#[derive(Clone, Copy, Debug)]
-pub enum Rule {
-    /// per element: |g − r| <= atol + rtol·|r|
-    Elem { rtol: f64, atol: f64 },
-    /// max|g − r| <= factor·max|bf16(r) − r| + F32_FLOOR·max|r|
-    FlashAttn { factor: f64 },
-    /// max|g − r| <= tol·max|r|
-    MaxRel { tol: f64 },
-}
-
 const BF: Rule = Rule::Elem { rtol: RTOL_BF16, atol: ATOL_BF16 };
 const F32: Rule = Rule::Elem { rtol: RTOL_F32, atol: ATOL_F32 };
-
-/// One compared output.
-pub struct Row {
-    pub name: String,
-    pub max_abs: f64,
-    /// fraction of the tolerance used (<= 1 passes)
-    pub used: f64,
-    pub ok: bool,
-    pub first_bad: String,
-}
 
 pub struct Checker {
     cpu: CpuBackend,
@@ -81,6 +59,12 @@ pub struct Checker {
     rng: Rng,
     quick: bool,
     rows: Vec<Row>,
+    /// the attention kernels the backend started with (LLAMA2_ATTN), restored
+    /// after each check group, so the model-level checks run on them
+    attn0: AttnImpl,
+    /// where the rows so far are rewritten as JSON after each row, so a run
+    /// cut short by a timeout or a hang still leaves its results
+    json_path: Option<std::path::PathBuf>,
 }
 
 fn put<B: Backend>(be: &B, data: &[f32], kind: BufKind) -> Result<B::Buf> {
@@ -101,7 +85,28 @@ fn get<B: Backend>(be: &B, b: &B::Buf) -> Result<Vec<f32>> {
 
 impl Checker {
     pub fn new(cpu: CpuBackend, gpu: CudaBackend, seed: u64, quick: bool) -> Self {
-        Checker { cpu, gpu, rng: Rng::derive(seed, "gpu-check"), quick, rows: Vec::new() }
+        let attn0 = gpu.attention_impl();
+        Checker { cpu, gpu, rng: Rng::derive(seed, "gpu-check"), quick, rows: Vec::new(), attn0, json_path: None }
+    }
+
+    /// Rewrites `path` with the rows so far after every row (see `json_path`).
+    pub fn set_json_path(&mut self, path: Option<std::path::PathBuf>) {
+        self.json_path = path;
+    }
+
+    /// Prints a row at once (a run that hangs or times out still shows how
+    /// far it got) and records it.
+    fn push(&mut self, r: Row) {
+        println!("{}", Self::line(&r));
+        self.rows.push(r);
+        if let Some(p) = &self.json_path {
+            // best effort here; the final write in gpu_check::run reports errors
+            let _ = std::fs::write(p, self.json());
+        }
+    }
+
+    fn line(r: &Row) -> String {
+        format!("{:<58} {:>12.3e} {:>8.1}%  {}{}", r.name, r.max_abs, 100.0 * r.used, if r.ok { "ok" } else { "FAIL" }, r.first_bad)
     }
 
     pub fn into_gpu(self) -> CudaBackend {
@@ -122,60 +127,20 @@ impl Checker {
         };
         let ok = used <= 1.0;
         let used = if used.is_nan() { f64::INFINITY } else { used };
-        self.rows.push(Row { name, max_abs: err, used, ok, first_bad: if ok { String::new() } else { format!(" {err:.4e} > limit {limit:.4e}") } });
+        self.push(Row { name, max_abs: err, used, ok, first_bad: if ok { String::new() } else { format!(" {err:.4e} > limit {limit:.4e}") } });
     }
 
+    /// `n` normal draws times `scale`, rounded to bf16 (parallel streams
+    /// seeded from the checker's RNG: fresh on every call).
     fn randn(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| bfr(self.rng.normal() * scale)).collect()
+        let mut x = normals(self.rng.next_u64(), n, scale);
+        x.iter_mut().for_each(|e| *e = bfr(*e));
+        x
     }
 
-    /// Compares `g` with `r` under `rule` and records the row. The negated
-    /// comparisons are deliberate: a NaN must count as out of tolerance.
-    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    /// Compares `g` with `r` under `rule` ([`compare`]) and records the row.
     fn cmp(&mut self, name: String, g: &[f32], r: &[f32], rule: Rule) {
-        let n = g.len().min(r.len());
-        let mut max_abs = 0f64;
-        let mut used = 0f64;
-        let mut first_bad = String::new();
-        let len_ok = g.len() == r.len();
-        let max_ref = r.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-        let limit = match rule {
-            Rule::FlashAttn { factor } => {
-                let naive = r.iter().fold(0f64, |m, &x| m.max((bfr(x) as f64 - x as f64).abs()));
-                factor * naive + F32_FLOOR * max_ref
-            }
-            Rule::MaxRel { tol } => tol * max_ref,
-            Rule::Elem { .. } => 1.0,
-        };
-        let mut bad = 0usize;
-        for i in 0..n {
-            let (gi, ri) = (g[i] as f64, r[i] as f64);
-            let d = (gi - ri).abs();
-            let u = match rule {
-                Rule::Elem { rtol, atol } => d / (atol + rtol * ri.abs()),
-                _ => d / limit.max(f64::MIN_POSITIVE),
-            };
-            if !(d <= max_abs) {
-                max_abs = if d.is_nan() { f64::NAN } else { d };
-            }
-            if !(u <= used) {
-                used = if u.is_nan() { f64::INFINITY } else { u };
-            }
-            if !(u <= 1.0) {
-                if bad < 3 {
-                    first_bad.push_str(&format!(" [{i}] gpu {gi:.6e} ref {ri:.6e};"));
-                }
-                bad += 1;
-            }
-        }
-        if bad > 0 {
-            first_bad.push_str(&format!(" {bad} of {n} out of tolerance"));
-        }
-        if !len_ok {
-            first_bad.push_str(&format!(" length {} vs {}", g.len(), r.len()));
-        }
-        let ok = len_ok && bad == 0 && used <= 1.0;
-        self.rows.push(Row { name, max_abs, used, ok, first_bad });
+        self.push(compare(name, g, r, rule));
     }
 
     /// flash-attn's rule against an explicit naive bf16 reference `naive`
@@ -188,18 +153,18 @@ impl Checker {
         self.cmp(name, g, r, Rule::MaxRel { tol: limit / max_ref.max(f64::MIN_POSITIVE) });
     }
 
-    /// Prints the table; returns the number of failed rows.
+    /// Prints the failed rows again (every row was printed as it came) and
+    /// the count; returns the number of failed rows.
     pub fn report(&self) -> usize {
-        println!("{:<58} {:>12} {:>9}  result", "check", "max |err|", "tol used");
-        let mut failed = 0;
-        for r in &self.rows {
-            println!("{:<58} {:>12.3e} {:>8.1}%  {}{}", r.name, r.max_abs, 100.0 * r.used, if r.ok { "ok" } else { "FAIL" }, r.first_bad);
-            if !r.ok {
-                failed += 1;
+        let failed: Vec<&Row> = self.rows.iter().filter(|r| !r.ok).collect();
+        if !failed.is_empty() {
+            println!("failed checks:");
+            for r in &failed {
+                println!("{}", Self::line(r));
             }
         }
-        println!("{} passed, {} failed", self.rows.len() - failed, failed);
-        failed
+        println!("{} passed, {} failed", self.rows.len() - failed.len(), failed.len());
+        failed.len()
     }
 
     pub fn json(&self) -> String {
@@ -212,12 +177,16 @@ impl Checker {
     /// becomes a failed row instead of ending the run, so one broken kernel
     /// does not hide the results of the others.
     fn guard(&mut self, name: &str, f: impl FnOnce(&mut Self) -> anyhow::Result<()>) {
-        if let Err(e) = f(self) {
-            self.rows.push(Row { name: format!("{name}: error"), max_abs: f64::NAN, used: f64::INFINITY, ok: false, first_bad: format!(" {e:#}") });
+        let res = f(self);
+        // an attention check that failed half-way leaves its kernel choice set
+        self.gpu.set_attention_impl(self.attn0);
+        if let Err(e) = res {
+            self.push(Row { name: format!("{name}: error"), max_abs: f64::NAN, used: f64::INFINITY, ok: false, first_bad: format!(" {e:#}") });
         }
     }
 
     pub fn run_all(&mut self) -> anyhow::Result<()> {
+        println!("{:<58} {:>12} {:>9}  result", "check", "max |err|", "tol used");
         self.guard("elementwise", |s| s.elementwise());
         self.guard("embedding", |s| s.embedding(97, 1000, 256));
         self.guard("embedding", |s| s.embedding(4096, 32000, 4096));
@@ -252,7 +221,8 @@ impl Checker {
             for hd in [64, 128] {
                 for nkv in [16, 8, 1] {
                     let b = if t <= 97 { 3 } else { 1 };
-                    self.guard(&format!("attention t={t} hd={hd} kv={nkv}"), |s| s.attention(AttnShape::causal(b, t, 16, nkv, hd)));
+                    // named as the rows it records, so the table finds its error row
+                    self.guard(&format!("attention b={b} t={t} hd={hd} h=16 kv={nkv}"), |s| s.attention(AttnShape::causal(b, t, 16, nkv, hd)));
                 }
             }
         }
@@ -300,10 +270,28 @@ impl Checker {
             self.gpu.gather_rows(vm(&mut gg), v(&ga), &rows, c)?;
             let (g, r) = (get(&self.gpu, &gg)?, get(&self.cpu, &cg)?);
             self.cmp(format!("gather_rows_{k}"), &g, &r, rule);
-            self.cpu.scatter_add_rows(vm(&mut cx), v(&cg), &rows, c)?;
-            self.gpu.scatter_add_rows(vm(&mut gx), v(&gg), &rows, c)?;
-            let (g, r) = (get(&self.gpu, &gx)?, get(&self.cpu, &cx)?);
-            self.cmp(format!("scatter_add_rows_{k}"), &g, &r, rule);
+            // scatter-add into the same fresh values on both sides (cx and gx
+            // already differ by the GPU's bf16 roundings, which a sum that
+            // cancels would magnify past any per-element tolerance)
+            let base = self.randn(n, 1.0);
+            let (mut cs, mut gs) = (put(&self.cpu, &base, kind)?, put(&self.gpu, &base, kind)?);
+            self.cpu.scatter_add_rows(vm(&mut cs), v(&cg), &rows, c)?;
+            self.gpu.scatter_add_rows(vm(&mut gs), v(&gg), &rows, c)?;
+            let (g, rs) = (get(&self.gpu, &gs)?, get(&self.cpu, &cs)?);
+            if kind == BufKind::Act {
+                // the kernel rounds to bf16 after every add (a repeated row
+                // twice); the naive reference rounds at the same points
+                let mut naive = base.clone();
+                for (i, &row) in rows.iter().enumerate() {
+                    for j in 0..c {
+                        let d = &mut naive[row as usize * c + j];
+                        *d = bfr(*d + r[i * c + j]);
+                    }
+                }
+                self.cmp_naive(format!("scatter_add_rows_{k}"), &g, &rs, &naive, FA_FWD);
+            } else {
+                self.cmp(format!("scatter_add_rows_{k}"), &g, &rs, rule);
+            }
             // KV-cache write
             let (b, t, cap, w, pos0) = (2, 7, 16, 256, 5);
             let new = self.randn(b * t * w, 1.0);
@@ -538,7 +526,7 @@ impl Checker {
             }
             self.cmp(format!("{tag} fwd {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
         }
-        self.gpu.set_attention_impl(AttnImpl::Auto);
+        self.gpu.set_attention_impl(self.attn0);
         // backward from the same (bf16-rounded) forward output on both sides
         let out_bf: Vec<f32> = out_ref.iter().map(|&x| bfr(x)).collect();
         let (cout, gout) = (put(&self.cpu, &out_bf, BufKind::Act)?, put(&self.gpu, &out_bf, BufKind::Act)?);
@@ -566,7 +554,7 @@ impl Checker {
                 }
             }
         }
-        self.gpu.set_attention_impl(AttnImpl::Auto);
+        self.gpu.set_attention_impl(self.attn0);
         Ok(())
     }
 
@@ -603,7 +591,7 @@ impl Checker {
             }
             self.cmp(format!("{tag} {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
         }
-        self.gpu.set_attention_impl(AttnImpl::Auto);
+        self.gpu.set_attention_impl(self.attn0);
         Ok(())
     }
 }
