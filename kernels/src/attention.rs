@@ -19,6 +19,7 @@
 //! group in a fixed order, so results do not depend on the thread count.
 //! Write rule: `out`, `lse`, `dq`, `dk`, `dv` are overwritten.
 
+use crate::math::exp;
 use crate::matmul::gemm_strided;
 use crate::{arg_err, check_len, check_min_len, with_scratch, Result, Scratch, SharedMut};
 use rayon::prelude::*;
@@ -113,12 +114,11 @@ pub fn attention_fwd_cpu(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32],
             for r in 0..qn {
                 let vis = off + i0 + r + 1; // keys 0..vis are visible
                 let row = &mut sc[r * nk..(r + 1) * nk];
-                let m = row[..vis].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-                let mut sum = 0f32;
+                let m = crate::max(&row[..vis]);
                 for x in row[..vis].iter_mut() {
-                    *x = (*x - m).exp();
-                    sum += *x;
+                    *x = exp(*x - m);
                 }
+                let sum = crate::sum(&row[..vis]);
                 let inv = 1.0 / sum;
                 for x in row[..vis].iter_mut() {
                     *x *= inv;
@@ -206,7 +206,7 @@ pub fn attention_bwd_cpu(
                         let l = lse[(bi * nh + h) * t + i0 + r];
                         let row = &mut p[r * nk..(r + 1) * nk];
                         for x in row[..vis].iter_mut() {
-                            *x = (*x - l).exp();
+                            *x = exp(*x - l);
                         }
                         row[vis..].fill(0.0);
                     }

@@ -11,6 +11,7 @@
 //! Write rule: `losses` overwritten; logits overwritten by dlogits when a
 //! gradient is asked for, untouched otherwise.
 
+use crate::math::exp;
 use crate::{arg_err, check_len, Result};
 use rayon::prelude::*;
 
@@ -55,16 +56,23 @@ pub fn cross_entropy_cpu(logits: &mut [f32], losses: &mut [f32], targets: &[i32]
             }
             return;
         }
-        let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0f32;
-        for &xi in x.iter() {
-            sum += (xi - m).exp();
+        let m = crate::max(x);
+        let mut sum = [0f32; 16];
+        let chunks = x.chunks_exact(16);
+        let mut tail = 0f32;
+        for &xi in chunks.remainder() {
+            tail += exp(xi - m);
         }
-        let lse = m + sum.ln();
+        for c in chunks {
+            for j in 0..16 {
+                sum[j] += exp(c[j] - m);
+            }
+        }
+        let lse = m + (crate::sum(&sum) + tail).ln();
         *loss = lse - x[t as usize];
         if let Some(c) = coef {
             for xi in x.iter_mut() {
-                *xi = c * (*xi - lse).exp();
+                *xi = c * exp(*xi - lse);
             }
             x[t as usize] -= c;
         }

@@ -25,6 +25,7 @@ pub mod cross_entropy;
 pub mod cuda;
 pub mod elementwise;
 pub mod embedding;
+pub mod math;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
@@ -150,6 +151,50 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         w /= 2;
     }
     acc[0] + s
+}
+
+/// `Σ x` with 16 independent accumulators (vectorised; the order of the
+/// additions is fixed by the length, so results do not depend on threads).
+#[inline]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..16 {
+            acc[j] += c[j];
+        }
+    }
+    let mut s = 0f32;
+    for v in rest {
+        s += v;
+    }
+    let mut w = 8;
+    while w > 0 {
+        for j in 0..w {
+            acc[j] += acc[j + w];
+        }
+        w /= 2;
+    }
+    acc[0] + s
+}
+
+/// `max x` (−inf for an empty slice), vectorised like [`sum`].
+#[inline]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..16 {
+            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in rest {
+        m = if v > m { v } else { m };
+    }
+    acc.iter().fold(m, |a, &b| if b > a { b } else { a })
 }
 
 /// `y += alpha * x`

@@ -10,10 +10,7 @@ use rayon::prelude::*;
 /// Elements per parallel task.
 const CHUNK: usize = 4096;
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
+use crate::math::sigmoid;
 
 /// `out (n) = silu(gate (n)) ⊙ up (n)`.
 pub fn swiglu_fwd_cpu(out: &mut [f32], gate: &[f32], up: &[f32]) -> Result<()> {
