@@ -138,7 +138,10 @@ pub fn compare<C: Backend, G: Backend>(c: &C, g: &G, seed: u64, record: &mut dyn
         }
     }
     let last = means[means.len() - 1];
-    println!("training {TRAIN_STEPS} steps: loss gpu {:.4} -> {:.4}, cpu {:.4} -> {:.4} (last: mean of {CURVE_WINDOW} steps)", first.0, last.0, first.1, last.1);
+    println!(
+        "training {TRAIN_STEPS} steps: loss gpu {:.4} -> {:.4}, cpu {:.4} -> {:.4} (last: mean of {CURVE_WINDOW} steps)",
+        first.0, last.0, first.1, last.1
+    );
     let (w0, w1) = (worst.0 * CURVE_WINDOW, (worst.0 + 1) * CURVE_WINDOW - 1);
     record(
         format!("training {TRAIN_STEPS} steps: {CURVE_WINDOW}-step mean losses agree (worst steps {w0}-{w1}: gpu {:.4} cpu {:.4})", worst.2, worst.3),
