@@ -496,7 +496,7 @@ pub fn read_bin(path: &Path, layout: Option<Layout>) -> Result<Imported> {
     }
     let want = expected_file_size(&header, lay);
     if want != size as u128 {
-        let mut msg = format!("{size} bytes, but a {lay} file with this header ({}) has {want}", describe(&header));
+        let mut msg = format!("{size} bytes, but this header ({}) in the {lay} layout means {want}", describe(&header));
         if auto_legacy {
             msg = format!("{size} bytes, but this header ({}) implies {want} (legacy) or {early_size} (early, no GQA)", describe(&header));
         }

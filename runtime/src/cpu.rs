@@ -114,6 +114,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn run_batched<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        // ops called from inside the pool run inline (rayon's `install`
+        // from one of its own workers does not switch threads)
+        self.pool.install(f)
+    }
+
     fn embedding_fwd(&self, out: ViewMut<Self>, tokens: &[u32], table: View<Self>, v: usize, c: usize) -> Result<()> {
         self.run(|| k::embedding::embedding_fwd_cpu(sl_mut(out), tokens, sl(table), v, c))
     }
