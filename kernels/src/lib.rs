@@ -9,6 +9,8 @@
 //! Public items:
 //! - [`Trans`], [`GradWrite`]: flags that reach kernels (enums, not bools)
 //! - [`KernelError`]: shape and argument errors of the CPU kernels
+//! - [`dot`] (run-time dispatched AVX-512F / AVX2+FMA / portable), [`axpy`]:
+//!   inner loops shared by the families
 //! - families: [`matmul`], [`embedding`], [`rmsnorm`], [`rope`], [`attention`],
 //!   [`swiglu`], [`cross_entropy`], [`adamw`], [`elementwise`]
 //!
@@ -236,6 +238,14 @@ mod simd {
     }
 }
 
+/// `y += alpha * x`
+#[inline]
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
 #[cfg(test)]
 mod dot_tests {
     use super::*;
@@ -273,13 +283,5 @@ mod dot_tests {
         }
         // the common prefix is used when the lengths differ
         assert_eq!(dot(&[1.0, 2.0, 3.0], &[1.0, 1.0]), 3.0);
-    }
-}
-
-/// `y += alpha * x`
-#[inline]
-pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
     }
 }

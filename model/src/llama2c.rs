@@ -435,7 +435,11 @@ pub fn read_bin(path: &Path, layout: Option<Layout>) -> Result<Imported> {
     // header and the candidate layouts
     let (header, mut lay) = if magic == V1_MAGIC {
         if let Some(l @ (Layout::Legacy | Layout::Early)) = layout {
-            return format_err(path, format!("the file starts with the \"ak42\" magic of export.py version >= 1, not a {l} header"), "drop --layout, or pass --layout v1");
+            return format_err(
+                path,
+                format!("the file starts with the \"ak42\" magic of export.py version >= 1, not a {l} header"),
+                "drop --layout, or pass --layout v1",
+            );
         }
         if size < V1_HEADER_BYTES as u64 {
             return format_err(path, format!("{size} bytes, shorter than the 256-byte version-1 header"), HINT_CORRUPT);
@@ -443,8 +447,20 @@ pub fn read_bin(path: &Path, layout: Option<Layout>) -> Result<Imported> {
         let version = read_i32(&head, 4);
         match version {
             1 => {}
-            2 => return format_err(path, "llama2.c version 2 file (Q8_0 quantized weights); only float32 layouts are read", "re-export with llama2.c export.py --version 1 (or 0)"),
-            v => return format_err(path, format!("unknown llama2.c file version {v} after the \"ak42\" magic"), "only version 1 (float32) is read; re-export with export.py --version 1"),
+            2 => {
+                return format_err(
+                    path,
+                    "llama2.c version 2 file (Q8_0 quantized weights); only float32 layouts are read",
+                    "re-export with llama2.c export.py --version 1 (or 0)",
+                )
+            }
+            v => {
+                return format_err(
+                    path,
+                    format!("unknown llama2.c file version {v} after the \"ak42\" magic"),
+                    "only version 1 (float32) is read; re-export with export.py --version 1",
+                )
+            }
         }
         let f = parse_fields(path, &head, 8)?;
         if f[5] < 0 {
@@ -462,7 +478,11 @@ pub fn read_bin(path: &Path, layout: Option<Layout>) -> Result<Imported> {
         (h, Layout::V1)
     } else {
         if layout == Some(Layout::V1) {
-            return format_err(path, format!("no \"ak42\" magic (first word {magic:#010x}): not a version-1 file"), "drop --layout to detect the layout, or pass --layout legacy or early");
+            return format_err(
+                path,
+                format!("no \"ak42\" magic (first word {magic:#010x}): not a version-1 file"),
+                "drop --layout to detect the layout, or pass --layout legacy or early",
+            );
         }
         let f = parse_fields(path, &head, 0)?;
         let h = header_from(f, f[5] > 0);
@@ -665,7 +685,8 @@ pub fn check_writable(path: &Path, cfg: &Config, layout: Layout, force: bool) ->
     }
     if layout == Layout::Early {
         // the early run.c computes these offsets and sizes in C int
-        let (l, d, f, v, s, h) = (cfg.n_layers as u128, cfg.hidden as u128, cfg.intermediate as u128, cfg.vocab_size as u128, cfg.max_seq_len as u128, cfg.n_heads as u128);
+        let (l, d, f, v, s, h) =
+            (cfg.n_layers as u128, cfg.hidden as u128, cfg.intermediate as u128, cfg.vocab_size as u128, cfg.max_seq_len as u128, cfg.n_heads as u128);
         for (what, x) in [
             ("vocab_size * dim", v * d),
             ("n_layers * dim * dim", l * d * d),
@@ -750,7 +771,11 @@ pub fn write_bin(path: &Path, cfg: &Config, w: &HostWeights, layout: Layout, for
         match w.get(&name) {
             None => return Err(Llama2cError::Tensor { path: path.to_path_buf(), name, msg: "missing".into() }),
             Some(t) if t.shape != want || t.data.len() != want.iter().product::<usize>() => {
-                return Err(Llama2cError::Tensor { path: path.to_path_buf(), name, msg: format!("shape {:?} ({} values), config implies {want:?}", t.shape, t.data.len()) })
+                return Err(Llama2cError::Tensor {
+                    path: path.to_path_buf(),
+                    name,
+                    msg: format!("shape {:?} ({} values), config implies {want:?}", t.shape, t.data.len()),
+                })
             }
             Some(_) => {}
         }

@@ -99,7 +99,12 @@ fn fixtures_export_byte_identical() {
             let n = llama2c::write_bin(&dst, &cfg, &w, layout, false).unwrap();
             let (got, want) = (std::fs::read(&dst).unwrap(), std::fs::read(&path).unwrap());
             assert_eq!(n as usize, want.len());
-            assert!(got == want, "{name} {layout}: export differs from {} (first diff at byte {:?})", path.display(), got.iter().zip(&want).position(|(a, b)| a != b));
+            assert!(
+                got == want,
+                "{name} {layout}: export differs from {} (first diff at byte {:?})",
+                path.display(),
+                got.iter().zip(&want).position(|(a, b)| a != b)
+            );
         }
     }
 }
@@ -271,8 +276,8 @@ fn corrupt_truncated_and_mislabelled_files_are_refused() {
         (8, -2, "n_layers = -2"),
         (24, 0, "seq_len = 0"),
         (0, 33, "not a multiple of n_heads"),
-        (0, 36, "is odd"),           // hd 9
-        (16, 3, "does not divide"),  // 3 kv heads of 4
+        (0, 36, "is odd"),          // hd 9
+        (16, 3, "does not divide"), // 3 kv heads of 4
         (20, 0, "vocab_size = 0"),
         (0, i32::MAX - 1, "not a multiple"),
         (4, i32::MAX, "bytes, but this header"), // huge: no allocation, a size error

@@ -106,7 +106,10 @@ fn to_hf(src: &Path, dst: &Path, layout: Option<Layout>) -> Result<()> {
     print_config(&imp.cfg);
     if let (Layout::Legacy, Some(t)) = (imp.layout, imp.table_theta) {
         if t != llama2c::RUNC_THETA {
-            eprintln!("note: the file's RoPE tables encode θ = {t}; read as legacy, θ = {} (what karpathy's run.c computes); --layout early would use the tables", llama2c::RUNC_THETA);
+            eprintln!(
+                "note: the file's RoPE tables encode θ = {t}; read as legacy, θ = {} (what karpathy's run.c computes); --layout early would use the tables",
+                llama2c::RUNC_THETA
+            );
         }
     }
     std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
