@@ -100,7 +100,10 @@ fn bad_input_is_refused() {
     std::fs::write(&trunc, &legacy[..legacy.len() - 8]).unwrap();
     fails(&["convert", "--from", "llama2c", s(&trunc), "--to", "hf", s(&d.join("out"))], &["trunc.bin", "bytes", "HINT"]);
     assert!(!d.join("out").join("model.safetensors").exists());
-    fails(&["convert", "--from", "llama2c", s(&fixtures().join("gqa/v1.bin")), "--to", "hf", s(&d.join("o2")), "--layout", "legacy"], &["v1.bin", "ak42", "HINT"]);
+    fails(
+        &["convert", "--from", "llama2c", s(&fixtures().join("gqa/v1.bin")), "--to", "hf", s(&d.join("o2")), "--layout", "legacy"],
+        &["v1.bin", "ak42", "HINT"],
+    );
     fails(&["convert", "--from", "gguf", "x", "--to", "hf", "y"], &["unknown format", "HINT"]);
     fails(&["convert", "--from", "hf", "x", "--to", "hf", "y"], &["between llama2c and hf"]);
     fails(&["convert", "--from", "llama2c", s(&trunc), "--to", "hf", "y", "--force"], &["--force"]);
