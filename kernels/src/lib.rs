@@ -9,6 +9,8 @@
 //! Public items:
 //! - [`Trans`], [`GradWrite`]: flags that reach kernels (enums, not bools)
 //! - [`KernelError`]: shape and argument errors of the CPU kernels
+//! - [`dot`] (run-time dispatched AVX-512F / AVX2+FMA / portable), [`axpy`]:
+//!   inner loops shared by the families
 //! - families: [`matmul`], [`embedding`], [`rmsnorm`], [`rope`], [`attention`],
 //!   [`swiglu`], [`cross_entropy`], [`adamw`], [`elementwise`]
 //! - `cuda` (feature `cuda`): the embedded CUDA images, the per-device module
@@ -124,10 +126,35 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// Dot product with 16 independent accumulators, so the compiler keeps it in
-/// vector registers (AVX-512: one zmm; AVX2: two ymm).
+/// Dot product of the common prefix of `a` and `b`.
+///
+/// On x86-64 the widest instruction set the CPU has is chosen at run time
+/// (AVX-512F, else AVX2+FMA): the default build targets baseline x86-64
+/// (SSE2), where the portable loop gets 4-wide vectors and no FMA, and this
+/// is the inner loop of decoding (`matmul::gemv_rows`). The SIMD versions
+/// sum 4 vector accumulators with FMA; the portable one 16 scalar lanes.
+/// The summation order differs between them (float32 rounding only).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above)
+            return unsafe { simd::dot_avx512(a, b) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above)
+            return unsafe { simd::dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+/// The portable [`dot`]: 16 independent accumulators, so the compiler keeps
+/// them in vector registers, then a pairwise sum of the lanes.
+pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 16];
@@ -197,6 +224,78 @@ pub fn max(x: &[f32]) -> f32 {
     acc.iter().fold(m, |a, &b| if b > a { b } else { a })
 }
 
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// AVX-512F: 4 x 16 lanes per step (4 independent FMA chains hide the
+    /// FMA latency), then 16 at a time, then a masked tail.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `a.len() == b.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): i + 64 <= n, i + 16 <= n, or the mask covers
+        // only the n - i < 16 remaining elements
+        while i + 64 <= n {
+            for (u, acc_u) in acc.iter_mut().enumerate() {
+                let o = i + 16 * u;
+                *acc_u = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(o)), _mm512_loadu_ps(pb.add(o)), *acc_u);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+            acc[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)), acc[1]);
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// AVX2 + FMA: 4 x 8 lanes per step, then 8 at a time, then scalars.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `a.len() == b.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): i + 32 <= n or i + 8 <= n
+        while i + 32 <= n {
+            for (u, acc_u) in acc.iter_mut().enumerate() {
+                let o = i + 8 * u;
+                *acc_u = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *acc_u);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        // horizontal sum of 8 lanes
+        let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+        let mut r = _mm_cvtss_f32(h);
+        while i < n {
+            r += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        r
+    }
+}
+
 /// `y += alpha * x`
 #[inline]
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
@@ -241,4 +340,44 @@ pub(crate) fn with_scratch<R>(which: Scratch, n: usize, f: impl FnOnce(&mut [f32
         }
         Err(_) => f(&mut vec![0f32; n]),
     })
+}
+
+#[cfg(test)]
+mod dot_tests {
+    use super::*;
+
+    /// Every SIMD path the CPU has agrees with a float64 dot product, at
+    /// lengths around every unroll boundary (tails of 0..63).
+    #[test]
+    fn dot_paths_match_f64() {
+        let mut s = 7u64;
+        let mut rnd = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for n in (0..200).chain([511, 512, 513, 1376, 4096 + 17]) {
+            let a: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let abs: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+            // float32 summation of n terms in any order: |err| <= n * 2^-24 * sum|x_i y_i|
+            // (Higham, Accuracy and Stability, 3.1); FMA only removes roundings
+            let tol = n as f64 * (1.0 / (1u64 << 24) as f64) * abs + 1e-30;
+            let mut paths: Vec<(&str, f32)> = vec![("portable", dot_portable(&a, &b)), ("dispatch", dot(&a, &b))];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    paths.push(("avx512", unsafe { simd::dot_avx512(&a, &b) }));
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    paths.push(("avx2", unsafe { simd::dot_avx2(&a, &b) }));
+                }
+            }
+            for (name, got) in paths {
+                assert!((got as f64 - want).abs() <= tol, "{name} n={n}: {got} vs {want} (tol {tol:e})");
+            }
+        }
+        // the common prefix is used when the lengths differ
+        assert_eq!(dot(&[1.0, 2.0, 3.0], &[1.0, 1.0]), 3.0);
+    }
 }

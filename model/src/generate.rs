@@ -92,6 +92,10 @@ pub struct GenOutput {
     pub ids: Vec<Vec<u32>>,
     /// whether each sequence ended with EOS
     pub ended: Vec<bool>,
+    /// seconds from the call until the first token's logits were on the
+    /// host (the prefill); decode speed is measured after it, as llama2.c's
+    /// run.c starts its clock after the first forward
+    pub prefill_s: f64,
 }
 
 /// Reusable buffers for generating `b` sequences at a time.
@@ -124,6 +128,21 @@ impl<B: Backend> Generator<B> {
         rng: &mut Rng,
         stop_at_eos: bool,
     ) -> Result<GenOutput> {
+        // one trip to the backend's threads for the whole loop, not one per op
+        be.run_batched(|| self.generate_here(be, model, prompts, max_new, s, rng, stop_at_eos))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn generate_here(
+        &mut self,
+        be: &B,
+        model: &Model<B>,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        s: &Sampling,
+        rng: &mut Rng,
+        stop_at_eos: bool,
+    ) -> Result<GenOutput> {
         let b = self.b;
         if prompts.len() != b {
             return Err(ModelError::Invalid(format!("generate: {} prompts for a generator of {b}", prompts.len())));
@@ -137,6 +156,7 @@ impl<B: Backend> Generator<B> {
         }
         let vocab = model.cfg.vocab_size;
         let eos = model.cfg.eos_id;
+        let t0 = std::time::Instant::now();
         self.cache.len = 0;
         let mut prefill = Acts::new(be, &model.cfg, b, p, false, LogitRows::Last)?;
         let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
@@ -144,7 +164,8 @@ impl<B: Backend> Generator<B> {
         let mut logits = vec![0f32; b * vocab];
         be.download(v(&prefill.a.logits), &mut logits)?;
         drop(prefill);
-        let mut out = GenOutput { ids: vec![Vec::with_capacity(max_new); b], ended: vec![false; b] };
+        let prefill_s = t0.elapsed().as_secs_f64();
+        let mut out = GenOutput { ids: vec![Vec::with_capacity(max_new); b], ended: vec![false; b], prefill_s };
         for step in 0..max_new {
             let mut next = vec![0u32; b];
             for r in 0..b {

@@ -4,6 +4,7 @@
 //! Public items:
 //! - [`config::Config`]: shapes, HF config.json, presets
 //! - [`weights`]: safetensors checkpoints (read, write atomically)
+//! - [`llama2c`]: llama2.c `.bin` checkpoints (legacy, v1, early layouts)
 //! - [`params`]: the parameter arena with one named field per tensor
 //! - [`model::Model`], [`model::KvCache`]: parameters on a backend, load/save
 //! - [`acts`]: activations and activation gradients
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod generate;
+pub mod llama2c;
 pub mod model;
 pub mod params;
 pub mod shards;

@@ -154,6 +154,14 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn copy(&self, dst: ViewMut<Self>, src: View<Self>) -> Result<()>;
     /// Waits until all queued work is done (a no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
+    /// Runs `f`, a sequence of many small ops (a decoding loop), where the
+    /// ops are cheapest to issue. The CPU backend runs it on a thread of its
+    /// pool, so each op runs there directly instead of handing its work to
+    /// the pool and sleeping until it is done (two trips through the OS
+    /// scheduler per op). Elsewhere: `f()` here.
+    fn run_batched<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
 
     // ---- layers -------------------------------------------------------
     /// `out (n, c) = table (v, c)[tokens (n)]`

@@ -61,6 +61,40 @@ impl CpuBackend {
     }
 }
 
+/// Buffers at least this large ask for transparent huge pages.
+const HUGE_PAGE_MIN_BYTES: usize = 8 << 20;
+
+/// Asks Linux to back the 2 MiB-aligned interior of a large buffer with
+/// transparent huge pages (`madvise(MADV_HUGEPAGE)`; honoured where THP is
+/// `always` or `madvise`). Decoding streams every weight once per token:
+/// with 4 KiB pages each 4 KiB costs a TLB miss, and in a VM a nested page
+/// walk. Measured on this project's 2-core EPYC VM: a 256 MB matrix-vector
+/// product streams at 22 GB/s with 4 KiB pages and 31-34 GB/s with huge
+/// pages. Called before the buffer is first written (a fresh zeroed
+/// allocation is not yet backed), so the pages are huge from the start.
+/// Advisory only: contents and failures (ignored) do not change results.
+fn advise_huge_pages(data: &mut [f32]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = std::mem::size_of_val(data);
+        if bytes < HUGE_PAGE_MIN_BYTES {
+            return;
+        }
+        let start = data.as_mut_ptr() as usize;
+        let (a, b) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
+        if b > a {
+            // SAFETY: [a, b) lies inside `data`'s allocation, which we own
+            // mutably; MADV_HUGEPAGE changes how it is backed, not its contents.
+            unsafe {
+                libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (data, HUGE_PAGE_MIN_BYTES);
+}
+
 /// The host slice of a shared window.
 #[inline]
 pub fn sl<'a>(v: View<'a, CpuBackend>) -> &'a [f32] {
@@ -81,7 +115,9 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, n: usize, kind: BufKind) -> Result<CpuBuf> {
-        Ok(CpuBuf { data: vec![0.0; n], kind })
+        let mut data = vec![0.0; n];
+        advise_huge_pages(&mut data);
+        Ok(CpuBuf { data, kind })
     }
 
     fn upload(&self, dst: ViewMut<Self>, src: &[f32]) -> Result<()> {
@@ -112,6 +148,12 @@ impl Backend for CpuBackend {
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn run_batched<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        // ops called from inside the pool run inline (rayon's `install`
+        // from one of its own workers does not switch threads)
+        self.pool.install(f)
     }
 
     fn embedding_fwd(&self, out: ViewMut<Self>, tokens: &[u32], table: View<Self>, v: usize, c: usize) -> Result<()> {

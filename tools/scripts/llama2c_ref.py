@@ -120,11 +120,19 @@ def params_to_hf_config(p):
 def rope_tables(seq_len, hd, theta):
     """freq_cis_real / _imag, each (seq_len, hd/2) float32: cos / sin of t*theta^(-2j/hd).
 
-    Computed as transformers' LlamaRotaryEmbedding does (float32 inv_freq,
-    float32 product), so the early layout reproduces HF's rotation exactly."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float) / hd))
-    ang = torch.arange(seq_len, dtype=torch.float)[:, None] * inv_freq[None, :]
-    return ang.cos().numpy(), ang.sin().numpy()
+    The angle is computed as transformers' LlamaRotaryEmbedding and llama2.c's
+    model.py compute it (float32 exponent 2j/hd, float32 power rounded from
+    the exact value, float32 reciprocal, float32 product t * inv_freq); cos
+    and sin are then evaluated in float64 and rounded to float32, i.e.
+    correctly rounded. torch's own float32 cos/sin (SLEEF, <= 1 ulp) cannot
+    be reproduced outside torch, so this rule is the one both this script and
+    the Rust exporter (model/src/llama2c.rs) implement, bit for bit; it differs
+    from torch's tables by at most 1 ulp in about 1% of the entries."""
+    x = np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)
+    inv_freq = np.float32(1.0) / np.power(np.float64(theta), x.astype(np.float64)).astype(np.float32)
+    ang = np.arange(seq_len, dtype=np.float32)[:, None] * inv_freq[None, :]
+    a64 = ang.astype(np.float64)
+    return np.cos(a64).astype(np.float32), np.sin(a64).astype(np.float32)
 
 
 def theta_from_tables(real, imag, hd):

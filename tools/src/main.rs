@@ -39,6 +39,10 @@ enum Cmd {
     Tokenizer(cmd::tokenizer::TokenizerArgs),
     /// Tokenize text corpora into llm.c token shards (train and val)
     Tokenize(cmd::tokenizer::TokenizeArgs),
+    /// Convert llama2.c .bin checkpoints to and from HF model directories
+    Convert(cmd::convert::ConvertArgs),
+    /// Write a model with random weights (HF format)
+    Init(cmd::init::InitArgs),
     /// Check every CUDA kernel against its CPU counterpart (needs a GPU)
     GpuCheck(cmd::gpu_check::GpuCheckArgs),
 }
@@ -58,6 +62,8 @@ fn main() {
         Cmd::Tokenizer(a) => cmd::tokenizer::run_tokenizer(a),
         Cmd::Tokenize(a) => cmd::tokenizer::run_tokenize(a),
         Cmd::GpuCheck(a) => cmd::gpu_check::run(a),
+        Cmd::Convert(a) => cmd::convert::run(a),
+        Cmd::Init(a) => cmd::init::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

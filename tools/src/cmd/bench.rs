@@ -98,7 +98,9 @@ pub struct GenBenchArgs {
     /// Timed repetitions (the median is reported)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeats: u32,
-    /// Print one JSON line
+    /// Print one JSON line: tokens_per_s (all tokens over the whole call),
+    /// decode_tokens_per_s (tokens after the first over the time after the
+    /// prefill, as llama2.c's run.c measures), the ids of the last repeat
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -176,17 +178,31 @@ impl Job for GenBenchJob {
         let n = a.new_tokens as usize;
         let mut gen = Generator::new(be, &model, 1, prompt.len() + n)?;
         let mut rates = Vec::new();
+        // run.c's measure: the tokens after the first, over the time after
+        // the first forward (prefill) until the last token is sampled
+        let mut decode_rates = Vec::new();
+        let mut ids = Vec::new();
         for _ in 0..a.repeats {
             let t0 = Instant::now();
             let out = gen.generate(be, &model, &[prompt.clone()], n, &Sampling::GREEDY, &mut rng, false)?;
             be.synchronize()?;
-            rates.push(out.ids[0].len() as f64 / t0.elapsed().as_secs_f64());
+            let total = t0.elapsed().as_secs_f64();
+            rates.push(out.ids[0].len() as f64 / total);
+            if n > 1 {
+                decode_rates.push((out.ids[0].len() - 1) as f64 / (total - out.prefill_s));
+            }
+            ids = out.ids[0].clone();
         }
         let tps = median(rates);
+        let decode = (!decode_rates.is_empty()).then(|| median(decode_rates.clone()));
         if a.json {
-            println!("{}", serde_json::json!({"tokens_per_s": tps, "new_tokens": n, "device": be.name()}));
+            println!(
+                "{}",
+                serde_json::json!({"tokens_per_s": tps, "decode_tokens_per_s": decode, "decode_tokens_per_s_all": decode_rates,
+                    "new_tokens": n, "prompt_len": prompt.len(), "device": be.name(), "ids": ids})
+            );
         } else {
-            println!("decode {n} tokens on {}: {tps:.1} tokens/s", be.name());
+            println!("decode {n} tokens on {}: {tps:.1} tokens/s ({:.1} tokens/s after the first forward)", be.name(), decode.unwrap_or(f64::NAN));
         }
         Ok(())
     }
