@@ -53,13 +53,20 @@ pub fn adamw_cpu(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]
     let (step_size, bc2_sqrt) = h.corrections();
     let decay = 1.0 - h.lr * h.weight_decay;
     params.par_chunks_mut(CHUNK).zip(grads.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK))).for_each(|((p, g), (m, v))| {
-        for i in 0..p.len() {
-            let g = g[i] * h.grad_scale;
-            p[i] *= decay;
-            m[i] += (1.0 - h.beta1) * (g - m[i]);
-            v[i] = v[i] * h.beta2 + (1.0 - h.beta2) * g * g;
-            let denom = v[i].sqrt() / bc2_sqrt + h.eps;
-            p[i] -= step_size * (m[i] / denom);
+        // one length for all four, so the loop has no bounds checks and vectorises
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        let (b1, b2, gs, eps) = (h.beta1, h.beta2, h.grad_scale, h.eps);
+        for i in 0..n {
+            let g = g[i] * gs;
+            let mut pi = p[i] * decay;
+            let mi = m[i] + (1.0 - b1) * (g - m[i]);
+            let vi = v[i] * b2 + (1.0 - b2) * g * g;
+            let denom = vi.sqrt() / bc2_sqrt + eps;
+            pi -= step_size * (mi / denom);
+            p[i] = pi;
+            m[i] = mi;
+            v[i] = vi;
         }
     });
     Ok(())
