@@ -51,7 +51,7 @@ pub struct PipelineArgs {
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// Pretraining steps
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub pretrain_steps: u64,
     /// Pretraining batch size
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
@@ -63,7 +63,7 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 2e-3, value_parser = crate::cmd::train_common::parse_lr)]
     pub lr: f64,
     /// SFT epochs
-    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub sft_epochs: u32,
     /// SFT peak learning rate (the paper's 2e-5 is for 7B; a tiny model takes more)
     #[arg(long, default_value_t = 1e-3, value_parser = crate::cmd::train_common::parse_lr)]
@@ -340,7 +340,7 @@ fn report(
     }
     writeln!(
         r,
-        "| held-out chat answers ending with EOS | {ended}/{} ({:.0}%, greedy, {} tokens max) |",
+        "| held-out chat answers ending with EOS | {ended}/{} ({:.0}%; sampled as `train-tool chat` does: temperature 0.7, top-p 0.9; {} tokens max) |",
         samples.len(),
         100.0 * ended as f64 / samples.len().max(1) as f64,
         a.sft_max_tokens
