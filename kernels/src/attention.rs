@@ -50,7 +50,7 @@ impl AttnShape {
 
     pub fn validate(&self, op: &'static str) -> Result<()> {
         let s = self;
-        if s.n_kv_head == 0 || s.n_head % s.n_kv_head != 0 {
+        if s.n_kv_head == 0 || !s.n_head.is_multiple_of(s.n_kv_head) {
             return arg_err(op, format!("n_head {} must be a multiple of n_kv_head {}", s.n_head, s.n_kv_head));
         }
         if s.tq > s.tkv || s.tkv > s.cap {

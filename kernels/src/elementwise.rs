@@ -48,7 +48,7 @@ pub fn sum_squares_cpu(x: &[f32]) -> f64 {
 /// `out (rows.len(), c) = src (n, c)[rows]`.
 pub fn gather_rows_cpu(out: &mut [f32], src: &[f32], rows: &[u32], c: usize) -> Result<()> {
     check_len("gather_rows", "out", out.len(), rows.len() * c)?;
-    let n = if c == 0 { 0 } else { src.len() / c };
+    let n = src.len().checked_div(c).unwrap_or(0);
     for (i, &r) in rows.iter().enumerate() {
         if r as usize >= n {
             return arg_err("gather_rows", format!("row {r} out of range for {n} rows"));
@@ -61,7 +61,7 @@ pub fn gather_rows_cpu(out: &mut [f32], src: &[f32], rows: &[u32], c: usize) -> 
 /// `dst (n, c)[rows] += src (rows.len(), c)`, in order.
 pub fn scatter_add_rows_cpu(dst: &mut [f32], src: &[f32], rows: &[u32], c: usize) -> Result<()> {
     check_len("scatter_add_rows", "src", src.len(), rows.len() * c)?;
-    let n = if c == 0 { 0 } else { dst.len() / c };
+    let n = dst.len().checked_div(c).unwrap_or(0);
     for (i, &r) in rows.iter().enumerate() {
         if r as usize >= n {
             return arg_err("scatter_add_rows", format!("row {r} out of range for {n} rows"));

@@ -34,7 +34,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 5e-1;
     let e = p * r * r + r + 1.0;
     // 2^n: n is in [-126, 128] after the clamp; 128 only at the very top,
     // where e < 1 keeps the product finite, so split 2^n = 2^(n/2)·2^(n-n/2)

@@ -40,7 +40,7 @@ pub fn rope_table(max_t: usize, hd: usize, theta: f32) -> Vec<f32> {
 }
 
 fn check(op: &'static str, x: &[f32], table: &[f32], s: RopeShape) -> Result<()> {
-    if s.hd % 2 != 0 {
+    if !s.hd.is_multiple_of(2) {
         return arg_err(op, format!("head_dim {} must be even", s.hd));
     }
     check_len(op, "x", x.len(), s.b * s.t * s.heads * s.hd)?;

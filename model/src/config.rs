@@ -64,7 +64,7 @@ impl Config {
             n_layers,
             n_heads,
             n_kv_heads,
-            head_dim: if n_heads > 0 { hidden / n_heads } else { 0 },
+            head_dim: hidden.checked_div(n_heads).unwrap_or(0),
             max_seq_len: 4096,
             rms_eps: 1e-5,
             rope_theta: 10000.0,
@@ -106,15 +106,17 @@ impl Config {
         if self.vocab_size == 0 || self.hidden == 0 || self.intermediate == 0 || self.n_layers == 0 || self.n_heads == 0 {
             return bad(format!("sizes must be positive: {self:?}"));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("num_attention_heads {} must be a multiple of num_key_value_heads {}", self.n_heads, self.n_kv_heads));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be positive and even (RoPE pairs)", self.head_dim));
         }
         if self.vocab_size > u32::MAX as usize || self.bos_id as usize >= self.vocab_size || self.eos_id as usize >= self.vocab_size {
             return bad(format!("bos {} / eos {} outside vocabulary {}", self.bos_id, self.eos_id, self.vocab_size));
         }
+        // written as !(x > 0) so that NaN is rejected too
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(self.rms_eps > 0.0) || !(self.rope_theta > 0.0) {
             return bad(format!("rms_norm_eps {} and rope_theta {} must be positive", self.rms_eps, self.rope_theta));
         }
@@ -226,7 +228,7 @@ impl Config {
             n_layers: req("num_hidden_layers")?,
             n_heads,
             n_kv_heads: opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
-            head_dim: opt_usize("head_dim")?.unwrap_or(if n_heads > 0 { hidden / n_heads } else { 0 }),
+            head_dim: opt_usize("head_dim")?.unwrap_or(hidden.checked_div(n_heads).unwrap_or(0)),
             max_seq_len: opt_usize("max_position_embeddings")?.unwrap_or(4096),
             rms_eps: opt_f(get("rms_norm_eps"), "rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: theta,

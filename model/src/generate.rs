@@ -118,6 +118,7 @@ impl<B: Backend> Generator<B> {
     /// Continues `prompts` (b sequences of equal length) by up to `max_new`
     /// tokens each. With `stop_at_eos`, a sequence stops after EOS and the
     /// whole call ends when every sequence has.
+    #[allow(clippy::too_many_arguments)]
     pub fn generate(
         &mut self,
         be: &B,

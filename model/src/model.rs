@@ -78,8 +78,8 @@ impl<B: Backend> Model<B> {
         use rayon::prelude::*;
         let mut host = vec![0f32; layout.total];
         const INIT_STD: f32 = 0.02; // transformers' initializer_range default
-        // one seeded stream per chunk: the same weights on any thread count,
-        // and a 1B-parameter model in seconds instead of a minute
+                                    // one seeded stream per chunk: the same weights on any thread count,
+                                    // and a 1B-parameter model in seconds instead of a minute
         const CHUNK: usize = 1 << 20;
         host.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, xs)| {
             let mut rng = Rng::derive(seed, &format!("init/{ci}"));

@@ -117,7 +117,7 @@ fn check_range(off: usize, len: usize, have: usize) -> Result<()> {
 }
 
 fn part_len(len: usize, n: usize) -> Result<usize> {
-    if n == 0 || len % n != 0 {
+    if n == 0 || !len.is_multiple_of(n) {
         return Err(RtError::Range { off: 0, len: n, have: len });
     }
     Ok(len / n)

@@ -95,20 +95,23 @@ fn safetensors_header_length_beyond_the_file() {
     assert_mentions(&err, &["model.safetensors", "invalid safetensors"]);
 }
 
-/// Writes a safetensors file by hand: `tensors` = (name, dtype, shape,
-/// data_offsets), then `data_len` zero bytes.
-fn handmade(path: &Path, tensors: &[(&str, &str, Vec<usize>, (usize, usize))], data_len: usize) {
+/// (name, dtype, shape, data offsets) of one tensor in a safetensors header.
+type Entry<'a> = (&'a str, &'a str, Vec<usize>, (usize, usize));
+
+/// Writes a safetensors file by hand: the header of `tensors`, then
+/// `data_len` zero bytes.
+fn handmade(path: &Path, tensors: &[Entry], data_len: usize) {
     let mut hdr = serde_json::Map::new();
     for (name, dt, shape, (a, b)) in tensors {
         hdr.insert(name.to_string(), serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [a, b]}));
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(hdr)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(&h);
-    bytes.extend(std::iter::repeat(0u8).take(data_len));
+    bytes.extend(std::iter::repeat_n(0u8, data_len));
     std::fs::write(path, bytes).unwrap();
 }
 
@@ -145,7 +148,7 @@ fn rewrite(d: &Path, name: &str, replace: Option<(&str, Vec<usize>)>) {
                 off += bytes.len();
                 data.extend(bytes);
             }
-            let refs: Vec<(&str, &str, Vec<usize>, (usize, usize))> = tensors.iter().map(|(n, dt, s, o)| (n.as_str(), *dt, s.clone(), *o)).collect();
+            let refs: Vec<Entry> = tensors.iter().map(|(n, dt, s, o)| (n.as_str(), *dt, s.clone(), *o)).collect();
             let p = d.join("model.safetensors");
             handmade(&p, &refs, 0);
             let mut bytes = std::fs::read(&p).unwrap();

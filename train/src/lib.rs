@@ -10,7 +10,7 @@
 //! - [`step`]: the language-model training step (micro-batch accumulation)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
 //! - [`plot`]: training curves as PNG files
-//! - [`error`]: [`TrainError`]
+//! - [`error`]: the crate's error type, `TrainError`
 
 pub mod checkpoint;
 pub mod data;

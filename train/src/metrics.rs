@@ -88,7 +88,7 @@ impl Progress {
                 b.set_message(msg.to_string());
             }
             None => {
-                if step % self.every == 0 || step == total || step == 1 {
+                if step.is_multiple_of(self.every) || step == total || step == 1 {
                     eprintln!("{} {step}/{total} {msg}", self.label);
                 }
             }

@@ -97,6 +97,7 @@ pub fn eval_loss<B: Backend>(be: &B, tr: &mut LmTrainer<B>, src: &mut dyn BatchS
     Ok(sum / count as f64)
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Trains from `state.step` to `rc.steps`, writing `out/metrics.jsonl` and
 /// checkpoints under `out`. `resumed` says whether `state` came from a
 /// checkpoint (the metrics log is then continued, not restarted).
@@ -148,7 +149,7 @@ pub fn run_lm<B: Backend>(
         }
         let is_last = state.step == rc.steps;
         if let Some(v) = val.as_deref_mut() {
-            if is_last || (rc.val_every > 0 && state.step % rc.val_every == 0) {
+            if is_last || (rc.val_every > 0 && state.step.is_multiple_of(rc.val_every)) {
                 let vl = eval_loss(be, tr, v, rc.val_batches)?;
                 rec["val_loss"] = json!(vl);
                 summary.val.push((state.step, vl));
@@ -157,7 +158,7 @@ pub fn run_lm<B: Backend>(
         log.write(&rec)?;
         summary.last_loss = st.loss;
         progress.update(state.step, rc.steps, &format!("loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s", st.loss, lr, st.grad_norm, tps));
-        if rc.save_every > 0 && (state.step % rc.save_every == 0 || is_last || state.step == stop_at) {
+        if rc.save_every > 0 && (state.step.is_multiple_of(rc.save_every) || is_last || state.step == stop_at) {
             let mut s = state.clone();
             s.config = rc.resolved.clone();
             checkpoint::save(be, out, &tr.model, &tr.opt, &s, rc.keep_last)?;

@@ -278,7 +278,7 @@ pub fn answer_prompts<B: llama2_runtime::Backend>(
             continue; // the prompt alone fills the context
         }
         let mut gen = Generator::new(be, model, 1, cap)?;
-        let g = gen.generate(be, model, &[ids.clone()], cap - ids.len(), s, &mut rng, true)?;
+        let g = gen.generate(be, model, std::slice::from_ref(&ids), cap - ids.len(), s, &mut rng, true)?;
         let mut ans = g.ids[0].clone();
         let ended = g.ended[0];
         if ended {

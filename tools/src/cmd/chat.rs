@@ -76,7 +76,7 @@ impl Job for ChatJob {
                 anyhow::bail!("the conversation ({} tokens) fills the model's context of {}; HINT: start a new chat", ids.len(), model.rope_len);
             }
             let mut gen = Generator::new(be, &model, 1, cap)?;
-            let out = gen.generate(be, &model, &[ids.clone()], cap - ids.len(), &s, &mut rng, true)?;
+            let out = gen.generate(be, &model, std::slice::from_ref(&ids), cap - ids.len(), &s, &mut rng, true)?;
             let mut ans = out.ids[0].clone();
             if out.ended[0] {
                 ans.pop();

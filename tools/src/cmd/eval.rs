@@ -41,7 +41,7 @@ impl Job for EvalJob {
         let mut reader = BatchReader::new(set, b, t, model.cfg.vocab_size, false, None)?;
         let mut acts = Acts::new(be, &model.cfg, b, t, false, LogitRows::All)?;
         let (mut sum, mut count, mut batches) = (0f64, 0usize, 0u64);
-        while a.max_batches.map_or(true, |m| batches < m) {
+        while a.max_batches.is_none_or(|m| batches < m) {
             let Some(mb) = reader.next_batch()? else { break };
             model.forward(be, &mut acts, &mb.inputs, None)?;
             let (s, n) = model.loss(be, &mut acts, &mb.targets, CeGrad::None)?;

@@ -75,7 +75,7 @@ impl Job for GenJob {
         let s = Sampling { temperature: a.temperature, top_k: a.top_k.map(|k| k as usize), top_p: a.top_p };
         let mut rng = Rng::derive(a.seed, "sample");
         let t0 = Instant::now();
-        let out = gen.generate(be, &model, &[a.prompt_ids.clone()], a.max_new_tokens as usize, &s, &mut rng, !a.ignore_eos)?;
+        let out = gen.generate(be, &model, std::slice::from_ref(&a.prompt_ids), a.max_new_tokens as usize, &s, &mut rng, !a.ignore_eos)?;
         be.synchronize()?;
         let secs = t0.elapsed().as_secs_f64();
         let ids = &out.ids[0];
