@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS="${1:-2}"
-PYTHON="${PYTHON:-/work/pyref/venv/bin/python}"
+PYTHON="${PYTHON:-$( [ -x /work/pyref/venv/bin/python ] && echo /work/pyref/venv/bin/python || echo python3)}"
 
 "$PYTHON" tools/bench/torch_train_step.py --preset ref-tiny --threads "$THREADS" --steps 10 --warmup 2
 "$PYTHON" tools/bench/torch_train_step.py --preset ref-small --threads "$THREADS" --steps 5 --warmup 1

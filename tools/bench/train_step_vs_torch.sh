@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS="${1:-2}"
 REPEATS="${2:-2}"
-PYTHON="${PYTHON:-/work/pyref/venv/bin/python}"
+PYTHON="${PYTHON:-$( [ -x /work/pyref/venv/bin/python ] && echo /work/pyref/venv/bin/python || echo python3)}"
 cargo build --release -q --bin train-tool
 TT=target/release/train-tool
 declare -A ours torch
