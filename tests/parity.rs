@@ -225,3 +225,50 @@ fn adamw_step_and_ten_step_trajectory_match_torch() {
         check_optimizer(&dir);
     }
 }
+
+/// A model saved as bf16, f16 and as shards with `model.safetensors.index.json`
+/// loads to the same weights (bf16/f16: the same values rounded).
+#[test]
+fn sharded_and_half_precision_checkpoints_load() {
+    use llama2::model::weights::{save_safetensors, HostWeights, SaveDtype};
+    let be = CpuBackend::new(1).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gqa");
+    let model = Model::load(&be, &src).unwrap();
+    let want = model.params_host(&be).unwrap();
+    let named = model.to_hf(&be).unwrap();
+    let tmp = std::env::temp_dir().join(format!("llama2-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::copy(src.join("config.json"), tmp.join("config.json")).unwrap();
+    // two shards and an index, as transformers writes them
+    let (mut a, mut b) = (HostWeights::new(), HostWeights::new());
+    let mut map = serde_json::Map::new();
+    for (i, (k, t)) in named.iter().enumerate() {
+        let (dst, file) = if i % 2 == 0 { (&mut a, "model-00001-of-00002.safetensors") } else { (&mut b, "model-00002-of-00002.safetensors") };
+        dst.insert(k.clone(), t.clone());
+        map.insert(k.clone(), serde_json::json!(file));
+    }
+    save_safetensors(&tmp.join("model-00001-of-00002.safetensors"), &a, SaveDtype::F32, None).unwrap();
+    save_safetensors(&tmp.join("model-00002-of-00002.safetensors"), &b, SaveDtype::F32, None).unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(tmp.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    assert_eq!(Model::load(&be, &tmp).unwrap().params_host(&be).unwrap(), want, "sharded");
+    // bf16 and f16: each weight equals the f32 one rounded to that type
+    for f in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"] {
+        std::fs::remove_file(tmp.join(f)).unwrap();
+    }
+    save_safetensors(&tmp.join("model.safetensors"), &named, SaveDtype::BF16, None).unwrap();
+    let got = Model::load(&be, &tmp).unwrap().params_host(&be).unwrap();
+    assert!(got.iter().zip(&want).all(|(g, w)| *g == half::bf16::from_f32(*w).to_f32()), "bf16");
+    // f16 by hand (SaveDtype has no f16; transformers writes it)
+    let mut bytes_of: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (k, t) in &named {
+        bytes_of.push((k.clone(), t.shape.clone(), t.data.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        bytes_of.iter().map(|(k, s, d)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), d).unwrap())).collect();
+    std::fs::write(tmp.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    let got = Model::load(&be, &tmp).unwrap().params_host(&be).unwrap();
+    assert!(got.iter().zip(&want).all(|(g, w)| *g == half::f16::from_f32(*w).to_f32()), "f16");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
