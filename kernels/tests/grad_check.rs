@@ -188,7 +188,6 @@ fn check_attention(s: AttnShape, seed: u64) {
     let (mut dq, mut dk, mut dv) = (vec![0f32; qn], vec![0f32; kn], vec![0f32; kn]);
     attention_bwd_cpu(&mut dq, &mut dk, &mut dv, &w, &q, &k, &v, &out, &lse, s).unwrap();
     let (q64, k64, v64) = (to64(&q), to64(&k), to64(&v));
-    let f32v = |x: &[f64]| -> Vec<f32> { x.iter().map(|&a| a as f32).collect() };
     // the naive forward in f64 takes f32 inputs; FD perturbations of 1e-6
     // would be lost in f32, so run the naive math on f64 inputs directly
     let naive = |qq: &[f64], kk: &[f64], vv: &[f64]| -> Vec<f64> {
@@ -222,7 +221,6 @@ fn check_attention(s: AttnShape, seed: u64) {
         }
         o
     };
-    let _ = f32v;
     assert_close("attention dq", &dq, &fd(&|x| probe(&w, &naive(x, &k64, &v64)), &q64), GRAD_RTOL);
     assert_close("attention dk", &dk, &fd(&|x| probe(&w, &naive(&q64, x, &v64)), &k64), GRAD_RTOL);
     assert_close("attention dv", &dv, &fd(&|x| probe(&w, &naive(&q64, &k64, x)), &v64), GRAD_RTOL);
@@ -340,9 +338,6 @@ fn matmul_backward_formulas_match_finite_differences() {
     let w = r.vec(o * i);
     let probe_w = r.vec(n * o);
     let fwd = |x: &[f64], w: &[f64]| -> Vec<f64> {
-        let xs: Vec<f32> = x.iter().map(|&a| a as f32).collect();
-        let ws: Vec<f32> = w.iter().map(|&a| a as f32).collect();
-        let _ = (&xs, &ws);
         let mut y = vec![0f64; n * o];
         for a in 0..n {
             for b in 0..o {

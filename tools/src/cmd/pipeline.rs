@@ -20,7 +20,7 @@ use crate::cmd::train_common::{OptFlags, RunFlags};
 use crate::device::{DeviceKind, DeviceOpts};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use llama2_model::chat::{encode_dialog, Message, Role};
+use llama2_model::chat::{encode_dialog, Role};
 use llama2_model::shards::ShardWriter;
 use llama2_model::tokenizer::train::{TrainConfig, Trainer};
 use llama2_model::tokenizer::{EncodeOptions, Tokenizer};
@@ -388,7 +388,6 @@ fn report(
     }
     llama2_model::weights::write_atomic(&run.join("report.md"), r.as_bytes())?;
     eprintln!("[pipeline] report: {}", run.join("report.md").display());
-    let _: Vec<Message> = Vec::new();
     Ok(())
 }
 
