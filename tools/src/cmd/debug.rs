@@ -5,9 +5,8 @@ use crate::device::{dispatch, DeviceOpts, Job};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use llama2_model::weights::{save_safetensors, SaveDtype};
-use llama2_model::{Acts, GradActs, LogitRows, Model};
+use llama2_model::{Acts, GradActs, LogitRows};
 use llama2_runtime::{v, Backend, BufKind, CeGrad};
-use llama2_train::data::{BatchReader, ShardSet};
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -24,18 +23,8 @@ pub enum DebugCmd {
 
 #[derive(Args, Clone, Debug)]
 pub struct GradsArgs {
-    /// Model directory (HF format)
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Token shard (llm.c format) or a directory of shards
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Sequences per batch
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub batch_size: u32,
-    /// Tokens per sequence
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1048576))]
-    pub seq_len: u32,
+    #[command(flatten)]
+    pub md: crate::cmd::eval::ModelData,
     /// Output safetensors file (f32, HF tensor names)
     #[arg(long)]
     pub out: PathBuf,
@@ -49,9 +38,8 @@ impl Job for GradsJob {
     type Out = ();
     fn run<B: Backend>(self, be: &B) -> Result<()> {
         let a = self.0;
-        let (b, t) = (a.batch_size as usize, a.seq_len as usize);
-        let model = Model::load(be, &a.model).with_context(|| format!("loading the model from {}", a.model.display()))?;
-        let mut reader = BatchReader::new(ShardSet::open(&a.data)?, b, t, model.cfg.vocab_size, false, None)?;
+        let (b, t) = (a.md.batch_size as usize, a.md.seq_len as usize);
+        let (model, mut reader) = a.md.open(be)?;
         let mb = reader.next_batch()?.context("no batch in the data")?;
         let mut acts = Acts::new(be, &model.cfg, b, t, true, LogitRows::All)?;
         let mut gacts = GradActs::new(be, &model.cfg, b, t)?;
