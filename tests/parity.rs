@@ -66,8 +66,8 @@ fn check_fixture(dir: &Path) {
     let mut logits = vec![0f32; b * t * cfg.vocab_size];
     be.download(v(&acts.a.logits), &mut logits).unwrap();
     let want_logits = reference.read("logits").unwrap().data;
-    let e = rel_err(&logits, &want_logits);
-    assert!(e <= LOGITS_RTOL, "{}: logits rel err {e:.3e}", dir.display());
+    let logits_err = rel_err(&logits, &want_logits);
+    assert!(logits_err <= LOGITS_RTOL, "{}: logits rel err {logits_err:.3e}", dir.display());
 
     // loss and dlogits
     let count = targets.len();
@@ -97,7 +97,7 @@ fn check_fixture(dir: &Path) {
         assert!(e <= GRAD_RTOL, "{}: grad of {name}: rel err {e:.3e}", dir.display());
     }
     assert!(reference.names().filter(|k| k.starts_with("grad.")).count() == named.len(), "every reference gradient is checked");
-    eprintln!("{}: logits ok, loss {loss:.6} vs {want_loss:.6}, worst grad {:.2e} ({})", dir.display(), worst.0, worst.1);
+    eprintln!("{}: logits rel err {logits_err:.2e}, loss {loss:.6} vs {want_loss:.6}, worst grad {:.2e} ({})", dir.display(), worst.0, worst.1);
 
     // 50 greedy tokens through the KV cache
     let (_, prompt) = reference.read_ints("greedy_prompt").unwrap();
@@ -132,11 +132,14 @@ fn save_and_reload_round_trip_bit_exactly() {
 /// One AdamW step (lr 1e-3, betas (0.9, 0.95), eps 1e-5, weight decay 0.1 on
 /// matrices, clip 1.0) equals torch.optim.AdamW + clip_grad_norm_.
 /// Optimizer alone (fed torch's own gradients): every weight within 1e-5
-/// relative, the bar, with an absolute floor `ADAMW_ATOL` for
-/// weights that are themselves near zero (1e-9 = 1e-6 of one update of
-/// size lr = 1e-3), where a relative bound is meaningless.
+/// relative, the bar, plus an absolute floor `ADAMW_ATOL` for
+/// weights that end up near zero, where a relative bound is meaningless.
+/// The floor: the clipping factor comes from the global norm, which torch
+/// sums in f32 and we in f64 (they agree to `GRAD_NORM_RTOL`); at step 1 the
+/// update is lr·g/(|g| + eps), so a relative change of the factor moves a
+/// weight by at most that much of lr: `GRAD_NORM_RTOL · lr` = 1e-8.
 const ADAMW_RTOL: f64 = 1e-5;
-const ADAMW_ATOL: f64 = 1e-9;
+const ADAMW_ATOL: f64 = GRAD_NORM_RTOL * 1e-3;
 /// End to end (our gradients): per tensor, max abs diff / max abs ref
 /// within 1e-5. Per element is not meaningful here: at step 1 the update is
 /// lr·g/(|g| + eps), which for |g| near eps = 1e-5 amplifies the ~1e-6
@@ -148,8 +151,12 @@ const STEP_RTOL: f64 = 1e-5;
 /// margin and is far below any real difference (a missing tensor or a
 /// wrong scale changes the norm by percents).
 const GRAD_NORM_RTOL: f64 = 1e-5;
-/// The 10-step loss trajectory: each step's loss within 1e-5 relative.
+/// The 10-step loss trajectory: each step's loss within 1e-5 relative, plus
+/// an absolute floor for runs that memorise their batch (losses of ~1e-3):
+/// a token's loss is `lse - x_target` in f32 with logits of magnitude ~10,
+/// whose rounding is ~10·2^-24 ≈ 6e-7 in either implementation.
 const TRAJ_RTOL: f64 = 1e-5;
+const TRAJ_ATOL: f64 = 1e-6;
 
 fn fixture_batch(reference: &Checkpoint) -> (usize, usize, llama2::train::step::MicroBatch) {
     let (tshape, tokens) = reference.read_ints("tokens").unwrap();
@@ -204,8 +211,8 @@ fn check_optimizer(dir: &Path) {
     let traj = reference.read("traj_loss").unwrap().data;
     for (i, &want) in traj.iter().enumerate() {
         let st = tr.step(&be, std::slice::from_ref(&mb), 1e-3).unwrap();
-        let e = (st.loss - want as f64).abs() / (want as f64).abs();
-        assert!(e <= TRAJ_RTOL, "{}: step {i} loss {} vs {want} (rel {e:.2e})", dir.display(), st.loss);
+        let d = (st.loss - want as f64).abs();
+        assert!(d <= TRAJ_RTOL * (want as f64).abs() + TRAJ_ATOL, "{}: step {i} loss {} vs {want} (rel {:.2e})", dir.display(), st.loss, d / want as f64);
         if i == 0 {
             let after = tr.model.layout.to_host(&cfg, &tr.model.params_host(&be).unwrap());
             for (name, got) in &after {
