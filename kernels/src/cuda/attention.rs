@@ -30,6 +30,30 @@ pub const BWD_DQ_D128: &str = "attention_bwd_dq_d128_bf16";
 pub const BWD_DKDV_D64: &str = "attention_bwd_dkdv_d64_bf16";
 pub const BWD_DKDV_D128: &str = "attention_bwd_dkdv_d128_bf16";
 
+/// The shape of an attention call as the kernels take it (int32 each),
+/// checked to fit.
+struct I32Shape {
+    b: i32,
+    tq: i32,
+    tkv: i32,
+    cap: i32,
+    nh: i32,
+    nkv: i32,
+}
+
+impl I32Shape {
+    fn of(name: &'static str, s: &AttnShape) -> Result<Self> {
+        Ok(I32Shape {
+            b: to_i32(name, "b", s.b)?,
+            tq: to_i32(name, "tq", s.tq)?,
+            tkv: to_i32(name, "tkv", s.tkv)?,
+            cap: to_i32(name, "cap", s.cap)?,
+            nh: to_i32(name, "n_head", s.n_head)?,
+            nkv: to_i32(name, "n_kv_head", s.n_kv_head)?,
+        })
+    }
+}
+
 /// Head dims with a compiled kernel.
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 /// Warps per block, one query (or key) row each (ATT_WARPS in the .cu).
@@ -93,8 +117,7 @@ pub fn attention_fwd_bf16(
     let (name, d) = check_fwd(out, lse, q, k, v, s)?;
     let f = ks.func(Family::Attention, name)?;
     let (o, l, qp, kp, vp) = (out.addr, lse.addr, q.addr, k.addr, v.addr);
-    let (b, tq, tkv, cap) = (to_i32(name, "b", s.b)?, to_i32(name, "tq", s.tq)?, to_i32(name, "tkv", s.tkv)?, to_i32(name, "cap", s.cap)?);
-    let (nh, nkv) = (to_i32(name, "n_head", s.n_head)?, to_i32(name, "n_kv_head", s.n_kv_head)?);
+    let I32Shape { b, tq, tkv, cap, nh, nkv } = I32Shape::of(name, s)?;
     // SAFETY: check_fwd: q/out cover b*tq*n_head*hd, k/v b*cap*n_kv_head*hd
     // (rows < tkv <= cap are read), lse b*n_head*tq; warps past tq return.
     unsafe { launch!(st, f, name, d, [o, l, qp, kp, vp, b, tq, tkv, cap, nh, nkv]) }
@@ -125,8 +148,7 @@ pub fn attention_fwd_mma_bf16(
     let (name, d) = check_fwd_mma(out, lse, q, k, v, s)?;
     let f = ks.func(Family::AttentionMma, name)?;
     let (o, l, qp, kp, vp) = (out.addr, lse.addr, q.addr, k.addr, v.addr);
-    let (b, tq, tkv, cap) = (to_i32(name, "b", s.b)?, to_i32(name, "tq", s.tq)?, to_i32(name, "tkv", s.tkv)?, to_i32(name, "cap", s.cap)?);
-    let (nh, nkv) = (to_i32(name, "n_head", s.n_head)?, to_i32(name, "n_kv_head", s.n_kv_head)?);
+    let I32Shape { b, tq, tkv, cap, nh, nkv } = I32Shape::of(name, s)?;
     // SAFETY: check_fwd: every buffer covers the shape; K/V rows >= tkv are
     // never read (zero-filled in shared memory); rows past tq are not written.
     unsafe { launch!(st, f, name, d, [o, l, qp, kp, vp, b, tq, tkv, cap, nh, nkv]) }
@@ -183,7 +205,7 @@ pub fn attention_bwd_pre_bf16(ks: &KernelStore, st: &CudaStream, delta: DPtr<f32
     let d = dims(OP, s.tq, s.n_head, s.b)?;
     let f = ks.func(Family::Attention, name)?;
     let (dl, dp, op) = (delta.addr, dout.addr, out.addr);
-    let (b, t, nh) = (to_i32(name, "b", s.b)?, to_i32(name, "t", s.tq)?, to_i32(name, "n_head", s.n_head)?);
+    let I32Shape { b, tq: t, nh, .. } = I32Shape::of(name, s)?;
     // SAFETY: dout/out cover b*t*n_head*hd, delta b*n_head*t (checked above).
     unsafe { launch!(st, f, name, d, [dl, dp, op, b, t, nh]) }
 }
@@ -208,8 +230,7 @@ pub fn attention_bwd_dq_bf16(
     let d = dims(name, s.tq, s.n_head, s.b)?;
     let f = ks.func(Family::Attention, name)?;
     let (dqp, dp, qp, kp, vp, lp, dlp) = (dq.addr, dout.addr, q.addr, k.addr, v.addr, lse.addr, delta.addr);
-    let (b, t) = (to_i32(name, "b", s.b)?, to_i32(name, "t", s.tq)?);
-    let (nh, nkv) = (to_i32(name, "n_head", s.n_head)?, to_i32(name, "n_kv_head", s.n_kv_head)?);
+    let I32Shape { b, tq: t, nh, nkv, .. } = I32Shape::of(name, s)?;
     // SAFETY: check_bwd covers every buffer for the training shape; warps
     // past t return.
     unsafe { launch!(st, f, name, d, [dqp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
@@ -236,8 +257,7 @@ pub fn attention_bwd_dkdv_bf16(
     let d = dims(name, s.tq, s.n_kv_head, s.b)?;
     let f = ks.func(Family::Attention, name)?;
     let (dkp, dvp, dp, qp, kp, vp, lp, dlp) = (dk.addr, dv.addr, dout.addr, q.addr, k.addr, v.addr, lse.addr, delta.addr);
-    let (b, t) = (to_i32(name, "b", s.b)?, to_i32(name, "t", s.tq)?);
-    let (nh, nkv) = (to_i32(name, "n_head", s.n_head)?, to_i32(name, "n_kv_head", s.n_kv_head)?);
+    let I32Shape { b, tq: t, nh, nkv, .. } = I32Shape::of(name, s)?;
     // SAFETY: check_bwd covers every buffer for the training shape; warps
     // past t return.
     unsafe { launch!(st, f, name, d, [dkp, dvp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
@@ -263,8 +283,7 @@ pub fn attention_bwd_dq_mma_bf16(
     let d = dims(name, s.tq.div_ceil(MMA_ROWS) * WARPS, s.n_head, s.b)?;
     let f = ks.func(Family::AttentionMma, name)?;
     let (dqp, dp, qp, kp, vp, lp, dlp) = (dq.addr, dout.addr, q.addr, k.addr, v.addr, lse.addr, delta.addr);
-    let (b, t) = (to_i32(name, "b", s.b)?, to_i32(name, "t", s.tq)?);
-    let (nh, nkv) = (to_i32(name, "n_head", s.n_head)?, to_i32(name, "n_kv_head", s.n_kv_head)?);
+    let I32Shape { b, tq: t, nh, nkv, .. } = I32Shape::of(name, s)?;
     // SAFETY: check_bwd covers every buffer for the training shape; rows
     // past t are neither read (zero-filled) nor written.
     unsafe { launch!(st, f, name, d, [dqp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
@@ -291,8 +310,7 @@ pub fn attention_bwd_dkdv_mma_bf16(
     let d = dims(name, s.tq.div_ceil(MMA_ROWS) * WARPS, s.n_kv_head, s.b)?;
     let f = ks.func(Family::AttentionMma, name)?;
     let (dkp, dvp, dp, qp, kp, vp, lp, dlp) = (dk.addr, dv.addr, dout.addr, q.addr, k.addr, v.addr, lse.addr, delta.addr);
-    let (b, t) = (to_i32(name, "b", s.b)?, to_i32(name, "t", s.tq)?);
-    let (nh, nkv) = (to_i32(name, "n_head", s.n_head)?, to_i32(name, "n_kv_head", s.n_kv_head)?);
+    let I32Shape { b, tq: t, nh, nkv, .. } = I32Shape::of(name, s)?;
     // SAFETY: check_bwd covers every buffer for the training shape; rows
     // past t are neither read (zero-filled) nor written.
     unsafe { launch!(st, f, name, d, [dkp, dvp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
