@@ -1,6 +1,11 @@
 //! llama2-model: the Llama 2 model written layer by layer against the
 //! `Backend` trait of llama2-runtime.
 //!
+//! The source is grouped by concern: [`graph`] (parameters, activations,
+//! forward, backward, generation), [`formats`] (safetensors, llama2.c, token
+//! shards, the atomic writer) and [`text`] (tokenizer, chat format); each
+//! module is also reachable by its short name (`llama2_model::weights`).
+//!
 //! Public items:
 //! - [`config::Config`]: shapes, HF config.json, presets
 //! - [`weights`]: safetensors checkpoints (read, write atomically)
@@ -15,19 +20,16 @@
 //! - [`tokenizer`]: the Llama 2 tokenizer (SentencePiece BPE; GGUF and
 //!   `.model` vocabularies; BPE training)
 
-pub mod acts;
-pub mod backward;
-pub mod chat;
 pub mod config;
 pub mod error;
-pub mod forward;
-pub mod generate;
-pub mod llama2c;
-pub mod model;
-pub mod params;
-pub mod shards;
-pub mod tokenizer;
-pub mod weights;
+pub mod formats;
+pub mod graph;
+pub mod text;
+
+// the modules by their short names (the paths every crate uses)
+pub use formats::{atomic, llama2c, shards, weights};
+pub use graph::{acts, backward, forward, generate, model, params};
+pub use text::{chat, tokenizer};
 
 pub use acts::{Acts, GradActs, LogitRows};
 pub use config::Config;

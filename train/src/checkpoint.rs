@@ -16,6 +16,7 @@
 use crate::data::DataPosition;
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
+use llama2_model::atomic::sync_dir;
 use llama2_model::weights::{save_safetensors, write_atomic, Checkpoint, SaveDtype};
 use llama2_model::Model;
 use llama2_runtime::{v, vm, Backend};
@@ -78,12 +79,6 @@ impl TrainState {
             elapsed_s: v.get("elapsed_s").and_then(|x| x.as_f64()).ok_or_else(|| bad("elapsed_s"))?,
             config: v.get("config").cloned().unwrap_or(Value::Null),
         })
-    }
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
     }
 }
 

@@ -64,7 +64,7 @@ use crate::config::Config;
 use crate::params::{ParamId, ParamLayout};
 use crate::weights::{HostTensor, HostWeights};
 use std::fmt;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// RoPE base that karpathy's run.c hard-codes (`powf(10000.0f, ...)`) and
@@ -833,31 +833,15 @@ pub fn write_bin(path: &Path, cfg: &Config, w: &HostWeights, layout: Layout, for
     Ok(written)
 }
 
-/// Streams a file to a temporary name in the target's directory, fsyncs it,
-/// renames it over `path` and fsyncs the directory; removes the temporary
-/// file on any error.
+/// Streams a file through the project's atomic writer
+/// ([`crate::formats::atomic`]).
 fn write_file_atomic(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model.bin");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let res = (|| -> std::io::Result<()> {
-        let f = std::fs::File::create(&tmp)?;
-        let mut bw = BufWriter::with_capacity(1 << 20, f);
-        body(&mut bw)?;
-        let f = bw.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        let mut f = crate::formats::atomic::AtomicFile::create(path)?;
+        body(&mut f)?;
+        f.commit()
     })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Llama2cError::Io { path: path.to_path_buf(), source: e });
-    }
-    Ok(())
+    res.map_err(|e| Llama2cError::Io { path: path.to_path_buf(), source: e })
 }
 
 #[cfg(test)]

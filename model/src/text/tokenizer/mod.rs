@@ -663,18 +663,10 @@ impl Tokenizer {
     }
 }
 
-/// Writes `bytes` to `path` through `path.tmp` + fsync + rename.
+/// Writes `bytes` to `path` through the project's atomic writer
+/// ([`crate::formats::atomic`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let err = |e| TokenizerError::Write { path: path.into(), source: e };
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    Ok(())
+    crate::formats::atomic::write_atomic(path, bytes).map_err(|e| TokenizerError::Write { path: path.into(), source: e })
 }
 
 /// Appends gathered byte-piece bytes as text: each valid UTF-8 sequence as

@@ -14,7 +14,6 @@ use crate::error::{ModelError, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A tensor on the host in f32.
@@ -263,27 +262,8 @@ pub fn save_safetensors(path: &Path, tensors: &HostWeights, dtype: SaveDtype, me
     write_atomic(path, &data)
 }
 
-/// Writes `data` to `path` atomically: a temporary file in the same
-/// directory, fsync, rename, fsync of the directory. A crash leaves either
-/// the old file or the new one, never a torn one.
+/// Writes `data` to `path` atomically (the project's one writer,
+/// [`crate::formats::atomic`]).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ModelError::io(path, e));
-    }
-    Ok(())
+    crate::formats::atomic::write_atomic(path, data).map_err(|e| ModelError::io(path, e))
 }

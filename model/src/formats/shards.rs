@@ -11,8 +11,9 @@
 //! `open`, `len`, `tokens`, `slice`, `check_ids`), [`ShardError`],
 //! [`SHARD_MAGIC`], [`SHARD_VERSION`], [`HEADER_INTS`], [`HEADER_BYTES`].
 
+use crate::formats::atomic::AtomicFile;
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -42,22 +43,17 @@ type Result<T> = std::result::Result<T, ShardError>;
 /// count patched in; the file appears under its name only when finished.
 pub struct ShardWriter {
     path: PathBuf,
-    tmp: PathBuf,
-    out: BufWriter<File>,
+    out: AtomicFile,
     count: u64,
 }
 
 impl ShardWriter {
     pub fn create(path: impl AsRef<Path>) -> Result<ShardWriter> {
         let path = path.as_ref().to_path_buf();
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
         let werr = |e| ShardError::Write { path: path.clone(), source: e };
-        let f = File::create(&tmp).map_err(werr)?;
-        let mut out = BufWriter::with_capacity(1 << 20, f);
+        let mut out = AtomicFile::create(&path).map_err(werr)?;
         out.write_all(&[0u8; HEADER_BYTES]).map_err(werr)?;
-        Ok(ShardWriter { path, tmp, out, count: 0 })
+        Ok(ShardWriter { path, out, count: 0 })
     }
 
     /// Appends tokens (each must fit in u16).
@@ -88,15 +84,13 @@ impl ShardWriter {
         let werr = |e| ShardError::Write { path: self.path.clone(), source: e };
         let count = i32::try_from(self.count)
             .map_err(|_| ShardError::Format { path: self.path.clone(), what: format!("{} tokens do not fit the i32 count of the header", self.count) })?;
-        let mut f = self.out.into_inner().map_err(|e| werr(e.into_error()))?;
+        let mut f = self.out;
         let mut header = [0u8; HEADER_BYTES];
         header[0..4].copy_from_slice(&SHARD_MAGIC.to_le_bytes());
         header[4..8].copy_from_slice(&SHARD_VERSION.to_le_bytes());
         header[8..12].copy_from_slice(&count.to_le_bytes());
-        f.seek(SeekFrom::Start(0)).map_err(werr)?;
-        f.write_all(&header).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        std::fs::rename(&self.tmp, &self.path).map_err(werr)?;
+        f.write_at(0, &header).map_err(werr)?;
+        f.commit().map_err(werr)?;
         Ok(self.count)
     }
 }

@@ -1,0 +1,7 @@
+//! File formats: Hugging Face safetensors checkpoints, llama2.c `.bin`
+//! files, llm.c token shards, and the one atomic writer all of them use.
+
+pub mod atomic;
+pub mod llama2c;
+pub mod shards;
+pub mod weights;

@@ -1,0 +1,10 @@
+//! The graph: the model's parameters on a backend, its activations, the
+//! forward and backward passes written against the `Backend` trait, the
+//! KV cache and generation.
+
+pub mod acts;
+pub mod backward;
+pub mod forward;
+pub mod generate;
+pub mod model;
+pub mod params;
