@@ -13,6 +13,11 @@
 //! `repeat_kv`). Query row `i` sits at position `tkv − tq + i` and sees keys
 //! `0 ..= tkv − tq + i`. Scale `1/sqrt(hd)`.
 //!
+//! Ragged batches ([`Ragged`], right padding): query row `i` of sequence
+//! `bi` sits at position `pos0[bi] + i`; rows at or past `len[bi]` are
+//! padding: the forward writes 0 there, the backward writes 0 gradients,
+//! and no key past a sequence's last valid position is ever read.
+//!
 //! CPU: blocks of [`Q_BLOCK`] query rows against all visible keys, products
 //! through gemm, rayon over (batch, head, block). Backward is parallel over
 //! (batch, head) with per-head dK/dV partials summed over the heads of a
@@ -21,7 +26,7 @@
 
 use crate::math::exp;
 use crate::matmul::gemm_strided;
-use crate::{arg_err, check_len, check_min_len, with_scratch, Result, Scratch, SharedMut};
+use crate::{arg_err, check_len, check_min_len, with_scratch, Ragged, Result, Scratch, SharedMut};
 use rayon::prelude::*;
 
 /// Query rows per block on the CPU (a block's scores are `Q_BLOCK x tkv`).
@@ -75,8 +80,25 @@ impl AttnShape {
 
 /// Forward: `out = softmax(q k^T / sqrt(hd) + causal mask) v`, `lse` saved.
 pub fn attention_fwd_cpu(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Result<()> {
+    attention_fwd_impl(out, lse, q, k, v, s, None)
+}
+
+/// Forward of a ragged batch: query row `i` of sequence `bi` sits at
+/// position `r.pos0[bi] + i` and sees keys `0 ..= r.pos0[bi] + i`; rows
+/// `i >= r.len[bi]` are padding: `out` 0 and `lse` 0 there, and no key
+/// beyond a sequence's last valid position is ever read.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_fwd_ragged_cpu(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: AttnShape, r: Ragged) -> Result<()> {
+    attention_fwd_impl(out, lse, q, k, v, s, Some(r))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_fwd_impl(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: AttnShape, rows: Option<Ragged>) -> Result<()> {
     const OP: &str = "attention_fwd";
     s.validate(OP)?;
+    if let Some(r) = rows {
+        r.check(OP, s.b, s.tq, s.cap)?;
+    }
     check_len(OP, "out", out.len(), s.q_len())?;
     check_len(OP, "lse", lse.len(), s.lse_len())?;
     check_len(OP, "q", q.len(), s.q_len())?;
@@ -97,12 +119,28 @@ pub fn attention_fwd_cpu(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32],
         let h = (task / blocks) % nh;
         let blk = task % blocks;
         let g = h / group;
+        // position of row 0 and valid rows of this sequence
+        let (off, valid) = match rows {
+            None => (off, tq),
+            Some(r) => (r.pos0[bi] as usize, r.len[bi] as usize),
+        };
         let i0 = blk * Q_BLOCK;
-        let i1 = (i0 + Q_BLOCK).min(tq);
-        let qn = i1 - i0;
-        let nk = off + i1; // keys visible to the last row of the block
         let q_rs = (nh * hd) as isize;
         let kv_rs = (nkv * hd) as isize;
+        // padding rows of the block: out = 0, lse = 0
+        for i in i0.max(valid)..(i0 + Q_BLOCK).min(tq) {
+            // SAFETY: row i of head h of sequence bi belongs to this task only
+            unsafe {
+                outp.slice(((bi * tq + i) * nh + h) * hd, hd).fill(0.0);
+                lsep.slice((bi * nh + h) * tq + i, 1)[0] = 0.0;
+            }
+        }
+        if i0 >= valid {
+            return;
+        }
+        let i1 = (i0 + Q_BLOCK).min(valid);
+        let qn = i1 - i0;
+        let nk = off + i1; // keys visible to the last row of the block
         let qbase = ((bi * tq + i0) * nh + h) * hd;
         let kbase = (bi * cap * nkv + g) * hd;
         with_scratch(Scratch::Task, qn * nk, |sc| {
@@ -152,10 +190,53 @@ pub fn attention_bwd_cpu(
     lse: &[f32],
     s: AttnShape,
 ) -> Result<()> {
+    attention_bwd_impl(dq, dk, dv, dout, q, k, v, out, lse, s, None)
+}
+
+/// Backward of [`attention_fwd_ragged_cpu`] for a training batch (every
+/// `r.pos0` is 0): rows `i >= r.len[bi]` are padding and get `dq`, `dk`,
+/// `dv` = 0; nothing is read from them.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd_ragged_cpu(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    s: AttnShape,
+    r: Ragged,
+) -> Result<()> {
+    attention_bwd_impl(dq, dk, dv, dout, q, k, v, out, lse, s, Some(r))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_bwd_impl(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    s: AttnShape,
+    rows: Option<Ragged>,
+) -> Result<()> {
     const OP: &str = "attention_bwd";
     s.validate(OP)?;
     if s.tq != s.tkv || s.cap != s.tkv {
         return arg_err(OP, format!("backward needs tq == tkv == cap, got {} {} {}", s.tq, s.tkv, s.cap));
+    }
+    if let Some(r) = rows {
+        r.check(OP, s.b, s.tq, s.cap)?;
+        if let Some(bi) = r.pos0.iter().position(|&p| p != 0) {
+            return arg_err(OP, format!("backward needs every sequence to start at position 0, sequence {bi} starts at {}", r.pos0[bi]));
+        }
     }
     for (name, len) in [("dq", dq.len()), ("dout", dout.len()), ("q", q.len()), ("out", out.len())] {
         check_len(OP, name, len, s.q_len())?;
@@ -184,12 +265,17 @@ pub fn attention_bwd_cpu(
             let h = task % nh;
             let g = h / group;
             let kbase = (bi * t * nkv + g) * hd;
+            let valid = rows.map_or(t, |r| r.len[bi] as usize);
+            for i in valid..t {
+                // SAFETY: dq row i of head h of sequence bi belongs to this task only
+                unsafe { dqp.slice(((bi * t + i) * nh + h) * hd, hd).fill(0.0) };
+            }
             // SAFETY: partial slabs (bi, h) are owned by this task.
             let (dkh, dvh) = unsafe { (pkp.slice(task * t * hd, t * hd), pvp.slice(task * t * hd, t * hd)) };
             with_scratch(Scratch::Task, 2 * Q_BLOCK * t, |pdp| {
                 let (p, dp) = pdp.split_at_mut(Q_BLOCK * t);
-                for i0 in (0..t).step_by(Q_BLOCK) {
-                    let i1 = (i0 + Q_BLOCK).min(t);
+                for i0 in (0..valid).step_by(Q_BLOCK) {
+                    let i1 = (i0 + Q_BLOCK).min(valid);
                     let qn = i1 - i0;
                     let nk = i1;
                     let qbase = ((bi * t + i0) * nh + h) * hd;

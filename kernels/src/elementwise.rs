@@ -5,7 +5,7 @@
 //! Write rules: `add` and `kv_write` overwrite their output; `add_assign`,
 //! `scatter_add_rows` accumulate.
 
-use crate::{arg_err, check_len, check_min_len, Result};
+use crate::{arg_err, check_len, check_min_len, Ragged, Result};
 use rayon::prelude::*;
 
 const CHUNK: usize = 8192;
@@ -69,6 +69,21 @@ pub fn scatter_add_rows_cpu(dst: &mut [f32], src: &[f32], rows: &[u32], c: usize
         for (d, s) in dst[r as usize * c..(r as usize + 1) * c].iter_mut().zip(&src[i * c..(i + 1) * c]) {
             *d += s;
         }
+    }
+    Ok(())
+}
+
+/// Writes the valid rows of a ragged `new (b, t, w)` into `cache (b, cap,
+/// w)`: sequence `bi`'s rows `0..r.len[bi]` go to `r.pos0[bi]..`; padding
+/// rows are not written.
+pub fn kv_write_ragged_cpu(cache: &mut [f32], new: &[f32], b: usize, t: usize, cap: usize, w: usize, r: Ragged) -> Result<()> {
+    r.check("kv_write", b, t, cap)?;
+    check_len("kv_write", "new", new.len(), b * t * w)?;
+    check_min_len("kv_write", "cache", cache.len(), b * cap * w)?;
+    for bi in 0..b {
+        let (p, l) = (r.pos0[bi] as usize, r.len[bi] as usize);
+        let dst = (bi * cap + p) * w;
+        cache[dst..dst + l * w].copy_from_slice(&new[bi * t * w..(bi * t + l) * w]);
     }
     Ok(())
 }

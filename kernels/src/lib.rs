@@ -8,6 +8,7 @@
 //!
 //! Public items:
 //! - [`Trans`], [`GradWrite`]: flags that reach kernels (enums, not bools)
+//! - [`Ragged`]: per-sequence lengths and positions of a right-padded batch
 //! - [`KernelError`]: shape and argument errors of the CPU kernels
 //! - [`dot`] (run-time dispatched AVX-512F / AVX2+FMA / portable), [`axpy`]:
 //!   inner loops shared by the families
@@ -53,6 +54,38 @@ pub enum GradWrite {
     Overwrite,
     /// `out += result`
     Accumulate,
+}
+
+/// Where the sequences of a ragged batch sit. A batch of `b` sequences is
+/// stored as `(b, t, ..)` rows with right padding: sequence `s` has valid
+/// rows `0..len[s]` (the rest is padding, never read as keys and written as
+/// zeros where a kernel produces rows), and its row `i` sits at position
+/// `pos0[s] + i` (0 for training; the cached length when decoding).
+#[derive(Clone, Copy, Debug)]
+pub struct Ragged<'a> {
+    /// position of each sequence's row 0 `(b)`
+    pub pos0: &'a [u32],
+    /// valid rows of each sequence `(b)`, each `<= t`
+    pub len: &'a [u32],
+}
+
+impl Ragged<'_> {
+    /// Checks `b` sequences of at most `t` rows whose positions stay below
+    /// `max_pos`.
+    pub fn check(&self, op: &'static str, b: usize, t: usize, max_pos: usize) -> Result<()> {
+        check_len(op, "ragged.pos0", self.pos0.len(), b)?;
+        check_len(op, "ragged.len", self.len.len(), b)?;
+        for s in 0..b {
+            let (p, l) = (self.pos0[s] as usize, self.len[s] as usize);
+            if l > t {
+                return arg_err(op, format!("sequence {s} has {l} valid rows, more than the {t} of the batch"));
+            }
+            if p + l > max_pos {
+                return arg_err(op, format!("sequence {s}: positions {p}..{} exceed {max_pos}", p + l));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Errors of the kernels: a buffer that does not match the shape the kernel
@@ -110,6 +143,12 @@ unsafe impl<T: Send> Send for SharedMut<T> {}
 unsafe impl<T: Send> Sync for SharedMut<T> {}
 
 impl<T> SharedMut<T> {
+    /// The start of a slice (shared among tasks that write disjoint parts).
+    #[inline]
+    pub(crate) fn from_slice(s: &mut [T]) -> Self {
+        SharedMut(s.as_mut_ptr())
+    }
+
     /// The raw pointer (a method, so closures capture the whole wrapper).
     #[inline]
     pub(crate) fn ptr(&self) -> *mut T {

@@ -3,12 +3,13 @@
 //! `i < hd/2` is paired with element `i + hd/2`:
 //! `y1 = x1·cos − x2·sin`, `y2 = x2·cos + x1·sin`, angle `pos · θ^(−2i/hd)`.
 //!
-//! Applied in place to `x (b, t, heads, hd)`; row `t` has position `pos0 + t`.
+//! Applied in place to `x (b, t, heads, hd)`; row `t` has position `pos0 + t`
+//! (ragged batches: per-sequence positions, padding rows untouched).
 //! The cos/sin table `(max_t, hd/2, 2)` is built once by [`rope_table`]
 //! exactly as transformers builds it (f32 `inv_freq`, f32 product, f32
 //! cos/sin). Backward applies the inverse rotation to the gradient in place.
 
-use crate::{arg_err, check_len, check_min_len, Result};
+use crate::{arg_err, check_len, check_min_len, Ragged, Result};
 use rayon::prelude::*;
 
 /// Shape of a RoPE application.
@@ -39,7 +40,12 @@ pub fn rope_table(max_t: usize, hd: usize, theta: f32) -> Vec<f32> {
     tab
 }
 
-fn check(op: &'static str, x: &[f32], table: &[f32], s: RopeShape) -> Result<()> {
+fn check(op: &'static str, x: &[f32], table: &[f32], s: RopeShape, rows: Option<Ragged>) -> Result<()> {
+    if let Some(r) = rows {
+        check_len(op, "x", x.len(), s.b * s.t * s.heads * s.hd)?;
+        r.check(op, s.b, s.t, table.len() / s.hd.max(1))?;
+        return Ok(());
+    }
     if !s.hd.is_multiple_of(2) {
         return arg_err(op, format!("head_dim {} must be even", s.hd));
     }
@@ -49,15 +55,21 @@ fn check(op: &'static str, x: &[f32], table: &[f32], s: RopeShape) -> Result<()>
 }
 
 /// In-place rotation of `x (b, t, heads, hd)`; `inverse` rotates by −angle
-/// (the backward).
-fn rotate(x: &mut [f32], table: &[f32], s: RopeShape, inverse: bool) {
+/// (the backward). Ragged: row `i` of sequence `bi` at `pos0[bi] + i`, rows
+/// past `len[bi]` (padding) untouched.
+fn rotate(x: &mut [f32], table: &[f32], s: RopeShape, inverse: bool, rows: Option<Ragged>) {
     let half = s.hd / 2;
     let row = s.heads * s.hd;
     if row == 0 {
         return;
     }
     x.par_chunks_mut(row).enumerate().for_each(|(bt, xr)| {
-        let p = s.pos0 + bt % s.t;
+        let (bi, i) = (bt / s.t, bt % s.t);
+        let p = match rows {
+            None => s.pos0 + i,
+            Some(r) if i < r.len[bi] as usize => r.pos0[bi] as usize + i,
+            Some(_) => return,
+        };
         let tab = &table[p * s.hd..(p + 1) * s.hd];
         for head in xr.chunks_mut(s.hd) {
             let (x1, x2) = head.split_at_mut(half);
@@ -78,14 +90,28 @@ fn rotate(x: &mut [f32], table: &[f32], s: RopeShape, inverse: bool) {
 
 /// Forward: rotate `x (b, t, heads, hd)` in place.
 pub fn rope_fwd_cpu(x: &mut [f32], table: &[f32], s: RopeShape) -> Result<()> {
-    check("rope_fwd", x, table, s)?;
-    rotate(x, table, s, false);
+    check("rope_fwd", x, table, s, None)?;
+    rotate(x, table, s, false, None);
+    Ok(())
+}
+
+/// Forward on a ragged batch (`s.pos0` unused: positions from `r`).
+pub fn rope_fwd_ragged_cpu(x: &mut [f32], table: &[f32], s: RopeShape, r: Ragged) -> Result<()> {
+    check("rope_fwd", x, table, s, Some(r))?;
+    rotate(x, table, s, false, Some(r));
     Ok(())
 }
 
 /// Backward: `dx = R^T dy`, in place on the gradient `(b, t, heads, hd)`.
 pub fn rope_bwd_cpu(dx: &mut [f32], table: &[f32], s: RopeShape) -> Result<()> {
-    check("rope_bwd", dx, table, s)?;
-    rotate(dx, table, s, true);
+    check("rope_bwd", dx, table, s, None)?;
+    rotate(dx, table, s, true, None);
+    Ok(())
+}
+
+/// Backward on a ragged batch.
+pub fn rope_bwd_ragged_cpu(dx: &mut [f32], table: &[f32], s: RopeShape, r: Ragged) -> Result<()> {
+    check("rope_bwd", dx, table, s, Some(r))?;
+    rotate(dx, table, s, true, Some(r));
     Ok(())
 }

@@ -2,12 +2,34 @@
 //! Hugging Face `config.json` (transformers' `LlamaConfig` field names), and
 //! presets with the paper's shapes (PAPER.md section 1) and small ones.
 //!
-//! Public items: [`Config`], [`Config::from_hf_json`], [`Config::to_hf_json`],
+//! Public items: [`Config`], [`Head`], [`Config::from_hf_json`], [`Config::to_hf_json`],
 //! [`Config::preset`], [`PRESETS`].
 
 use crate::error::{ModelError, Result};
 use serde_json::{json, Value};
 use std::path::Path;
+
+/// What sits on the trunk (embedding, layers, final norm) [architectures].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// `LlamaForCausalLM`: next-token logits through `lm_head` (or the tied
+    /// embedding)
+    Lm,
+    /// `LlamaForSequenceClassification` with one label: a scalar per
+    /// position through `score.weight (1, C)`; reward models read it at the
+    /// last token of each sequence, PPO's value model at every position
+    Score,
+}
+
+impl Head {
+    /// The transformers architecture name.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Head::Lm => "LlamaForCausalLM",
+            Head::Score => "LlamaForSequenceClassification",
+        }
+    }
+}
 
 /// The shapes and constants of a Llama model (llama2.c `Config`, HF names in
 /// brackets).
@@ -39,6 +61,11 @@ pub struct Config {
     pub bos_id: u32,
     /// end-of-sequence id [eos_token_id]
     pub eos_id: u32,
+    /// padding id [pad_token_id]; transformers' sequence classifier reads
+    /// the score at the last token that is not this id
+    pub pad_id: Option<u32>,
+    /// the head on the trunk [architectures]
+    pub head: Head,
 }
 
 /// Named presets: (name, description).
@@ -71,6 +98,8 @@ impl Config {
             tie_embeddings: false,
             bos_id: 1,
             eos_id: 2,
+            pad_id: None,
+            head: Head::Lm,
         }
     }
 
@@ -115,6 +144,11 @@ impl Config {
         if self.vocab_size > u32::MAX as usize || self.bos_id as usize >= self.vocab_size || self.eos_id as usize >= self.vocab_size {
             return bad(format!("bos {} / eos {} outside vocabulary {}", self.bos_id, self.eos_id, self.vocab_size));
         }
+        if let Some(p) = self.pad_id {
+            if p as usize >= self.vocab_size {
+                return bad(format!("pad_token_id {p} outside vocabulary {}", self.vocab_size));
+            }
+        }
         // written as !(x > 0) so that NaN is rejected too
         #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(self.rms_eps > 0.0) || !(self.rope_theta > 0.0) {
@@ -137,7 +171,12 @@ impl Config {
     pub fn n_params(&self) -> usize {
         let (c, v, i) = (self.hidden, self.vocab_size, self.intermediate);
         let per_layer = c * self.q_dim() * 2 + c * self.kv_dim() * 2 + 3 * c * i + 2 * c;
-        v * c * if self.tie_embeddings { 1 } else { 2 } + self.n_layers * per_layer + c
+        let head = match self.head {
+            Head::Lm if self.tie_embeddings => 0,
+            Head::Lm => v * c,
+            Head::Score => c,
+        };
+        v * c + head + self.n_layers * per_layer + c
     }
 
     /// Matmul FLOPs of forward + backward per token at sequence length `t`
@@ -147,7 +186,11 @@ impl Config {
     pub fn train_flops_per_token(&self, t: usize) -> f64 {
         let (c, v, i) = (self.hidden as f64, self.vocab_size as f64, self.intermediate as f64);
         let l = self.n_layers as f64;
-        let mats = l * (c * self.q_dim() as f64 * 2.0 + c * self.kv_dim() as f64 * 2.0 + 3.0 * c * i) + v * c;
+        let head = match self.head {
+            Head::Lm => v * c,
+            Head::Score => c,
+        };
+        let mats = l * (c * self.q_dim() as f64 * 2.0 + c * self.kv_dim() as f64 * 2.0 + 3.0 * c * i) + head;
         6.0 * mats + 6.0 * l * t as f64 * self.q_dim() as f64
     }
 
@@ -195,6 +238,22 @@ impl Config {
                 Some(x) => x.as_u64().map(|x| x as u32).ok_or_else(|| ModelError::Config(format!("field `{k}` must be an integer"))),
             }
         };
+        let head = match get("architectures").and_then(|a| a.as_array()).and_then(|a| a.first()).and_then(|x| x.as_str()) {
+            None | Some("LlamaForCausalLM") => Head::Lm,
+            Some("LlamaForSequenceClassification") => {
+                // transformers stores the label count as id2label (num_labels on input)
+                let labels = get("id2label").and_then(|m| m.as_object()).map(|m| m.len()).or(opt_usize("num_labels")?).unwrap_or(2);
+                if labels != 1 {
+                    return Err(ModelError::Config(format!(
+                        "LlamaForSequenceClassification with {labels} labels; only num_labels = 1 (a reward or value model) is supported"
+                    )));
+                }
+                Head::Score
+            }
+            Some(other) => {
+                return Err(ModelError::Config(format!("architecture `{other}` is not supported (LlamaForCausalLM or LlamaForSequenceClassification)")))
+            }
+        };
         if let Some(act) = get("hidden_act").and_then(|x| x.as_str()) {
             if act != "silu" {
                 return Err(ModelError::Config(format!("hidden_act `{act}` is not supported (Llama uses silu)")));
@@ -235,15 +294,21 @@ impl Config {
             tie_embeddings: get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
             bos_id: id("bos_token_id", 1)?,
             eos_id: id("eos_token_id", 2)?,
+            pad_id: match get("pad_token_id") {
+                None => None,
+                Some(_) => Some(id("pad_token_id", 0)?),
+            },
+            head,
         };
         c.validate()?;
         Ok(c)
     }
 
-    /// The config as transformers writes it for `LlamaForCausalLM`.
+    /// The config as transformers writes it for `LlamaForCausalLM` or
+    /// `LlamaForSequenceClassification` (one label).
     pub fn to_hf_json(&self) -> Value {
-        json!({
-            "architectures": ["LlamaForCausalLM"],
+        let mut v = json!({
+            "architectures": [self.head.architecture()],
             "model_type": "llama",
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden,
@@ -263,6 +328,14 @@ impl Config {
             "mlp_bias": false,
             "initializer_range": 0.02,
             "torch_dtype": "float32",
-        })
+        });
+        if let Some(p) = self.pad_id {
+            v["pad_token_id"] = json!(p);
+        }
+        if self.head == Head::Score {
+            v["id2label"] = json!({"0": "LABEL_0"});
+            v["label2id"] = json!({"LABEL_0": 0});
+        }
+        v
     }
 }

@@ -19,7 +19,7 @@ pub use llama2_kernels::attention::AttnShape;
 pub use llama2_kernels::cross_entropy::CeGrad;
 pub use llama2_kernels::matmul::Gemm;
 pub use llama2_kernels::rope::RopeShape;
-pub use llama2_kernels::{GradWrite, Trans};
+pub use llama2_kernels::{GradWrite, Ragged, Trans};
 
 /// What a buffer holds, so the backend can choose its precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +210,34 @@ pub trait Backend: Send + Sync + Sized + 'static {
         lse: View<Self>,
         s: AttnShape,
     ) -> Result<()>;
+    /// [`Backend::rope_fwd`] on a ragged batch: row `i` of sequence `bi` at
+    /// position `r.pos0[bi] + i`; padding rows untouched (`s.pos0` unused)
+    fn rope_fwd_ragged(&self, x: ViewMut<Self>, table: View<Self>, s: RopeShape, r: Ragged) -> Result<()>;
+    /// [`Backend::rope_bwd`] on a ragged batch
+    fn rope_bwd_ragged(&self, dx: ViewMut<Self>, table: View<Self>, s: RopeShape, r: Ragged) -> Result<()>;
+    /// [`Backend::attention_fwd`] on a ragged batch (`llama2_kernels::Ragged`):
+    /// query row `i` of sequence `bi` sits at `r.pos0[bi] + i` and sees keys
+    /// `0 ..= r.pos0[bi] + i`; padding rows (`i >= r.len[bi]`) get `out` 0,
+    /// `lse` 0, and no key past a sequence's last valid position is read
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fwd_ragged(&self, out: ViewMut<Self>, lse: ViewMut<Self>, q: View<Self>, k: View<Self>, v: View<Self>, s: AttnShape, r: Ragged) -> Result<()>;
+    /// [`Backend::attention_bwd`] on a ragged training batch (every
+    /// `r.pos0` 0): padding rows get zero gradients
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd_ragged(
+        &self,
+        dq: ViewMut<Self>,
+        dk: ViewMut<Self>,
+        dv: ViewMut<Self>,
+        dout: View<Self>,
+        q: View<Self>,
+        k: View<Self>,
+        v: View<Self>,
+        out: View<Self>,
+        lse: View<Self>,
+        s: AttnShape,
+        r: Ragged,
+    ) -> Result<()>;
     /// `out = silu(gate) ⊙ up` (same lengths)
     fn swiglu_fwd(&self, out: ViewMut<Self>, gate: View<Self>, up: View<Self>) -> Result<()>;
     /// `dgate, dup` overwritten
@@ -218,6 +246,21 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// overwritten; logits overwritten by dlogits unless `grad` is `None`.
     /// Negative targets are ignored (loss 0, grad 0).
     fn cross_entropy(&self, logits: ViewMut<Self>, losses: ViewMut<Self>, targets: &[i32], v: usize, grad: CeGrad) -> Result<()>;
+
+    /// [`Backend::cross_entropy`] that also writes `entropy (n)` F32, the
+    /// entropy of each row's softmax (0 on ignored rows), in the same pass:
+    /// with the losses (`-log p(target)`) it gives PPO's per-token
+    /// log-probabilities and entropies without a second sweep
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_entropy(
+        &self,
+        logits: ViewMut<Self>,
+        losses: ViewMut<Self>,
+        entropy: ViewMut<Self>,
+        targets: &[i32],
+        v: usize,
+        grad: CeGrad,
+    ) -> Result<()>;
 
     // ---- element-wise ---------------------------------------------------
     /// `out = a + b`
@@ -233,6 +276,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// `cache (b, cap, w)[:, pos0..pos0+t] = new (b, t, w)`
     #[allow(clippy::too_many_arguments)]
     fn kv_write(&self, cache: ViewMut<Self>, new: View<Self>, b: usize, t: usize, cap: usize, w: usize, pos0: usize) -> Result<()>;
+
+    /// The valid rows of a ragged `new (b, t, w)` into `cache (b, cap, w)`:
+    /// sequence `bi`'s rows `0..r.len[bi]` at `r.pos0[bi]..`; padding rows
+    /// are not written
+    #[allow(clippy::too_many_arguments)]
+    fn kv_write_ragged(&self, cache: ViewMut<Self>, new: View<Self>, b: usize, t: usize, cap: usize, w: usize, r: Ragged) -> Result<()>;
 
     // ---- optimizer ------------------------------------------------------
     /// `Σ x²` (f64 on the host), for the global gradient norm

@@ -216,6 +216,44 @@ impl Backend for CpuBackend {
         self.run(|| k::attention::attention_bwd_cpu(sl_mut(dq), sl_mut(dk), sl_mut(dv), sl(dout), sl(q), sl(kk), sl(v), sl(out), sl(lse), s))
     }
 
+    fn rope_fwd_ragged(&self, x: ViewMut<Self>, table: View<Self>, s: RopeShape, r: Ragged) -> Result<()> {
+        self.run(|| k::rope::rope_fwd_ragged_cpu(sl_mut(x), sl(table), s, r))
+    }
+
+    fn rope_bwd_ragged(&self, dx: ViewMut<Self>, table: View<Self>, s: RopeShape, r: Ragged) -> Result<()> {
+        self.run(|| k::rope::rope_bwd_ragged_cpu(sl_mut(dx), sl(table), s, r))
+    }
+
+    fn attention_fwd_ragged(
+        &self,
+        out: ViewMut<Self>,
+        lse: ViewMut<Self>,
+        q: View<Self>,
+        kk: View<Self>,
+        v: View<Self>,
+        s: AttnShape,
+        r: Ragged,
+    ) -> Result<()> {
+        self.run(|| k::attention::attention_fwd_ragged_cpu(sl_mut(out), sl_mut(lse), sl(q), sl(kk), sl(v), s, r))
+    }
+
+    fn attention_bwd_ragged(
+        &self,
+        dq: ViewMut<Self>,
+        dk: ViewMut<Self>,
+        dv: ViewMut<Self>,
+        dout: View<Self>,
+        q: View<Self>,
+        kk: View<Self>,
+        v: View<Self>,
+        out: View<Self>,
+        lse: View<Self>,
+        s: AttnShape,
+        r: Ragged,
+    ) -> Result<()> {
+        self.run(|| k::attention::attention_bwd_ragged_cpu(sl_mut(dq), sl_mut(dk), sl_mut(dv), sl(dout), sl(q), sl(kk), sl(v), sl(out), sl(lse), s, r))
+    }
+
     fn swiglu_fwd(&self, out: ViewMut<Self>, gate: View<Self>, up: View<Self>) -> Result<()> {
         self.run(|| k::swiglu::swiglu_fwd_cpu(sl_mut(out), sl(gate), sl(up)))
     }
@@ -226,6 +264,18 @@ impl Backend for CpuBackend {
 
     fn cross_entropy(&self, logits: ViewMut<Self>, losses: ViewMut<Self>, targets: &[i32], v: usize, grad: CeGrad) -> Result<()> {
         self.run(|| k::cross_entropy::cross_entropy_cpu(sl_mut(logits), sl_mut(losses), targets, v, grad))
+    }
+
+    fn cross_entropy_entropy(
+        &self,
+        logits: ViewMut<Self>,
+        losses: ViewMut<Self>,
+        entropy: ViewMut<Self>,
+        targets: &[i32],
+        v: usize,
+        grad: CeGrad,
+    ) -> Result<()> {
+        self.run(|| k::cross_entropy::cross_entropy_entropy_cpu(sl_mut(logits), sl_mut(losses), sl_mut(entropy), targets, v, grad))
     }
 
     fn add(&self, out: ViewMut<Self>, a: View<Self>, b: View<Self>) -> Result<()> {
@@ -250,6 +300,10 @@ impl Backend for CpuBackend {
 
     fn kv_write(&self, cache: ViewMut<Self>, new: View<Self>, b: usize, t: usize, cap: usize, w: usize, pos0: usize) -> Result<()> {
         self.run(|| k::elementwise::kv_write_cpu(sl_mut(cache), sl(new), b, t, cap, w, pos0))
+    }
+
+    fn kv_write_ragged(&self, cache: ViewMut<Self>, new: View<Self>, b: usize, t: usize, cap: usize, w: usize, r: Ragged) -> Result<()> {
+        self.run(|| k::elementwise::kv_write_ragged_cpu(sl_mut(cache), sl(new), b, t, cap, w, r))
     }
 
     fn sum_squares(&self, x: View<Self>) -> Result<f64> {

@@ -573,6 +573,8 @@ pub fn read_bin(path: &Path, layout: Option<Layout>) -> Result<Imported> {
         tie_embeddings: header.shared,
         bos_id: RUNC_BOS,
         eos_id: RUNC_EOS,
+        pad_id: None,
+        head: crate::config::Head::Lm,
     };
     if let Err(e) = cfg.validate() {
         return format_err(path, format!("the header describes a model we cannot run: {e}"), "a vocabulary needs at least 3 entries (BOS 1, EOS 2)");
@@ -653,6 +655,9 @@ pub fn check_writable(path: &Path, cfg: &Config, layout: Layout, force: bool) ->
     let unsupported = |msg: String, hint: &str| Err(Llama2cError::Unsupported { path: path.to_path_buf(), layout, msg, hint: hint.into() });
     if let Err(e) = cfg.validate() {
         return unsupported(format!("invalid config: {e}"), "fix config.json");
+    }
+    if cfg.head != crate::config::Head::Lm {
+        return unsupported("a reward/value model (score head) has no llama2.c form".into(), "llama2.c files hold causal language models only");
     }
     if cfg.head_dim * cfg.n_heads != cfg.hidden {
         return unsupported(

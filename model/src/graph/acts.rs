@@ -10,42 +10,44 @@
 //! Public items: [`ActTensors`], [`Acts`], [`GradActTensors`], [`GradActs`],
 //! [`LogitRows`].
 
-use crate::config::Config;
+use crate::config::{Config, Head};
 use crate::error::Result;
 use llama2_runtime::{Backend, BufKind};
 
-/// Which rows get logits.
+/// Which rows get logits (LM head).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogitRows {
     /// every position: `(b*t, V)` (training, scoring)
     All,
-    /// the last position of each sequence: `(b, V)` (generation)
+    /// the last (valid) position of each sequence: `(b, V)` (generation)
     Last,
 }
 
 /// Activations kept by forward. `N = b*t`, `S` = stored layers (L or 1).
 pub struct ActTensors<T> {
-    pub emb: T,      // (N, C)        token embeddings (layer 0's input)
-    pub ln1: T,      // (S, N, C)     input_layernorm output
-    pub rstd1: T,    // (S, N)        F32
-    pub q: T,        // (S, N, q_dim) after RoPE
-    pub k: T,        // (S, N, kv_dim) after RoPE
-    pub v: T,        // (S, N, kv_dim)
-    pub att: T,      // (S, N, q_dim) attention output before o_proj
-    pub lse: T,      // (S, b, n_heads, t) F32
-    pub res_mid: T,  // (S, N, C)     residual after attention
-    pub ln2: T,      // (S, N, C)     post_attention_layernorm output
-    pub rstd2: T,    // (S, N)        F32
-    pub gate: T,     // (S, N, I)
-    pub up: T,       // (S, N, I)
-    pub h: T,        // (S, N, I)     silu(gate) * up
-    pub res_out: T,  // (S, N, C)     residual after the MLP (layer output)
-    pub lnf: T,      // (N, C)        final norm output
-    pub rstdf: T,    // (N)           F32
-    pub lnf_last: T, // (b, C)        final norm of the last positions (LogitRows::Last)
-    pub logits: T,   // (N or b, V)   logits; overwritten by dlogits
-    pub losses: T,   // (N)           F32 per-position loss
-    pub scratch: T,  // (N, C)        o_proj / down_proj output before the residual add
+    pub emb: T,     // (N, C)        token embeddings (layer 0's input)
+    pub ln1: T,     // (S, N, C)     input_layernorm output
+    pub rstd1: T,   // (S, N)        F32
+    pub q: T,       // (S, N, q_dim) after RoPE
+    pub k: T,       // (S, N, kv_dim) after RoPE
+    pub v: T,       // (S, N, kv_dim)
+    pub att: T,     // (S, N, q_dim) attention output before o_proj
+    pub lse: T,     // (S, b, n_heads, t) F32
+    pub res_mid: T, // (S, N, C)     residual after attention
+    pub ln2: T,     // (S, N, C)     post_attention_layernorm output
+    pub rstd2: T,   // (S, N)        F32
+    pub gate: T,    // (S, N, I)
+    pub up: T,      // (S, N, I)
+    pub h: T,       // (S, N, I)     silu(gate) * up
+    pub res_out: T, // (S, N, C)     residual after the MLP (layer output)
+    pub lnf: T,     // (N, C)        final norm output: the trunk's hidden states
+    pub rstdf: T,   // (N)           F32
+    pub head_in: T, // (M, C)        hidden states of the rows a head reads (LM: b rows for LogitRows::Last; score: up to N)
+    pub logits: T,  // (N or b, V)   logits; overwritten by dlogits (LM head only)
+    pub losses: T,  // (N)           F32 per-position loss
+    pub entropy: T, // (N)           F32 per-position entropy of the softmax (LM head only)
+    pub scores: T,  // (N)           F32 score head outputs of the rows read (score head only)
+    pub scratch: T, // (N, C)        o_proj / down_proj output before the residual add
 }
 
 /// The activations of one forward shape.
@@ -60,13 +62,21 @@ pub struct Acts<B: Backend> {
 
 impl<B: Backend> Acts<B> {
     /// Allocates activations for batches of `b` sequences of `t` tokens.
+    /// The head's buffers follow `cfg.head`: logits (and `rows`) for the LM
+    /// head, row scores for a score head (no vocabulary-sized buffer).
     pub fn new(be: &B, cfg: &Config, b: usize, t: usize, training: bool, rows: LogitRows) -> Result<Self> {
         let n = b * t;
         let s = if training { cfg.n_layers } else { 1 };
         let (c, q, kv, i, v) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate, cfg.vocab_size);
+        let lm = cfg.head == Head::Lm;
         let nl = match rows {
             LogitRows::All => n,
             LogitRows::Last => b,
+        };
+        let head_rows = match (lm, rows) {
+            (true, LogitRows::All) => 0,
+            (true, LogitRows::Last) => b,
+            (false, _) => n,
         };
         let act = |len: usize| be.alloc(len, BufKind::Act);
         let f32b = |len: usize| be.alloc(len, BufKind::F32);
@@ -88,9 +98,11 @@ impl<B: Backend> Acts<B> {
             res_out: act(s * n * c)?,
             lnf: act(n * c)?,
             rstdf: f32b(n)?,
-            lnf_last: act(if rows == LogitRows::Last { b * c } else { 0 })?,
-            logits: act(nl * v)?,
-            losses: f32b(nl)?,
+            head_in: act(head_rows * c)?,
+            logits: act(if lm { nl * v } else { 0 })?,
+            losses: f32b(if lm { nl } else { 0 })?,
+            entropy: f32b(if lm { nl } else { 0 })?,
+            scores: f32b(if lm { 0 } else { n })?,
             scratch: act(n * c)?,
         };
         Ok(Acts { b, t, layers: s, rows, a })
@@ -110,21 +122,27 @@ impl<B: Backend> Acts<B> {
         let s = if training { cfg.n_layers } else { 1 };
         let (c, q, kv, i, v) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate, cfg.vocab_size);
         let per_layer = n * (4 * c + 2 * q + 2 * kv + 3 * i + 2) + b * cfg.n_heads * t;
-        4 * (s * per_layer + n * (3 * c + 2) + n * v)
+        let head = match cfg.head {
+            Head::Lm => n * (v + 2),
+            Head::Score => n * (c + 1),
+        };
+        4 * (s * per_layer + n * (3 * c + 1) + head)
     }
 }
 
 /// Activation gradients of one layer, reused by every layer in backward.
 pub struct GradActTensors<T> {
-    pub dres: T,  // (N, C)      gradient of the residual stream (accumulated)
-    pub dln: T,   // (N, C)      gradient of a norm's output
-    pub dq: T,    // (N, q_dim)
-    pub dk: T,    // (N, kv_dim)
-    pub dv: T,    // (N, kv_dim)
-    pub datt: T,  // (N, q_dim)
-    pub dgate: T, // (N, I)
-    pub dup: T,   // (N, I)
-    pub dh: T,    // (N, I)
+    pub dres: T,     // (N, C)      gradient of the residual stream (accumulated)
+    pub dln: T,      // (N, C)      gradient of a norm's output
+    pub dq: T,       // (N, q_dim)
+    pub dk: T,       // (N, kv_dim)
+    pub dv: T,       // (N, kv_dim)
+    pub datt: T,     // (N, q_dim)
+    pub dgate: T,    // (N, I)
+    pub dup: T,      // (N, I)
+    pub dh: T,       // (N, I)
+    pub dhead_in: T, // (N, C)   gradient of the rows a score head read (score head only)
+    pub dscores: T,  // (N)      d(loss)/d(score) of those rows (score head only)
 }
 
 /// Activation gradients for batches of `b x t`.
@@ -138,6 +156,7 @@ impl<B: Backend> GradActs<B> {
     pub fn new(be: &B, cfg: &Config, b: usize, t: usize) -> Result<Self> {
         let n = b * t;
         let (c, q, kv, i) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate);
+        let score = cfg.head == Head::Score;
         let act = |len: usize| be.alloc(len, BufKind::Act);
         Ok(GradActs {
             b,
@@ -152,6 +171,8 @@ impl<B: Backend> GradActs<B> {
                 dgate: act(n * i)?,
                 dup: act(n * i)?,
                 dh: act(n * i)?,
+                dhead_in: act(if score { n * c } else { 0 })?,
+                dscores: act(if score { n } else { 0 })?,
             },
         })
     }

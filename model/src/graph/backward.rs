@@ -1,31 +1,54 @@
 //! Backward pass, written out by hand in exactly the reverse order of
-//! [`Model::forward`](crate::model::Model::forward). Starts from the dlogits
-//! that [`Model::loss`](crate::model::Model::loss) left in `acts.a.logits`.
+//! [`Model::forward`](crate::model::Model::forward). Starts from the head's
+//! gradient ([`HeadGrad`]): the dlogits that
+//! [`Model::loss`](crate::model::Model::loss) left in `acts.a.logits` (LM
+//! head), or d(loss)/d(score) of the rows that
+//! [`Model::score_rows`](crate::model::Model::score_rows) read (score head).
+//! Ragged batches ([`Lens`]) give padding rows zero gradients.
 //!
 //! Write rules: every parameter gradient is accumulated (`+=`) into `grads`
 //! (so micro-batches accumulate; zero it before the first); activation
 //! gradients are overwritten, except `dres` (the residual stream), which
 //! collects `+=` from both branches of each block.
 //!
-//! Public items: [`Model::backward`].
+//! Public items: [`Model::backward`], [`Model::backward_from`], [`HeadGrad`].
 
 use crate::acts::{Acts, GradActs, LogitRows};
+use crate::config::Head;
 use crate::error::{ModelError, Result};
+use crate::forward::{Lens, RowPlan};
 use crate::model::{param_view_mut, Model};
 use crate::params::ParamId as P;
 use llama2_runtime::{v, vm, AttnShape, Backend, Gemm, GradWrite, RopeShape, Trans, View};
+
+/// Where backward starts.
+#[derive(Clone, Copy, Debug)]
+pub enum HeadGrad<'a> {
+    /// the LM head: dlogits are in `acts.a.logits` (all rows)
+    Logits,
+    /// the score head: `dscore[i]` = d(loss)/d(score of row `at[i]`), for
+    /// the rows the last [`Model::score_rows`] call read
+    Score { at: &'a [u32], dscore: &'a [f32] },
+}
 
 impl<B: Backend> Model<B> {
     /// Accumulates d(loss)/d(parameter) into `grads` (an F32 buffer laid out
     /// like the parameters), for the batch `tokens (b, t)` that the forward
     /// in `acts` ran on (training activations, all logit rows).
     pub fn backward(&self, be: &B, acts: &Acts<B>, gacts: &mut GradActs<B>, grads: &mut B::Buf, tokens: &[u32]) -> Result<()> {
+        self.backward_from(be, acts, gacts, grads, tokens, None, HeadGrad::Logits)
+    }
+
+    /// [`Model::backward`] of a (possibly ragged) batch from the gradient of
+    /// either head.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_from(&self, be: &B, acts: &Acts<B>, gacts: &mut GradActs<B>, grads: &mut B::Buf, tokens: &[u32], lens: Lens, head: HeadGrad) -> Result<()> {
         let cfg = &self.cfg;
         let (b, t, ls) = (acts.b, acts.t, acts.layers);
         let n = b * t;
         let (c, nh, nkv, hd) = (cfg.hidden, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let (qd, kvd, inter, vocab) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate, cfg.vocab_size);
-        if ls != cfg.n_layers || acts.rows != LogitRows::All {
+        if ls != cfg.n_layers || (cfg.head == Head::Lm && acts.rows != LogitRows::All) {
             return Err(ModelError::Invalid("backward needs training activations (all layers, all logit rows)".into()));
         }
         if gacts.b != b || gacts.t != t || tokens.len() != n || grads.len() != self.layout.total {
@@ -37,6 +60,8 @@ impl<B: Backend> Model<B> {
                 grads.len()
             )));
         }
+        let plan = RowPlan::new(b, t, lens, None)?;
+        let rg = plan.ragged();
         use llama2_runtime::Buffer;
         let lay = &self.layout;
         // dx = dy · W           (the input gradient of y = x W^T)
@@ -50,11 +75,29 @@ impl<B: Backend> Model<B> {
         let shape = AttnShape::causal(b, t, nh, nkv, hd);
         let a = &acts.a;
         let g = &mut gacts.g;
-        let head = self.head_id();
 
-        // output head and final norm
-        be.matmul(vm(&mut g.dln), v(&a.logits), self.p(head, 0), dx(n, c, vocab, ow))?;
-        be.matmul(param_view_mut::<B>(grads, lay, head, 0), v(&a.logits), v(&a.lnf), dw(vocab, c, n))?;
+        // the head
+        match (head, cfg.head) {
+            (HeadGrad::Logits, Head::Lm) => {
+                let hid = self.head_id();
+                be.matmul(vm(&mut g.dln), v(&a.logits), self.p(hid, 0), dx(n, c, vocab, ow))?;
+                be.matmul(param_view_mut::<B>(grads, lay, hid, 0), v(&a.logits), v(&a.lnf), dw(vocab, c, n))?;
+            }
+            (HeadGrad::Score { at, dscore }, Head::Score) => {
+                let m = at.len();
+                if dscore.len() != m || m > n {
+                    return Err(ModelError::Invalid(format!("backward: {} score gradients for {m} rows (batch of {n})", dscore.len())));
+                }
+                be.upload(vm(&mut g.dscores).sub(0, m)?, dscore)?;
+                // score (m, 1) = head_in (m, C) · w (1, C)^T
+                be.matmul(vm(&mut g.dhead_in).sub(0, m * c)?, v(&g.dscores).sub(0, m)?, self.p(P::Score, 0), dx(m, c, 1, ow))?;
+                be.matmul(param_view_mut::<B>(grads, lay, P::Score, 0), v(&g.dscores).sub(0, m)?, v(&a.head_in).sub(0, m * c)?, dw(1, c, m))?;
+                be.zero(vm(&mut g.dln))?;
+                be.scatter_add_rows(vm(&mut g.dln), v(&g.dhead_in).sub(0, m * c)?, at, c)?;
+            }
+            _ => return Err(ModelError::Invalid(format!("backward: the head gradient does not match the model's {:?} head", cfg.head))),
+        }
+        // final norm
         let last = v(&a.res_out).part(cfg.n_layers - 1, ls)?;
         be.rmsnorm_bwd(vm(&mut g.dres), param_view_mut::<B>(grads, lay, P::Lnf, 0), v(&g.dln), last, self.p(P::Lnf, 0), v(&a.rstdf), n, c, ow)?;
 
@@ -82,20 +125,41 @@ impl<B: Backend> Model<B> {
             // attention: res_mid = res_in + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))
             be.matmul(vm(&mut g.datt), v(&g.dres), self.p(P::Wo, l), dx(n, qd, c, ow))?;
             be.matmul(param_view_mut::<B>(grads, lay, P::Wo, l), v(&g.dres), v(&a.att).part(l, ls)?, dw(c, qd, n))?;
-            be.attention_bwd(
-                vm(&mut g.dq),
-                vm(&mut g.dk),
-                vm(&mut g.dv),
-                v(&g.datt),
-                v(&a.q).part(l, ls)?,
-                v(&a.k).part(l, ls)?,
-                v(&a.v).part(l, ls)?,
-                v(&a.att).part(l, ls)?,
-                v(&a.lse).part(l, ls)?,
-                shape,
-            )?;
-            be.rope_bwd(vm(&mut g.dq), v(&self.rope), rope_q)?;
-            be.rope_bwd(vm(&mut g.dk), v(&self.rope), rope_k)?;
+            match rg {
+                None => {
+                    be.attention_bwd(
+                        vm(&mut g.dq),
+                        vm(&mut g.dk),
+                        vm(&mut g.dv),
+                        v(&g.datt),
+                        v(&a.q).part(l, ls)?,
+                        v(&a.k).part(l, ls)?,
+                        v(&a.v).part(l, ls)?,
+                        v(&a.att).part(l, ls)?,
+                        v(&a.lse).part(l, ls)?,
+                        shape,
+                    )?;
+                    be.rope_bwd(vm(&mut g.dq), v(&self.rope), rope_q)?;
+                    be.rope_bwd(vm(&mut g.dk), v(&self.rope), rope_k)?;
+                }
+                Some(r) => {
+                    be.attention_bwd_ragged(
+                        vm(&mut g.dq),
+                        vm(&mut g.dk),
+                        vm(&mut g.dv),
+                        v(&g.datt),
+                        v(&a.q).part(l, ls)?,
+                        v(&a.k).part(l, ls)?,
+                        v(&a.v).part(l, ls)?,
+                        v(&a.att).part(l, ls)?,
+                        v(&a.lse).part(l, ls)?,
+                        shape,
+                        r,
+                    )?;
+                    be.rope_bwd_ragged(vm(&mut g.dq), v(&self.rope), rope_q, r)?;
+                    be.rope_bwd_ragged(vm(&mut g.dk), v(&self.rope), rope_k, r)?;
+                }
+            }
             be.matmul(vm(&mut g.dln), v(&g.dq), self.p(P::Wq, l), dx(n, c, qd, ow))?;
             be.matmul(vm(&mut g.dln), v(&g.dk), self.p(P::Wk, l), dx(n, c, kvd, acc))?;
             be.matmul(vm(&mut g.dln), v(&g.dv), self.p(P::Wv, l), dx(n, c, kvd, acc))?;

@@ -115,7 +115,7 @@ impl<B: Backend> Generator<B> {
         Ok(Generator { b, cap, step: Acts::new(be, &model.cfg, b, 1, false, LogitRows::Last)?, cache: KvCache::new(be, &model.cfg, b, cap)? })
     }
 
-    /// Continues `prompts` (b sequences of equal length) by up to `max_new`
+    /// Continues `prompts` (b sequences, of any lengths) by up to `max_new`
     /// tokens each. With `stop_at_eos`, a sequence stops after EOS and the
     /// whole call ends when every sequence has.
     #[allow(clippy::too_many_arguments)]
@@ -148,20 +148,25 @@ impl<B: Backend> Generator<B> {
         if prompts.len() != b {
             return Err(ModelError::Invalid(format!("generate: {} prompts for a generator of {b}", prompts.len())));
         }
-        let p = prompts[0].len();
-        if p == 0 || prompts.iter().any(|x| x.len() != p) {
-            return Err(ModelError::Invalid("generate: prompts must be non-empty and of equal length".into()));
+        if let Some(i) = prompts.iter().position(|x| x.is_empty()) {
+            return Err(ModelError::Invalid(format!("generate: prompt {i} is empty; HINT: start it with BOS")));
         }
+        let p = prompts.iter().map(|x| x.len()).max().unwrap_or(0);
         if p + max_new > self.cap {
             return Err(ModelError::Invalid(format!("generate: {p} prompt + {max_new} new tokens exceed the {} positions allocated", self.cap)));
         }
         let vocab = model.cfg.vocab_size;
         let eos = model.cfg.eos_id;
         let t0 = std::time::Instant::now();
-        self.cache.len = 0;
+        self.cache.reset();
+        // prompts of different lengths: right padding, never attended
         let mut prefill = Acts::new(be, &model.cfg, b, p, false, LogitRows::Last)?;
-        let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
-        model.forward(be, &mut prefill, &flat, Some(&mut self.cache))?;
+        let mut flat = vec![0u32; b * p];
+        for (r, x) in prompts.iter().enumerate() {
+            flat[r * p..r * p + x.len()].copy_from_slice(x);
+        }
+        let lens: Vec<u32> = prompts.iter().map(|x| x.len() as u32).collect();
+        model.forward_ragged(be, &mut prefill, &flat, Some(&lens), Some(&mut self.cache))?;
         let mut logits = vec![0f32; b * vocab];
         be.download(v(&prefill.a.logits), &mut logits)?;
         drop(prefill);

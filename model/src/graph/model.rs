@@ -37,20 +37,32 @@ pub fn param_view_mut<'a, B: Backend>(buf: &'a mut B::Buf, lay: &ParamLayout, id
     ViewMut { buf, off, len }
 }
 
-/// Keys and values of past positions for incremental decoding.
+/// Keys and values of past positions for incremental decoding, with one
+/// length per sequence (sequences of a batch may be at different positions).
 pub struct KvCache<B: Backend> {
     pub k: B::Buf, // (L, b, cap, kv_dim)
     pub v: B::Buf, // (L, b, cap, kv_dim)
     pub b: usize,
     pub cap: usize,
-    /// positions filled so far
-    pub len: usize,
+    /// positions filled so far, per sequence `(b)`
+    pub lens: Vec<usize>,
 }
 
 impl<B: Backend> KvCache<B> {
     pub fn new(be: &B, cfg: &Config, b: usize, cap: usize) -> Result<Self> {
         let n = cfg.n_layers * b * cap * cfg.kv_dim();
-        Ok(KvCache { k: be.alloc(n, BufKind::Act)?, v: be.alloc(n, BufKind::Act)?, b, cap, len: 0 })
+        Ok(KvCache { k: be.alloc(n, BufKind::Act)?, v: be.alloc(n, BufKind::Act)?, b, cap, lens: vec![0; b] })
+    }
+
+    /// Empties every sequence.
+    pub fn reset(&mut self) {
+        self.lens.fill(0);
+    }
+
+    /// The common length if every sequence has the same one.
+    pub fn uniform_len(&self) -> Option<usize> {
+        let first = *self.lens.first()?;
+        self.lens.iter().all(|&l| l == first).then_some(first)
     }
 }
 

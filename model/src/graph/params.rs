@@ -10,7 +10,7 @@
 //!
 //! Public items: [`ParamTensors`], [`ParamId`], [`ParamLayout`].
 
-use crate::config::Config;
+use crate::config::{Config, Head};
 use crate::error::{ModelError, Result};
 use crate::weights::{Checkpoint, HostTensor, HostWeights};
 
@@ -18,7 +18,8 @@ use crate::weights::{Checkpoint, HostTensor, HostWeights};
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ParamTensors<T> {
     pub embed: T,   // (V, C)             model.embed_tokens.weight
-    pub lm_head: T, // (V, C)             lm_head.weight (empty when tied)
+    pub lm_head: T, // (V, C)             lm_head.weight (empty when tied or with a score head)
+    pub score: T,   // (1, C)             score.weight (a score head only)
     pub wq: T,      // (L, q_dim, C)      self_attn.q_proj.weight
     pub wk: T,      // (L, kv_dim, C)     self_attn.k_proj.weight
     pub wv: T,      // (L, kv_dim, C)     self_attn.v_proj.weight
@@ -36,6 +37,7 @@ pub struct ParamTensors<T> {
 pub enum ParamId {
     Embed,
     LmHead,
+    Score,
     Wq,
     Wk,
     Wv,
@@ -49,9 +51,10 @@ pub enum ParamId {
 }
 
 impl ParamId {
-    pub const ALL: [ParamId; 12] = [
+    pub const ALL: [ParamId; 13] = [
         ParamId::Embed,
         ParamId::LmHead,
+        ParamId::Score,
         ParamId::Wq,
         ParamId::Wk,
         ParamId::Wv,
@@ -66,7 +69,17 @@ impl ParamId {
 
     /// Stacked over layers?
     pub fn per_layer(self) -> bool {
-        !matches!(self, ParamId::Embed | ParamId::LmHead | ParamId::Lnf)
+        !matches!(self, ParamId::Embed | ParamId::LmHead | ParamId::Score | ParamId::Lnf)
+    }
+
+    /// Does a model of config `c` have this tensor? (`lm_head` not when
+    /// tied or under a score head; `score` only under a score head.)
+    pub fn present(self, c: &Config) -> bool {
+        match self {
+            ParamId::LmHead => c.head == Head::Lm && !c.tie_embeddings,
+            ParamId::Score => c.head == Head::Score,
+            _ => true,
+        }
     }
 
     /// Gets weight decay (2-D tensors)?
@@ -79,6 +92,7 @@ impl ParamId {
         match self {
             ParamId::Embed => "model.embed_tokens.weight".into(),
             ParamId::LmHead => "lm_head.weight".into(),
+            ParamId::Score => "score.weight".into(),
             ParamId::Lnf => "model.norm.weight".into(),
             ParamId::Wq => format!("model.layers.{l}.self_attn.q_proj.weight"),
             ParamId::Wk => format!("model.layers.{l}.self_attn.k_proj.weight"),
@@ -98,10 +112,17 @@ impl ParamId {
         match self {
             ParamId::Embed => vec![v, h],
             ParamId::LmHead => {
-                if c.tie_embeddings {
+                if c.tie_embeddings || c.head != Head::Lm {
                     vec![0]
                 } else {
                     vec![v, h]
+                }
+            }
+            ParamId::Score => {
+                if c.head == Head::Score {
+                    vec![1, h]
+                } else {
+                    vec![0]
                 }
             }
             ParamId::Wq => vec![q, h],
@@ -119,6 +140,7 @@ impl<T> ParamTensors<T> {
         match id {
             ParamId::Embed => &self.embed,
             ParamId::LmHead => &self.lm_head,
+            ParamId::Score => &self.score,
             ParamId::Wq => &self.wq,
             ParamId::Wk => &self.wk,
             ParamId::Wv => &self.wv,
@@ -137,6 +159,7 @@ impl<T> ParamTensors<T> {
         ParamTensors {
             embed: f(ParamId::Embed),
             lm_head: f(ParamId::LmHead),
+            score: f(ParamId::Score),
             wq: f(ParamId::Wq),
             wk: f(ParamId::Wk),
             wv: f(ParamId::Wv),
@@ -167,7 +190,7 @@ impl ParamLayout {
     pub fn new(c: &Config) -> Self {
         let size = ParamTensors::from_fn(|id| {
             let one: usize = id.hf_shape(c).iter().product();
-            if id == ParamId::LmHead && c.tie_embeddings {
+            if !id.present(c) {
                 0
             } else if id.per_layer() {
                 one * c.n_layers
@@ -201,7 +224,7 @@ impl ParamLayout {
 
     /// Every HF tensor: (id, layer, name).
     pub fn hf_tensors<'a>(&'a self, c: &'a Config) -> impl Iterator<Item = (ParamId, usize, String)> + 'a {
-        ParamId::ALL.into_iter().filter(move |&id| !(id == ParamId::LmHead && c.tie_embeddings)).flat_map(move |id| {
+        ParamId::ALL.into_iter().filter(move |&id| id.present(c)).flat_map(move |id| {
             let layers = if id.per_layer() { c.n_layers } else { 1 };
             (0..layers).map(move |l| (id, l, id.hf_name(l)))
         })

@@ -874,4 +874,67 @@ impl Backend for CudaBackend {
         self.finish_f32(mo)?;
         self.finish_f32(vo)
     }
+
+    // ---- ragged batches and per-token statistics --------------------------
+    // PENDING: the CUDA kernels of these ops are written after the CUDA-on-CPU
+    // layer (issue 16) lands, so that they are checked by it; until then the
+    // CUDA backend refuses them with a clear error.
+
+    fn rope_fwd_ragged(&self, _x: ViewMut<Self>, _table: View<Self>, _s: RopeShape, _r: Ragged) -> Result<()> {
+        Err(pending("rope_fwd_ragged"))
+    }
+
+    fn rope_bwd_ragged(&self, _dx: ViewMut<Self>, _table: View<Self>, _s: RopeShape, _r: Ragged) -> Result<()> {
+        Err(pending("rope_bwd_ragged"))
+    }
+
+    fn attention_fwd_ragged(
+        &self,
+        _out: ViewMut<Self>,
+        _lse: ViewMut<Self>,
+        _q: View<Self>,
+        _k: View<Self>,
+        _v: View<Self>,
+        _s: AttnShape,
+        _r: Ragged,
+    ) -> Result<()> {
+        Err(pending("attention_fwd_ragged"))
+    }
+
+    fn attention_bwd_ragged(
+        &self,
+        _dq: ViewMut<Self>,
+        _dk: ViewMut<Self>,
+        _dv: ViewMut<Self>,
+        _dout: View<Self>,
+        _q: View<Self>,
+        _k: View<Self>,
+        _v: View<Self>,
+        _out: View<Self>,
+        _lse: View<Self>,
+        _s: AttnShape,
+        _r: Ragged,
+    ) -> Result<()> {
+        Err(pending("attention_bwd_ragged"))
+    }
+
+    fn cross_entropy_entropy(
+        &self,
+        _logits: ViewMut<Self>,
+        _losses: ViewMut<Self>,
+        _entropy: ViewMut<Self>,
+        _targets: &[i32],
+        _v: usize,
+        _grad: CeGrad,
+    ) -> Result<()> {
+        Err(pending("cross_entropy_entropy"))
+    }
+
+    fn kv_write_ragged(&self, _cache: ViewMut<Self>, _new: View<Self>, _b: usize, _t: usize, _cap: usize, _w: usize, _r: Ragged) -> Result<()> {
+        Err(pending("kv_write_ragged"))
+    }
+}
+
+fn pending(op: &'static str) -> RtError {
+    RtError::Op { op, msg: "not implemented on the CUDA backend yet; HINT: use --device cpu".into() }
 }

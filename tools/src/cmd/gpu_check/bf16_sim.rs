@@ -202,6 +202,70 @@ impl Backend for Bf16Sim {
     fn adamw(&self, mut params: ViewMut<Self>, grads: View<Self>, mut m: ViewMut<Self>, mut v: ViewMut<Self>, h: AdamWStep) -> Result<()> {
         self.cpu.adamw(cm(&mut params), cv(grads), cm(&mut m), cm(&mut v), h)
     }
+
+    fn rope_fwd_ragged(&self, mut x: ViewMut<Self>, table: View<Self>, s: RopeShape, r: Ragged) -> Result<()> {
+        self.cpu.rope_fwd_ragged(cm(&mut x), cv(table), s, r)?;
+        round(x);
+        Ok(())
+    }
+    fn rope_bwd_ragged(&self, mut dx: ViewMut<Self>, table: View<Self>, s: RopeShape, r: Ragged) -> Result<()> {
+        self.cpu.rope_bwd_ragged(cm(&mut dx), cv(table), s, r)?;
+        round(dx);
+        Ok(())
+    }
+    fn attention_fwd_ragged(
+        &self,
+        mut out: ViewMut<Self>,
+        mut lse: ViewMut<Self>,
+        q: View<Self>,
+        k: View<Self>,
+        v: View<Self>,
+        s: AttnShape,
+        r: Ragged,
+    ) -> Result<()> {
+        self.cpu.attention_fwd_ragged(cm(&mut out), cm(&mut lse), cv(q), cv(k), cv(v), s, r)?;
+        round(out);
+        Ok(())
+    }
+    fn attention_bwd_ragged(
+        &self,
+        mut dq: ViewMut<Self>,
+        mut dk: ViewMut<Self>,
+        mut dv: ViewMut<Self>,
+        dout: View<Self>,
+        q: View<Self>,
+        k: View<Self>,
+        v: View<Self>,
+        out: View<Self>,
+        lse: View<Self>,
+        s: AttnShape,
+        r: Ragged,
+    ) -> Result<()> {
+        self.cpu.attention_bwd_ragged(cm(&mut dq), cm(&mut dk), cm(&mut dv), cv(dout), cv(q), cv(k), cv(v), cv(out), cv(lse), s, r)?;
+        round(dq);
+        round(dk);
+        round(dv);
+        Ok(())
+    }
+    fn cross_entropy_entropy(
+        &self,
+        mut logits: ViewMut<Self>,
+        mut losses: ViewMut<Self>,
+        entropy: ViewMut<Self>,
+        targets: &[i32],
+        v: usize,
+        grad: CeGrad,
+    ) -> Result<()> {
+        let mut entropy = entropy;
+        self.cpu.cross_entropy_entropy(cm(&mut logits), cm(&mut losses), cm(&mut entropy), targets, v, grad)?;
+        round(logits);
+        Ok(())
+    }
+    fn kv_write_ragged(&self, mut cache: ViewMut<Self>, new: View<Self>, b: usize, t: usize, cap: usize, w: usize, r: Ragged) -> Result<()> {
+        self.cpu.kv_write_ragged(cm(&mut cache), cv(new), b, t, cap, w, r)?;
+        round(cache);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
