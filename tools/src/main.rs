@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod device;
+mod flags;
 
 /// The Llama 2 system in Rust: pretraining, SFT, reward models, rejection
 /// sampling, PPO and Ghost Attention, on CPU or CUDA.

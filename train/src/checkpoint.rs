@@ -3,7 +3,11 @@
 //! `OUT/ckpt-000123/` holds `config.json` + `model.safetensors` (the model in
 //! HF format: it loads in transformers as is), `optimizer.safetensors` (AdamW
 //! moments `m.<hf name>`, `v.<hf name>`, f32) and `state.json` (step, data
-//! position, RNG state, the resolved run configuration).
+//! position, RNG state, the resolved run configuration). A run that trains
+//! several models (PPO: a policy and a value model) keeps each in a
+//! subdirectory named after it (`ckpt-000123/policy/`, `.../value/`, each
+//! with its config, weights and optimizer file), `state.json` at the top;
+//! a run of one model (named "model") keeps the flat layout above.
 //!
 //! Atomicity: everything is written into `OUT/.tmp-ckpt-000123-<pid>/`, each
 //! file fsynced, then the directory is renamed to its final name and `OUT`
@@ -11,11 +15,14 @@
 //! a complete one; leftovers of interrupted saves are removed by the next
 //! save. Only directories named `ckpt-*` count as checkpoints.
 //!
-//! Public items: [`TrainState`], [`save`], [`load`], [`latest`], [`Loaded`].
+//! Public items: [`TrainState`], [`save`], [`save_parts`], [`load`],
+//! [`latest`], [`list`], [`Loaded`], [`LoadedPart`], [`Moments`],
+//! [`restore_optimizer`].
 
 use crate::data::DataPosition;
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
+use crate::trainer::Part;
 use llama2_model::atomic::sync_dir;
 use llama2_model::weights::{save_safetensors, write_atomic, Checkpoint, SaveDtype};
 use llama2_model::Model;
@@ -90,6 +97,38 @@ pub fn ckpt_name(step: u64) -> String {
 /// Writes a checkpoint of `model`, `opt` and `state` into `out`, then keeps
 /// only the newest `keep_last` checkpoints (0 = keep all). Returns its path.
 pub fn save<B: Backend>(be: &B, out: &Path, model: &Model<B>, opt: &AdamW<B>, state: &TrainState, keep_last: usize) -> Result<PathBuf> {
+    save_models(be, out, &[("model", model, opt)], state, keep_last)
+}
+
+/// [`save`] of every part an objective trains.
+pub fn save_parts<B: Backend>(be: &B, out: &Path, parts: &[Part<'_, B>], state: &TrainState, keep_last: usize) -> Result<PathBuf> {
+    let models: Vec<(&str, &Model<B>, &AdamW<B>)> = parts.iter().map(|p| (p.name, &*p.model, &*p.opt)).collect();
+    save_models(be, out, &models, state, keep_last)
+}
+
+/// The model and optimizer files of one trained model into `dir`.
+fn write_model<B: Backend>(be: &B, dir: &Path, model: &Model<B>, opt: &AdamW<B>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    model.save(be, dir, SaveDtype::F32)?;
+    let (cfg, lay) = (&model.cfg, &model.layout);
+    let mut host = vec![0f32; lay.total];
+    let mut tensors = llama2_model::weights::HostWeights::new();
+    for (prefix, buf) in [("m", &opt.m), ("v", &opt.v)] {
+        be.download(v(buf), &mut host)?;
+        for (name, t) in lay.to_host(cfg, &host) {
+            tensors.insert(format!("{prefix}.{name}"), t);
+        }
+    }
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("adam_step".to_string(), opt.step.to_string());
+    save_safetensors(&dir.join("optimizer.safetensors"), &tensors, SaveDtype::F32, Some(meta))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Writes every named model with its optimizer (one named "model": the
+/// flat layout), then `state.json`, atomically as a whole.
+fn save_models<B: Backend>(be: &B, out: &Path, models: &[(&str, &Model<B>, &AdamW<B>)], state: &TrainState, keep_last: usize) -> Result<PathBuf> {
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     // leftovers of interrupted saves
     if let Ok(rd) = std::fs::read_dir(out) {
@@ -102,20 +141,17 @@ pub fn save<B: Backend>(be: &B, out: &Path, model: &Model<B>, opt: &AdamW<B>, st
     let name = ckpt_name(state.step);
     let tmp = out.join(format!(".tmp-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    model.save(be, &tmp, SaveDtype::F32)?;
-    let (cfg, lay) = (&model.cfg, &model.layout);
-    let mut host = vec![0f32; lay.total];
-    let mut tensors = llama2_model::weights::HostWeights::new();
-    for (prefix, buf) in [("m", &opt.m), ("v", &opt.v)] {
-        be.download(v(buf), &mut host)?;
-        for (name, t) in lay.to_host(cfg, &host) {
-            tensors.insert(format!("{prefix}.{name}"), t);
+    match models {
+        [("model", m, o)] => write_model(be, &tmp, m, o)?,
+        _ => {
+            for (n, m, o) in models {
+                write_model(be, &tmp.join(n), m, o)?;
+            }
         }
     }
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("adam_step".to_string(), opt.step.to_string());
-    save_safetensors(&tmp.join("optimizer.safetensors"), &tensors, SaveDtype::F32, Some(meta))?;
-    let st = serde_json::to_string_pretty(&state.to_json()).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let mut st = state.to_json();
+    st["models"] = serde_json::json!(models.iter().map(|m| m.0).collect::<Vec<_>>());
+    let st = serde_json::to_string_pretty(&st).map_err(|e| TrainError::Invalid(e.to_string()))?;
     write_atomic(&tmp.join("state.json"), st.as_bytes())?;
     sync_dir(&tmp);
     let dst = out.join(&name);
@@ -165,13 +201,53 @@ pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
     Ok(list(out)?.pop().map(|x| x.1))
 }
 
+/// AdamW moments `(m, v)` laid out like the parameters, and the AdamW step.
+pub type Moments = (Vec<f32>, Vec<f32>, u64);
+
+/// One trained model of a checkpoint.
+pub struct LoadedPart<B: Backend> {
+    pub name: String,
+    pub model: Model<B>,
+    pub moments: Moments,
+}
+
 /// A loaded checkpoint.
 pub struct Loaded<B: Backend> {
+    /// the name of the first (or only) model ("model" for one-model runs)
+    pub name: String,
+    /// the first (or only) model
     pub model: Model<B>,
     pub state: TrainState,
-    /// (m, v) host arrays laid out like the parameters, and the AdamW step
-    pub moments: (Vec<f32>, Vec<f32>, u64),
+    /// its AdamW moments
+    pub moments: Moments,
+    /// every further model, by name (several-model runs)
+    pub others: Vec<LoadedPart<B>>,
     pub dir: PathBuf,
+}
+
+impl<B: Backend> Loaded<B> {
+    /// Every model by name, in the order they were saved.
+    pub fn into_parts(self) -> (Vec<LoadedPart<B>>, TrainState, PathBuf) {
+        let mut parts = vec![LoadedPart { name: self.name, model: self.model, moments: self.moments }];
+        parts.extend(self.others);
+        (parts, self.state, self.dir)
+    }
+}
+
+fn load_model<B: Backend>(be: &B, dir: &Path) -> Result<(Model<B>, Moments)> {
+    let model = Model::load(be, dir)?;
+    let op = dir.join("optimizer.safetensors");
+    let ck = Checkpoint::open(&op)?;
+    let lay = &model.layout;
+    let (mut m, mut vv) = (vec![0f32; lay.total], vec![0f32; lay.total]);
+    for (prefix, dst) in [("m", &mut m), ("v", &mut vv)] {
+        for (id, l, name) in lay.hf_tensors(&model.cfg) {
+            let (o, n) = lay.range(id, l);
+            ck.read_into(&format!("{prefix}.{name}"), &id.hf_shape(&model.cfg), &mut dst[o..o + n])?;
+        }
+    }
+    let adam_step = read_adam_step(&ck, &op)?;
+    Ok((model, (m, vv, adam_step)))
 }
 
 /// Loads a checkpoint directory, or the newest checkpoint under a run
@@ -186,7 +262,6 @@ pub fn load<B: Backend>(be: &B, path: &Path) -> Result<Loaded<B>> {
             hint: "pass a run's --out directory or one of its ckpt-* directories".into(),
         })?
     };
-    let model = Model::load(be, &dir)?;
     let sp = dir.join("state.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| TrainError::io(&sp, e))?;
     let sv: Value = serde_json::from_str(&text).map_err(|e| TrainError::BadFile {
@@ -195,18 +270,21 @@ pub fn load<B: Backend>(be: &B, path: &Path) -> Result<Loaded<B>> {
         hint: "the checkpoint is damaged".into(),
     })?;
     let state = TrainState::from_json(&sv, &sp)?;
-    let op = dir.join("optimizer.safetensors");
-    let ck = Checkpoint::open(&op)?;
-    let lay = &model.layout;
-    let (mut m, mut vv) = (vec![0f32; lay.total], vec![0f32; lay.total]);
-    for (prefix, dst) in [("m", &mut m), ("v", &mut vv)] {
-        for (id, l, name) in lay.hf_tensors(&model.cfg) {
-            let (o, n) = lay.range(id, l);
-            ck.read_into(&format!("{prefix}.{name}"), &id.hf_shape(&model.cfg), &mut dst[o..o + n])?;
-        }
+    let names: Vec<String> = match sv.get("models").and_then(|m| m.as_array()) {
+        Some(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        None => vec!["model".into()],
+    };
+    let mut parts = Vec::new();
+    for n in &names {
+        let d = if names.len() == 1 && n == "model" { dir.clone() } else { dir.join(n) };
+        let (model, moments) = load_model(be, &d)?;
+        parts.push(LoadedPart { name: n.clone(), model, moments });
     }
-    let adam_step = read_adam_step(&ck, &op)?;
-    Ok(Loaded { model, state, moments: (m, vv, adam_step), dir })
+    if parts.is_empty() {
+        return Err(TrainError::BadFile { path: sp, msg: "`models` is empty".into(), hint: "the checkpoint is damaged".into() });
+    }
+    let first = parts.remove(0);
+    Ok(Loaded { name: first.name, model: first.model, state, moments: first.moments, others: parts, dir })
 }
 
 fn read_adam_step(ck: &Checkpoint, path: &Path) -> Result<u64> {
@@ -218,7 +296,7 @@ fn read_adam_step(ck: &Checkpoint, path: &Path) -> Result<u64> {
 }
 
 /// Puts loaded moments into an optimizer.
-pub fn restore_optimizer<B: Backend>(be: &B, opt: &mut AdamW<B>, moments: &(Vec<f32>, Vec<f32>, u64)) -> Result<()> {
+pub fn restore_optimizer<B: Backend>(be: &B, opt: &mut AdamW<B>, moments: &Moments) -> Result<()> {
     be.upload(vm(&mut opt.m), &moments.0)?;
     be.upload(vm(&mut opt.v), &moments.1)?;
     opt.step = moments.2;

@@ -3,11 +3,16 @@
 //! Public items:
 //! - [`optim`]: AdamW with PyTorch semantics, global-norm clipping
 //! - [`schedule`]: warm-up + cosine, constant
+//! - [`session`]: the run set-up (fresh or resumed) and its resolved
+//!   configuration, saved with checkpoints and checked on resume
 //! - [`checkpoint`]: atomic checkpoint directories, resume
 //! - [`metrics`]: JSONL metrics, progress, energy and carbon estimate
-//! - [`run`]: the outer training loop (schedule, validation, checkpoints)
+//! - [`run`]: the outer training loop of every objective (schedule,
+//!   validation, checkpoints, metrics)
 //! - [`sft`]: SFT datasets (messages, sharegpt, prompt/completion, Alpaca), chat format, packing
-//! - [`step`]: the language-model training step (micro-batch accumulation)
+//! - [`trainer`]: the one training step for every objective (accumulate,
+//!   clip, AdamW over one or more trained models)
+//! - [`step`]: the language-modelling objective (pretraining, SFT)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
 //! - [`plot`]: training curves as PNG files
 //! - [`error`]: the crate's error type, `TrainError`
@@ -20,7 +25,9 @@ pub mod optim;
 pub mod plot;
 pub mod run;
 pub mod schedule;
+pub mod session;
 pub mod sft;
 pub mod step;
+pub mod trainer;
 
 pub use error::{Result, TrainError};

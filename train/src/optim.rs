@@ -16,7 +16,7 @@ use llama2_model::ParamLayout;
 use llama2_runtime::{v, vm, AdamWStep, Backend, BufKind, View, ViewMut};
 
 /// Hyper-parameters (defaults: the paper's, PAPER.md section 3).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
     pub beta1: f32,
     pub beta2: f32,

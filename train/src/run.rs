@@ -1,10 +1,11 @@
-//! The outer loop shared by pretraining and SFT (both are next-token
-//! objectives; they differ in where batches come from): learning-rate
-//! schedule, micro-batch accumulation, validation every N steps,
-//! checkpoints every N steps, metrics and progress, resume.
+//! The outer loop of every objective ([`crate::trainer::Objective`]):
+//! learning-rate schedule, micro-batch accumulation, validation every N
+//! steps, checkpoints every N steps (every trained model with its
+//! optimizer), metrics and progress, resume. Pretraining, SFT and reward
+//! models differ only in their objective and where batches come from.
 //!
-//! Public items: [`BatchSource`], [`RunConfig`], [`RunSummary`], [`run_lm`],
-//! [`eval_loss`].
+//! Public items: [`BatchSource`], [`RunConfig`], [`RunSummary`], [`run`],
+//! [`run_lm`], [`eval_loss`], [`eval_sums`].
 
 use crate::checkpoint::{self, TrainState};
 use crate::data::{BatchReader, DataPosition};
@@ -12,15 +13,16 @@ use crate::error::{Result, TrainError};
 use crate::metrics::{Energy, MetricsLog, Progress};
 use crate::schedule::LrSchedule;
 use crate::step::{LmTrainer, MicroBatch};
-use llama2_runtime::{Backend, CeGrad};
+use crate::trainer::{train_step, Objective, Sums};
+use llama2_runtime::Backend;
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
 /// A stream of micro-batches with a position that checkpoints can save.
-pub trait BatchSource {
+pub trait BatchSource<T = MicroBatch> {
     /// The next micro-batch, or None when the data is exhausted.
-    fn next_batch(&mut self) -> Result<Option<MicroBatch>>;
+    fn next_batch(&mut self) -> Result<Option<T>>;
     fn position(&self) -> DataPosition;
     fn seek(&mut self, pos: DataPosition) -> Result<()>;
 }
@@ -79,37 +81,60 @@ pub struct RunSummary {
     pub energy: (f64, f64, f64),
 }
 
+/// Sums of `obj` over up to `max_batches` batches of `src` from its start
+/// (forward only).
+pub fn eval_sums<B: Backend, O: Objective<B>>(be: &B, obj: &mut O, src: &mut dyn BatchSource<O::Batch>, max_batches: usize) -> Result<Sums> {
+    src.seek(DataPosition::default())?;
+    let mut sums = Sums::default();
+    for _ in 0..max_batches {
+        let Some(mb) = src.next_batch()? else { break };
+        sums.add(&obj.evaluate(be, &mb)?);
+    }
+    if sums.count == 0 {
+        return Err(TrainError::Invalid("validation data holds no complete batch; HINT: use a smaller --batch-size or --seq-len".into()));
+    }
+    Ok(sums)
+}
+
 /// Mean loss over up to `max_batches` batches of `src` from its start,
 /// using the trainer's activation buffers (forward only).
 pub fn eval_loss<B: Backend>(be: &B, tr: &mut LmTrainer<B>, src: &mut dyn BatchSource, max_batches: usize) -> Result<f64> {
-    src.seek(DataPosition::default())?;
-    let (mut sum, mut count) = (0.0, 0usize);
-    for _ in 0..max_batches {
-        let Some(mb) = src.next_batch()? else { break };
-        tr.model.forward(be, &mut tr.acts, &mb.inputs, None)?;
-        let (s, n) = tr.model.loss(be, &mut tr.acts, &mb.targets, CeGrad::None)?;
-        sum += s;
-        count += n;
-    }
-    if count == 0 {
-        return Err(TrainError::Invalid("validation data holds no complete batch; HINT: use a smaller --batch-size or --seq-len".into()));
-    }
-    Ok(sum / count as f64)
+    Ok(eval_sums(be, tr, src, max_batches)?.mean_loss())
 }
 
+/// [`run`] for the language-modelling objective (pretraining, SFT).
 #[allow(clippy::too_many_arguments)]
-/// Trains from `state.step` to `rc.steps`, writing `out/metrics.jsonl` and
-/// checkpoints under `out`. `resumed` says whether `state` came from a
-/// checkpoint (the metrics log is then continued, not restarted).
 pub fn run_lm<B: Backend>(
     be: &B,
     tr: &mut LmTrainer<B>,
     train: &mut dyn BatchSource,
-    mut val: Option<&mut dyn BatchSource>,
+    val: Option<&mut dyn BatchSource>,
+    rc: &RunConfig,
+    out: &Path,
+    state: TrainState,
+    resumed: bool,
+) -> Result<RunSummary> {
+    let flops_per_token = tr.model.cfg.train_flops_per_token(tr.t);
+    run(be, tr, train, val, rc, out, state, resumed, flops_per_token)
+}
+
+/// Trains `obj` from `state.step` to `rc.steps`, writing `out/metrics.jsonl`
+/// and checkpoints under `out`. `resumed` says whether `state` came from a
+/// checkpoint (the metrics log is then continued, not restarted). Every
+/// trained model gets the schedule's learning rate. `flops_per_token`
+/// (training FLOPs per input token) gives the MFU where the device's peak
+/// is known.
+#[allow(clippy::too_many_arguments)]
+pub fn run<B: Backend, O: Objective<B>>(
+    be: &B,
+    obj: &mut O,
+    train: &mut dyn BatchSource<O::Batch>,
+    mut val: Option<&mut dyn BatchSource<O::Batch>>,
     rc: &RunConfig,
     out: &Path,
     mut state: TrainState,
     resumed: bool,
+    flops_per_token: f64,
 ) -> Result<RunSummary> {
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let mut log = MetricsLog::open(&out.join("metrics.jsonl"), if resumed { Some(state.step) } else { None })?;
@@ -117,7 +142,6 @@ pub fn run_lm<B: Backend>(
         train.seek(state.data)?;
     }
     let progress = Progress::new(&rc.label, rc.steps, state.step, rc.quiet);
-    let flops_per_token = tr.model.cfg.train_flops_per_token(tr.t);
     let mut summary = RunSummary { steps: state.step, last_loss: f64::NAN, val: Vec::new(), seconds: 0.0, tokens: state.tokens_seen, energy: (0.0, 0.0, 0.0) };
     let run_start = Instant::now();
     let elapsed0 = state.elapsed_s;
@@ -132,7 +156,7 @@ pub fn run_lm<B: Backend>(
             }
         }
         let lr = rc.schedule.lr(state.step);
-        let st = tr.step(be, &micro, lr)?;
+        let st = train_step(be, obj, &micro, &[lr])?;
         be.synchronize()?;
         let dt = t0.elapsed().as_secs_f64();
         state.step += 1;
@@ -144,14 +168,26 @@ pub fn run_lm<B: Backend>(
             "step": state.step, "loss": st.loss, "lr": lr, "grad_norm": st.grad_norm,
             "tokens_per_s": tps, "elapsed_s": state.elapsed_s, "tokens": state.tokens_seen,
         });
+        if st.grad_norms.len() > 1 {
+            for (name, g) in &st.grad_norms {
+                rec[format!("grad_norm.{name}")] = json!(g);
+            }
+        }
+        for (k, x) in &st.metrics {
+            rec[*k] = json!(x);
+        }
         if let Some(peak) = rc.peak_flops {
             rec["mfu"] = json!(flops_per_token * tps / peak);
         }
         let is_last = state.step == rc.steps;
         if let Some(v) = val.as_deref_mut() {
             if is_last || (rc.val_every > 0 && state.step.is_multiple_of(rc.val_every)) {
-                let vl = eval_loss(be, tr, v, rc.val_batches)?;
+                let vs = eval_sums(be, obj, v, rc.val_batches)?;
+                let vl = vs.mean_loss();
                 rec["val_loss"] = json!(vl);
+                for (k, x) in vs.mean_metrics() {
+                    rec[format!("val_{k}")] = json!(x);
+                }
                 summary.val.push((state.step, vl));
             }
         }
@@ -161,7 +197,7 @@ pub fn run_lm<B: Backend>(
         if rc.save_every > 0 && (state.step.is_multiple_of(rc.save_every) || is_last || state.step == stop_at) {
             let mut s = state.clone();
             s.config = rc.resolved.clone();
-            checkpoint::save(be, out, &tr.model, &tr.opt, &s, rc.keep_last)?;
+            checkpoint::save_parts(be, out, &obj.parts(), &s, rc.keep_last)?;
         }
     }
     progress.finish();

@@ -5,7 +5,8 @@
 //! Public items: [`LrSchedule`].
 
 /// A learning-rate schedule over `total` steps (0-based step index).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LrSchedule {
     /// the same rate at every step
     Constant { lr: f64 },

@@ -1,15 +1,19 @@
-//! The language-model training step shared by pretraining and SFT: forward,
-//! fused loss + dlogits, backward, accumulated over micro-batches, then
-//! gradient clipping and AdamW (llm.c `train_gpt2.c` main loop).
+//! The language-modelling objective (pretraining, SFT, rejection-sampling
+//! fine-tuning, GAtt): forward, fused loss + dlogits, backward (llm.c
+//! `train_gpt2.c` main loop), as an [`Objective`] of the one trainer
+//! ([`crate::trainer`]).
 //!
 //! The loss is the mean over every counted target of every micro-batch
 //! (targets < 0 are ignored: the SFT prompt mask), so K micro-batches give
 //! the same update as one batch K times larger.
 //!
-//! Public items: [`LmTrainer`], [`MicroBatch`], [`StepStats`].
+//! Public items: [`LmTrainer`], [`MicroBatch`], [`StepStats`] (re-exported
+//! from the trainer).
 
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamW, AdamWConfig};
+pub use crate::trainer::StepStats;
+use crate::trainer::{train_step, Objective, Part, Sums};
 use llama2_model::{Acts, GradActs, LogitRows, Model};
 use llama2_runtime::{vm, Backend, BufKind, CeGrad};
 
@@ -18,19 +22,6 @@ use llama2_runtime::{vm, Backend, BufKind, CeGrad};
 pub struct MicroBatch {
     pub inputs: Vec<u32>,
     pub targets: Vec<i32>,
-}
-
-/// What one step did.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepStats {
-    /// mean loss over the counted targets
-    pub loss: f64,
-    pub grad_norm: f64,
-    pub lr: f64,
-    /// counted targets
-    pub targets: usize,
-    /// input tokens processed
-    pub tokens: usize,
 }
 
 /// A model with everything a training step needs.
@@ -59,45 +50,56 @@ impl<B: Backend> LmTrainer<B> {
     /// Forward + backward of all micro-batches into zeroed gradients;
     /// returns (mean loss, counted targets).
     pub fn accumulate(&mut self, be: &B, micro: &[MicroBatch]) -> Result<(f64, usize)> {
-        let n = self.b * self.t;
-        for (i, mb) in micro.iter().enumerate() {
-            if mb.inputs.len() != n || mb.targets.len() != n {
-                return Err(TrainError::Invalid(format!(
-                    "micro-batch {i}: {} inputs / {} targets for {}x{}",
-                    mb.inputs.len(),
-                    mb.targets.len(),
-                    self.b,
-                    self.t
-                )));
+        let total = self.count(micro);
+        be.zero(vm(&mut self.grads))?;
+        let mut sums = Sums::default();
+        if total > 0 {
+            for mb in micro {
+                sums.add(&self.forward_backward(be, mb, total)?);
             }
         }
-        let count: usize = micro.iter().map(|mb| mb.targets.iter().filter(|&&x| x >= 0).count()).sum();
-        be.zero(vm(&mut self.grads))?;
-        if count == 0 {
-            return Ok((0.0, 0));
-        }
-        let scale = 1.0 / count as f32;
-        let mut sum = 0.0;
-        for mb in micro {
-            self.model.forward(be, &mut self.acts, &mb.inputs, None)?;
-            let (s, _) = self.model.loss(be, &mut self.acts, &mb.targets, CeGrad::Uniform(scale))?;
-            sum += s;
-            self.model.backward(be, &self.acts, &mut self.gacts, &mut self.grads, &mb.inputs)?;
-        }
-        Ok((sum / count as f64, count))
+        Ok((sums.mean_loss(), sums.count))
     }
 
-    /// One optimizer step over `micro` at learning rate `lr`.
+    /// One optimizer step over `micro` at learning rate `lr`
+    /// ([`crate::trainer::train_step`]).
     pub fn step(&mut self, be: &B, micro: &[MicroBatch], lr: f64) -> Result<StepStats> {
-        let (loss, count) = self.accumulate(be, micro)?;
-        if !loss.is_finite() {
-            return Err(TrainError::Invalid(format!("loss is {loss}; HINT: lower the learning rate")));
+        train_step(be, self, micro, &[lr])
+    }
+
+    fn check(&self, mb: &MicroBatch) -> Result<()> {
+        let n = self.b * self.t;
+        if mb.inputs.len() != n || mb.targets.len() != n {
+            return Err(TrainError::Invalid(format!("micro-batch: {} inputs / {} targets for {}x{}", mb.inputs.len(), mb.targets.len(), self.b, self.t)));
         }
-        let st = if count > 0 {
-            self.opt.update(be, &mut self.model.params, &self.grads, &self.model.layout, lr)?
-        } else {
-            crate::optim::OptStats { grad_norm: 0.0, clip_scale: 1.0 }
-        };
-        Ok(StepStats { loss, grad_norm: st.grad_norm, lr, targets: count, tokens: micro.len() * self.b * self.t })
+        Ok(())
+    }
+}
+
+impl<B: Backend> Objective<B> for LmTrainer<B> {
+    type Batch = MicroBatch;
+
+    fn parts(&mut self) -> Vec<Part<'_, B>> {
+        vec![Part { name: "model", model: &mut self.model, grads: &mut self.grads, opt: &mut self.opt }]
+    }
+
+    /// Counted (non-negative) targets of every micro-batch.
+    fn count(&self, micro: &[MicroBatch]) -> usize {
+        micro.iter().map(|mb| mb.targets.iter().filter(|&&x| x >= 0).count()).sum()
+    }
+
+    fn forward_backward(&mut self, be: &B, mb: &MicroBatch, total: usize) -> Result<Sums> {
+        self.check(mb)?;
+        self.model.forward(be, &mut self.acts, &mb.inputs, None)?;
+        let (loss, count) = self.model.loss(be, &mut self.acts, &mb.targets, CeGrad::Uniform(1.0 / total as f32))?;
+        self.model.backward(be, &self.acts, &mut self.gacts, &mut self.grads, &mb.inputs)?;
+        Ok(Sums { loss, count, tokens: mb.inputs.len(), metrics: Vec::new() })
+    }
+
+    fn evaluate(&mut self, be: &B, mb: &MicroBatch) -> Result<Sums> {
+        self.check(mb)?;
+        self.model.forward(be, &mut self.acts, &mb.inputs, None)?;
+        let (loss, count) = self.model.loss(be, &mut self.acts, &mb.targets, CeGrad::None)?;
+        Ok(Sums { loss, count, tokens: mb.inputs.len(), metrics: Vec::new() })
     }
 }

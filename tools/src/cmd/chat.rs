@@ -2,9 +2,9 @@
 //! format (the same template SFT trains on). Reads one user message per
 //! line from stdin; an empty line or EOF ends the session.
 
-use crate::cmd::generate::{parse_temperature, parse_top_p};
 use crate::cmd::sft::find_tokenizer;
 use crate::device::{dispatch, DeviceOpts, Job};
+use crate::flags::{parse_temperature, parse_top_p};
 use anyhow::{Context, Result};
 use clap::Args;
 use llama2_model::chat::{encode_prompt, Message, Role};

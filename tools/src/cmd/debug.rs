@@ -24,7 +24,7 @@ pub enum DebugCmd {
 #[derive(Args, Clone, Debug)]
 pub struct GradsArgs {
     #[command(flatten)]
-    pub md: crate::cmd::eval::ModelData,
+    pub md: crate::flags::ModelData,
     /// Output safetensors file (f32, HF tensor names)
     #[arg(long)]
     pub out: PathBuf,

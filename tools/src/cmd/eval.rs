@@ -1,39 +1,11 @@
 //! `train-tool eval-loss`: mean cross-entropy of a model over token shards.
 
 use crate::device::{dispatch, DeviceOpts, Job};
-use anyhow::{Context, Result};
+use crate::flags::ModelData;
+use anyhow::Result;
 use clap::Args;
-use llama2_model::{Acts, LogitRows, Model};
+use llama2_model::{Acts, LogitRows};
 use llama2_runtime::{Backend, CeGrad};
-use llama2_train::data::{BatchReader, ShardSet};
-use std::path::PathBuf;
-
-/// A model and the token shards it reads, in batches (shared by
-/// `eval-loss` and `debug grads`).
-#[derive(Args, Clone, Debug)]
-pub struct ModelData {
-    /// Model directory (HF format: config.json + model.safetensors)
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Token shard (llm.c format) or a directory of shards
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Sequences per batch
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub batch_size: u32,
-    /// Tokens per sequence
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1048576))]
-    pub seq_len: u32,
-}
-
-impl ModelData {
-    /// The model and a reader of its data that stops at the end.
-    pub fn open<B: Backend>(&self, be: &B) -> Result<(Model<B>, BatchReader)> {
-        let model = Model::load(be, &self.model).with_context(|| format!("loading the model from {}", self.model.display()))?;
-        let reader = BatchReader::new(ShardSet::open(&self.data)?, self.batch_size as usize, self.seq_len as usize, model.cfg.vocab_size, false, None)?;
-        Ok((model, reader))
-    }
-}
 
 #[derive(Args, Clone, Debug)]
 pub struct EvalLossArgs {

@@ -1,6 +1,7 @@
 //! `train-tool generate`: sample a continuation of a prompt with the KV cache.
 
 use crate::device::{dispatch, DeviceOpts, Job};
+use crate::flags::{parse_temperature, parse_top_p};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use llama2_model::generate::{Generator, Sampling};
@@ -41,22 +42,6 @@ pub struct GenerateArgs {
     pub json: bool,
     #[command(flatten)]
     pub dev: DeviceOpts,
-}
-
-pub fn parse_temperature(s: &str) -> std::result::Result<f32, String> {
-    let t: f32 = s.parse().map_err(|e| format!("{e}"))?;
-    if !(0.0..=100.0).contains(&t) {
-        return Err(format!("temperature {t} must be in [0, 100]"));
-    }
-    Ok(t)
-}
-
-pub fn parse_top_p(s: &str) -> std::result::Result<f32, String> {
-    let p: f32 = s.parse().map_err(|e| format!("{e}"))?;
-    if !(p > 0.0 && p <= 1.0) {
-        return Err(format!("top-p {p} must be in (0, 1]"));
-    }
-    Ok(p)
 }
 
 struct GenJob(GenerateArgs);

@@ -16,8 +16,8 @@
 
 use crate::cmd::pretrain::PretrainArgs;
 use crate::cmd::sft::SftArgs;
-use crate::cmd::train_common::{OptFlags, RunFlags};
 use crate::device::{DeviceKind, DeviceOpts};
+use crate::flags::{OptFlags, RunFlags};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use llama2_model::chat::{encode_dialog, Role};
@@ -60,13 +60,13 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..))]
     pub seq_len: u32,
     /// Pretraining peak learning rate (a tiny model takes a larger one than the paper's 3e-4 for 7B)
-    #[arg(long, default_value_t = 2e-3, value_parser = crate::cmd::train_common::parse_lr)]
+    #[arg(long, default_value_t = 2e-3, value_parser = crate::flags::parse_lr)]
     pub lr: f64,
     /// SFT epochs
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub sft_epochs: u32,
     /// SFT peak learning rate (the paper's 2e-5 is for 7B; a tiny model takes more)
-    #[arg(long, default_value_t = 1e-3, value_parser = crate::cmd::train_common::parse_lr)]
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::flags::parse_lr)]
     pub sft_lr: f64,
     /// SFT keeps dialogs of at most this many tokens (short answers suit a tiny model)
     #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(16..))]

@@ -2,20 +2,18 @@
 //! (PAPER.md section 4): packed sequences, loss only on the answers, cosine
 //! schedule from 2e-5, weight decay 0.1, 2 epochs.
 
-use crate::cmd::train_common::{check_resume, finish, print_resolved, OptFlags, RunFlags};
+use crate::cmd::train_common::{lm_job, LmPlan};
 use crate::device::{dispatch, DeviceOpts, Job};
+use crate::flags::{OptFlags, RunFlags};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use llama2_model::generate::Sampling;
 use llama2_model::tokenizer::Tokenizer;
-use llama2_model::weights::SaveDtype;
 use llama2_model::Model;
-use llama2_runtime::rng::Rng;
 use llama2_runtime::Backend;
-use llama2_train::checkpoint::{self, TrainState};
-use llama2_train::run::{run_lm, BatchSource};
+use llama2_train::run::BatchSource;
+use llama2_train::schedule::LrSchedule;
 use llama2_train::sft::{answer_prompts, load_dialogs, split_dialogs, SftData};
-use llama2_train::step::LmTrainer;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -31,7 +29,7 @@ pub struct SftArgs {
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Fraction of the dialogs held out for validation loss and chat samples
-    #[arg(long, default_value_t = 0.05, value_parser = crate::cmd::train_common::parse_unit)]
+    #[arg(long, default_value_t = 0.05, value_parser = crate::flags::parse_unit)]
     pub val_fraction: f64,
     /// Sequences per micro-batch (packed, each exactly --seq-len tokens)
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=65536))]
@@ -43,13 +41,13 @@ pub struct SftArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub epochs: u32,
     /// Peak learning rate (the paper: 2e-5)
-    #[arg(long, default_value_t = 2e-5, value_parser = crate::cmd::train_common::parse_lr)]
+    #[arg(long, default_value_t = 2e-5, value_parser = crate::flags::parse_lr)]
     pub lr: f64,
     /// Warm-up steps (the paper is silent; default: 3% of the steps)
     #[arg(long)]
     pub warmup_steps: Option<u64>,
     /// The cosine schedule ends at this fraction of the peak
-    #[arg(long, default_value_t = 0.1, value_parser = crate::cmd::train_common::parse_unit)]
+    #[arg(long, default_value_t = 0.1, value_parser = crate::flags::parse_unit)]
     pub min_lr_ratio: f64,
     /// Held-out prompts to answer at the end (0 = none)
     #[arg(long, default_value_t = 8)]
@@ -58,10 +56,10 @@ pub struct SftArgs {
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub sample_tokens: u32,
     /// Temperature of the held-out answers (0 = greedy; default: `train-tool chat`'s)
-    #[arg(long, default_value_t = 0.7, value_parser = crate::cmd::generate::parse_temperature)]
+    #[arg(long, default_value_t = 0.7, value_parser = crate::flags::parse_temperature)]
     pub sample_temperature: f32,
     /// Nucleus probability of the held-out answers (default: `train-tool chat`'s)
-    #[arg(long, default_value_t = 0.9, value_parser = crate::cmd::generate::parse_top_p)]
+    #[arg(long, default_value_t = 0.9, value_parser = crate::flags::parse_top_p)]
     pub sample_top_p: f32,
     #[command(flatten)]
     pub opt: OptFlags,
@@ -98,74 +96,55 @@ impl Job for SftJob {
     fn run<B: Backend>(self, be: &B) -> Result<()> {
         let a = self.0;
         let (b, t) = (a.batch_size as usize, a.seq_len as usize);
-        let out = a.run.out.clone();
-        let (model, state, moments, resumed, model_dir) = if let Some(r) = &a.run.resume {
-            let ld = checkpoint::load(be, r).with_context(|| format!("resuming from {}", r.display()))?;
-            check_resume(
-                &ld.state.config,
-                &[("batch_size", json!(b)), ("seq_len", json!(t)), ("grad_accum", json!(a.run.grad_accum)), ("data", json!(a.data))],
-            )?;
-            eprintln!("resuming from {} at step {}", ld.dir.display(), ld.state.step);
-            let dir = ld.dir.clone();
-            (ld.model, ld.state, Some(ld.moments), true, dir)
-        } else {
+        let fresh = || -> Result<Model<B>> {
             let dir = a.init.clone().context("--init DIR is required")?;
-            let m = Model::load(be, &dir).with_context(|| format!("loading {}", dir.display()))?;
-            let st = TrainState {
-                step: 0,
-                data: Default::default(),
-                rng: Rng::derive(a.run.seed, "run").state(),
-                tokens_seen: 0,
-                elapsed_s: 0.0,
-                config: json!(null),
-            };
-            (m, st, None, false, dir)
+            Model::load(be, &dir).with_context(|| format!("loading {}", dir.display()))
         };
-        let tok = find_tokenizer(&a.tokenizer, &model_dir).or_else(|e| match &a.init {
-            Some(init) if resumed => find_tokenizer(&a.tokenizer, init),
-            _ => Err(e),
-        })?;
-        if tok.vocab_size() != model.cfg.vocab_size {
-            bail!("the tokenizer has {} pieces but the model's vocabulary is {}; HINT: pass the model's own tokenizer", tok.vocab_size(), model.cfg.vocab_size);
-        }
-        let mut dialogs = Vec::new();
-        for p in &a.data {
-            dialogs.extend(load_dialogs(p)?);
-        }
-        let (train_d, held) = split_dialogs(dialogs, a.val_fraction, a.run.seed);
-        let mut train = SftData::new(&tok, &train_d, b, t, Some(a.run.seed), false)?;
-        let mut val = if held.is_empty() { None } else { SftData::new(&tok, &held, b, t, None, true).ok() };
-        let per_epoch = train.batches_per_epoch() as u64 / a.run.grad_accum as u64;
-        let steps = a.run.steps.unwrap_or((per_epoch * a.epochs as u64).max(1));
-        let warmup = a.warmup_steps.unwrap_or(((steps as f64) * 0.03).round() as u64);
-        let mut tr = LmTrainer::new(be, model, b, t, a.opt.adamw())?;
-        if let Some(m) = &moments {
-            checkpoint::restore_optimizer(be, &mut tr.opt, m)?;
-        }
-        let cfg = tr.model.cfg.clone();
-        let resolved = json!({
-            "job": "sft", "model": cfg.to_hf_json(), "device": be.name(), "init": a.init, "data": a.data,
-            "dialogs_train": train_d.len(), "dialogs_held_out": held.len(), "tokens_per_epoch": train.tokens(),
-            "answer_tokens_per_epoch": train.answer_tokens(), "batch_size": b, "seq_len": t, "grad_accum": a.run.grad_accum,
-            "epochs": a.epochs, "steps": steps, "lr": a.lr, "warmup_steps": warmup, "min_lr_ratio": a.min_lr_ratio,
-            "adamw": a.opt.to_json(), "seed": a.run.seed, "save_every": a.run.save_every,
-        });
-        print_resolved(&resolved, &out)?;
-        let schedule = llama2_train::schedule::LrSchedule::Cosine { peak: a.lr, warmup, total: steps, min_ratio: a.min_lr_ratio };
-        let rc = a.run.run_config("sft", steps, schedule, be, resolved);
-        let summary = run_lm(be, &mut tr, &mut train, val.as_mut().map(|v| v as &mut dyn BatchSource), &rc, &out, state, resumed)?;
-        if summary.steps < steps {
-            eprintln!("stopped at step {} of {steps}; continue with --resume {}", summary.steps, out.display());
-            return Ok(());
-        }
-        let final_dir = out.join("final");
-        tr.model.save(be, &final_dir, SaveDtype::F32)?;
+        // filled by the plan: what the samples at the end need
+        let mut kept = None;
+        let plan = |model: &Model<B>, ckpt: Option<&Path>| -> Result<LmPlan> {
+            let dir = ckpt.or(a.init.as_deref()).context("--init DIR is required")?;
+            let tok = find_tokenizer(&a.tokenizer, dir).or_else(|e| match (&a.init, ckpt) {
+                (Some(init), Some(_)) => find_tokenizer(&a.tokenizer, init),
+                _ => Err(e),
+            })?;
+            if tok.vocab_size() != model.cfg.vocab_size {
+                bail!(
+                    "the tokenizer has {} pieces but the model's vocabulary is {}; HINT: pass the model's own tokenizer",
+                    tok.vocab_size(),
+                    model.cfg.vocab_size
+                );
+            }
+            let mut dialogs = Vec::new();
+            for p in &a.data {
+                dialogs.extend(load_dialogs(p)?);
+            }
+            let (train_d, held) = split_dialogs(dialogs, a.val_fraction, a.run.seed);
+            let train = SftData::new(&tok, &train_d, b, t, Some(a.run.seed), false)?;
+            let val: Option<Box<dyn BatchSource>> =
+                if held.is_empty() { None } else { SftData::new(&tok, &held, b, t, None, true).ok().map(|v| Box::new(v) as Box<dyn BatchSource>) };
+            let per_epoch = train.batches_per_epoch() as u64 / a.run.grad_accum as u64;
+            let steps = a.run.steps.unwrap_or((per_epoch * a.epochs as u64).max(1));
+            let warmup = a.warmup_steps.unwrap_or(((steps as f64) * 0.03).round() as u64);
+            let schedule = LrSchedule::Cosine { peak: a.lr, warmup, total: steps, min_ratio: a.min_lr_ratio };
+            let mut r = a.run.resolve(be, "sft", &model.cfg, a.data.clone(), (b, t), steps, schedule, &a.opt);
+            r.job_args = json!({
+                "init": a.init, "dialogs_train": train_d.len(), "dialogs_held_out": held.len(), "tokens_per_epoch": train.tokens(),
+                "answer_tokens_per_epoch": train.answer_tokens(), "epochs": a.epochs,
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+            kept = Some((tok, held));
+            Ok(LmPlan { train: Box::new(train), val, resolved: r })
+        };
+        let done = lm_job(be, "sft", &a.run, &a.opt, (b, t), fresh, plan)?;
+        let (Some(final_dir), Some((tok, held))) = (done.final_dir, kept) else { return Ok(()) };
         save_tokenizer(&tok, &final_dir)?;
-        finish(&out, &summary, &rc)?;
         if a.samples > 0 && !held.is_empty() {
             let n = a.samples.min(held.len());
             let s = Sampling { temperature: a.sample_temperature, top_k: None, top_p: Some(a.sample_top_p) };
-            let samples = answer_prompts(be, &tr.model, &tok, &held[..n], a.sample_tokens as usize, &s, a.run.seed)?;
+            let samples = answer_prompts(be, &done.model, &tok, &held[..n], a.sample_tokens as usize, &s, a.run.seed)?;
             let ended = samples.iter().filter(|x| x.ended).count();
             let recs: Vec<_> = samples
                 .iter()
@@ -174,6 +153,7 @@ impl Job for SftJob {
                            "temperature": a.sample_temperature, "top_p": a.sample_top_p})
                 })
                 .collect();
+            let out = &a.run.out;
             llama2_model::weights::write_atomic(&out.join("samples.json"), serde_json::to_string_pretty(&recs)?.as_bytes())?;
             eprintln!(
                 "{ended}/{} held-out answers ended with EOS (temperature {}, top-p {}, {} tokens max); see {}",
@@ -184,7 +164,6 @@ impl Job for SftJob {
                 out.join("samples.json").display()
             );
         }
-        eprintln!("final model: {}", final_dir.display());
         Ok(())
     }
 }
