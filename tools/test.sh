@@ -7,9 +7,14 @@
 # (entry points in the embedded images, no ptxas spills, launcher argument
 # checks); the CPU tests run in the same build. Checks that need a GPU are
 # not cargo tests: they are `train-tool gpu-check` (tools/device-check.sh).
+# The examples of examples/ run last, as a user would run them.
 # The CPU-only configuration (no CUDA code compiled) is checked too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-cuda.sh
 cargo check --workspace --all-targets
 cargo test --workspace --release --features cuda
+# the embedding examples (README "Use it as a library"), on the fixtures
+cargo run --release --features cuda --example generate -- tests/fixtures/gqa --new 8 1 72 9
+cargo run --release --features cuda --example score -- tests/fixtures/heads/seqcls "5 9 17 3" "8 8"
+cargo run --release --features cuda --example train_step -- tests/fixtures/gqa 3

@@ -22,7 +22,7 @@ pub enum CeGrad<'a> {
     None,
     /// logits := scale · (softmax − onehot)
     Uniform(f32),
-    /// logits[i] := coef[i] · (softmax − onehot), one coefficient per row
+    /// `logits[i] := coef[i] · (softmax − onehot)`, one coefficient per row
     PerRow(&'a [f32]),
 }
 

@@ -9,7 +9,7 @@ use crate::error::{ModelError, Result};
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// What sits on the trunk (embedding, layers, final norm) [architectures].
+/// What sits on the trunk (embedding, layers, final norm) (HF `architectures`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Head {
     /// `LlamaForCausalLM`: next-token logits through `lm_head` (or the tied
@@ -35,36 +35,36 @@ impl Head {
 /// brackets).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// vocabulary size [vocab_size]
+    /// vocabulary size (HF `vocab_size`)
     pub vocab_size: usize,
-    /// model width C [hidden_size]
+    /// model width C (HF `hidden_size`)
     pub hidden: usize,
-    /// SwiGLU inner width [intermediate_size]
+    /// SwiGLU inner width (HF `intermediate_size`)
     pub intermediate: usize,
-    /// number of transformer blocks [num_hidden_layers]
+    /// number of transformer blocks (HF `num_hidden_layers`)
     pub n_layers: usize,
-    /// number of query heads [num_attention_heads]
+    /// number of query heads (HF `num_attention_heads`)
     pub n_heads: usize,
-    /// number of key/value heads (< n_heads for GQA) [num_key_value_heads]
+    /// number of key/value heads (< n_heads for GQA) (HF `num_key_value_heads`)
     pub n_kv_heads: usize,
-    /// width of one head [head_dim], hidden / n_heads unless given
+    /// width of one head (HF `head_dim`), hidden / n_heads unless given
     pub head_dim: usize,
-    /// longest sequence the model is meant for [max_position_embeddings]
+    /// longest sequence the model is meant for (HF `max_position_embeddings`)
     pub max_seq_len: usize,
-    /// RMSNorm epsilon [rms_norm_eps]
+    /// RMSNorm epsilon (HF `rms_norm_eps`)
     pub rms_eps: f64,
-    /// RoPE base θ [rope_theta, or rope_parameters.rope_theta]
+    /// RoPE base θ (HF `rope_theta` or `rope_parameters.rope_theta`)
     pub rope_theta: f64,
-    /// output head shares the embedding matrix [tie_word_embeddings]
+    /// output head shares the embedding matrix (HF `tie_word_embeddings`)
     pub tie_embeddings: bool,
-    /// beginning-of-sequence id [bos_token_id]
+    /// beginning-of-sequence id (HF `bos_token_id`)
     pub bos_id: u32,
-    /// end-of-sequence id [eos_token_id]
+    /// end-of-sequence id (HF `eos_token_id`)
     pub eos_id: u32,
-    /// padding id [pad_token_id]; transformers' sequence classifier reads
+    /// padding id (HF `pad_token_id`); transformers' sequence classifier reads
     /// the score at the last token that is not this id
     pub pad_id: Option<u32>,
-    /// the head on the trunk [architectures]
+    /// the head on the trunk (HF `architectures`)
     pub head: Head,
 }
 

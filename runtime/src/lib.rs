@@ -8,6 +8,8 @@
 //!   a stub whose `new` returns `Err(NotCompiledWithCuda)`)
 //! - [`RtError`], [`Result`] ([`error`])
 //! - [`rng::Rng`]: the seeded random number generator every stream derives from
+//! - [`select`]: a backend chosen by name (`cpu`, `cuda:N`, `auto`) for
+//!   programs that embed the runtime ([`select::run_on`])
 //! - re-exported kernel types: [`Gemm`], [`Trans`], [`GradWrite`], [`AttnShape`],
 //!   [`RopeShape`], [`CeGrad`], [`AdamWStep`]
 
@@ -16,6 +18,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod error;
 pub mod rng;
+pub mod select;
 
 pub use backend::*;
 pub use cpu::{CpuBackend, CpuBuf};

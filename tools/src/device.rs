@@ -1,9 +1,10 @@
-//! `--device` and `--threads`: choosing and creating the backend, and running
-//! a backend-generic job on it.
+//! `--device` and `--threads`: the backend a command runs on, chosen by
+//! name through the runtime's [`llama2_runtime::select`].
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use llama2_runtime::{Backend, CpuBackend};
+use llama2_runtime::select::{run_on, BackendJob, DeviceSpec};
+use llama2_runtime::Backend;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceKind {
@@ -27,6 +28,14 @@ impl DeviceOpts {
     pub fn threads(&self) -> usize {
         self.threads.map(|t| t as usize).unwrap_or(0)
     }
+
+    pub fn spec(&self) -> DeviceSpec {
+        match self.device {
+            DeviceKind::Auto => DeviceSpec::Auto,
+            DeviceKind::Cpu => DeviceSpec::Cpu,
+            DeviceKind::Cuda => DeviceSpec::Cuda(0),
+        }
+    }
 }
 
 /// A job that can run on any backend.
@@ -35,38 +44,16 @@ pub trait Job {
     fn run<B: Backend>(self, be: &B) -> Result<Self::Out>;
 }
 
-/// Creates the backend `opts` asks for and runs `job` on it.
-pub fn dispatch<J: Job>(opts: &DeviceOpts, job: J) -> Result<J::Out> {
-    match opts.device {
-        DeviceKind::Cpu => job.run(&CpuBackend::new(opts.threads())?),
-        DeviceKind::Cuda => run_cuda(opts, job),
-        DeviceKind::Auto => {
-            if cfg!(feature = "cuda") && cuda_present() {
-                run_cuda(opts, job)
-            } else {
-                job.run(&CpuBackend::new(opts.threads())?)
-            }
-        }
+struct Adapt<J>(J);
+
+impl<J: Job> BackendJob for Adapt<J> {
+    type Out = Result<J::Out>;
+    fn run<B: Backend>(self, be: &B) -> Result<J::Out> {
+        self.0.run(be)
     }
 }
 
-#[cfg(feature = "cuda")]
-fn cuda_present() -> bool {
-    llama2_runtime::cuda::device_count().map(|n| n > 0).unwrap_or(false)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_present() -> bool {
-    false
-}
-
-#[cfg(feature = "cuda")]
-fn run_cuda<J: Job>(_opts: &DeviceOpts, job: J) -> Result<J::Out> {
-    let be = llama2_runtime::cuda::CudaBackend::new(0)?;
-    job.run(&be)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn run_cuda<J: Job>(_opts: &DeviceOpts, _job: J) -> Result<J::Out> {
-    anyhow::bail!("{}", llama2_runtime::RtError::NotCompiledWithCuda)
+/// Creates the backend `opts` asks for and runs `job` on it.
+pub fn dispatch<J: Job>(opts: &DeviceOpts, job: J) -> Result<J::Out> {
+    run_on(opts.spec(), opts.threads(), Adapt(job))?
 }

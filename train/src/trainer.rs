@@ -112,9 +112,30 @@ pub struct StepStats {
 }
 
 /// One optimizer step of `obj` over `micro`: zero the gradients, forward +
-/// backward of every micro-batch, then clip and AdamW on every part at its
-/// learning rate (`lrs[i]` for part `i`; one rate is used for all parts when
-/// `lrs` holds one). A step that counts nothing changes no weight.
+/// backward of every micro-batch, then clip and AdamW on every part.
+///
+/// ```
+/// use llama2_model::{Config, Model};
+/// use llama2_runtime::CpuBackend;
+/// use llama2_train::optim::AdamWConfig;
+/// use llama2_train::step::{LmTrainer, MicroBatch};
+/// use llama2_train::trainer::train_step;
+///
+/// let be = CpuBackend::new(1)?;
+/// let model = Model::init_random(&be, Config::new(64, 32, 48, 1, 2, 1), 7)?;
+/// let mut tr = LmTrainer::new(&be, model, 1, 4, AdamWConfig::default())?;
+/// // your own batch: inputs and next-token targets (-1 = no loss)
+/// let mb = MicroBatch { inputs: vec![1, 5, 9, 3], targets: vec![5, 9, 3, -1] };
+/// let first = train_step(&be, &mut tr, std::slice::from_ref(&mb), &[1e-2])?;
+/// let later = train_step(&be, &mut tr, std::slice::from_ref(&mb), &[1e-2])?;
+/// assert_eq!(first.targets, 3);
+/// assert!(later.loss < first.loss);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Each part steps at its learning rate (`lrs[i]` for part `i`; one rate
+/// is used for all parts when `lrs` holds one). A step that counts nothing
+/// changes no weight.
 pub fn train_step<B: Backend, O: Objective<B>>(be: &B, obj: &mut O, micro: &[O::Batch], lrs: &[f64]) -> Result<StepStats> {
     let total = obj.count(micro);
     for p in obj.parts() {

@@ -99,6 +99,22 @@ pub struct GenOutput {
 }
 
 /// Reusable buffers for generating `b` sequences at a time.
+///
+/// ```
+/// use llama2_model::generate::{Generator, Sampling};
+/// use llama2_model::Model;
+/// use llama2_runtime::{rng::Rng, CpuBackend};
+///
+/// let be = CpuBackend::new(1)?;
+/// let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gqa");
+/// let model = Model::load(&be, &dir)?;
+/// // two prompts of different lengths, 5 new tokens each, greedy
+/// let prompts = vec![vec![1, 72, 9], vec![1]];
+/// let mut gen = Generator::new(&be, &model, 2, 3 + 5)?;
+/// let out = gen.generate(&be, &model, &prompts, 5, &Sampling::GREEDY, &mut Rng::new(0), false)?;
+/// assert_eq!(out.ids[0].len(), 5);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Generator<B: Backend> {
     pub b: usize,
     cap: usize,

@@ -102,7 +102,22 @@ impl<B: Backend> Model<B> {
         Self::from_host(be, cfg, &host)
     }
 
-    /// Loads a Hugging Face model directory (config.json + safetensors).
+    /// Loads a Hugging Face model directory (config.json + safetensors):
+    /// a `LlamaForCausalLM` or a `LlamaForSequenceClassification` (one label).
+    ///
+    /// ```
+    /// use llama2_model::{Acts, LogitRows, Model};
+    /// use llama2_runtime::CpuBackend;
+    ///
+    /// let be = CpuBackend::new(1)?;
+    /// let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gqa");
+    /// let model = Model::load(&be, &dir)?;
+    /// // next-token logits of one sequence of 3 tokens
+    /// let mut acts = Acts::new(&be, &model.cfg, 1, 3, false, LogitRows::Last)?;
+    /// model.forward(&be, &mut acts, &[1, 72, 9], None)?;
+    /// assert_eq!(acts.a.logits.data.len(), model.cfg.vocab_size);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn load(be: &B, dir: &Path) -> Result<Self> {
         let cfg = Config::from_hf_file(&dir.join("config.json"))?;
         let ck = Checkpoint::open(dir)?;

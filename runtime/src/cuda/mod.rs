@@ -1,8 +1,8 @@
 //! The CUDA backend (feature `cuda`) or, without the feature, a stub whose
-//! constructor returns [`RtError::NotCompiledWithCuda`].
+//! constructor returns `RtError::NotCompiledWithCuda`.
 //!
-//! Public items: [`CudaBackend`] (and with the feature [`CudaBuf`],
-//! [`AttnImpl`], [`device_count`], [`gemm`]).
+//! Public items: [`CudaBackend`] (and with the feature `CudaBuf`,
+//! `AttnImpl`, `device_count`, `gemm`).
 
 #[cfg(feature = "cuda")]
 mod backend;

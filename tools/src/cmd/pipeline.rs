@@ -32,7 +32,7 @@ use std::time::Instant;
 
 #[derive(Args, Clone, Debug)]
 pub struct PipelineArgs {
-    /// Run name: everything goes to runs/<name>/
+    /// Run name: everything goes to `runs/<name>/`
     #[arg(long, default_value = "default")]
     pub name: String,
     /// Directory of the runs

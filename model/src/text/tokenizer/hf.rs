@@ -14,7 +14,7 @@
 //! Mapping onto SentencePiece terms: special added tokens are CONTROL pieces
 //! (the UNK token UNKNOWN), other added tokens USER_DEFINED, `<0xHH>`
 //! tokens BYTE. Known difference: `tokenizers` cuts special added tokens out
-//! of the input text ("<s>" typed in text becomes BOS); SentencePiece and we
+//! of the input text (`"<s>"` typed in text becomes BOS); SentencePiece and we
 //! treat such text as text. Byte-level BPE (GPT-2, Llama 3) is rejected.
 //!
 //! Public items: none (loaded through [`super::Tokenizer::load`]).
