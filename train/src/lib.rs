@@ -14,6 +14,7 @@
 //!   clip, AdamW over one or more trained models)
 //! - [`step`]: the language-modelling objective (pretraining, SFT)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
+//! - [`ppo`]: PPO (the arithmetic; the objective and the loop)
 //! - [`plot`]: training curves as PNG files
 //! - [`error`]: the crate's error type, `TrainError`
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+pub mod ppo;
 pub mod run;
 pub mod schedule;
 pub mod session;

@@ -1,5 +1,6 @@
-//! `train-tool debug grads`: the gradient of the mean loss of the first batch
-//! with respect to every parameter, saved under HF names.
+//! `train-tool debug`: `grads` (the gradient of the mean loss of the first
+//! batch with respect to every parameter, saved under HF names), and the
+//! PPO checks `ppo-math` and `ppo-grads` (in [`crate::cmd::ppo`]).
 
 use crate::device::{dispatch, DeviceOpts, Job};
 use anyhow::{Context, Result};
@@ -19,6 +20,10 @@ pub struct DebugArgs {
 pub enum DebugCmd {
     /// Write d(mean loss)/d(parameter) of the first batch for every parameter
     Grads(GradsArgs),
+    /// PPO's arithmetic on a rollout batch given as JSON (scores, rewards, advantages, returns, losses)
+    PpoMath(crate::cmd::ppo::MathArgs),
+    /// Gradients of one PPO step of a policy and a value model on given rollouts
+    PpoGrads(crate::cmd::ppo::GradsArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -63,5 +68,7 @@ pub fn run(a: DebugArgs) -> Result<()> {
             let dev = g.dev.clone();
             dispatch(&dev, GradsJob(g))
         }
+        DebugCmd::PpoMath(m) => crate::cmd::ppo::run_math(m),
+        DebugCmd::PpoGrads(g) => crate::cmd::ppo::run_grads(g),
     }
 }

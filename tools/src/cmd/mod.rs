@@ -9,6 +9,7 @@ pub mod gpu_check;
 pub mod info;
 pub mod init;
 pub mod pipeline;
+pub mod ppo;
 pub mod pretrain;
 pub mod report;
 pub mod sft;
