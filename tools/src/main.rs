@@ -32,6 +32,8 @@ enum Cmd {
     Pretrain(cmd::pretrain::PretrainArgs),
     /// Supervised fine-tuning on dialogs in the Llama-2-chat format
     Sft(cmd::sft::SftArgs),
+    /// PPO (Llama 2's RLHF): policy, value model, frozen reference and reward models
+    Ppo(cmd::ppo::PpoArgs),
     /// Chat with a model in the terminal (Llama-2-chat format)
     Chat(cmd::chat::ChatArgs),
     /// The main job: vocabulary, pretraining, SFT and chat samples on the built-in data, with a report
@@ -59,6 +61,7 @@ fn main() {
         Cmd::Pretrain(a) => cmd::pretrain::run(a),
         Cmd::Sft(a) => cmd::sft::run(a),
         Cmd::Chat(a) => cmd::chat::run(a),
+        Cmd::Ppo(a) => cmd::ppo::run(a),
         Cmd::Pipeline(a) => cmd::pipeline::run(a),
         Cmd::Tokenizer(a) => cmd::tokenizer::run_tokenizer(a),
         Cmd::Tokenize(a) => cmd::tokenizer::run_tokenize(a),

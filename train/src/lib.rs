@@ -14,7 +14,7 @@
 //!   clip, AdamW over one or more trained models)
 //! - [`step`]: the language-modelling objective (pretraining, SFT)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
-//! - [`ppo`]: PPO (the arithmetic; the objective and the loop)
+//! - [`ppo`]: the arithmetic, objective and loop of PPO
 //! - [`plot`]: training curves as PNG files
 //! - [`error`]: the crate's error type, `TrainError`
 

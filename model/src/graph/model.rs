@@ -69,12 +69,19 @@ impl<B: Backend> KvCache<B> {
 impl<B: Backend> Model<B> {
     /// A model with its parameters taken from the host arena `host (total)`.
     pub fn from_host(be: &B, cfg: Config, host: &[f32]) -> Result<Self> {
+        Self::from_host_as(be, cfg, host, BufKind::Param)
+    }
+
+    /// [`Model::from_host`] with the arena stored as `kind`: `Param` for a
+    /// model that trains (CUDA: fp32 master + bf16 copy), `Act` for a frozen
+    /// one (CUDA: bf16 only; the CPU stores both in f32).
+    fn from_host_as(be: &B, cfg: Config, host: &[f32], kind: BufKind) -> Result<Self> {
         cfg.validate()?;
         let layout = ParamLayout::new(&cfg);
         if host.len() != layout.total {
             return Err(ModelError::Invalid(format!("{} parameter values for a layout of {}", host.len(), layout.total)));
         }
-        let mut params = be.alloc(layout.total, BufKind::Param)?;
+        let mut params = be.alloc(layout.total, kind)?;
         be.upload(vm(&mut params), host)?;
         let rope_len = cfg.max_seq_len.max(1);
         let tab = rope_table(rope_len, cfg.head_dim, cfg.rope_theta as f32);
@@ -125,6 +132,20 @@ impl<B: Backend> Model<B> {
         let mut host = vec![0f32; layout.total];
         layout.load(&cfg, &ck, &mut host)?;
         Self::from_host(be, cfg, &host)
+    }
+
+    /// [`Model::load`] for a model that is only read (a reference policy, a
+    /// reward model during PPO): its weights are stored as activations
+    /// (bf16 on CUDA, no fp32 master copy), and it gets no gradients or
+    /// optimizer state. On the CPU it computes exactly what a trainable
+    /// model does.
+    pub fn load_frozen(be: &B, dir: &Path) -> Result<Self> {
+        let cfg = Config::from_hf_file(&dir.join("config.json"))?;
+        let ck = Checkpoint::open(dir)?;
+        let layout = ParamLayout::new(&cfg);
+        let mut host = vec![0f32; layout.total];
+        layout.load(&cfg, &ck, &mut host)?;
+        Self::from_host_as(be, cfg, &host, BufKind::Act)
     }
 
     /// The parameters on the host (f32; the master copy on CUDA).

@@ -244,3 +244,299 @@ pub fn run_grads(a: GradsArgs) -> Result<()> {
     let dev = a.dev.clone();
     dispatch(&dev, GradsJob(a))
 }
+
+/// `train-tool ppo`.
+#[derive(Args, Clone, Debug)]
+pub struct PpoArgs {
+    /// The policy to optimise (a causal LM directory; the reference policy by default)
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The helpfulness reward model (LlamaForSequenceClassification directory)
+    #[arg(long)]
+    pub rm: PathBuf,
+    /// The safety reward model (used on unsafe prompts and answers it scores below the threshold)
+    #[arg(long)]
+    pub safety_rm: Option<PathBuf>,
+    /// The reference policy of the KL penalty (default: --policy)
+    #[arg(long = "ref")]
+    pub reference: Option<PathBuf>,
+    /// The value model to start from (default: --rm)
+    #[arg(long)]
+    pub value: Option<PathBuf>,
+    /// Training prompts, JSON lines: {"prompt_ids": [...]} or {"prompt": "..."} / {"messages": [...]} (Llama-2-chat), optional "unsafe": true
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Held-out prompts for evaluation and early stopping (same format)
+    #[arg(long)]
+    pub val_prompts: Option<PathBuf>,
+    /// Tokenizer for text prompts (default: the one beside --policy)
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// PPO iterations (each: rollouts of --prompts-per-iter prompts, then one pass of mini-batch steps)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: u64,
+    /// Episodes per iteration (the paper: 512)
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub prompts_per_iter: u32,
+    /// Episodes per optimizer step (the paper: 64)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub minibatch: u32,
+    /// Episodes per forward/backward pass (gradient accumulation inside a mini-batch)
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub micro_batch: u32,
+    /// Passes over each rollout batch (the paper: one gradient step per mini-batch, one pass)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub ppo_epochs: u32,
+    /// Longest answer
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_new_tokens: u32,
+    /// Rollout temperature (no top-k / top-p: they bias the KL estimate)
+    #[arg(long, default_value_t = 1.0, value_parser = crate::flags::parse_temperature)]
+    pub temperature: f32,
+    /// Policy learning rate, constant (the paper: 1e-6)
+    #[arg(long, default_value_t = 1e-6, value_parser = crate::flags::parse_lr)]
+    pub lr: f64,
+    /// Value-model learning rate, constant (the paper is silent; OpenRLHF's 9e-6)
+    #[arg(long, default_value_t = 9e-6, value_parser = crate::flags::parse_lr)]
+    pub value_lr: f64,
+    /// Held-out evaluation every N iterations (0: never)
+    #[arg(long, default_value_t = 1)]
+    pub eval_every: u64,
+    /// Stop after this many evaluations without a better held-out reward (0: never)
+    #[arg(long, default_value_t = 0)]
+    pub patience: u64,
+    /// Sequences per forward pass when scoring and computing log-probabilities
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub score_batch: u32,
+    #[command(flatten)]
+    pub math: PpoMathFlags,
+    #[command(flatten)]
+    pub opt: crate::flags::OptFlags,
+    /// Output directory (checkpoints, metrics.jsonl, plots, final/policy, final/value)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from a checkpoint (a ckpt-* directory, or the run's --out for its newest)
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many iterations in this invocation (resume later with --resume)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stop_after: Option<u64>,
+    /// Keep the newest K checkpoints (0 = all)
+    #[arg(long, default_value_t = 2)]
+    pub keep_last: usize,
+    /// Seed of every random stream (prompt order, sampling, mini-batches)
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// No progress output
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub dev: DeviceOpts,
+}
+
+/// Reads a prompt file (see `--prompts`).
+pub fn read_prompts(path: &Path, tok: Option<&llama2_model::tokenizer::Tokenizer>, vocab: usize) -> Result<Vec<llama2_train::ppo::run::PpoPrompt>> {
+    use llama2_model::chat::{encode_prompt, Message, Role};
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |m: &str| {
+            anyhow::anyhow!("{}: line {}: {m}; HINT: lines are {{\"prompt_ids\": [...]}}, {{\"prompt\": \"...\"}} or {{\"messages\": [...]}}, with an optional \"unsafe\": true", path.display(), i + 1)
+        };
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&format!("not valid JSON ({e})")))?;
+        let unsafe_prompt = v.get("unsafe").and_then(|u| u.as_bool()).unwrap_or(false);
+        let ids: Vec<u32> = if let Some(ids) = v.get("prompt_ids") {
+            serde_json::from_value(ids.clone()).map_err(|_| bad("prompt_ids must be a list of token ids"))?
+        } else {
+            let dialog = if let Some(p) = v.get("prompt").and_then(|p| p.as_str()) {
+                vec![Message::new(Role::User, p)]
+            } else if let Some(m) = v.get("messages") {
+                m.as_array()
+                    .and_then(|arr| {
+                        arr.iter().map(|x| Some(Message::new(Role::parse(x.get("role")?.as_str()?)?, x.get("content")?.as_str()?))).collect::<Option<Vec<_>>>()
+                    })
+                    .filter(|d| !d.is_empty())
+                    .ok_or_else(|| bad("messages must be [{\"role\", \"content\"}, ...]"))?
+            } else {
+                return Err(bad("no prompt_ids, prompt or messages"));
+            };
+            let tok = tok.ok_or_else(|| bad("a text prompt needs a tokenizer (--tokenizer, or tokenizer.model beside --policy)"))?;
+            let mut d = dialog;
+            if d.last().map(|m| m.role) == Some(Role::Assistant) {
+                d.pop();
+            }
+            encode_prompt(tok, &d)?
+        };
+        if ids.is_empty() {
+            return Err(bad("empty prompt"));
+        }
+        if let Some(x) = ids.iter().find(|&&x| x as usize >= vocab) {
+            return Err(bad(&format!("token id {x} is outside the vocabulary of {vocab}")));
+        }
+        out.push(llama2_train::ppo::run::PpoPrompt { ids, unsafe_prompt });
+    }
+    if out.is_empty() {
+        bail!("{}: no prompts", path.display());
+    }
+    Ok(out)
+}
+
+/// The memory plan of a PPO run: what each model holds, in bytes.
+fn memory_plan(cuda: bool, trained: &[(&str, usize)], frozen: &[(&str, usize)]) -> String {
+    // trained: weights (CUDA: f32 master + bf16 copy), f32 grads, f32 AdamW m and v
+    let per_trained = if cuda { 4 + 2 + 4 + 4 + 4 } else { 4 + 4 + 4 + 4 };
+    let per_frozen = if cuda { 2 } else { 4 };
+    let gb = |n: usize, b: usize| n as f64 * b as f64 / 1e9;
+    let mut s = String::from("[ppo] memory plan (weights, gradients, optimizer state; activations extra):");
+    let mut total = 0.0;
+    for (n, p) in trained {
+        s += &format!(" {n} {p} params x {per_trained} B = {:.3} GB (trained);", gb(*p, per_trained));
+        total += gb(*p, per_trained);
+    }
+    for (n, p) in frozen {
+        s += &format!(" {n} {p} params x {per_frozen} B = {:.3} GB (frozen, no gradients or optimizer state);", gb(*p, per_frozen));
+        total += gb(*p, per_frozen);
+    }
+    s + &format!(" total {total:.3} GB")
+}
+
+struct PpoJob(PpoArgs);
+
+impl Job for PpoJob {
+    type Out = ();
+    fn run<B: Backend>(self, be: &B) -> Result<()> {
+        use llama2_train::ppo::run::{run_ppo, Frozen, PpoSettings};
+        use llama2_train::session::begin;
+        let a = self.0;
+        let math = a.math.math();
+        let value_dir = a.value.clone().unwrap_or_else(|| a.rm.clone());
+        let begun = begin(be, a.resume.as_deref(), a.seed, || -> Result<_> {
+            let p = Model::load(be, &a.policy).with_context(|| format!("loading the policy {}", a.policy.display()))?;
+            let v = Model::load(be, &value_dir).with_context(|| format!("loading the value model {}", value_dir.display()))?;
+            Ok(vec![("policy".to_string(), p), ("value".to_string(), v)])
+        })?;
+        let resumed = begun.resumed;
+        let mut parts = begun.parts;
+        if parts.len() != 2 || parts[0].name != "policy" || parts[1].name != "value" {
+            bail!("the checkpoint does not hold a policy and a value model; HINT: --resume takes a `train-tool ppo` run");
+        }
+        let value = parts.pop().context("value model")?;
+        let policy = parts.pop().context("policy")?;
+        let frozen = Frozen {
+            reference: Model::load_frozen(be, a.reference.as_ref().unwrap_or(&a.policy)).context("loading the reference policy")?,
+            rm: Model::load_frozen(be, &a.rm).with_context(|| format!("loading the reward model {}", a.rm.display()))?,
+            safety_rm: match &a.safety_rm {
+                Some(p) => Some(Model::load_frozen(be, p).with_context(|| format!("loading the safety reward model {}", p.display()))?),
+                None => None,
+            },
+        };
+        for (name, m) in std::iter::once(("--rm", &frozen.rm)).chain(frozen.safety_rm.as_ref().map(|m| ("--safety-rm", m))) {
+            if m.cfg.head != llama2_model::config::Head::Score {
+                bail!("{name} is not a reward model (no score head); HINT: make one with `train-tool rm init` and `train-tool rm train`");
+            }
+            if m.cfg.vocab_size != policy.model.cfg.vocab_size {
+                bail!(
+                    "{name} has a vocabulary of {}, the policy {}; HINT: reward models must share the policy's tokenizer",
+                    m.cfg.vocab_size,
+                    policy.model.cfg.vocab_size
+                );
+            }
+        }
+        let tok = match &a.tokenizer {
+            Some(p) => Some(llama2_model::tokenizer::Tokenizer::load(p).with_context(|| format!("loading {}", p.display()))?),
+            None => ["tokenizer.model", "tokenizer.json"]
+                .iter()
+                .map(|f| a.policy.join(f))
+                .find(|p| p.is_file())
+                .and_then(|p| llama2_model::tokenizer::Tokenizer::load(&p).ok()),
+        };
+        let vocab = policy.model.cfg.vocab_size;
+        let prompts = read_prompts(&a.prompts, tok.as_ref(), vocab)?;
+        let val = match &a.val_prompts {
+            Some(p) => read_prompts(p, tok.as_ref(), vocab)?,
+            None => Vec::new(),
+        };
+        let cuda = be.name().starts_with("cuda");
+        let np = |m: &Model<B>| m.layout.total;
+        let mut fz = vec![("reference", np(&frozen.reference)), ("rm", np(&frozen.rm))];
+        if let Some(s) = &frozen.safety_rm {
+            fz.push(("safety_rm", np(s)));
+        }
+        eprintln!("{}", memory_plan(cuda, &[("policy", np(&policy.model)), ("value", np(&value.model))], &fz));
+        let (pol_opt, val_opt) = (a.opt.adamw(), a.opt.adamw());
+        let mut obj = PpoObjective::new(be, policy.model, value.model, math, pol_opt, val_opt)?;
+        if resumed {
+            llama2_train::checkpoint::restore_optimizer(be, &mut obj.policy.opt, &policy.moments)?;
+            llama2_train::checkpoint::restore_optimizer(be, &mut obj.value.opt, &value.moments)?;
+        }
+        let st = PpoSettings {
+            math,
+            iterations: a.iterations,
+            stop_after: a.stop_after,
+            prompts_per_iter: a.prompts_per_iter as usize,
+            minibatch: a.minibatch as usize,
+            micro_batch: a.micro_batch as usize,
+            ppo_epochs: a.ppo_epochs as usize,
+            max_new_tokens: a.max_new_tokens as usize,
+            temperature: a.temperature,
+            policy_lr: a.lr,
+            value_lr: a.value_lr,
+            eval_every: a.eval_every,
+            patience: a.patience,
+            score_batch: a.score_batch as usize,
+            seed: a.seed,
+            keep_last: a.keep_last,
+            quiet: a.quiet,
+        };
+        let resolved = json!({
+            "job": "ppo", "device": be.name(), "policy": a.policy, "rm": a.rm, "safety_rm": a.safety_rm, "ref": a.reference.as_ref().unwrap_or(&a.policy),
+            "value": value_dir, "data": [a.prompts.clone()], "val_prompts": a.val_prompts, "prompts": prompts.len(), "val_prompt_count": val.len(),
+            "iterations": a.iterations, "prompts_per_iter": a.prompts_per_iter, "minibatch": a.minibatch, "micro_batch": a.micro_batch,
+            "batch_size": a.micro_batch, "seq_len": a.max_new_tokens, "grad_accum": a.minibatch.div_ceil(a.micro_batch),
+            "ppo_epochs": a.ppo_epochs, "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "lr": a.lr, "value_lr": a.value_lr,
+            "math": math, "adamw": a.opt.adamw(), "eval_every": a.eval_every, "patience": a.patience, "seed": a.seed,
+            "policy_model": obj.policy.model.cfg.to_hf_json(), "value_model": obj.value.model.cfg.to_hf_json(),
+        });
+        if resumed {
+            for k in ["job", "data", "prompts_per_iter", "minibatch", "micro_batch", "max_new_tokens", "seed", "math"] {
+                let (s, n) = (&begun.state.config[k], &resolved[k]);
+                if !s.is_null() && s != n {
+                    bail!(
+                        "--{} is {n} but the checkpoint was made with {s}; HINT: resume with the same value (an exact resume needs the same settings)",
+                        k.replace('_', "-")
+                    );
+                }
+            }
+        }
+        eprintln!("[ppo] {}", serde_json::to_string(&resolved)?);
+        std::fs::create_dir_all(&a.out)?;
+        llama2_model::weights::write_atomic(&a.out.join("config.run.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
+        let (stats, stopped) = run_ppo(be, &mut obj, &frozen, &prompts, &val, &st, &a.out, begun.state, resumed, &resolved)?;
+        let done = stats.last().map(|s| s.iteration).unwrap_or(0);
+        if !stopped && done < a.iterations && !stats.is_empty() {
+            eprintln!("stopped at iteration {done} of {}; continue with --resume {}", a.iterations, a.out.display());
+            return Ok(());
+        }
+        let fin = a.out.join("final");
+        obj.policy.model.save(be, &fin.join("policy"), SaveDtype::F32)?;
+        obj.value.model.save(be, &fin.join("value"), SaveDtype::F32)?;
+        if let Some(t) = &tok {
+            crate::cmd::sft::save_tokenizer(t, &fin.join("policy"))?;
+        }
+        let recs = llama2_train::metrics::MetricsLog::read(&a.out.join("metrics.jsonl"))?;
+        crate::cmd::report::metric_plots(
+            &a.out,
+            "ppo",
+            &recs,
+            &[("reward", &["score_raw", "val_reward"]), ("kl", &["kl"]), ("losses", &["policy_loss", "value_loss"])],
+        )?;
+        eprintln!("{}final policy: {}", if stopped { "early stopping; " } else { "" }, fin.join("policy").display());
+        Ok(())
+    }
+}
+
+/// `train-tool ppo`.
+pub fn run(a: PpoArgs) -> Result<()> {
+    let dev = a.dev.clone();
+    dispatch(&dev, PpoJob(a))
+}

@@ -29,3 +29,22 @@ pub fn loss_plots(dir: &Path, stages: &[(&str, &[Value])]) -> Result<Vec<(String
     }
     Ok(out)
 }
+
+/// One PNG per group of metrics (`<dir>/<prefix>_<name>.png`), each curve a
+/// metric of the records against `step`. Returns (title, file name).
+pub fn metric_plots(dir: &Path, prefix: &str, recs: &[Value], groups: &[(&str, &[&str])]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (name, keys) in groups {
+        let chart = Chart {
+            title: format!("{prefix}: {name}"),
+            x_label: "iteration".into(),
+            y_label: name.to_string(),
+            series: keys.iter().map(|k| Series { name: k.to_string(), points: points(recs, k) }).collect(),
+            log_y: false,
+        };
+        let file = format!("{prefix}_{name}.png");
+        save_png(&chart, &dir.join(&file), 900, 500)?;
+        out.push((chart.title, file));
+    }
+    Ok(out)
+}

@@ -9,7 +9,15 @@
 //! - [`objective`]: the policy + value optimizer step over a mini-batch of
 //!   rollouts, as an objective of the one trainer.
 //!
-//! Public items: the [`math`] and [`objective`] modules.
+//! - [`rollout`]: the rollout phase (sampling, reward scores, log-probs,
+//!   values) over ragged batches.
+//!
+//! - [`run`]: the loop (rollouts, arithmetic, mini-batch steps, metrics,
+//!   held-out evaluation and early stopping, checkpoints, exact resume).
+//!
+//! Public items: the [`math`], [`objective`], [`rollout`] and [`run`] modules.
 
 pub mod math;
 pub mod objective;
+pub mod rollout;
+pub mod run;

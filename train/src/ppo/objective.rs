@@ -56,21 +56,26 @@ impl Rollout {
     }
 }
 
-/// Activation buffers of one model, reallocated when the batch shape changes.
+/// Activation buffers of one model, reallocated when the batch shape (or
+/// the need for gradients) changes.
 pub struct Workspace<B: Backend> {
     pub acts: Acts<B>,
-    pub gacts: GradActs<B>,
+    /// activation gradients (training only)
+    pub gacts: Option<GradActs<B>>,
 }
 
 impl<B: Backend> Workspace<B> {
-    /// Buffers for `b` sequences of `t` tokens (training activations).
-    pub fn ensure(ws: &mut Option<Self>, be: &B, model: &Model<B>, b: usize, t: usize) -> Result<()> {
-        if ws.as_ref().is_some_and(|w| w.acts.b == b && w.acts.t == t) {
-            return Ok(());
+    /// Buffers for `b` sequences of `t` tokens: training activations with
+    /// gradients, or the one-layer activations of a forward-only pass.
+    pub fn ensure<'w>(ws: &'w mut Option<Self>, be: &B, model: &Model<B>, b: usize, t: usize, training: bool) -> Result<&'w mut Self> {
+        let fits = ws.as_ref().is_some_and(|w| w.acts.b == b && w.acts.t == t && w.gacts.is_some() == training);
+        if !fits {
+            *ws = None; // free the old buffers first
+            let acts = Acts::new(be, &model.cfg, b, t, training, LogitRows::All)?;
+            let gacts = if training { Some(GradActs::new(be, &model.cfg, b, t)?) } else { None };
+            *ws = Some(Workspace { acts, gacts });
         }
-        *ws = None; // free the old buffers first
-        *ws = Some(Workspace { acts: Acts::new(be, &model.cfg, b, t, true, LogitRows::All)?, gacts: GradActs::new(be, &model.cfg, b, t)? });
-        Ok(())
+        ws.as_mut().ok_or_else(|| TrainError::Invalid("no workspace".into()))
     }
 }
 
@@ -86,30 +91,39 @@ pub struct Packed {
     pub rows: Vec<u32>,
 }
 
-/// Packs `batch` (every rollout must have an answer).
-pub fn pack(batch: &[Rollout], pad: u32) -> Result<Packed> {
-    let b = batch.len();
-    let t = batch.iter().map(|r| r.len()).max().unwrap_or(0);
-    let mut p = Packed { b, t, tokens: vec![pad; b * t], lens: Vec::with_capacity(b), targets: vec![-1; b * t], rows: Vec::new() };
-    for (i, r) in batch.iter().enumerate() {
-        if r.response.is_empty() || r.prompt.is_empty() {
+/// Packs (prompt, answer) pairs into one right-padded batch; every pair
+/// needs a non-empty prompt and answer.
+pub fn pack_pairs<'a>(pairs: impl ExactSizeIterator<Item = (&'a [u32], &'a [u32])> + Clone, pad: u32) -> Result<Packed> {
+    let b = pairs.len();
+    let t = pairs.clone().map(|(p, r)| p.len() + r.len()).max().unwrap_or(0);
+    let mut out = Packed { b, t, tokens: vec![pad; b * t], lens: Vec::with_capacity(b), targets: vec![-1; b * t], rows: Vec::new() };
+    for (i, (prompt, response)) in pairs.enumerate() {
+        if response.is_empty() || prompt.is_empty() {
             return Err(TrainError::Invalid(format!("rollout {i} has an empty prompt or answer")));
         }
+        let o = i * t;
+        out.tokens[o..o + prompt.len()].copy_from_slice(prompt);
+        out.tokens[o + prompt.len()..o + prompt.len() + response.len()].copy_from_slice(response);
+        out.lens.push((prompt.len() + response.len()) as u32);
+        for (k, &tok) in response.iter().enumerate() {
+            let row = o + prompt.len() + k - 1; // the position that predicts answer token k
+            out.targets[row] = tok as i32;
+            out.rows.push(row as u32);
+        }
+    }
+    Ok(out)
+}
+
+/// Packs `batch` (every rollout must have an answer and one entry per
+/// answer token in each per-token vector).
+pub fn pack(batch: &[Rollout], pad: u32) -> Result<Packed> {
+    for (i, r) in batch.iter().enumerate() {
         let n = r.response.len();
         if [r.logprobs.len(), r.values.len(), r.advantages.len(), r.returns.len()].iter().any(|&x| x != n) {
             return Err(TrainError::Invalid(format!("rollout {i}: per-token vectors do not have one entry per answer token ({n})")));
         }
-        let o = i * t;
-        p.tokens[o..o + r.prompt.len()].copy_from_slice(&r.prompt);
-        p.tokens[o + r.prompt.len()..o + r.len()].copy_from_slice(&r.response);
-        p.lens.push(r.len() as u32);
-        for (k, &tok) in r.response.iter().enumerate() {
-            let row = o + r.start() + k - 1; // the position that predicts answer token k
-            p.targets[row] = tok as i32;
-            p.rows.push(row as u32);
-        }
     }
-    Ok(p)
+    pack_pairs(batch.iter().map(|r| (r.prompt.as_slice(), r.response.as_slice())), pad)
 }
 
 /// A model being trained with its buffers.
@@ -166,16 +180,14 @@ impl<B: Backend> PpoObjective<B> {
     /// the policy's backward).
     fn forward(&mut self, be: &B, p: &Packed) -> Result<Fresh> {
         let pol = &mut self.policy;
-        Workspace::ensure(&mut pol.ws, be, &pol.model, p.b, p.t)?;
-        let w = pol.ws.as_mut().ok_or_else(|| TrainError::Invalid("no workspace".into()))?;
+        let w = Workspace::ensure(&mut pol.ws, be, &pol.model, p.b, p.t, true)?;
         pol.model.forward_ragged(be, &mut w.acts, &p.tokens, Some(&p.lens), None)?;
         let st = pol.model.token_logprobs(be, &mut w.acts, &p.targets, true)?;
         let ent = st.entropy.unwrap_or_default();
         let logp = p.rows.iter().map(|&r| st.logprobs[r as usize] as f64).collect();
         let entropy = p.rows.iter().map(|&r| ent.get(r as usize).copied().unwrap_or(0.0) as f64).collect();
         let val = &mut self.value;
-        Workspace::ensure(&mut val.ws, be, &val.model, p.b, p.t)?;
-        let w = val.ws.as_mut().ok_or_else(|| TrainError::Invalid("no workspace".into()))?;
+        let w = Workspace::ensure(&mut val.ws, be, &val.model, p.b, p.t, true)?;
         val.model.trunk(be, &mut w.acts, &p.tokens, Some(&p.lens), None)?;
         let values = val.model.score_rows(be, &mut w.acts, &p.rows)?.into_iter().map(|x| x as f64).collect();
         Ok(Fresh { logp, entropy, values })
@@ -214,12 +226,14 @@ impl<B: Backend> Objective<B> for PpoObjective<B> {
         }
         let pol = &mut self.policy;
         let w = pol.ws.as_mut().ok_or_else(|| TrainError::Invalid("no workspace".into()))?;
+        let gacts = w.gacts.as_mut().ok_or_else(|| TrainError::Invalid("no gradient buffers".into()))?;
         pol.model.loss(be, &mut w.acts, &p.targets, CeGrad::PerRow(&coef))?;
-        pol.model.backward_from(be, &w.acts, &mut w.gacts, &mut pol.grads, &p.tokens, Some(&p.lens), HeadGrad::Logits)?;
+        pol.model.backward_from(be, &w.acts, gacts, &mut pol.grads, &p.tokens, Some(&p.lens), HeadGrad::Logits)?;
         let dv: Vec<f32> = l.d_value.iter().map(|&x| x as f32).collect();
         let val = &mut self.value;
         let w = val.ws.as_mut().ok_or_else(|| TrainError::Invalid("no workspace".into()))?;
-        val.model.backward_from(be, &w.acts, &mut w.gacts, &mut val.grads, &p.tokens, Some(&p.lens), HeadGrad::Score { at: &p.rows, dscore: &dv })?;
+        let gacts = w.gacts.as_mut().ok_or_else(|| TrainError::Invalid("no gradient buffers".into()))?;
+        val.model.backward_from(be, &w.acts, gacts, &mut val.grads, &p.tokens, Some(&p.lens), HeadGrad::Score { at: &p.rows, dscore: &dv })?;
         let c = total as f64;
         let n = p.rows.len();
         Ok(Sums {

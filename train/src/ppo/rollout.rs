@@ -1,0 +1,117 @@
+//! The rollout phase of a PPO iteration, as functions over batches of
+//! (prompt, answer) pairs: sampling answers, reward-model scores,
+//! per-token log-probabilities and values. Every function works in ragged
+//! batches of at most `batch` sequences (right padding, never attended).
+//!
+//! Sampling draws each answer from its own seeded stream (one per
+//! iteration and prompt), so an answer never depends on which other
+//! prompts share its batch.
+//!
+//! Public items: [`Answer`], [`sample_answers`], [`score_sequences`],
+//! [`answer_logprobs`], [`answer_values`].
+
+use super::objective::{pack_pairs, Workspace};
+use crate::error::{Result, TrainError};
+use llama2_model::config::Head;
+use llama2_model::generate::{Generator, Sampling};
+use llama2_model::Model;
+use llama2_runtime::rng::Rng;
+use llama2_runtime::Backend;
+
+/// One vector per answer, one value per answer token.
+pub type PerToken = Vec<Vec<f32>>;
+
+/// A sampled answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// generated ids (EOS included when generated)
+    pub ids: Vec<u32>,
+    /// ended with EOS
+    pub eos: bool,
+}
+
+/// Samples one answer per prompt with `s`, each from the stream
+/// `Rng::derive(seed, "<tag>/<prompt index>")`.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_answers<B: Backend>(be: &B, policy: &Model<B>, prompts: &[Vec<u32>], max_new: usize, s: &Sampling, seed: u64, tag: &str) -> Result<Vec<Answer>> {
+    let mut out = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        let new = max_new.min(policy.rope_len.saturating_sub(p.len()));
+        if new == 0 {
+            return Err(TrainError::Invalid(format!(
+                "prompt {i} ({} tokens) leaves no room to answer in the context of {}; HINT: drop long prompts",
+                p.len(),
+                policy.rope_len
+            )));
+        }
+        let mut rng = Rng::derive(seed, &format!("{tag}/{i}"));
+        let mut gen = Generator::new(be, policy, 1, p.len() + new)?;
+        let g = gen.generate(be, policy, std::slice::from_ref(p), new, s, &mut rng, true)?;
+        out.push(Answer { ids: g.ids[0].clone(), eos: g.ended[0] });
+    }
+    Ok(out)
+}
+
+/// Reward-model scores (raw, the score head at each sequence's last token).
+pub fn score_sequences<B: Backend>(be: &B, rm: &Model<B>, pairs: &[(Vec<u32>, Vec<u32>)], batch: usize) -> Result<Vec<f32>> {
+    if rm.cfg.head != Head::Score {
+        return Err(TrainError::Invalid("a reward model must have a score head (LlamaForSequenceClassification); HINT: make one with `train-tool rm init` and train it with `train-tool rm train`".into()));
+    }
+    let mut ws: Option<Workspace<B>> = None;
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch.max(1)) {
+        let p = pack_pairs(chunk.iter().map(|(a, b)| (a.as_slice(), b.as_slice())), rm.cfg.pad_id.unwrap_or(0))?;
+        let w = Workspace::ensure(&mut ws, be, rm, p.b, p.t, false)?;
+        rm.trunk(be, &mut w.acts, &p.tokens, Some(&p.lens), None)?;
+        let last = Model::<B>::last_rows(p.b, p.t, Some(&p.lens))?;
+        out.extend(rm.score_rows(be, &mut w.acts, &last)?);
+    }
+    Ok(out)
+}
+
+/// Per answer token log-probabilities under `model`, and (with `entropy`)
+/// the entropy of each predicting row.
+pub fn answer_logprobs<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    batch: usize,
+    entropy: bool,
+) -> Result<(PerToken, PerToken)> {
+    let mut ws: Option<Workspace<B>> = None;
+    let (mut lps, mut ents) = (Vec::with_capacity(pairs.len()), Vec::new());
+    for chunk in pairs.chunks(batch.max(1)) {
+        let p = pack_pairs(chunk.iter().map(|(a, b)| (a.as_slice(), b.as_slice())), model.cfg.pad_id.unwrap_or(0))?;
+        let w = Workspace::ensure(&mut ws, be, model, p.b, p.t, false)?;
+        model.forward_ragged(be, &mut w.acts, &p.tokens, Some(&p.lens), None)?;
+        let st = model.token_logprobs(be, &mut w.acts, &p.targets, entropy)?;
+        let mut k = 0;
+        for (_, r) in chunk {
+            let rows = &p.rows[k..k + r.len()];
+            lps.push(rows.iter().map(|&i| st.logprobs[i as usize]).collect());
+            if let Some(e) = &st.entropy {
+                ents.push(rows.iter().map(|&i| e[i as usize]).collect());
+            }
+            k += r.len();
+        }
+    }
+    Ok((lps, ents))
+}
+
+/// Per answer token values (the score head at each predicting row).
+pub fn answer_values<B: Backend>(be: &B, value: &Model<B>, pairs: &[(Vec<u32>, Vec<u32>)], batch: usize) -> Result<Vec<Vec<f32>>> {
+    let mut ws: Option<Workspace<B>> = None;
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch.max(1)) {
+        let p = pack_pairs(chunk.iter().map(|(a, b)| (a.as_slice(), b.as_slice())), value.cfg.pad_id.unwrap_or(0))?;
+        let w = Workspace::ensure(&mut ws, be, value, p.b, p.t, false)?;
+        value.trunk(be, &mut w.acts, &p.tokens, Some(&p.lens), None)?;
+        let v = value.score_rows(be, &mut w.acts, &p.rows)?;
+        let mut k = 0;
+        for (_, r) in chunk {
+            out.push(v[k..k + r.len()].to_vec());
+            k += r.len();
+        }
+    }
+    Ok(out)
+}
