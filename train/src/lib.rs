@@ -9,7 +9,6 @@
 //! - [`sft`]: SFT datasets (messages, sharegpt, prompt/completion, Alpaca), chat format, packing
 //! - [`step`]: the language-model training step (micro-batch accumulation)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
-//! - [`plot`]: training curves as PNG files
 //! - [`error`]: the crate's error type, `TrainError`
 
 pub mod checkpoint;
@@ -17,7 +16,6 @@ pub mod data;
 pub mod error;
 pub mod metrics;
 pub mod optim;
-pub mod plot;
 pub mod run;
 pub mod schedule;
 pub mod sft;
