@@ -201,6 +201,11 @@ fn log_axis(lo: f64, hi: f64, target: usize) -> Axis {
 /// do not collide: neighbours at least `gap` pixels apart, given the axis length in pixels
 /// and each label's extent along the axis (`extent`).
 pub(crate) fn fit_ticks(lo: f64, hi: f64, log: bool, axis_px: f64, start: usize, gap: f64, extent: &dyn Fn(&str) -> f64) -> Axis {
+    // The callers pad empty spans; this keeps an empty or non-finite one from giving NaN ticks.
+    let span = hi - lo;
+    if span.is_nan() || span <= 0.0 || span.is_infinite() {
+        return Axis { lo, hi, ticks: Vec::new(), minor: Vec::new(), labels: Labels::Fixed(0) };
+    }
     let px_per_unit = axis_px / (hi - lo);
     let mut target = start.max(2);
     loop {
@@ -337,6 +342,10 @@ mod tests {
             assert!((w[1] - w[0]) * px >= 40.0 + 15.0 - 1e-9, "{:?}", labels(&a));
         }
         assert!(a.ticks.len() >= 3, "{:?}", labels(&a));
+        // An empty or non-finite span gives no ticks (not 1000 NaN ticks).
+        for (lo, hi) in [(0.0, 0.0), (1.0, 0.0), (f64::NAN, 1.0), (-f64::MAX, f64::MAX)] {
+            assert!(fit_ticks(lo, hi, false, 200.0, 5, 15.0, &extent).ticks.is_empty(), "{lo}..{hi}");
+        }
     }
 
     #[test]

@@ -378,6 +378,10 @@ pub(crate) fn bar_chart(root: &Area<'_>, c: &BarChart, sz: &Sizes) -> DrawResult
     let y_range = values().next().map(|_| {
         // Bars grow from 0: the axis starts (or ends) there exactly, with headroom on the
         // side the bars grow to (for the value labels).
+        // All bars 0: a 0..1 axis, not an empty span.
+        if v_lo == 0.0 && v_hi == 0.0 {
+            return (0.0, 1.0);
+        }
         let (lo, hi) = axis::padded_range([v_lo, v_hi].into_iter(), BAR_HEADROOM, 1.0).unwrap_or((v_lo, v_hi));
         (if v_lo >= 0.0 { 0.0 } else { lo }, if v_hi <= 0.0 { 0.0 } else { hi })
     });
