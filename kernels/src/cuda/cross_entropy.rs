@@ -1,9 +1,8 @@
 //! Launcher of `cu/cross_entropy.cu`. CPU counterpart:
 //! `crate::cross_entropy::cross_entropy_cpu` (same [`CeGrad`] modes).
 
-use super::{check_ptr, launch, to_i32, to_u32, Bf16, DPtr, Family, KernelStore, LaunchDims};
+use super::{check_ptr, launch, to_i32, to_u32, Bf16, DPtr, Family, LaunchDims, Target};
 use crate::{arg_err, Result};
-use cudarc::driver::CudaStream;
 
 pub const FWD_BWD: &str = "cross_entropy_fwd_bwd_bf16";
 /// Threads per block (CE_THREADS in the .cu): one block per row.
@@ -37,8 +36,7 @@ pub fn check(logits: DPtr<Bf16>, losses: DPtr<f32>, targets: DPtr<i32>, mode: Ce
 /// `losses (n)` and, per `mode`, dlogits over `logits (n, v)`.
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy_fwd_bwd_bf16(
-    ks: &KernelStore,
-    s: &CudaStream,
+    tg: Target<'_>,
     logits: DPtr<Bf16>,
     losses: DPtr<f32>,
     targets: DPtr<i32>,
@@ -50,8 +48,7 @@ pub fn cross_entropy_fwd_bwd_bf16(
     if n == 0 {
         return Ok(());
     }
-    let f = ks.func(Family::CrossEntropy, FWD_BWD)?;
-    let (lg, ls, tg) = (logits.addr, losses.addr, targets.addr);
+    let (lg, ls, ids) = (logits.addr, losses.addr, targets.addr);
     let (coef, scale, m): (u64, f32, i32) = match mode {
         CeMode::LossOnly => (0, 0.0, 0),
         CeMode::Uniform(sc) => (0, sc, 1),
@@ -60,5 +57,5 @@ pub fn cross_entropy_fwd_bwd_bf16(
     let (n, v) = (to_i32(FWD_BWD, "n", n)?, to_i32(FWD_BWD, "v", v)?);
     // SAFETY: check(): logits cover n rows of v, losses/targets (and coef in
     // mode 2) n entries; targets < v were checked on the host; one block per row.
-    unsafe { launch!(s, f, FWD_BWD, dims, [lg, ls, tg, coef, scale, m, n, v]) }
+    unsafe { launch!(tg, Family::CrossEntropy, FWD_BWD, dims, [lg, ls, ids, coef, scale, m, n, v]) }
 }

@@ -2,10 +2,9 @@
 //! (`rope_fwd_cpu`, `rope_bwd_cpu`); the same [`RopeShape`] and cos/sin
 //! table `(max_t, hd/2, 2)` f32 from `crate::rope::rope_table`.
 
-use super::{check_ptr, launch, stride_blocks, to_i32, Bf16, DPtr, Family, KernelStore, LaunchDims};
+use super::{check_ptr, launch, stride_blocks, to_i32, Bf16, DPtr, Family, LaunchDims, Target};
 use crate::rope::RopeShape;
 use crate::{arg_err, Result};
-use cudarc::driver::CudaStream;
 
 pub const FWD: &str = "rope_fwd_bf16";
 pub const BWD: &str = "rope_bwd_bf16";
@@ -23,22 +22,21 @@ pub fn check(op: &'static str, x: DPtr<Bf16>, table: DPtr<f32>, s: RopeShape) ->
     Ok(LaunchDims { grid: (grid, 1, 1), block: THREADS, smem: 0 })
 }
 
-fn rope(ks: &KernelStore, st: &CudaStream, k: &'static str, x: DPtr<Bf16>, table: DPtr<f32>, s: RopeShape) -> Result<()> {
+fn rope(tg: Target<'_>, k: &'static str, x: DPtr<Bf16>, table: DPtr<f32>, s: RopeShape) -> Result<()> {
     let dims = check(k, x, table, s)?;
-    let f = ks.func(Family::Rope, k)?;
     let (xp, tp) = (x.addr, table.addr);
     let (b, t, h, hd, p0) = (to_i32(k, "b", s.b)?, to_i32(k, "t", s.t)?, to_i32(k, "heads", s.heads)?, to_i32(k, "hd", s.hd)?, to_i32(k, "pos0", s.pos0)?);
     // SAFETY: check(): x covers b*t*heads*hd, the table covers positions
     // 0..pos0+t; grid-stride over the pairs.
-    unsafe { launch!(st, f, k, dims, [xp, tp, b, t, h, hd, p0]) }
+    unsafe { launch!(tg, Family::Rope, k, dims, [xp, tp, b, t, h, hd, p0]) }
 }
 
 /// Rotates `x (b, t, heads, hd)` in place.
-pub fn rope_fwd_bf16(ks: &KernelStore, st: &CudaStream, x: DPtr<Bf16>, table: DPtr<f32>, s: RopeShape) -> Result<()> {
-    rope(ks, st, FWD, x, table, s)
+pub fn rope_fwd_bf16(tg: Target<'_>, x: DPtr<Bf16>, table: DPtr<f32>, s: RopeShape) -> Result<()> {
+    rope(tg, FWD, x, table, s)
 }
 
 /// Rotates the gradient `dx (b, t, heads, hd)` back in place.
-pub fn rope_bwd_bf16(ks: &KernelStore, st: &CudaStream, dx: DPtr<Bf16>, table: DPtr<f32>, s: RopeShape) -> Result<()> {
-    rope(ks, st, BWD, dx, table, s)
+pub fn rope_bwd_bf16(tg: Target<'_>, dx: DPtr<Bf16>, table: DPtr<f32>, s: RopeShape) -> Result<()> {
+    rope(tg, BWD, dx, table, s)
 }

@@ -151,6 +151,11 @@ impl CudaBackend {
         }
     }
 
+    /// Where the launchers run this backend's kernels: its device and stream.
+    fn target(&self) -> kc::Target<'_> {
+        kc::Target::Cuda { ks: &self.ks, stream: &self.stream }
+    }
+
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
@@ -220,7 +225,7 @@ impl CudaBackend {
             Store::F32(s) => {
                 let t = self.tmp_u16(v.len)?;
                 let p = self.dp_bf16(&t, 0, v.len);
-                kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, p, self.dp_f32(s, v.off, v.len), v.len)?;
+                kc::elementwise::cast_f32_to_bf16(self.target(), p, self.dp_f32(s, v.off, v.len), v.len)?;
                 Ok((p, Some(t)))
             }
         }
@@ -233,7 +238,7 @@ impl CudaBackend {
             Store::Bf16(s) => {
                 let t = self.tmp_f32(v.len)?;
                 let p = self.dp_f32(&t, 0, v.len);
-                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, p, self.dp_bf16(s, v.off, v.len), v.len)?;
+                kc::elementwise::cast_bf16_to_f32(self.target(), p, self.dp_bf16(s, v.off, v.len), v.len)?;
                 Ok((p, Some(t)))
             }
         }
@@ -252,7 +257,7 @@ impl CudaBackend {
                 let t = self.tmp_u16(len)?;
                 let ptr = self.dp_bf16(&t, 0, len);
                 if init {
-                    kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, ptr, self.dp_f32(s, off, len), len)?;
+                    kc::elementwise::cast_f32_to_bf16(self.target(), ptr, self.dp_f32(s, off, len), len)?;
                 }
                 Ok(OutB { ptr, tmp: Some(t), dst: v })
             }
@@ -265,9 +270,9 @@ impl CudaBackend {
         let src = self.dp_bf16(&t, 0, len);
         match &mut o.dst.buf.st {
             Store::Bf16(_) => Ok(()),
-            Store::F32(s) => Ok(kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(s, off, len), src, len)?),
+            Store::F32(s) => Ok(kc::elementwise::cast_bf16_to_f32(self.target(), self.dp_f32(s, off, len), src, len)?),
             Store::Param { master, work } => {
-                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(master, off, len), src, len)?;
+                kc::elementwise::cast_bf16_to_f32(self.target(), self.dp_f32(master, off, len), src, len)?;
                 let mut w = work.slice_mut(off..off + len);
                 self.stream.memcpy_dtod(&t.slice(0..len), &mut w).map_err(|e| cu_err("copy", e))
             }
@@ -287,7 +292,7 @@ impl CudaBackend {
                 let t = self.tmp_f32(len)?;
                 let ptr = self.dp_f32(&t, 0, len);
                 if init {
-                    kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, ptr, self.dp_bf16(s, off, len), len)?;
+                    kc::elementwise::cast_bf16_to_f32(self.target(), ptr, self.dp_bf16(s, off, len), len)?;
                 }
                 Ok(OutF { ptr, tmp: Some(t), dst: v })
             }
@@ -299,11 +304,11 @@ impl CudaBackend {
         match &o.dst.buf.st {
             Store::F32(_) => Ok(()),
             Store::Param { master, work } => {
-                Ok(kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(work, off, len), self.dp_f32(master, off, len), len)?)
+                Ok(kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(work, off, len), self.dp_f32(master, off, len), len)?)
             }
             Store::Bf16(s) => {
                 let t = o.tmp.as_ref().ok_or_else(|| cu_err("finish", "missing temporary"))?;
-                Ok(kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(s, off, len), self.dp_f32(t, 0, len), len)?)
+                Ok(kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(s, off, len), self.dp_f32(t, 0, len), len)?)
             }
         }
     }
@@ -419,17 +424,17 @@ impl Backend for CudaBackend {
                 self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut d.slice_mut(doff..doff + len)).map_err(e)?
             }
             (Store::Bf16(d), Store::F32(s)) => {
-                kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(d, doff, len), self.dp_f32(s, soff, len), len)?
+                kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(d, doff, len), self.dp_f32(s, soff, len), len)?
             }
             (Store::F32(d), Store::Bf16(s)) => {
-                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(d, doff, len), self.dp_bf16(s, soff, len), len)?
+                kc::elementwise::cast_bf16_to_f32(self.target(), self.dp_f32(d, doff, len), self.dp_bf16(s, soff, len), len)?
             }
             (Store::Param { master, work }, Store::F32(s)) => {
                 self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut master.slice_mut(doff..doff + len)).map_err(e)?;
-                kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(work, doff, len), self.dp_f32(s, soff, len), len)?;
+                kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(work, doff, len), self.dp_f32(s, soff, len), len)?;
             }
             (Store::Param { master, work }, Store::Bf16(s)) => {
-                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(master, doff, len), self.dp_bf16(s, soff, len), len)?;
+                kc::elementwise::cast_bf16_to_f32(self.target(), self.dp_f32(master, doff, len), self.dp_bf16(s, soff, len), len)?;
                 self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut work.slice_mut(doff..doff + len)).map_err(e)?;
             }
         }
@@ -448,7 +453,7 @@ impl Backend for CudaBackend {
         let ids = self.upload_idx(tokens)?;
         let (tb, _t) = self.in_bf16(table)?;
         let o = self.out_bf16(out, false)?;
-        kc::embedding::embedding_fwd_bf16(&self.ks, &self.stream, o.ptr, DPtr::new(addr(&ids, &self.stream), tokens.len()), tb, tokens.len(), v, c)?;
+        kc::embedding::embedding_fwd_bf16(self.target(), o.ptr, DPtr::new(addr(&ids, &self.stream), tokens.len()), tb, tokens.len(), v, c)?;
         self.finish_bf16(o)
     }
 
@@ -466,8 +471,7 @@ impl Backend for CudaBackend {
         let o = self.out_f32(dtable, true)?;
         let st = &self.stream;
         kc::embedding::embedding_bwd_f32(
-            &self.ks,
-            st,
+            self.target(),
             o.ptr,
             d,
             DPtr::new(addr(&du, st), uniq.len()),
@@ -523,7 +527,7 @@ impl Backend for CudaBackend {
         let (w, _t2) = self.in_bf16(weight)?;
         let o = self.out_bf16(out, false)?;
         let r = self.out_f32(rstd, false)?;
-        kc::rmsnorm::rmsnorm_fwd_bf16(&self.ks, &self.stream, o.ptr, r.ptr, x, w, n, c, eps)?;
+        kc::rmsnorm::rmsnorm_fwd_bf16(self.target(), o.ptr, r.ptr, x, w, n, c, eps)?;
         self.finish_bf16(o)?;
         self.finish_f32(r)
     }
@@ -559,8 +563,8 @@ impl Backend for CudaBackend {
         let pp = self.dp_f32(&partial, 0, parts * c);
         let di = self.out_bf16(dinp, dinp_write == GradWrite::Accumulate)?;
         let dw = self.out_f32(dweight, true)?;
-        kc::rmsnorm::rmsnorm_bwd_bf16(&self.ks, &self.stream, di.ptr, pp, dy, x, w, r, n, c, dinp_write)?;
-        kc::rmsnorm::rmsnorm_bwd_dweight_f32(&self.ks, &self.stream, dw.ptr, pp, parts, c)?;
+        kc::rmsnorm::rmsnorm_bwd_bf16(self.target(), di.ptr, pp, dy, x, w, r, n, c, dinp_write)?;
+        kc::rmsnorm::rmsnorm_bwd_dweight_f32(self.target(), dw.ptr, pp, parts, c)?;
         self.finish_bf16(di)?;
         self.finish_f32(dw)
     }
@@ -569,7 +573,7 @@ impl Backend for CudaBackend {
         check_len("rope_fwd", "x", x.len, s.b * s.t * s.heads * s.hd)?;
         let (tb, _t) = self.in_f32(table)?;
         let o = self.out_bf16(x, true)?;
-        kc::rope::rope_fwd_bf16(&self.ks, &self.stream, o.ptr, tb, s)?;
+        kc::rope::rope_fwd_bf16(self.target(), o.ptr, tb, s)?;
         self.finish_bf16(o)
     }
 
@@ -577,7 +581,7 @@ impl Backend for CudaBackend {
         check_len("rope_bwd", "dx", dx.len, s.b * s.t * s.heads * s.hd)?;
         let (tb, _t) = self.in_f32(table)?;
         let o = self.out_bf16(dx, true)?;
-        kc::rope::rope_bwd_bf16(&self.ks, &self.stream, o.ptr, tb, s)?;
+        kc::rope::rope_bwd_bf16(self.target(), o.ptr, tb, s)?;
         self.finish_bf16(o)
     }
 
@@ -594,10 +598,11 @@ impl Backend for CudaBackend {
         let (vp, _t3) = self.in_bf16(v)?;
         let o = self.out_bf16(out, false)?;
         let l = self.out_f32(lse, false)?;
+        let p = kc::attention::AttnFwdParams { out: o.ptr, lse: l.ptr, q: qp, k: kp, v: vp, shape: s };
         if self.use_mma(s.tq) {
-            kc::attention::attention_fwd_mma_bf16(&self.ks, &self.stream, o.ptr, l.ptr, qp, kp, vp, &s)?;
+            kc::attention::attention_fwd_mma_bf16(self.target(), &p)?;
         } else {
-            kc::attention::attention_fwd_bf16(&self.ks, &self.stream, o.ptr, l.ptr, qp, kp, vp, &s)?;
+            kc::attention::attention_fwd_bf16(self.target(), &p)?;
         }
         self.finish_bf16(o)?;
         self.finish_f32(l)
@@ -636,10 +641,11 @@ impl Backend for CudaBackend {
         let dk = self.out_bf16(dk, false)?;
         let dv = self.out_bf16(dv, false)?;
         let dl = self.dp_f32(&delta, 0, nd);
+        let p = kc::attention::AttnBwdParams { dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, delta: dl, dout: dop, q: qp, k: kp, v: vp, out: op, lse: lp, shape: s };
         if self.use_mma(s.tq) {
-            kc::attention::attention_bwd_mma_bf16(&self.ks, &self.stream, dq.ptr, dk.ptr, dv.ptr, dl, dop, qp, kp, vp, op, lp, &s)?;
+            kc::attention::attention_bwd_mma_bf16(self.target(), &p)?;
         } else {
-            kc::attention::attention_bwd_bf16(&self.ks, &self.stream, dq.ptr, dk.ptr, dv.ptr, dl, dop, qp, kp, vp, op, lp, &s)?;
+            kc::attention::attention_bwd_bf16(self.target(), &p)?;
         }
         self.finish_bf16(dq)?;
         self.finish_bf16(dk)?;
@@ -653,7 +659,7 @@ impl Backend for CudaBackend {
         let (g, _t1) = self.in_bf16(gate)?;
         let (u, _t2) = self.in_bf16(up)?;
         let o = self.out_bf16(out, false)?;
-        kc::swiglu::swiglu_fwd_bf16(&self.ks, &self.stream, o.ptr, g, u, n)?;
+        kc::swiglu::swiglu_fwd_bf16(self.target(), o.ptr, g, u, n)?;
         self.finish_bf16(o)
     }
 
@@ -667,7 +673,7 @@ impl Backend for CudaBackend {
         let (u, _t3) = self.in_bf16(up)?;
         let dg = self.out_bf16(dgate, false)?;
         let du = self.out_bf16(dup, false)?;
-        kc::swiglu::swiglu_bwd_bf16(&self.ks, &self.stream, dg.ptr, du.ptr, d, g, u, n)?;
+        kc::swiglu::swiglu_bwd_bf16(self.target(), dg.ptr, du.ptr, d, g, u, n)?;
         self.finish_bf16(dg)?;
         self.finish_bf16(du)
     }
@@ -699,7 +705,7 @@ impl Backend for CudaBackend {
         let writes = !matches!(grad, CeGrad::None);
         let lg = self.out_bf16(logits, true)?;
         let ls = self.out_f32(losses, false)?;
-        kc::cross_entropy::cross_entropy_fwd_bwd_bf16(&self.ks, &self.stream, lg.ptr, ls.ptr, DPtr::new(addr(&tg, &self.stream), n), mode, n, v)?;
+        kc::cross_entropy::cross_entropy_fwd_bwd_bf16(self.target(), lg.ptr, ls.ptr, DPtr::new(addr(&tg, &self.stream), n), mode, n, v)?;
         if writes {
             self.finish_bf16(lg)?;
         }
@@ -715,13 +721,13 @@ impl Backend for CudaBackend {
             let (ap, _t1) = self.in_bf16(a)?;
             let (bp, _t2) = self.in_bf16(b)?;
             let o = self.out_bf16(out, false)?;
-            kc::elementwise::add_fwd_bf16(&self.ks, &self.stream, o.ptr, ap, bp, n)?;
+            kc::elementwise::add_fwd_bf16(self.target(), o.ptr, ap, bp, n)?;
             self.finish_bf16(o)
         } else {
             let (ap, _t1) = self.in_f32(a)?;
             let (bp, _t2) = self.in_f32(b)?;
             let o = self.out_f32(out, false)?;
-            kc::elementwise::add_fwd_f32(&self.ks, &self.stream, o.ptr, ap, bp, n)?;
+            kc::elementwise::add_fwd_f32(self.target(), o.ptr, ap, bp, n)?;
             self.finish_f32(o)
         }
     }
@@ -732,12 +738,12 @@ impl Backend for CudaBackend {
         if x.buf.kind == BufKind::Act && y.buf.kind == BufKind::Act {
             let (yp, _t) = self.in_bf16(y)?;
             let o = self.out_bf16(x, true)?;
-            kc::elementwise::add_assign_bf16(&self.ks, &self.stream, o.ptr, yp, n)?;
+            kc::elementwise::add_assign_bf16(self.target(), o.ptr, yp, n)?;
             self.finish_bf16(o)
         } else {
             let (yp, _t) = self.in_f32(y)?;
             let o = self.out_f32(x, true)?;
-            kc::elementwise::add_assign_f32(&self.ks, &self.stream, o.ptr, yp, n)?;
+            kc::elementwise::add_assign_f32(self.target(), o.ptr, yp, n)?;
             self.finish_f32(o)
         }
     }
@@ -746,11 +752,11 @@ impl Backend for CudaBackend {
         let n = x.len;
         if x.buf.kind == BufKind::Act {
             let o = self.out_bf16(x, true)?;
-            kc::elementwise::scale_bf16(&self.ks, &self.stream, o.ptr, s, n)?;
+            kc::elementwise::scale_bf16(self.target(), o.ptr, s, n)?;
             self.finish_bf16(o)
         } else {
             let o = self.out_f32(x, true)?;
-            kc::elementwise::scale_f32(&self.ks, &self.stream, o.ptr, s, n)?;
+            kc::elementwise::scale_f32(self.target(), o.ptr, s, n)?;
             self.finish_f32(o)
         }
     }
@@ -768,12 +774,12 @@ impl Backend for CudaBackend {
         if out.buf.kind == BufKind::Act && src.buf.kind == BufKind::Act {
             let (sp, _t) = self.in_bf16(src)?;
             let o = self.out_bf16(out, false)?;
-            kc::elementwise::gather_rows_bf16(&self.ks, &self.stream, o.ptr, sp, src_rows, rp, rows.len(), c)?;
+            kc::elementwise::gather_rows_bf16(self.target(), o.ptr, sp, src_rows, rp, rows.len(), c)?;
             self.finish_bf16(o)
         } else {
             let (sp, _t) = self.in_f32(src)?;
             let o = self.out_f32(out, false)?;
-            kc::elementwise::gather_rows_f32(&self.ks, &self.stream, o.ptr, sp, src_rows, rp, rows.len(), c)?;
+            kc::elementwise::gather_rows_f32(self.target(), o.ptr, sp, src_rows, rp, rows.len(), c)?;
             self.finish_f32(o)
         }
     }
@@ -791,12 +797,12 @@ impl Backend for CudaBackend {
         if dst.buf.kind == BufKind::Act && src.buf.kind == BufKind::Act {
             let (sp, _t) = self.in_bf16(src)?;
             let o = self.out_bf16(dst, true)?;
-            kc::elementwise::scatter_add_rows_bf16(&self.ks, &self.stream, o.ptr, dst_rows, sp, rp, rows.len(), c)?;
+            kc::elementwise::scatter_add_rows_bf16(self.target(), o.ptr, dst_rows, sp, rp, rows.len(), c)?;
             self.finish_bf16(o)
         } else {
             let (sp, _t) = self.in_f32(src)?;
             let o = self.out_f32(dst, true)?;
-            kc::elementwise::scatter_add_rows_f32(&self.ks, &self.stream, o.ptr, dst_rows, sp, rp, rows.len(), c)?;
+            kc::elementwise::scatter_add_rows_f32(self.target(), o.ptr, dst_rows, sp, rp, rows.len(), c)?;
             self.finish_f32(o)
         }
     }
@@ -814,12 +820,12 @@ impl Backend for CudaBackend {
         if cache.buf.kind == BufKind::Act && new.buf.kind == BufKind::Act {
             let (sp, _t) = self.in_bf16(new)?;
             let o = self.out_bf16(cache, true)?;
-            kc::elementwise::kv_write_bf16(&self.ks, &self.stream, o.ptr, sp, b, t, cap, w, pos0)?;
+            kc::elementwise::kv_write_bf16(self.target(), o.ptr, sp, b, t, cap, w, pos0)?;
             self.finish_bf16(o)
         } else {
             let (sp, _t) = self.in_f32(new)?;
             let o = self.out_f32(cache, true)?;
-            kc::elementwise::kv_write_f32(&self.ks, &self.stream, o.ptr, sp, b, t, cap, w, pos0)?;
+            kc::elementwise::kv_write_f32(self.target(), o.ptr, sp, b, t, cap, w, pos0)?;
             self.finish_f32(o)
         }
     }
@@ -834,8 +840,8 @@ impl Backend for CudaBackend {
         let partial = unsafe { self.stream.alloc::<f64>(blocks) }.map_err(|e| cu_err("allocation", e))?;
         let pp = DPtr::new(addr(&partial, &self.stream), blocks);
         match &x.buf.st {
-            Store::Bf16(s) => kc::elementwise::sum_squares_bf16(&self.ks, &self.stream, pp, self.dp_bf16(s, x.off, n), n)?,
-            Store::F32(s) | Store::Param { master: s, .. } => kc::elementwise::sum_squares_f32(&self.ks, &self.stream, pp, self.dp_f32(s, x.off, n), n)?,
+            Store::Bf16(s) => kc::elementwise::sum_squares_bf16(self.target(), pp, self.dp_bf16(s, x.off, n), n)?,
+            Store::F32(s) | Store::Param { master: s, .. } => kc::elementwise::sum_squares_f32(self.target(), pp, self.dp_f32(s, x.off, n), n)?,
         }
         let mut host = vec![0f64; blocks];
         self.stream.memcpy_dtoh(&partial, &mut host).map_err(|e| cu_err("download", e))?;
@@ -860,14 +866,14 @@ impl Backend for CudaBackend {
         match &params.buf.st {
             Store::Param { master, work } => {
                 let (pm, pw) = (self.dp_f32(master, poff, plen), self.dp_bf16(work, poff, plen));
-                kc::adamw::adamw_step_f32(&self.ks, &self.stream, pm, pw, g, mo.ptr, vo.ptr, n, &h)?;
+                kc::adamw::adamw_step_f32(self.target(), pm, pw, g, mo.ptr, vo.ptr, n, &h)?;
             }
             _ => {
                 // not a Param: update an f32 view; the bf16 copy goes to a scratch
                 let scratch = self.tmp_u16(n)?;
                 let sp = self.dp_bf16(&scratch, 0, n);
                 let po = self.out_f32(params, true)?;
-                kc::adamw::adamw_step_f32(&self.ks, &self.stream, po.ptr, sp, g, mo.ptr, vo.ptr, n, &h)?;
+                kc::adamw::adamw_step_f32(self.target(), po.ptr, sp, g, mo.ptr, vo.ptr, n, &h)?;
                 self.finish_f32(po)?;
             }
         }
