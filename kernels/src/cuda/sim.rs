@@ -269,6 +269,8 @@ pub struct SimDevice {
     cfg: Mutex<SimConfig>,
     reg: Arc<Registry>,
     stats: Mutex<SimStats>,
+    /// launches per kernel name (the name actually run: a planted copy's own)
+    launches: Mutex<BTreeMap<String, u64>>,
 }
 
 fn sim_err(kernel: &'static str, dims: LaunchDims, msg: String) -> KernelError {
@@ -277,7 +279,7 @@ fn sim_err(kernel: &'static str, dims: LaunchDims, msg: String) -> KernelError {
 
 impl SimDevice {
     pub fn new(cfg: SimConfig) -> Self {
-        SimDevice { cfg: Mutex::new(cfg), reg: Arc::new(Registry::default()), stats: Mutex::new(SimStats::default()) }
+        SimDevice { cfg: Mutex::new(cfg), reg: Arc::new(Registry::default()), stats: Mutex::new(SimStats::default()), launches: Mutex::new(BTreeMap::new()) }
     }
 
     pub fn config(&self) -> SimConfig {
@@ -297,6 +299,10 @@ impl SimDevice {
     /// Work done by every launch so far.
     pub fn stats(&self) -> SimStats {
         self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+    /// How many times each kernel was launched (by the name that ran).
+    pub fn launch_counts(&self) -> BTreeMap<String, u64> {
+        self.launches.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// `len` bytes of device memory, zeroed.
@@ -395,6 +401,9 @@ impl SimDevice {
     }
 
     unsafe fn launch_named(&self, name: &str, label: &'static str, dims: LaunchDims, args: &[KArg], cfg: &SimConfig) -> Result<()> {
+        if let Ok(mut l) = self.launches.lock() {
+            *l.entry(name.to_string()).or_default() += 1;
+        }
         let runs: Vec<(Schedule, BlockOrder)> = if cfg.race { RACE_SCHEDULES.to_vec() } else { vec![(cfg.schedule, cfg.block_order)] };
         let before = if runs.len() > 1 { Some(self.snapshot()) } else { None };
         let mut first: Option<Vec<(u64, Vec<u8>)>> = None;
