@@ -60,7 +60,7 @@ struct Kernel {
 pub fn build(manifest: &Path, cu_dir: &Path, out: &Path) {
     let sim = manifest.join("sim");
     let inc = sim.join("include");
-    for f in ["build_sim.rs", "runtime.cpp", "selftest.cu", "include/cuda_sim.h", "include/cuda_bf16.h", "include/cuda_sim_registry.h"] {
+    for f in ["build_sim.rs", "runtime.cpp", "selftest.cu", "include/cuda_sim.h", "include/cuda_bf16.h", "include/cuda_sim_registry.h", "include/cuda_sim_api.h"] {
         println!("cargo:rerun-if-changed={}", sim.join(f).display());
     }
     println!("cargo:rerun-if-env-changed=CXX");

@@ -40,6 +40,7 @@
 // for ThreadSanitizer (fibers as threads, no implied synchronisation between
 // them; barriers and __syncwarp as release/acquire), so a shared-memory
 // access pair not ordered by a barrier is reported as a data race.
+#include "cuda_sim_api.h"
 #include "cuda_sim_registry.h"
 
 #include <sys/mman.h>
@@ -77,35 +78,6 @@ void __tsan_release(void* addr);
 #define TSAN_ACQUIRE(p) ((void)0)
 #define TSAN_RELEASE(p) ((void)0)
 #endif
-
-// ---- the C interface (kernels/src/cuda/sim.rs) ------------------------------
-extern "C" {
-struct CudaSimArg {
-    int32_t kind;  // 1 pointer, 2 integer, 3 float (cuda_sim::ArgKind)
-    int32_t size;  // bytes
-};
-struct CudaSimLaunch {
-    const char* kernel;
-    uint32_t grid[3];
-    uint32_t block[3];
-    uint32_t smem;  // dynamic shared memory, bytes
-    void* const* params;
-    const CudaSimArg* args;
-    int32_t nargs;
-    int32_t schedule;     // 0 round robin, 1 lowest first, 2 highest first, 3 random
-    uint64_t seed;        // of the random schedule and block order
-    int32_t workers;      // OS threads (0: all cores)
-    int32_t block_order;  // 0 in order, 1 reversed, 2 shuffled
-    int32_t poison_smem;  // fill dynamic shared memory with 0xff at every block start
-};
-struct CudaSimStats {
-    uint64_t blocks, threads, switches, barriers, collectives, mma;
-};
-int cuda_sim_launch(const CudaSimLaunch* req, CudaSimStats* stats, char* err, size_t errlen);
-int cuda_sim_kernel_count(void);
-int cuda_sim_kernel_info(int i, const char** name, int* nargs, int* max_threads);
-int cuda_sim_kernel_arg(int i, int a, int* kind, int* size);
-}
 
 #ifdef CUDA_SIM_ASM_SWITCH
 // void cuda_sim_switch(void** save_sp, void* to_sp): saves the callee-saved
@@ -273,8 +245,13 @@ struct Worker {
     Rng rng{0};
     bool abort_block = false;
     CudaSimStats st{};
-    // ThreadSanitizer synchronisation objects (their addresses)
-    char sync_block = 0, sync_bar = 0, sync_warp[32] = {};
+    // ThreadSanitizer synchronisation objects (their addresses): the worker
+    // releases block_start before a block, each fiber acquires it as it
+    // starts; each fiber releases block_end as it exits, the worker acquires
+    // it after the block. So one block's threads are ordered after the
+    // previous block's on the worker (shared memory is reused), but never
+    // after one another (a thread that exits does not order a later one).
+    char sync_block_start = 0, sync_block_end = 0, sync_bar = 0, sync_warp[32] = {};
     ~Worker() {
         for (Fiber& f : fibers)
             if (f.stack_lo) munmap(f.stack_lo - getpagesize(), STACK_BYTES + getpagesize());
@@ -678,10 +655,10 @@ void collective(int kind, int sub, unsigned mask, const char* file, int line, co
 
 void fiber_main(Fiber* f) {
     Worker& w = *tl_worker;
-    TSAN_ACQUIRE(&w.sync_block);
+    TSAN_ACQUIRE(&w.sync_block_start);
     w.L->k->call(w.L->k->fn, w.L->params);
     // the thread has exited
-    TSAN_RELEASE(&w.sync_block);
+    TSAN_RELEASE(&w.sync_block_end);
     f->state = F_EXITED;
     f->wait = W_NONE;
     w.live--;
@@ -770,7 +747,7 @@ void run_block(Worker& w, Launch& L, uint32_t lb) {
         arm(f);
         set_ready(w, i);
     }
-    TSAN_RELEASE(&w.sync_block);
+    TSAN_RELEASE(&w.sync_block_start);
     for (;;) {
         const int i = pick(w);
         if (i < 0) break;
@@ -782,7 +759,7 @@ void run_block(Worker& w, Launch& L, uint32_t lb) {
         enter(w, f);
         if (w.abort_block || L.abort) break;
     }
-    TSAN_ACQUIRE(&w.sync_block);
+    TSAN_ACQUIRE(&w.sync_block_end);
     tl_fiber = nullptr;
     tl_thread = nullptr;
     if (!w.abort_block && !L.abort && w.live > 0) report_deadlock(w);

@@ -221,7 +221,7 @@ inline float bf16_to_f32(uint16_t b) {
 
 struct __align__(2) __nv_bfloat16 {
     uint16_t __x;
-    __nv_bfloat16() = default;
+    constexpr __nv_bfloat16() : __x(0) {}
     __nv_bfloat16(float f) : __x(::cuda_sim::f32_to_bf16_rn(f)) {}
     __nv_bfloat16(double f) : __x(::cuda_sim::f32_to_bf16_rn((float)f)) {}
     operator float() const { return ::cuda_sim::bf16_to_f32(__x); }
