@@ -147,6 +147,7 @@ impl<G: Dut> Checker<G> {
     }
 
     /// The rows recorded so far.
+    #[cfg_attr(not(feature = "cuda-sim"), allow(dead_code))]
     pub fn rows(&self) -> &[Row] {
         &self.rows
     }
@@ -177,6 +178,7 @@ impl<G: Dut> Checker<G> {
     pub fn backends(&self) -> (&CpuBackend, &G) {
         (&self.cpu, &self.gpu)
     }
+    #[cfg_attr(not(feature = "cuda-sim"), allow(dead_code))]
     pub fn gpu(&self) -> &G {
         &self.gpu
     }
