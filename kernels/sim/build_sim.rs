@@ -60,7 +60,9 @@ struct Kernel {
 pub fn build(manifest: &Path, cu_dir: &Path, out: &Path) {
     let sim = manifest.join("sim");
     let inc = sim.join("include");
-    for f in ["build_sim.rs", "runtime.cpp", "selftest.cu", "include/cuda_sim.h", "include/cuda_bf16.h", "include/cuda_sim_registry.h", "include/cuda_sim_api.h"] {
+    for f in
+        ["build_sim.rs", "runtime.cpp", "selftest.cu", "include/cuda_sim.h", "include/cuda_bf16.h", "include/cuda_sim_registry.h", "include/cuda_sim_api.h"]
+    {
         println!("cargo:rerun-if-changed={}", sim.join(f).display());
     }
     println!("cargo:rerun-if-env-changed=CXX");
@@ -106,7 +108,15 @@ pub fn build(manifest: &Path, cu_dir: &Path, out: &Path) {
         std::fs::write(&copy, patched).unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
         let unit = gen.join(format!("planted_{tag}.cpp"));
         let kernels = &kernels_of[*fam];
-        write_unit(&unit, &headers, &format!("cuda_sim_planted_{tag}"), &copy.display().to_string(), &format!("cuda_sim_table_planted_{tag}"), kernels, &format!("planted:{tag}:"));
+        write_unit(
+            &unit,
+            &headers,
+            &format!("cuda_sim_planted_{tag}"),
+            &copy.display().to_string(),
+            &format!("cuda_sim_table_planted_{tag}"),
+            kernels,
+            &format!("planted:{tag}:"),
+        );
         tables.push(format!("cuda_sim_table_planted_{tag}"));
         units.push(unit);
     }
@@ -118,7 +128,9 @@ pub fn build(manifest: &Path, cu_dir: &Path, out: &Path) {
     for t in &tables {
         reg.push_str(&format!("    &{t},\n"));
     }
-    reg.push_str("};\nextern \"C\" const cuda_sim::TableFn* cuda_sim_tables(int* n) {\n    *n = (int)(sizeof kTables / sizeof kTables[0]);\n    return kTables;\n}\n");
+    reg.push_str(
+        "};\nextern \"C\" const cuda_sim::TableFn* cuda_sim_tables(int* n) {\n    *n = (int)(sizeof kTables / sizeof kTables[0]);\n    return kTables;\n}\n",
+    );
     let reg_path = gen.join("registry.cpp");
     write_if_changed(&reg_path, &reg);
     units.push(reg_path);

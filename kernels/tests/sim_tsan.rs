@@ -54,7 +54,8 @@ fn harness() -> &'static Path {
         reg.push_str("};\nextern \"C\" const cuda_sim::TableFn* cuda_sim_tables(int* n) { *n = (int)(sizeof kTables / sizeof kTables[0]); return kTables; }\n");
         std::fs::write(dir.join("registry.cpp"), reg).expect("registry");
         // (source, instrumented)
-        let mut units: Vec<(PathBuf, bool)> = vec![(src.join("runtime.cpp"), false), (dir.join("registry.cpp"), false), (src.join("tests").join("tsan_main.cpp"), true)];
+        let mut units: Vec<(PathBuf, bool)> =
+            vec![(src.join("runtime.cpp"), false), (dir.join("registry.cpp"), false), (src.join("tests").join("tsan_main.cpp"), true)];
         for t in TABLES {
             let f = if let Some(tag) = t.strip_prefix("planted_") { gen.join(format!("planted_{tag}.cpp")) } else { gen.join(format!("family_{t}.cpp")) };
             units.push((f, true));

@@ -35,15 +35,7 @@ pub fn check(logits: DPtr<Bf16>, losses: DPtr<f32>, targets: DPtr<i32>, mode: Ce
 
 /// `losses (n)` and, per `mode`, dlogits over `logits (n, v)`.
 #[allow(clippy::too_many_arguments)]
-pub fn cross_entropy_fwd_bwd_bf16(
-    tg: Target<'_>,
-    logits: DPtr<Bf16>,
-    losses: DPtr<f32>,
-    targets: DPtr<i32>,
-    mode: CeMode,
-    n: usize,
-    v: usize,
-) -> Result<()> {
+pub fn cross_entropy_fwd_bwd_bf16(tg: Target<'_>, logits: DPtr<Bf16>, losses: DPtr<f32>, targets: DPtr<i32>, mode: CeMode, n: usize, v: usize) -> Result<()> {
     let dims = check(logits, losses, targets, mode, n, v)?;
     if n == 0 {
         return Ok(());

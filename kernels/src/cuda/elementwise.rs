@@ -148,16 +148,7 @@ pub fn check_rows<T: Elem>(op: &'static str, many: DPtr<T>, many_rows: usize, pi
     Ok(())
 }
 
-fn gather<T: Elem>(
-    tg: Target<'_>,
-    k: &'static str,
-    out: DPtr<T>,
-    src: DPtr<T>,
-    src_rows: usize,
-    rows: DPtr<u32>,
-    nrows: usize,
-    c: usize,
-) -> Result<()> {
+fn gather<T: Elem>(tg: Target<'_>, k: &'static str, out: DPtr<T>, src: DPtr<T>, src_rows: usize, rows: DPtr<u32>, nrows: usize, c: usize) -> Result<()> {
     check_rows(k, src, src_rows, out, rows, nrows, c)?;
     let dims = map_dims(k, nrows * c)?;
     let (o, sp, r, nr, c) = (out.addr, src.addr, rows.addr, to_i64(k, "rows", nrows)?, to_i64(k, "c", c)?);
@@ -167,41 +158,16 @@ fn gather<T: Elem>(
 /// `out (nrows, c) = src (src_rows, c)[rows]`; every `rows[i] < src_rows`
 /// (checked by the caller on the host before the upload).
 #[allow(clippy::too_many_arguments)]
-pub fn gather_rows_bf16(
-    tg: Target<'_>,
-    out: DPtr<Bf16>,
-    src: DPtr<Bf16>,
-    src_rows: usize,
-    rows: DPtr<u32>,
-    nrows: usize,
-    c: usize,
-) -> Result<()> {
+pub fn gather_rows_bf16(tg: Target<'_>, out: DPtr<Bf16>, src: DPtr<Bf16>, src_rows: usize, rows: DPtr<u32>, nrows: usize, c: usize) -> Result<()> {
     gather(tg, GATHER_ROWS_BF16, out, src, src_rows, rows, nrows, c)
 }
 /// As [`gather_rows_bf16`] for f32.
 #[allow(clippy::too_many_arguments)]
-pub fn gather_rows_f32(
-    tg: Target<'_>,
-    out: DPtr<f32>,
-    src: DPtr<f32>,
-    src_rows: usize,
-    rows: DPtr<u32>,
-    nrows: usize,
-    c: usize,
-) -> Result<()> {
+pub fn gather_rows_f32(tg: Target<'_>, out: DPtr<f32>, src: DPtr<f32>, src_rows: usize, rows: DPtr<u32>, nrows: usize, c: usize) -> Result<()> {
     gather(tg, GATHER_ROWS_F32, out, src, src_rows, rows, nrows, c)
 }
 
-fn scatter<T: Elem>(
-    tg: Target<'_>,
-    k: &'static str,
-    dst: DPtr<T>,
-    dst_rows: usize,
-    src: DPtr<T>,
-    rows: DPtr<u32>,
-    nrows: usize,
-    c: usize,
-) -> Result<()> {
+fn scatter<T: Elem>(tg: Target<'_>, k: &'static str, dst: DPtr<T>, dst_rows: usize, src: DPtr<T>, rows: DPtr<u32>, nrows: usize, c: usize) -> Result<()> {
     check_rows(k, dst, dst_rows, src, rows, nrows, c)?;
     // one thread per column
     let grid = stride_blocks(k, c, THREADS as usize, MAX_BLOCKS)?;
@@ -212,28 +178,12 @@ fn scatter<T: Elem>(
 }
 /// `dst (dst_rows, c)[rows[i]] += src (nrows, c)[i]`, in row order.
 #[allow(clippy::too_many_arguments)]
-pub fn scatter_add_rows_bf16(
-    tg: Target<'_>,
-    dst: DPtr<Bf16>,
-    dst_rows: usize,
-    src: DPtr<Bf16>,
-    rows: DPtr<u32>,
-    nrows: usize,
-    c: usize,
-) -> Result<()> {
+pub fn scatter_add_rows_bf16(tg: Target<'_>, dst: DPtr<Bf16>, dst_rows: usize, src: DPtr<Bf16>, rows: DPtr<u32>, nrows: usize, c: usize) -> Result<()> {
     scatter(tg, SCATTER_ADD_ROWS_BF16, dst, dst_rows, src, rows, nrows, c)
 }
 /// As [`scatter_add_rows_bf16`] for f32.
 #[allow(clippy::too_many_arguments)]
-pub fn scatter_add_rows_f32(
-    tg: Target<'_>,
-    dst: DPtr<f32>,
-    dst_rows: usize,
-    src: DPtr<f32>,
-    rows: DPtr<u32>,
-    nrows: usize,
-    c: usize,
-) -> Result<()> {
+pub fn scatter_add_rows_f32(tg: Target<'_>, dst: DPtr<f32>, dst_rows: usize, src: DPtr<f32>, rows: DPtr<u32>, nrows: usize, c: usize) -> Result<()> {
     scatter(tg, SCATTER_ADD_ROWS_F32, dst, dst_rows, src, rows, nrows, c)
 }
 
@@ -250,17 +200,7 @@ pub fn check_kv_write<T: Elem>(cache: DPtr<T>, src: DPtr<T>, b: usize, t: usize,
     map_dims(OP, b * t * w)
 }
 #[allow(clippy::too_many_arguments)]
-fn kv_write<T: Elem>(
-    tg: Target<'_>,
-    k: &'static str,
-    cache: DPtr<T>,
-    src: DPtr<T>,
-    b: usize,
-    t: usize,
-    cap: usize,
-    w: usize,
-    pos0: usize,
-) -> Result<()> {
+fn kv_write<T: Elem>(tg: Target<'_>, k: &'static str, cache: DPtr<T>, src: DPtr<T>, b: usize, t: usize, cap: usize, w: usize, pos0: usize) -> Result<()> {
     let dims = check_kv_write(cache, src, b, t, cap, w, pos0)?;
     let (cp, sp) = (cache.addr, src.addr);
     let (b, t, cap, w, pos0) = (to_i64(k, "b", b)?, to_i64(k, "t", t)?, to_i64(k, "cap", cap)?, to_i64(k, "w", w)?, to_i64(k, "pos0", pos0)?);
@@ -269,16 +209,7 @@ fn kv_write<T: Elem>(
 }
 /// `cache (b, cap, w)[:, pos0..pos0+t] = new (b, t, w)` (bf16)
 #[allow(clippy::too_many_arguments)]
-pub fn kv_write_bf16(
-    tg: Target<'_>,
-    cache: DPtr<Bf16>,
-    src: DPtr<Bf16>,
-    b: usize,
-    t: usize,
-    cap: usize,
-    w: usize,
-    pos0: usize,
-) -> Result<()> {
+pub fn kv_write_bf16(tg: Target<'_>, cache: DPtr<Bf16>, src: DPtr<Bf16>, b: usize, t: usize, cap: usize, w: usize, pos0: usize) -> Result<()> {
     kv_write(tg, KV_WRITE_BF16, cache, src, b, t, cap, w, pos0)
 }
 /// As [`kv_write_bf16`] for f32.

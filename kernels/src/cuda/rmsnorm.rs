@@ -55,16 +55,7 @@ pub fn check_fwd(out: DPtr<Bf16>, rstd: DPtr<f32>, inp: DPtr<Bf16>, weight: DPtr
 
 /// `out (n, c) = rmsnorm(inp) ⊙ weight`, `rstd (n)` saved.
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_fwd_bf16(
-    tg: Target<'_>,
-    out: DPtr<Bf16>,
-    rstd: DPtr<f32>,
-    inp: DPtr<Bf16>,
-    weight: DPtr<Bf16>,
-    n: usize,
-    c: usize,
-    eps: f32,
-) -> Result<()> {
+pub fn rmsnorm_fwd_bf16(tg: Target<'_>, out: DPtr<Bf16>, rstd: DPtr<f32>, inp: DPtr<Bf16>, weight: DPtr<Bf16>, n: usize, c: usize, eps: f32) -> Result<()> {
     let dims = check_fwd(out, rstd, inp, weight, n, c)?;
     let (o, r, i, w) = (out.addr, rstd.addr, inp.addr, weight.addr);
     let (n, c) = (to_i32(FWD, "n", n)?, to_i32(FWD, "c", c)?);

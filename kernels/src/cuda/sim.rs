@@ -425,7 +425,10 @@ impl SimDevice {
                             return Err(sim_err(
                                 label,
                                 dims,
-                                format!("{name}: a race: the result depends on the thread schedule ({:?}/{:?} vs {:?}/{:?}): {msg}", runs[0].0, runs[0].1, sched, order),
+                                format!(
+                                    "{name}: a race: the result depends on the thread schedule ({:?}/{:?} vs {:?}/{:?}): {msg}",
+                                    runs[0].0, runs[0].1, sched, order
+                                ),
                             ));
                         }
                     }
@@ -436,7 +439,16 @@ impl SimDevice {
     }
 
     #[allow(clippy::too_many_arguments)]
-    unsafe fn run_once(&self, name: &str, label: &'static str, dims: LaunchDims, args: &[KArg], cfg: &SimConfig, sched: Schedule, order: BlockOrder) -> Result<()> {
+    unsafe fn run_once(
+        &self,
+        name: &str,
+        label: &'static str,
+        dims: LaunchDims,
+        args: &[KArg],
+        cfg: &SimConfig,
+        sched: Schedule,
+        order: BlockOrder,
+    ) -> Result<()> {
         #[repr(C, align(8))]
         #[derive(Clone, Copy)]
         struct Slot([u8; 8]);

@@ -21,15 +21,7 @@ pub fn swiglu_fwd_bf16(tg: Target<'_>, out: DPtr<Bf16>, gate: DPtr<Bf16>, up: DP
 
 /// `dgate, dup (n)` overwritten from `dout, gate, up (n)`.
 #[allow(clippy::too_many_arguments)]
-pub fn swiglu_bwd_bf16(
-    tg: Target<'_>,
-    dgate: DPtr<Bf16>,
-    dup: DPtr<Bf16>,
-    dout: DPtr<Bf16>,
-    gate: DPtr<Bf16>,
-    up: DPtr<Bf16>,
-    n: usize,
-) -> Result<()> {
+pub fn swiglu_bwd_bf16(tg: Target<'_>, dgate: DPtr<Bf16>, dup: DPtr<Bf16>, dout: DPtr<Bf16>, gate: DPtr<Bf16>, up: DPtr<Bf16>, n: usize) -> Result<()> {
     for (name, p) in [("dgate", dgate), ("dup", dup), ("dout", dout), ("gate", gate), ("up", up)] {
         check_ptr(BWD, name, p, n)?;
     }

@@ -423,12 +423,8 @@ impl Backend for CudaBackend {
             (Store::Bf16(d), Store::Param { work: s, .. }) => {
                 self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut d.slice_mut(doff..doff + len)).map_err(e)?
             }
-            (Store::Bf16(d), Store::F32(s)) => {
-                kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(d, doff, len), self.dp_f32(s, soff, len), len)?
-            }
-            (Store::F32(d), Store::Bf16(s)) => {
-                kc::elementwise::cast_bf16_to_f32(self.target(), self.dp_f32(d, doff, len), self.dp_bf16(s, soff, len), len)?
-            }
+            (Store::Bf16(d), Store::F32(s)) => kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(d, doff, len), self.dp_f32(s, soff, len), len)?,
+            (Store::F32(d), Store::Bf16(s)) => kc::elementwise::cast_bf16_to_f32(self.target(), self.dp_f32(d, doff, len), self.dp_bf16(s, soff, len), len)?,
             (Store::Param { master, work }, Store::F32(s)) => {
                 self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut master.slice_mut(doff..doff + len)).map_err(e)?;
                 kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(work, doff, len), self.dp_f32(s, soff, len), len)?;

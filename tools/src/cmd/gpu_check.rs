@@ -97,7 +97,11 @@ pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
 /// `gpu-check --sim`: the kernel rows on the CPU layer; returns the checker
 /// (its rows) after printing the report and writing `json`.
 #[cfg(feature = "cuda-sim")]
-pub fn run_sim(seed: u64, cfg: llama2_runtime::kernels::cuda::sim::SimConfig, json: Option<&std::path::Path>) -> anyhow::Result<checks::Checker<sim_backend::SimBackend>> {
+pub fn run_sim(
+    seed: u64,
+    cfg: llama2_runtime::kernels::cuda::sim::SimConfig,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<checks::Checker<sim_backend::SimBackend>> {
     use anyhow::Context;
     let t0 = std::time::Instant::now();
     let cpu = llama2_runtime::CpuBackend::new(0).context("starting the CPU backend")?;

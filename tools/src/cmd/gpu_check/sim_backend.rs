@@ -477,7 +477,19 @@ impl Backend for SimBackend {
         let dq = self.out_bf16(dq, false)?;
         let dk = self.out_bf16(dk, false)?;
         let dv = self.out_bf16(dv, false)?;
-        let p = kc::attention::AttnBwdParams { dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, delta: dp_f32(&delta, 0, nd), dout: dop, q: qp, k: kp, v: vp, out: op, lse: lp, shape: s };
+        let p = kc::attention::AttnBwdParams {
+            dq: dq.ptr,
+            dk: dk.ptr,
+            dv: dv.ptr,
+            delta: dp_f32(&delta, 0, nd),
+            dout: dop,
+            q: qp,
+            k: kp,
+            v: vp,
+            out: op,
+            lse: lp,
+            shape: s,
+        };
         if self.use_mma(s.tq) {
             kc::attention::attention_bwd_mma_bf16(self.target(), &p)?;
         } else {

@@ -35,7 +35,21 @@ fn every_kernel_row_passes_on_the_cpu_layer() {
     let missing: Vec<&str> = ENTRY_POINTS.iter().map(|(_, n)| *n).filter(|n| !counts.contains_key(*n)).collect();
     assert!(missing.is_empty(), "kernels never launched by the simulated check: {missing:?}");
     // and the rows cover both attention versions, both directions, GQA, ragged and decode shapes
-    for want in ["fwd Simple", "fwd Mma", "bwd Simple", "bwd Mma", "kv=1", "kv=8", "kv=16", "t=97", "t=1 ", "hd=64", "hd=128", "decode b=2 tq=1 tkv=1000", "tq=37 tkv=100"] {
+    for want in [
+        "fwd Simple",
+        "fwd Mma",
+        "bwd Simple",
+        "bwd Mma",
+        "kv=1",
+        "kv=8",
+        "kv=16",
+        "t=97",
+        "t=1 ",
+        "hd=64",
+        "hd=128",
+        "decode b=2 tq=1 tkv=1000",
+        "tq=37 tkv=100",
+    ] {
         assert!(rows.iter().any(|r| r.name.contains(want)), "no row with `{want}`");
     }
     let worst = rows.iter().max_by(|a, b| a.used.total_cmp(&b.used)).expect("rows");
