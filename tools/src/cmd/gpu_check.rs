@@ -74,8 +74,10 @@ pub struct GpuCheckArgs {
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
     /// Run the kernel rows on the CPU layer instead of a GPU: each kernel's own
-    /// .cu source executed on the CPU (needs a build with --features cuda,cuda-sim)
-    #[arg(long)]
+    /// .cu source executed on the CPU (needs a build with --features cuda,cuda-sim;
+    /// its own shape set, no matmul or model-level rows: --quick, --kernels-only
+    /// and --device do not apply)
+    #[arg(long, conflicts_with_all = ["no_check", "bench_json"])]
     pub sim: bool,
     /// With --sim: run every launch under several thread schedules and fail on
     /// any difference in memory (finds races; about 5x slower)
@@ -135,7 +137,6 @@ pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
     if a.sim {
         #[cfg(feature = "cuda-sim")]
         {
-            anyhow::ensure!(a.bench_json.is_none(), "--bench-json times a GPU; HINT: drop it with --sim");
             let cfg = llama2_runtime::kernels::cuda::sim::SimConfig { race: a.sim_race, workers: a.sim_workers, ..Default::default() };
             let c = run_sim(a.seed, cfg, a.json.as_deref())?;
             let failed = c.rows().iter().filter(|r| !r.ok).count();

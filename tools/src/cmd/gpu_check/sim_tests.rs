@@ -102,3 +102,19 @@ fn a_planted_fragment_layout_bug_fails_the_tensor_core_rows() {
     assert!(bad.contains(&"attention b=3 t=97 hd=128 h=16 kv=8 fwd Mma: out"), "{bad:?}");
     assert!(bad.iter().all(|n| n.contains("fwd Mma: out")), "only the planted kernel's output fails: {bad:?}");
 }
+
+#[test]
+fn the_shipped_kernels_do_not_depend_on_the_schedule() {
+    // race mode on the kernels that share memory or shuffle, at shapes that
+    // take every path (several K/V tiles, GQA, decode, strided rmsnorm rows):
+    // every launch runs under five schedules and must leave the same bytes
+    let mut c = checker(SimConfig { race: true, ..SimConfig::default() });
+    c.guard("rmsnorm", |s| s.rmsnorm(600, 256));
+    c.guard("cross_entropy", |s| s.cross_entropy(9, 1000));
+    c.guard("attention", |s| s.attention(AttnShape::causal(1, 70, 4, 2, 64)));
+    c.guard("attention decode", |s| s.attention_decode(AttnShape { b: 1, tq: 3, tkv: 70, cap: 80, n_head: 4, n_kv_head: 2, hd: 128 }));
+    let rows = c.rows();
+    assert_eq!(rows.len(), 26, "rmsnorm 6, cross-entropy 6, attention 10, decode 4");
+    let bad: Vec<String> = rows.iter().filter(|r| !r.ok).map(|r| format!("{} {}", r.name, r.first_bad)).collect();
+    assert!(bad.is_empty(), "{bad:?}");
+}
