@@ -31,7 +31,8 @@
 //!
 //! Public items: [`GgufFile`], [`GgufValue`], [`TensorInfo`], [`GgufError`],
 //! [`LlamaGguf`], [`load_llama`], [`load_if_gguf`], [`is_gguf`],
-//! [`write_llama`], [`WriteDtype`],
+//! [`write_llama`], [`WriteDtype`], [`hf_dir_to_gguf`], [`gguf_to_hf_dir`],
+//! [`dir_tokenizer`], [`Written`],
 //! [`tensor_name`], and the type module [`crate::formats::ggml_quants`].
 
 use crate::config::Config;
@@ -803,6 +804,71 @@ pub fn write_llama(path: &Path, cfg: &Config, params: &[f32], dtype: WriteDtype,
     }
     out.commit().map_err(io)?;
     Ok(total)
+}
+
+// ---------------------------------------------------------------------------
+// whole-model conversions (train-tool convert)
+
+/// The tokenizer of an HF model directory (`tokenizer.json`, else
+/// `tokenizer.model`), if it has one.
+pub fn dir_tokenizer(dir: &Path) -> crate::Result<Option<crate::tokenizer::Tokenizer>> {
+    for f in ["tokenizer.json", "tokenizer.model"] {
+        let p = dir.join(f);
+        if p.is_file() {
+            return Ok(Some(crate::tokenizer::Tokenizer::load(&p)?));
+        }
+    }
+    Ok(None)
+}
+
+/// What [`hf_dir_to_gguf`] wrote.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub cfg: Config,
+    pub bytes: u64,
+    pub with_tokenizer: bool,
+}
+
+/// Writes the HF model directory `src` (config.json, safetensors, and its
+/// tokenizer if any, with the chat template of tokenizer_config.json) as
+/// the GGUF file `dst`; `general.name` is the directory's name.
+pub fn hf_dir_to_gguf(src: &Path, dst: &Path, dtype: WriteDtype) -> crate::Result<Written> {
+    let cfg = Config::from_hf_file(&src.join("config.json"))?;
+    let ck = crate::weights::Checkpoint::open(src)?;
+    let layout = ParamLayout::new(&cfg);
+    let mut host = vec![0f32; layout.total];
+    layout.load(&cfg, &ck, &mut host)?;
+    let tok = dir_tokenizer(src)?;
+    if let Some(t) = &tok {
+        if t.vocab_size() != cfg.vocab_size {
+            return Err(crate::ModelError::Invalid(format!(
+                "the tokenizer of {} has {} tokens but the model's vocabulary is {}; HINT: the directory mixes two models",
+                src.display(),
+                t.vocab_size(),
+                cfg.vocab_size
+            )));
+        }
+    }
+    let extra = tok.as_ref().map(|t| t.gguf_metadata()).unwrap_or_default();
+    let name = src.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let bytes = write_llama(dst, &cfg, &host, dtype, name, &extra)?;
+    Ok(Written { cfg, bytes, with_tokenizer: tok.is_some() })
+}
+
+/// Writes the GGUF model `src` as an HF directory `dst` (config.json,
+/// model.safetensors in f32, and its vocabulary with `save_beside` when the
+/// file has one). Returns the config and the tokenizer file written.
+pub fn gguf_to_hf_dir(src: &Path, dst: &Path) -> crate::Result<(Config, Option<PathBuf>)> {
+    let (cfg, host) = load_llama(src)?;
+    std::fs::create_dir_all(dst).map_err(|e| crate::ModelError::io(dst, e))?;
+    let json = serde_json::to_string_pretty(&cfg.to_hf_json()).map_err(|e| crate::ModelError::Invalid(e.to_string()))?;
+    crate::weights::write_atomic(&dst.join("config.json"), json.as_bytes())?;
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    crate::weights::save_safetensors(&dst.join("model.safetensors"), &ParamLayout::new(&cfg).to_host(&cfg, &host), crate::weights::SaveDtype::F32, Some(meta))?;
+    let f = GgufFile::open(src)?;
+    let tok_file = if f.get("tokenizer.ggml.model").is_some() { Some(crate::tokenizer::Tokenizer::from_gguf_file(src)?.save_beside(dst)?) } else { None };
+    Ok((cfg, tok_file))
 }
 
 #[cfg(test)]
