@@ -235,6 +235,11 @@ pub struct Tokenizer {
     chat_template: Option<String>,
     /// End-of-turn id (GGUF `tokenizer.ggml.eot_token_id`).
     eot_id: Option<u32>,
+    /// SentencePiece, [`Tokenizer::encode_special`]: whether text after an
+    /// added token gets the dummy prefix (sentencepiece / legacy
+    /// tokenizer.json: yes; a Metaspace "first" tokenizer.json and
+    /// transformers' tokenizer of a GGUF vocabulary: only at the start).
+    prefix_after_special: bool,
     /// What `save_beside` writes for a byte-level tokenizer (tokenizer.json).
     json: Option<serde_json::Value>,
 }
@@ -367,6 +372,8 @@ impl Tokenizer {
             has_normalizer_spec: true,
         };
         let mut t = Self::from_proto(proto, path, SourceFormat::Gguf)?;
+        // transformers' GGUF tokenizer (GGUFLlamaConverter) is Metaspace "first"
+        t.prefix_after_special = false;
         t.add_bos_default = v.add_bos.unwrap_or(true);
         t.add_eos_default = v.add_eos.unwrap_or(false);
         Ok(t)
@@ -493,6 +500,7 @@ impl Tokenizer {
             }
         };
         let surface = proto.pieces.iter().map(|p| p.piece.replace(META, " ").into_boxed_str()).collect();
+        let prefix_after_special = !hf.as_ref().is_some_and(|h| h.prefix_only_if_absent);
         let mut spm_specials: Vec<(String, u32)> =
             proto.pieces.iter().enumerate().filter(|(_, p)| matches!(p.kind, PieceKind::Control | PieceKind::UserDefined)).map(|(i, p)| (p.piece.clone(), i as u32)).collect();
         spm_specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
@@ -521,6 +529,7 @@ impl Tokenizer {
             spm_specials,
             chat_template: None,
             eot_id: None,
+            prefix_after_special,
             json: None,
         })
     }
@@ -587,6 +596,7 @@ impl Tokenizer {
             spm_specials: vec![],
             chat_template: None,
             eot_id: None,
+            prefix_after_special: false,
             json: Some(json),
         })
     }
@@ -768,8 +778,10 @@ impl Tokenizer {
     /// their ids, as `tokenizers` and transformers do (`<s>` typed in the
     /// text becomes BOS). Between them the text is encoded as by
     /// [`Tokenizer::encode`]; for SentencePiece, a segment after an added
-    /// token gets the dummy prefix unless the tokenizer.json's Metaspace
-    /// adds it only at the start of the text.
+    /// token gets the dummy prefix only when the tokenizer is a
+    /// sentencepiece `.model` or a legacy tokenizer.json (a Metaspace
+    /// "first" tokenizer.json, and a GGUF vocabulary as transformers
+    /// converts it, add it at the start of the text only).
     pub fn encode_special(&self, text: &str, opts: EncodeOptions) -> Result<Vec<u32>> {
         let mut cache = EncodeCache::new();
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
@@ -781,7 +793,7 @@ impl Tokenizer {
         }
         out.extend(self.bos_id.filter(|_| opts.bos));
         let none = EncodeOptions { bos: false, eos: false };
-        let later_prefix = !self.hf.as_ref().is_some_and(|h| h.prefix_only_if_absent);
+        let later_prefix = self.prefix_after_special;
         let (mut start, mut i, mut first) = (0, 0, true);
         while i < text.len() {
             let hit = text.is_char_boundary(i).then(|| self.spm_specials.iter().find(|(t, _)| text.as_bytes()[i..].starts_with(t.as_bytes()))).flatten();
