@@ -235,22 +235,29 @@ impl ChatFormat {
         }
     }
 
-    /// The ids that end an answer: EOS, the tokenizer's end-of-turn, and for
-    /// a template the last control token of a rendered answer (for example
-    /// `<|im_end|>` or `<|eot_id|>`).
-    pub fn stop_ids(&self, tok: &Tokenizer) -> Vec<u32> {
-        let mut out: Vec<u32> = tok.eos_id().into_iter().chain(tok.eot_id()).collect();
+    /// The token that ends an answer in this format: EOS for Llama-2-chat;
+    /// for a template, the last control token of a rendered answer (for
+    /// example `<|im_end|>`, `<|eot_id|>`, `</s>`), else EOS.
+    pub fn answer_end(&self, tok: &Tokenizer) -> Option<u32> {
         if let ChatFormat::Template(t) = self {
             let probe = [Message::new(Role::User, "Hi"), Message::new(Role::Assistant, "Hello")];
             if let Ok(r) = t.render_spans(&probe) {
                 if let Some(&(a, b)) = r.spans.last() {
                     let ids = tok.encode_special(&r.text[a..b], NO_SPECIALS).unwrap_or_default();
                     if let Some(&last) = ids.iter().rev().find(|&&i| tok.pieces().get(i as usize).is_some_and(|p| p.kind == PieceKind::Control)) {
-                        out.push(last);
+                        return Some(last);
                     }
                 }
             }
         }
+        tok.eos_id()
+    }
+
+    /// The ids that end an answer: EOS, the tokenizer's end-of-turn, and for
+    /// a template the last control token of a rendered answer (for example
+    /// `<|im_end|>` or `<|eot_id|>`).
+    pub fn stop_ids(&self, tok: &Tokenizer) -> Vec<u32> {
+        let mut out: Vec<u32> = tok.eos_id().into_iter().chain(tok.eot_id()).chain(self.answer_end(tok)).collect();
         out.sort_unstable();
         out.dedup();
         out

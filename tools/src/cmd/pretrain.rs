@@ -79,7 +79,7 @@ impl Job for PretrainJob {
             (ld.model, ld.state, Some(ld.moments), true)
         } else {
             let m = match (&a.init, &a.preset) {
-                (Some(dir), None) => Model::load(be, dir).with_context(|| format!("loading {}", dir.display()))?,
+                (Some(dir), None) => Model::load_path(be, dir).with_context(|| format!("loading {}", dir.display()))?,
                 (None, Some(p)) => {
                     let cfg = Config::preset(p, Some(a.vocab.unwrap_or(32000) as usize))?;
                     Model::init_random(be, cfg, a.run.seed)?

@@ -21,13 +21,14 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Clone, Debug)]
 pub struct SftArgs {
-    /// The model to fine-tune (HF format directory)
+    /// The model to fine-tune (HF format directory or a GGUF file)
     #[arg(long, required_unless_present = "resume")]
     pub init: Option<PathBuf>,
     /// Dialog datasets (JSON Lines or JSON arrays: messages, conversations, prompt/completion, Alpaca)
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
-    /// Tokenizer (.model, .gguf or tokenizer.json; default: tokenizer.model beside the model)
+    /// Tokenizer (.model, .gguf or tokenizer.json; default: the model's own). Its chat template, if any, formats the dialogs
+    /// and gives the loss masks; without one, Llama-2-chat
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Fraction of the dialogs held out for validation loss and chat samples
@@ -71,23 +72,18 @@ pub struct SftArgs {
     pub dev: DeviceOpts,
 }
 
-/// The tokenizer given, or the one saved beside a model.
-pub fn find_tokenizer(given: &Option<PathBuf>, model_dir: &Path) -> Result<Tokenizer> {
-    let path = match given {
-        Some(p) => p.clone(),
-        None => ["tokenizer.model", "tokenizer.json", "tokenizer.gguf"]
-            .iter()
-            .map(|f| model_dir.join(f))
-            .find(|p| p.is_file())
-            .with_context(|| format!("no tokenizer.model / tokenizer.json in {}; HINT: pass --tokenizer PATH", model_dir.display()))?,
-    };
-    Tokenizer::load(&path).with_context(|| format!("loading the tokenizer {}", path.display()))
+/// The tokenizer given, or the model's own: the vocabulary of a `.gguf`
+/// model file, or the tokenizer saved in a model directory.
+pub fn find_tokenizer(given: &Option<PathBuf>, model: &Path) -> Result<Tokenizer> {
+    let path = given.as_deref().unwrap_or(model);
+    Tokenizer::find(path).with_context(|| format!("loading the tokenizer of {}; HINT: pass --tokenizer PATH", path.display()))
 }
 
-/// Copies the tokenizer file next to a saved model, as `tokenizer.model`
-/// (SentencePiece format), so the model directory is self-contained.
+/// Writes the tokenizer next to a saved model (`tokenizer.model`, or
+/// `tokenizer.json` for byte-level BPE; `tokenizer_config.json` with the
+/// chat template), so the model directory is self-contained.
 pub fn save_tokenizer(tok: &Tokenizer, dir: &Path) -> Result<()> {
-    tok.save_spm_model(dir.join("tokenizer.model"))?;
+    tok.save_beside(dir)?;
     Ok(())
 }
 
@@ -110,7 +106,7 @@ impl Job for SftJob {
             (ld.model, ld.state, Some(ld.moments), true, dir)
         } else {
             let dir = a.init.clone().context("--init DIR is required")?;
-            let m = Model::load(be, &dir).with_context(|| format!("loading {}", dir.display()))?;
+            let m = Model::load_path(be, &dir).with_context(|| format!("loading {}", dir.display()))?;
             let st = TrainState {
                 step: 0,
                 data: Default::default(),
@@ -145,6 +141,7 @@ impl Job for SftJob {
         let cfg = tr.model.cfg.clone();
         let resolved = json!({
             "job": "sft", "model": cfg.to_hf_json(), "device": be.name(), "init": a.init, "data": a.data,
+            "tokenizer": tok.path(), "chat_format": llama2_model::chat::ChatFormat::for_tokenizer(&tok)?.name(),
             "dialogs_train": train_d.len(), "dialogs_held_out": held.len(), "tokens_per_epoch": train.tokens(),
             "answer_tokens_per_epoch": train.answer_tokens(), "batch_size": b, "seq_len": t, "grad_accum": a.run.grad_accum,
             "epochs": a.epochs, "steps": steps, "lr": a.lr, "warmup_steps": warmup, "min_lr_ratio": a.min_lr_ratio,

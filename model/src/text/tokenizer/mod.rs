@@ -23,7 +23,7 @@
 //! SentencePiece does), [`Tokenizer::encode_special`] cuts them out as their
 //! ids (as `tokenizers` and transformers' chat templates do).
 //!
-//! Public items: [`Tokenizer`] (load, encode, encode_special, encode_batch,
+//! Public items: [`Tokenizer`] (load, find, encode, encode_special, encode_batch,
 //! decode, save_spm_model, save_beside, info, chat_template, token_text),
 //! [`Kind`], [`EncodeOptions`], [`DecodeOptions`],
 //! [`EncodeCache`], [`Piece`], [`PieceKind`], [`TokenizerInfo`],
@@ -296,6 +296,27 @@ impl Tokenizer {
             return Self::from_spm_file(path);
         }
         Err(TokenizerError::UnknownFormat { path: path.into(), head: head.to_vec() })
+    }
+
+    /// The tokenizer of a model: `path` may be a tokenizer file (GGUF,
+    /// including a whole GGUF model; `.model`; `tokenizer.json`) or a model
+    /// directory holding `tokenizer.json`, `tokenizer.model` or
+    /// `tokenizer.gguf` (first found).
+    pub fn find(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        let path = path.as_ref();
+        if !path.is_dir() {
+            return Self::load(path);
+        }
+        for f in ["tokenizer.json", "tokenizer.model", "tokenizer.gguf"] {
+            let p = path.join(f);
+            if p.is_file() {
+                return Self::load(&p);
+            }
+        }
+        Err(TokenizerError::Read {
+            path: path.join("tokenizer.json"),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json, tokenizer.model or tokenizer.gguf in the model directory"),
+        })
     }
 
     /// Loads the vocabulary of a GGUF file (only its metadata is read; the
