@@ -290,7 +290,7 @@ impl ByteLevel {
             if k == 0 && prefix {
                 mapped.push(self.char_of_byte[b' ' as usize]);
             }
-            for &b in text[s..e].as_bytes() {
+            for &b in &text.as_bytes()[s..e] {
                 mapped.push(self.char_of_byte[b as usize]);
             }
             if let Some(ids) = cache.get(mapped.as_str()) {
