@@ -62,8 +62,8 @@ pub enum GgufError {
     /// A tensor is missing, of the wrong shape, or cannot be written.
     #[error("{path}: tensor `{name}`: {msg}; HINT: {hint}")]
     Tensor { path: PathBuf, name: String, msg: String, hint: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
 }
 
 pub type Result<T> = std::result::Result<T, GgufError>;
@@ -324,7 +324,7 @@ pub struct GgufFile {
 impl GgufFile {
     /// Maps and parses `path`, validating every count and tensor range.
     pub fn open(path: &Path) -> Result<GgufFile> {
-        let io = |source| GgufError::Io { path: path.to_path_buf(), source };
+        let io = |err| GgufError::Io { path: path.to_path_buf(), err };
         let f = std::fs::File::open(path).map_err(io)?;
         // SAFETY: read-only map; we require the file not to change while
         // it is open (as every mmap reader does).

@@ -135,7 +135,7 @@ pub fn write_llama(path: &Path, cfg: &Config, params: &[f32], dtype: WriteDtype,
         off += n.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
     }
     head.resize((head.len() as u64).div_ceil(DEFAULT_ALIGNMENT) as usize * DEFAULT_ALIGNMENT as usize, 0);
-    let io = |source| GgufError::Io { path: path.to_path_buf(), source };
+    let io = |err| GgufError::Io { path: path.to_path_buf(), err };
     let mut out = AtomicFile::create(path).map_err(io)?;
     out.write_all(&head).map_err(io)?;
     let mut total = head.len() as u64;

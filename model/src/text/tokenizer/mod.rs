@@ -326,7 +326,7 @@ impl Tokenizer {
         use crate::formats::gguf::{GgufError, GgufFile};
         let path = path.as_ref();
         let f = GgufFile::open(path).map_err(|e| match e {
-            GgufError::Io { source, .. } => TokenizerError::Read { path: path.into(), source },
+            GgufError::Io { err, .. } => TokenizerError::Read { path: path.into(), source: err },
             GgufError::Format { msg, .. } => TokenizerError::Gguf { path: path.into(), what: msg },
             other => TokenizerError::Gguf { path: path.into(), what: other.to_string() },
         })?;
