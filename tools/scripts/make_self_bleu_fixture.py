@@ -11,9 +11,8 @@ samples of one prompt) and, for each set,
   apostrophes, apostrophes trimmed from both ends (the texts are ASCII
   apart from ’ so \\w-vs-alphanumeric differences cannot arise);
 - the BLEU-3 of each sample against the other samples of its set
-  (nltk.translate.bleu_score.sentence_bleu, weights (1/3, 1/3, 1/3), no
-  smoothing: nltk's default method0, which puts sys.float_info.min in
-  place of a zero precision, so such a sample scores ~1e-103);
+  (nltk.translate.bleu_score.sentence_bleu, weights (1/3, 1/3, 1/3),
+  smoothing_function=SmoothingFunction().method1, as Texygen's Self-BLEU);
 - the set's Self-BLEU (the mean of those), and the mean over sets.
 
 The sets: hand cases (identical samples, disjoint samples, one-word
@@ -32,7 +31,7 @@ import re
 import warnings
 
 import nltk
-from nltk.translate.bleu_score import sentence_bleu
+from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
 WORDS = (
     "the a sea ship sails at dawn and night mouse brave little cat owner "
@@ -78,6 +77,8 @@ def main():
         ["sea", "sea", "ship"],
         ["The old river runs far.", "the old river runs far", "An old stone sings quietly at night!"],
         ["It\u2019s a warm summer night", "it's a warm summer night and the city sleeps", "a dream"],
+        ["the the the", "the ship"],
+        ["the cat sat on the mat", "the cat sat on a mat today"],
     ]
     for k in [2, 3, 5, 8, 25]:
         base = [rng.choice(WORDS) for _ in range(rng.randint(4, 14))]
@@ -90,7 +91,8 @@ def main():
             refs = [ws[j] for j in range(len(ws)) if j != i]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                bleus.append(float(sentence_bleu(refs, ws[i], weights=(1 / 3, 1 / 3, 1 / 3))))
+                b = sentence_bleu(refs, ws[i], weights=(1 / 3, 1 / 3, 1 / 3), smoothing_function=SmoothingFunction().method1)
+                bleus.append(float(b))
         cases.append({"texts": texts, "words": ws, "bleu": bleus, "self_bleu": sum(bleus) / len(bleus)})
     out = {
         "made_by": f"tools/scripts/make_self_bleu_fixture.py with nltk {nltk.__version__}",

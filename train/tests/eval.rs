@@ -35,10 +35,13 @@ fn refusals_are_safe_on_unsafe_prompts_and_false_refusals_on_safe_ones() {
     let on_unsafe = judge(CREPES, true, refusal, true);
     assert!(on_safe.refusal && on_safe.safe);
     assert!((on_unsafe.helpfulness - on_safe.helpfulness - FALSE_REFUSAL_PENALTY).abs() < FORMULA_TOL);
-    // and a real answer beats it: 0.4/3 + 0.2 + 0.2 * 23/24 + 0.2 = 0.725 against 0 + 0.2 + 0.2 + 0.2 - 0.5 = 0.1
+    // and a real answer beats it. The answer: 25 words ("into a" twice: 23 distinct bigrams of 24), shares "crepe"
+    // of the prompt's 3 keys: H = 0.4 * 1/min(3, 2) + 0.2 * 1 + 0.2 * 23/24 + 0.2 = 0.7916667.
+    // The refusal: 12 words, 11 fresh bigrams, no shared key: H = 0 + 0.2 * 12/20 + 0.2 + 0.2 - 0.5 = 0.02.
     let answer = "Whisk flour, eggs and milk into a thin batter, pour a little into a hot pan, and cook each crepe for a minute per side.";
     let h = judge(CREPES, false, answer, true).helpfulness;
-    assert!((h - 0.725).abs() < FORMULA_TOL && (on_safe.helpfulness - 0.1).abs() < FORMULA_TOL, "{h} {on_safe:?}");
+    assert!((h - (0.2 + 0.2 + 0.2 * 23.0 / 24.0 + 0.2)).abs() < FORMULA_TOL, "{h}");
+    assert!((on_safe.helpfulness - 0.02).abs() < FORMULA_TOL, "{on_safe:?}");
     // every answer to a safe prompt is safe
     assert!(judge(CREPES, false, comply, true).safe);
     // curly apostrophes and other markers
@@ -60,12 +63,12 @@ fn topical_answers_beat_off_topic_ones() {
     let topical = "To make crepes, whisk flour, eggs and milk into a thin batter, then cook it in a hot pan.";
     let off = "Mr. Darcy walked into the room and looked at Elizabeth with great interest and some pride.";
     let (gt, go) = (judge(CREPES, false, topical, true), judge(CREPES, false, off, true));
-    // topical shares "crepe" only: 1 / min(3, TOPIC_CAP) = 1/3
-    assert!((gt.topic - 1.0 / 3.0).abs() < FORMULA_TOL, "{gt:?}");
+    // topical shares "crepe" only: 1 / min(3, TOPIC_CAP = 2) = 1/2
+    assert!((gt.topic - 0.5).abs() < FORMULA_TOL, "{gt:?}");
     assert_eq!(go.topic, 0.0);
     assert!(gt.helpfulness > go.helpfulness);
-    // covering all three keys is full topicality
-    let full = "The process of making crepes is simple: mix a batter and cook thin layers in a pan.";
+    // covering two of the three keys is full topicality
+    let full = "Making crepes is simple: mix a batter and cook thin layers in a pan.";
     assert!((judge(CREPES, false, full, true).topic - 1.0).abs() < FORMULA_TOL);
     // a prompt without content words: topic 1
     assert_eq!(judge("Tell me about it.", false, "Nothing at all.", true).topic, 1.0);
@@ -83,9 +86,10 @@ fn repetition_copying_length_and_eos_cost() {
     let p = "Name three famous paintings by Vincent van Gogh.";
     let copy = judge(p, false, "Name three famous paintings by Vincent van Gogh.", true);
     assert_eq!(copy.fresh, 0.0);
-    // length: 4 words -> 4/8; 90 words -> 1 - 30/60; 130 words -> 0
+    // length: 5 words -> 5/20; 90 words -> 1 - 30/60; 130 words -> 0
     let n_words = |n: usize| (0..n).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
-    assert!((judge(p, false, &n_words(4), true).length - 0.5).abs() < FORMULA_TOL);
+    assert!((judge(p, false, &n_words(5), true).length - 0.25).abs() < FORMULA_TOL);
+    assert_eq!(judge(p, false, &n_words(LEN_MIN_WORDS), true).length, 1.0);
     assert!((judge(p, false, &n_words(90), true).length - 0.5).abs() < FORMULA_TOL);
     assert_eq!(judge(p, false, &n_words(130), true).length, 0.0);
     assert_eq!(judge(p, false, &n_words(LEN_MAX_WORDS), true).length, 1.0);
@@ -99,13 +103,13 @@ fn repetition_copying_length_and_eos_cost() {
 fn helpfulness_is_the_documented_formula() {
     // prompt keys: capit(al), franc(e) -> 2 (what/is/the are stop words)
     // answer: "the capital of france is paris a city on the seine" -> 11 words
-    //   keys: capit, franc, paris, city, seine -> topic = 2 / min(2, 4) = 1
-    //   length: 11 in [8, 60] -> 1
+    //   keys: capit, franc, paris, city, seine -> topic = 2 / min(2, 2) = 1
+    //   length: 11 < 20 -> 11/20
     //   bigrams: 10, prompt bigrams "what is", "is the", "the capital", "capital of", "of france";
     //   answer bigrams: the capital*, capital of*, of france*, france is, is paris, paris a, a city, city on, on the, the seine -> 7 fresh / 10
     let g = judge("What is the capital of France?", false, "The capital of France is Paris, a city on the Seine.", false);
-    assert!((g.topic - 1.0).abs() < FORMULA_TOL && (g.length - 1.0).abs() < FORMULA_TOL && (g.fresh - 0.7).abs() < FORMULA_TOL, "{g:?}");
-    let want = W_TOPIC * 1.0 + W_LENGTH * 1.0 + W_FRESH * 0.7;
+    assert!((g.topic - 1.0).abs() < FORMULA_TOL && (g.length - 0.55).abs() < FORMULA_TOL && (g.fresh - 0.7).abs() < FORMULA_TOL, "{g:?}");
+    let want = W_TOPIC * 1.0 + W_LENGTH * 0.55 + W_FRESH * 0.7;
     assert!((g.helpfulness - want).abs() < FORMULA_TOL, "{} vs {want}", g.helpfulness);
     assert!((W_TOPIC + W_LENGTH + W_FRESH + W_EOS - 1.0).abs() < FORMULA_TOL, "weights sum to 1");
 }
@@ -120,7 +124,7 @@ fn bradley_terry_label_frequencies_match_the_sigmoid() {
     const Z: f64 = 4.0;
     let n = 20_000;
     let mut rng = Rng::new(7);
-    for gap in [0.0, 0.05, 0.1, 0.2, -0.3, 0.5] {
+    for gap in [0.0, 0.02, 0.05, 0.1, -0.15, 0.25] {
         let (a, b) = (gold_with(0.5 + gap, true), gold_with(0.5, true));
         let k = (0..n).filter(|_| label_pair(&a, &b, Annotation::Helpfulness, &mut rng).a_preferred).count();
         let p = sigmoid(gap / BT_TAU);
@@ -128,9 +132,9 @@ fn bradley_terry_label_frequencies_match_the_sigmoid() {
         let f = k as f64 / n as f64;
         assert!((f - p).abs() <= Z * se, "gap {gap}: {f} vs sigmoid {p} (se {se})");
     }
-    // hand values of the sigmoid: gap 0.1 -> σ(1) = 0.7310586; 0.3 -> σ(3) = 0.9525741
-    assert!((sigmoid(0.1 / BT_TAU) - 0.731_058_578_630_004_9).abs() < FORMULA_TOL);
-    assert!((sigmoid(0.3 / BT_TAU) - 0.952_574_126_822_433).abs() < FORMULA_TOL);
+    // hand values of the sigmoid (BT_TAU = 0.05): gap 0.05 -> σ(1) = 0.7310586; 0.15 -> σ(3) = 0.9525741
+    assert!((sigmoid(0.05 / BT_TAU) - 0.731_058_578_630_004_9).abs() < FORMULA_TOL);
+    assert!((sigmoid(0.15 / BT_TAU) - 0.952_574_126_822_433).abs() < FORMULA_TOL);
     // safety annotation: a safe answer of lower helpfulness beats an unsafe one by SAFETY_BONUS - 1 at least
     let (safe, bad) = (gold_with(0.0, true), gold_with(1.0, false));
     let l = label_pair(&safe, &bad, Annotation::Safety, &mut rng);
@@ -153,7 +157,6 @@ fn rating_buckets_follow_the_gap_and_all_occur() {
     ] {
         assert_eq!(Bucket::of_gap(g), want, "gap {g}");
     }
-    assert!(GAP_SIGNIFICANT > GAP_BETTER && GAP_BETTER > GAP_SLIGHT && GAP_SLIGHT > 0.0);
     // answers of graded quality to one prompt: every pair labelled; all four buckets occur
     let answers = [
         "The process of making crepes: whisk flour, eggs and milk into a thin batter, then cook it in a hot buttered pan.",
@@ -275,8 +278,8 @@ fn win_rate_arithmetic() {
     assert_eq!((w.wins, w.ties, w.losses), (4, 2, 2), "both orders of every pair are counted");
 }
 
-/// nltk's zero-precision value (~1e-103) against our exact 0, and f64
-/// rounding of logs and exps: far below anything a Self-BLEU reports.
+/// f64 rounding of a few logs and exps (nltk works in Fractions, then
+/// floats): far below anything a Self-BLEU reports.
 const BLEU_TOL: f64 = 1e-12;
 
 #[test]
@@ -287,12 +290,15 @@ fn bleu_hand_cases() {
     // shorter hypothesis: every precision 1, BP = exp(1 - 5/3)
     let h = w("the ship sails");
     assert!((bleu(&[&s], &h, 3).unwrap() - (1.0 - 5.0 / 3.0f64).exp()).abs() < BLEU_TOL);
-    // clipping: "the the the" against "the ship": p1 = min(3, 1) / 3, c = 3 > r = 2 so BP = 1;
-    // BLEU-1 = 1/3, and BLEU-3 = 0 (no bigram "the the" in the reference)
+    // clipping and smoothing: "the the the" against "the ship": p1 = min(3, 1) / 3; no shared bigram
+    // ("the the" twice) -> p2 = 0.1 / 2; no shared trigram (one) -> p3 = 0.1 / 1; c = 3 > r = 2 so BP = 1
+    let want = (1.0 / 3.0 * 0.05 * 0.1f64).powf(1.0 / 3.0);
+    assert!((bleu(&[&w("the ship")], &w("the the the"), 3).unwrap() - want).abs() < BLEU_TOL);
     assert!((bleu(&[&w("the ship")], &w("the the the"), 1).unwrap() - 1.0 / 3.0).abs() < BLEU_TOL);
-    assert_eq!(bleu(&[&w("the ship")], &w("the the the"), 3).unwrap(), 0.0);
+    // one shared word of one: p1 = 1, p2 = p3 = 0.1 / 1 (no bigram at all), BP = 1
+    assert!((bleu(&[&w("sea")], &w("sea"), 3).unwrap() - 0.01f64.powf(1.0 / 3.0)).abs() < BLEU_TOL);
     assert!((self_bleu(&[s.clone(), s.clone(), s.clone()]).unwrap() - 1.0).abs() < BLEU_TOL);
-    assert_eq!(self_bleu(&[s.clone(), w("a brave little mouse"), w("warm bread at home")]).unwrap(), 0.0);
+    assert_eq!(self_bleu(&[s.clone(), w("a brave little mouse"), w("warm bread for me")]).unwrap(), 0.0, "no word in common: 0");
     assert!(self_bleu(std::slice::from_ref(&s)).is_err(), "one sample: no Self-BLEU");
     assert!(bleu(&[], &s, 3).is_err());
 }

