@@ -13,10 +13,11 @@
 //! BLEU = 0 if m_1 = 0 (no word in common), else BP · exp(Σ_n log(p_n) / N)
 //! ```
 //! The smoothing is Texygen's (Zhu et al., 2018, the benchmark that
-//! introduced Self-BLEU: nltk with method 1): without it, every sample
+//! introduced Self-BLEU; its `SelfBleu.py` calls nltk's `sentence_bleu`
+//! with `SmoothingFunction().method1`): without it, every sample
 //! that shares no trigram with the others scores 0 and Self-BLEU of short,
 //! varied answers sits at 0 for most temperatures.
-
+//!
 //! ## Self-BLEU (Zhu et al., Texygen, 2018; the paper's Figure 21)
 //! For the k >= 2 samples of one prompt, the mean over i of BLEU-3 of
 //! sample i against the other k - 1 samples (never itself); over prompts,
