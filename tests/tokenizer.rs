@@ -320,7 +320,8 @@ fn gguf_with_wrong_types_is_rejected() {
             vec![good[0].clone(), good[1].clone(), ("tokenizer.ggml.scores", 9, garr(6, &[0f32.to_le_bytes().to_vec()])), good[3].clone()],
             "2 tokens but 1 scores",
         ),
-        ("gpt2", vec![("tokenizer.ggml.model", 8, gstr("gpt2")), good[1].clone(), good[2].clone(), good[3].clone()], "only \"llama\""),
+        ("gpt2_no_merges", vec![("tokenizer.ggml.model", 8, gstr("gpt2")), good[1].clone(), good[2].clone(), good[3].clone()], "without tokenizer.ggml.merges"),
+        ("bert", vec![("tokenizer.ggml.model", 8, gstr("bert")), good[1].clone(), good[2].clone(), good[3].clone()], "only \"llama\""),
         (
             "bad_type_code",
             vec![
@@ -479,7 +480,7 @@ fn hf_tokenizer_json_bad_input() {
     cases.push(("unigram", v, "model.type \"Unigram\""));
     let mut v = good.clone();
     v["pre_tokenizer"] = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false});
-    cases.push(("bytelevel", v, "byte-level BPE"));
+    cases.push(("bytelevel", v, "byte_fallback in a byte-level model"));
     let mut v = good.clone();
     v["model"]["merges"][3] = 7.into();
     cases.push(("merge", v, "merge 3 is 7"));

@@ -20,6 +20,10 @@ pub enum ModelError {
     Invalid(String),
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Gguf(#[from] crate::formats::gguf::GgufError),
+    #[error(transparent)]
+    Template(#[from] crate::text::template::TemplateError),
 }
 
 impl ModelError {

@@ -10,15 +10,19 @@
 //! - [`config::Config`]: shapes, HF config.json, presets
 //! - [`weights`]: safetensors checkpoints (read, write atomically)
 //! - [`llama2c`]: llama2.c `.bin` checkpoints (legacy, v1, early layouts)
+//! - [`gguf`]: GGUF files (llama.cpp): Llama models read (every quant type
+//!   of [`formats::ggml_quants`] dequantized) and written (F32/F16/BF16/Q8_0)
 //! - [`params`]: the parameter arena with one named field per tensor
 //! - [`model::Model`], [`model::KvCache`]: parameters on a backend, load/save
 //! - [`acts`]: activations and activation gradients
 //! - forward ([`forward`]), backward ([`backward`])
-//! - [`chat`]: the Llama-2-chat format with loss masks
+//! - [`chat`]: chat formats with loss masks: Llama-2-chat built in, or the
+//!   model's own Jinja template ([`template`])
 //! - [`generate`]: sampling and generation with the KV cache
 //! - [`shards`]: llm.c token shards (streaming writer, validated reader)
-//! - [`tokenizer`]: the Llama 2 tokenizer (SentencePiece BPE; GGUF and
-//!   `.model` vocabularies; BPE training)
+//! - [`tokenizer`]: the tokenizer (SentencePiece BPE from GGUF, `.model` or
+//!   `tokenizer.json`; byte-level BPE from `tokenizer.json` or GGUF; BPE
+//!   training)
 
 pub mod config;
 pub mod error;
@@ -27,9 +31,9 @@ pub mod graph;
 pub mod text;
 
 // the modules by their short names (the paths every crate uses)
-pub use formats::{atomic, llama2c, shards, weights};
+pub use formats::{atomic, gguf, llama2c, shards, weights};
 pub use graph::{acts, backward, forward, generate, model, params};
-pub use text::{chat, tokenizer};
+pub use text::{chat, template, tokenizer};
 
 pub use acts::{Acts, GradActs, LogitRows};
 pub use config::Config;

@@ -211,7 +211,7 @@ pub fn parse_top_p(s: &str) -> std::result::Result<f32, String> {
 /// `eval-loss` and `debug grads`).
 #[derive(Args, Clone, Debug)]
 pub struct ModelData {
-    /// Model directory (HF format: config.json + model.safetensors)
+    /// Model: an HF directory (config.json + model.safetensors) or a GGUF file
     #[arg(long)]
     pub model: PathBuf,
     /// Token shard (llm.c format) or a directory of shards
@@ -228,7 +228,7 @@ pub struct ModelData {
 impl ModelData {
     /// The model and a reader of its data that stops at the end.
     pub fn open<B: Backend>(&self, be: &B) -> Result<(Model<B>, BatchReader)> {
-        let model = Model::load(be, &self.model).with_context(|| format!("loading the model from {}", self.model.display()))?;
+        let model = Model::load_path(be, &self.model).with_context(|| format!("loading the model from {}", self.model.display()))?;
         let reader = BatchReader::new(ShardSet::open(&self.data)?, self.batch_size as usize, self.seq_len as usize, model.cfg.vocab_size, false, None)?;
         Ok((model, reader))
     }

@@ -104,8 +104,8 @@ fn bad_input_is_refused() {
         &["convert", "--from", "llama2c", s(&fixtures().join("gqa/v1.bin")), "--to", "hf", s(&d.join("o2")), "--layout", "legacy"],
         &["v1.bin", "ak42", "HINT"],
     );
-    fails(&["convert", "--from", "gguf", "x", "--to", "hf", "y"], &["unknown format", "HINT"]);
-    fails(&["convert", "--from", "hf", "x", "--to", "hf", "y"], &["between llama2c and hf"]);
+    fails(&["convert", "--from", "onnx", "x", "--to", "hf", "y"], &["unknown format", "HINT"]);
+    fails(&["convert", "--from", "hf", "x", "--to", "hf", "y"], &["between hf and llama2c or gguf"]);
     fails(&["convert", "--from", "llama2c", s(&trunc), "--to", "hf", "y", "--force"], &["--force"]);
     fails(&["convert", "--from", "llama2c", s(&d.join("missing.bin")), "--to", "hf", "y"], &["missing.bin"]);
     fails(&["convert", "--from", "hf"], &["FORMAT"]);

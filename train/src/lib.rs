@@ -17,7 +17,6 @@
 //! - [`ppo`]: the arithmetic, objective and loop of PPO
 //! - [`eval`]: the synthetic annotator, safety data, preference
 //!   collection, and the paper's evaluations (win rate, safety, Self-BLEU)
-//! - [`plot`]: training curves as PNG files
 //! - [`error`]: the crate's error type, `TrainError`
 
 pub mod checkpoint;
@@ -26,7 +25,6 @@ pub mod error;
 pub mod eval;
 pub mod metrics;
 pub mod optim;
-pub mod plot;
 pub mod ppo;
 pub mod run;
 pub mod schedule;

@@ -1,6 +1,7 @@
 //! Supervised fine-tuning data (PAPER.md section 4): dialogs from the
-//! dataset formats people already have, tokenised in the Llama-2-chat format
-//! with the loss zeroed on every prompt token, and packed: all dialogs of
+//! dataset formats people already have, tokenised in the tokenizer's chat
+//! format ([`ChatFormat::for_tokenizer`]: the model's own template, else
+//! Llama-2-chat) with the loss zeroed on every prompt token, and packed: all dialogs of
 //! the training set concatenated (in a seeded order, new each epoch) and cut
 //! into sequences of exactly `seq_len` tokens.
 //!
@@ -20,7 +21,7 @@ use crate::data::DataPosition;
 use crate::error::{Result, TrainError};
 use crate::run::BatchSource;
 use crate::step::MicroBatch;
-use llama2_model::chat::{encode_dialog, Message, Role};
+use llama2_model::chat::{ChatFormat, Message, Role};
 use llama2_model::tokenizer::Tokenizer;
 use llama2_runtime::rng::Rng;
 use serde_json::Value;
@@ -155,7 +156,8 @@ pub struct SftData {
 
 impl SftData {
     pub fn new(tok: &Tokenizer, dialogs: &[Vec<Message>], b: usize, t: usize, shuffle_seed: Option<u64>, single_pass: bool) -> Result<Self> {
-        let enc = dialogs.iter().map(|d| encode_dialog(tok, d)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let fmt = ChatFormat::for_tokenizer(tok)?;
+        let enc = dialogs.iter().map(|d| fmt.encode_dialog(tok, d)).collect::<std::result::Result<Vec<_>, _>>()?;
         let mut s = SftData { dialogs: enc, b, t, shuffle_seed, single_pass, pos: DataPosition::default(), stream: Vec::new(), mask: Vec::new() };
         s.build_epoch();
         if s.batches_per_epoch() == 0 {
@@ -268,11 +270,12 @@ pub fn answer_prompts<B: llama2_runtime::Backend>(
 ) -> Result<Vec<ChatSample>> {
     use llama2_model::generate::Generator;
     let mut rng = Rng::derive(seed, "chat-eval");
+    let fmt = ChatFormat::for_tokenizer(tok)?;
     let mut out = Vec::with_capacity(dialogs.len());
     for d in dialogs {
         let mut prompt = d.clone();
         let reference = if prompt.last().map(|m| m.role) == Some(Role::Assistant) { prompt.pop().map(|m| m.content) } else { None };
-        let ids = llama2_model::chat::encode_prompt(tok, &prompt)?;
+        let ids = fmt.encode_prompt(tok, &prompt)?;
         let cap = (ids.len() + max_new).min(model.rope_len);
         if ids.len() >= cap {
             continue; // the prompt alone fills the context

@@ -2,6 +2,8 @@
 //! saving in Hugging Face format; random initialisation as transformers
 //! does it (normal(0, 0.02) for every matrix, ones for the norms).
 //!
+//! Loading a GGUF file instead goes through [`Model::load_path`].
+//!
 //! Public items: [`Model`], [`KvCache`], [`param_view`], [`param_view_mut`].
 
 use crate::config::Config;
@@ -140,12 +142,24 @@ impl<B: Backend> Model<B> {
     /// optimizer state. On the CPU it computes exactly what a trainable
     /// model does.
     pub fn load_frozen(be: &B, dir: &Path) -> Result<Self> {
+        if let Some((cfg, host)) = crate::gguf::load_if_gguf(dir)? {
+            return Self::from_host_as(be, cfg, &host, BufKind::Act);
+        }
         let cfg = Config::from_hf_file(&dir.join("config.json"))?;
         let ck = Checkpoint::open(dir)?;
         let layout = ParamLayout::new(&cfg);
         let mut host = vec![0f32; layout.total];
         layout.load(&cfg, &ck, &mut host)?;
         Self::from_host_as(be, cfg, &host, BufKind::Act)
+    }
+
+    /// Loads a model from a Hugging Face directory or a GGUF file (llama.cpp;
+    /// every tensor dequantized to f32, see [`crate::gguf`]).
+    pub fn load_path(be: &B, path: &Path) -> Result<Self> {
+        match crate::gguf::load_if_gguf(path)? {
+            Some((cfg, host)) => Self::from_host(be, cfg, &host),
+            None => Self::load(be, path),
+        }
     }
 
     /// The parameters on the host (f32; the master copy on CUDA).

@@ -51,7 +51,7 @@ pub struct ModelChoice {
 impl ModelChoice {
     fn load<B: Backend>(&self, be: &B) -> Result<Model<B>> {
         if let Some(dir) = &self.model {
-            return Ok(Model::load(be, dir)?);
+            return Ok(Model::load_path(be, dir)?);
         }
         let mut c: Config = load_config(&None, &self.preset, self.vocab)?;
         if let Some(k) = self.kv_heads {

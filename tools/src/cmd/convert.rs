@@ -1,10 +1,23 @@
-//! `train-tool convert`: llama2.c `.bin` checkpoints to and from Hugging
-//! Face model directories (config.json + model.safetensors, float32).
+//! `train-tool convert`: llama2.c `.bin` checkpoints and GGUF files
+//! (llama.cpp) to and from Hugging Face model directories (config.json +
+//! model.safetensors, float32).
 //!
 //! ```text
 //! train-tool convert --from llama2c FILE.bin --to hf DIR [--layout auto|legacy|v1|early]
 //! train-tool convert --from hf DIR --to llama2c FILE.bin [--layout legacy|v1|early] [--force]
+//! train-tool convert --from gguf FILE.gguf --to hf DIR
+//! train-tool convert --from hf DIR --to gguf FILE.gguf [--dtype f32|f16|bf16|q8_0]
 //! ```
+//!
+//! GGUF: every quant type llama.cpp writes for Llama (F32, F16, BF16, Q4_0,
+//! Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K) is dequantized to f32 on reading; the
+//! writer stores the matrices as `--dtype` and the norms as F32, with the
+//! tokenizer found in the HF directory (tokenizer.json / tokenizer.model,
+//! and tokenizer_config.json's chat template) as `tokenizer.*` metadata, so
+//! the file runs in llama.cpp and loads in transformers. Reading a GGUF
+//! writes its vocabulary beside the HF model (tokenizer.json for byte-level
+//! BPE, tokenizer.model for SentencePiece; tokenizer_config.json with the
+//! chat template). The work is done by `llama2_model::gguf`.
 //!
 //! The formats and the q/k permutation are in `docs/llama2c-formats.md`;
 //! the work is done by `llama2_model::llama2c`. The HF config written for a
@@ -17,6 +30,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use llama2_model::gguf::{self, WriteDtype};
 use llama2_model::llama2c::{self, Layout};
 use llama2_model::weights::{save_safetensors, write_atomic, Checkpoint, SaveDtype};
 use llama2_model::Config;
@@ -59,12 +73,16 @@ pub struct ConvertArgs {
     /// Write a .bin even if rope_theta, rms_norm_eps or the BOS id differ from the constants run.c uses
     #[arg(long)]
     pub force: bool,
+    /// Precision of the matrices of a written GGUF: f32, f16, bf16 or q8_0 (norms stay f32)
+    #[arg(long, default_value = "f32")]
+    pub dtype: WriteDtype,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
     Llama2c,
     Hf,
+    Gguf,
 }
 
 fn parse_side(flag: &str, v: &[String]) -> Result<(Format, PathBuf)> {
@@ -72,7 +90,8 @@ fn parse_side(flag: &str, v: &[String]) -> Result<(Format, PathBuf)> {
     let f = match fmt.as_str() {
         "llama2c" => Format::Llama2c,
         "hf" => Format::Hf,
-        other => bail!("--{flag} {other}: unknown format; HINT: llama2c (a .bin file) or hf (a model directory)"),
+        "gguf" => Format::Gguf,
+        other => bail!("--{flag} {other}: unknown format; HINT: llama2c (a .bin file), gguf (a llama.cpp file) or hf (a model directory)"),
     };
     Ok((f, PathBuf::from(path)))
 }
@@ -122,6 +141,26 @@ fn to_hf(src: &Path, dst: &Path, layout: Option<Layout>) -> Result<()> {
     Ok(())
 }
 
+fn hf_to_gguf(src: &Path, dst: &Path, dtype: WriteDtype) -> Result<()> {
+    if gguf::dir_tokenizer(src)?.is_none() {
+        eprintln!("note: no tokenizer.json / tokenizer.model in {}; the GGUF gets no vocabulary (llama.cpp needs one to run it)", src.display());
+    }
+    let w = gguf::hf_dir_to_gguf(src, dst, dtype).with_context(|| format!("converting {} to GGUF", src.display()))?;
+    print_config(&w.cfg);
+    println!("wrote {} ({dtype:?} matrices, {} bytes{}) from {}", dst.display(), w.bytes, if w.with_tokenizer { ", with its tokenizer" } else { "" }, src.display());
+    Ok(())
+}
+
+fn gguf_to_hf(src: &Path, dst: &Path) -> Result<()> {
+    let (cfg, tok) = gguf::gguf_to_hf_dir(src, dst).with_context(|| format!("converting {}", src.display()))?;
+    print_config(&cfg);
+    if let Some(p) = tok {
+        println!("wrote {} from the GGUF vocabulary", p.display());
+    }
+    println!("read {}; wrote {}", src.display(), dst.display());
+    Ok(())
+}
+
 pub fn run(a: ConvertArgs) -> Result<()> {
     let (from, src) = parse_side("from", &a.from)?;
     let (to, dst) = parse_side("to", &a.to)?;
@@ -133,6 +172,8 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             }
             to_hf(&src, &dst, a.layout.layout())
         }
-        _ => bail!("convert goes between llama2c and hf; HINT: --from llama2c FILE --to hf DIR, or --from hf DIR --to llama2c FILE"),
+        (Format::Hf, Format::Gguf) => hf_to_gguf(&src, &dst, a.dtype),
+        (Format::Gguf, Format::Hf) => gguf_to_hf(&src, &dst),
+        _ => bail!("convert goes between hf and llama2c or gguf; HINT: --from llama2c FILE --to hf DIR, --from gguf FILE --to hf DIR, or --from hf DIR --to llama2c|gguf FILE"),
     }
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 #[derive(Args, Clone, Debug)]
 pub struct GenerateArgs {
-    /// Model directory (HF format)
+    /// Model: an HF directory or a GGUF file
     #[arg(long)]
     pub model: PathBuf,
     /// Prompt token ids, comma separated (e.g. 1,450,4996)
@@ -50,7 +50,7 @@ impl Job for GenJob {
     type Out = ();
     fn run<B: Backend>(self, be: &B) -> Result<()> {
         let a = self.0;
-        let model = Model::load(be, &a.model).with_context(|| format!("loading the model from {}", a.model.display()))?;
+        let model = Model::load_path(be, &a.model).with_context(|| format!("loading the model from {}", a.model.display()))?;
         let vocab = model.cfg.vocab_size;
         if let Some(&bad) = a.prompt_ids.iter().find(|&&x| x as usize >= vocab) {
             bail!("prompt id {bad} is outside the vocabulary of {vocab}");

@@ -67,7 +67,7 @@ impl Job for PretrainJob {
         let (b, t) = (a.batch_size as usize, a.seq_len as usize);
         let fresh = || -> Result<Model<B>> {
             match (&a.init, &a.preset) {
-                (Some(dir), None) => Model::load(be, dir).with_context(|| format!("loading {}", dir.display())),
+                (Some(dir), None) => Model::load_path(be, dir).with_context(|| format!("loading {}", dir.display())),
                 (None, Some(p)) => Ok(Model::init_random(be, Config::preset(p, Some(a.vocab.unwrap_or(32000) as usize))?, a.run.seed)?),
                 _ => bail!("give exactly one of --init DIR or --preset NAME (or --resume DIR)"),
             }

@@ -19,13 +19,14 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Clone, Debug)]
 pub struct SftArgs {
-    /// The model to fine-tune (HF format directory)
+    /// The model to fine-tune (HF format directory or a GGUF file)
     #[arg(long, required_unless_present = "resume")]
     pub init: Option<PathBuf>,
     /// Dialog datasets (JSON Lines or JSON arrays: messages, conversations, prompt/completion, Alpaca)
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
-    /// Tokenizer (.model, .gguf or tokenizer.json; default: tokenizer.model beside the model)
+    /// Tokenizer (.model, .gguf or tokenizer.json; default: the model's own). Its chat template, if any, formats the dialogs
+    /// and gives the loss masks; without one, Llama-2-chat
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Fraction of the dialogs held out for validation loss and chat samples
@@ -69,23 +70,18 @@ pub struct SftArgs {
     pub dev: DeviceOpts,
 }
 
-/// The tokenizer given, or the one saved beside a model.
-pub fn find_tokenizer(given: &Option<PathBuf>, model_dir: &Path) -> Result<Tokenizer> {
-    let path = match given {
-        Some(p) => p.clone(),
-        None => ["tokenizer.model", "tokenizer.json", "tokenizer.gguf"]
-            .iter()
-            .map(|f| model_dir.join(f))
-            .find(|p| p.is_file())
-            .with_context(|| format!("no tokenizer.model / tokenizer.json in {}; HINT: pass --tokenizer PATH", model_dir.display()))?,
-    };
-    Tokenizer::load(&path).with_context(|| format!("loading the tokenizer {}", path.display()))
+/// The tokenizer given, or the model's own: the vocabulary of a `.gguf`
+/// model file, or the tokenizer saved in a model directory.
+pub fn find_tokenizer(given: &Option<PathBuf>, model: &Path) -> Result<Tokenizer> {
+    let path = given.as_deref().unwrap_or(model);
+    Tokenizer::find(path).with_context(|| format!("loading the tokenizer of {}; HINT: pass --tokenizer PATH", path.display()))
 }
 
-/// Copies the tokenizer file next to a saved model, as `tokenizer.model`
-/// (SentencePiece format), so the model directory is self-contained.
+/// Writes the tokenizer next to a saved model (`tokenizer.model`, or
+/// `tokenizer.json` for byte-level BPE; `tokenizer_config.json` with the
+/// chat template), so the model directory is self-contained.
 pub fn save_tokenizer(tok: &Tokenizer, dir: &Path) -> Result<()> {
-    tok.save_spm_model(dir.join("tokenizer.model"))?;
+    tok.save_beside(dir)?;
     Ok(())
 }
 
@@ -98,7 +94,7 @@ impl Job for SftJob {
         let (b, t) = (a.batch_size as usize, a.seq_len as usize);
         let fresh = || -> Result<Model<B>> {
             let dir = a.init.clone().context("--init DIR is required")?;
-            Model::load(be, &dir).with_context(|| format!("loading {}", dir.display()))
+            Model::load_path(be, &dir).with_context(|| format!("loading {}", dir.display()))
         };
         // filled by the plan: what the samples at the end need
         let mut kept = None;
@@ -129,7 +125,8 @@ impl Job for SftJob {
             let schedule = LrSchedule::Cosine { peak: a.lr, warmup, total: steps, min_ratio: a.min_lr_ratio };
             let mut r = a.run.resolve(be, "sft", &model.cfg, a.data.clone(), (b, t), steps, schedule, &a.opt);
             r.job_args = json!({
-                "init": a.init, "dialogs_train": train_d.len(), "dialogs_held_out": held.len(), "tokens_per_epoch": train.tokens(),
+                "init": a.init, "tokenizer": tok.path(), "chat_format": llama2_model::chat::ChatFormat::for_tokenizer(&tok)?.name(),
+                "dialogs_train": train_d.len(), "dialogs_held_out": held.len(), "tokens_per_epoch": train.tokens(),
                 "answer_tokens_per_epoch": train.answer_tokens(), "epochs": a.epochs,
             })
             .as_object()

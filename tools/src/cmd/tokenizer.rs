@@ -16,7 +16,8 @@ use clap::{ArgAction, Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use llama2_model::shards::ShardWriter;
 use llama2_model::tokenizer::train::{TrainConfig, Trainer};
-use llama2_model::tokenizer::{EncodeCache, EncodeOptions, Tokenizer};
+use llama2_model::chat::{ChatFormat, Message, Role};
+use llama2_model::tokenizer::{DecodeOptions, EncodeCache, EncodeOptions, Tokenizer};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
@@ -30,7 +31,7 @@ pub struct TokenizerArgs {
 enum TokCmd {
     /// Train a BPE vocabulary with the Llama settings; writes a SentencePiece .model
     Train(TrainArgs),
-    /// Encode JSONL lines {"text": ...} to lines {"ids": [...]}, in order
+    /// Encode JSONL lines {"text": ...} (or {"messages": [...]}, rendered with the chat template) to lines {"ids": [...]}, in order
     Encode(EncodeArgs),
     /// Decode JSONL lines {"ids": [...]} to lines {"text": ...}, in order
     Decode(DecodeArgs),
@@ -72,12 +73,17 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct EncodeArgs {
-    /// Tokenizer file: GGUF vocabulary or SentencePiece .model
+    /// Tokenizer: a file (GGUF vocabulary or model, SentencePiece .model, tokenizer.json) or a model directory
     #[arg(long)]
     tokenizer: PathBuf,
-    /// JSONL input, one {"text": ...} per line
+    /// JSONL input, one {"text": ...} per line, or {"messages": [{"role", "content"}, ...]} rendered with the
+    /// tokenizer's chat template (tokenizer_config.json / GGUF tokenizer.chat_template; Llama-2-chat if it has none),
+    /// written as {"ids", "text", "mask"} (mask: the tokens a fine-tune learns)
     #[arg(long)]
     input: PathBuf,
+    /// For {"messages"} lines: end with the template's generation prompt (the dialog must end with a user message)
+    #[arg(long)]
+    add_generation_prompt: bool,
     /// Output JSONL file (default: standard output)
     #[arg(long)]
     output: Option<PathBuf>,
@@ -216,7 +222,7 @@ fn parse_unit_closed_open(s: &str) -> std::result::Result<f64, String> {
 }
 
 fn load(path: &Path) -> Result<Tokenizer> {
-    Ok(Tokenizer::load(path)?)
+    Tokenizer::find(path).with_context(|| format!("loading the tokenizer {}", path.display()))
 }
 
 fn pool(threads: Option<u32>) -> Result<rayon::ThreadPool> {
@@ -340,8 +346,43 @@ fn train(a: TrainArgs) -> Result<()> {
 /// Lines per parallel batch of encode.
 const ENCODE_BATCH_LINES: usize = 4096;
 
+/// The dialog of a {"messages": [...]} line, if the line is one.
+fn messages_field(line: &str, path: &Path, n: usize) -> Result<Option<Vec<Message>>> {
+    let v: Value = serde_json::from_str(line).with_context(|| format!("{}:{n}: not valid JSON", path.display()))?;
+    let Some(m) = v.get("messages") else { return Ok(None) };
+    let hint = "HINT: \"messages\" is [{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": \"...\"}, ...]";
+    let arr = m.as_array().with_context(|| format!("{}:{n}: \"messages\" is not an array; {hint}", path.display()))?;
+    let mut d = Vec::with_capacity(arr.len());
+    for (i, x) in arr.iter().enumerate() {
+        let role = x.get("role").and_then(Value::as_str).and_then(Role::parse);
+        let content = x.get("content").and_then(Value::as_str);
+        let (Some(role), Some(content)) = (role, content) else { bail!("{}:{n}: message {i} lacks a known role or a content string; {hint}", path.display()) };
+        d.push(Message::new(role, content));
+    }
+    Ok(Some(d))
+}
+
+/// One {"messages"} line: the rendered dialog's ids, text and loss mask.
+fn encode_messages(t: &Tokenizer, fmt: &ChatFormat, d: &[Message], gen: bool) -> Result<Value> {
+    if gen {
+        let ids = fmt.encode_prompt(t, d)?;
+        let text = match fmt {
+            ChatFormat::Template(tm) => tm.render(d, true)?,
+            ChatFormat::Llama2 => t.decode_with(&ids, DecodeOptions { keep_control: true, strip_dummy_prefix: true })?,
+        };
+        return Ok(json!({ "ids": ids, "text": text }));
+    }
+    let (ids, mask) = fmt.encode_dialog(t, d)?;
+    let text = match fmt {
+        ChatFormat::Template(tm) => tm.render(d, false)?,
+        ChatFormat::Llama2 => t.decode_with(&ids, DecodeOptions { keep_control: true, strip_dummy_prefix: true })?,
+    };
+    Ok(json!({ "ids": ids, "text": text, "mask": mask.iter().map(|&m| u8::from(m)).collect::<Vec<_>>() }))
+}
+
 fn encode(a: EncodeArgs) -> Result<()> {
     let t = load(&a.tokenizer)?;
+    let fmt = ChatFormat::for_tokenizer(&t)?;
     let opts = EncodeOptions { bos: a.bos, eos: a.eos };
     let pool = pool(a.threads)?;
     let mut out = out_writer(&a.output)?;
@@ -363,6 +404,10 @@ fn encode(a: EncodeArgs) -> Result<()> {
             batch
                 .par_iter()
                 .map_init(EncodeCache::new, |cache, (n, line)| {
+                    if let Some(d) = messages_field(line, &a.input, *n)? {
+                        let v = encode_messages(&t, &fmt, &d, a.add_generation_prompt).with_context(|| format!("{}:{n}", a.input.display()))?;
+                        return Ok(serde_json::to_string(&v)?);
+                    }
                     let text = text_field(line, &a.input, *n)?;
                     let ids = t.encode_with(&text, opts, cache)?;
                     Ok(serde_json::to_string(&json!({ "ids": ids }))?)

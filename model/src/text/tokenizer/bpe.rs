@@ -88,6 +88,8 @@ pub struct EncodeCache {
     scratch: Scratch,
     /// Reused buffer for the normalised text.
     pub(crate) norm: String,
+    /// Byte-level words (stand-in characters) -> ids.
+    pub(crate) bl_words: FxHashMap<Box<str>, Box<[u32]>>,
 }
 
 impl EncodeCache {
@@ -96,10 +98,10 @@ impl EncodeCache {
     }
     /// Number of cached words.
     pub fn len(&self) -> usize {
-        self.words.len()
+        self.words.len() + self.bl_words.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.words.is_empty()
+        self.words.is_empty() && self.bl_words.is_empty()
     }
 }
 

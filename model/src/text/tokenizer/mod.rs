@@ -1,7 +1,13 @@
-//! The Llama 2 tokenizer: SentencePiece BPE (PAPER.md section 2), token-exact
-//! with the `sentencepiece` library, loaded from GGUF vocabularies
-//! (llama.cpp), SentencePiece `.model` files, or Hugging Face
-//! `tokenizer.json` files of Llama-style BPE models; plus BPE training.
+//! The tokenizer every command uses, of two kinds behind one type:
+//! SentencePiece BPE (Llama 1/2, PAPER.md section 2), token-exact with the
+//! `sentencepiece` library, loaded from GGUF vocabularies (llama.cpp),
+//! SentencePiece `.model` files, or Hugging Face `tokenizer.json` files of
+//! Llama-style BPE models; and byte-level BPE (GPT-2, Llama 3, SmolLM /
+//! StarCoder; see [`bytelevel`]), token-exact with the `tokenizers` library,
+//! from `tokenizer.json` or GGUF (`tokenizer.ggml.model = gpt2`). Plus BPE
+//! training (SentencePiece kind), and the model's chat template when its
+//! files carry one (`tokenizer_config.json` beside a `tokenizer.json`, GGUF
+//! `tokenizer.chat_template`).
 //!
 //! Encoding follows sentencepiece's `SentencePieceProcessor::Encode` for BPE
 //! models: normalise (charsmap rules, dummy prefix, spaces as U+2581), merge
@@ -12,14 +18,22 @@
 //! pieces are gathered and decoded as UTF-8 with one U+FFFD per byte that
 //! does not start a valid sequence.
 //!
-//! Public items: [`Tokenizer`] (load, encode, encode_batch, decode,
-//! save_spm_model, info), [`EncodeOptions`], [`DecodeOptions`],
+//! Byte-level encoding and decoding are `tokenizers`' (see [`bytelevel`]);
+//! [`Tokenizer::encode`] keeps added tokens typed in text as text (as
+//! SentencePiece does), [`Tokenizer::encode_special`] cuts them out as their
+//! ids (as `tokenizers` and transformers' chat templates do).
+//!
+//! Public items: [`Tokenizer`] (load, find, encode, encode_special, encode_batch,
+//! decode, save_spm_model, save_beside, info, chat_template, token_text),
+//! [`Kind`], [`EncodeOptions`], [`DecodeOptions`],
 //! [`EncodeCache`], [`Piece`], [`PieceKind`], [`TokenizerInfo`],
 //! [`SourceFormat`], [`TokenizerError`], and the submodules
 //! [`spm_proto`] (the `.model` protobuf), [`gguf`] (the GGUF metadata
-//! reader), [`train`] (the BPE trainer), [`hf`] (`tokenizer.json`).
+//! reader), [`train`] (the BPE trainer), [`hf`] (`tokenizer.json`),
+//! [`bytelevel`] (byte-level BPE).
 
 pub mod bpe;
+pub mod bytelevel;
 pub mod gguf;
 pub mod hf;
 mod normalize;
@@ -51,7 +65,7 @@ pub enum TokenizerError {
     Gguf { path: PathBuf, what: String },
     #[error("{}: malformed SentencePiece model: {what}; HINT: the file is truncated or not a SentencePiece .model (load it with the sentencepiece package to check)", path.display())]
     Proto { path: PathBuf, what: String },
-    #[error("{}: malformed tokenizer.json: {what}; HINT: only Llama-style BPE tokenizer.json files (model.type \"BPE\", byte fallback) are supported", path.display())]
+    #[error("{}: malformed tokenizer.json: {what}; HINT: BPE tokenizer.json files of the Llama (SentencePiece, byte fallback) or byte-level (GPT-2 / Llama 3) kind are supported", path.display())]
     HfJson { path: PathBuf, what: String },
     #[error("{}: invalid vocabulary: {what}; HINT: {hint}", path.display())]
     Vocab { path: PathBuf, what: String, hint: &'static str },
@@ -143,14 +157,27 @@ impl Default for DecodeOptions {
     }
 }
 
+/// The two kinds of tokenizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Kind {
+    /// SentencePiece BPE (Llama 1/2)
+    SentencePiece,
+    /// byte-level BPE (GPT-2, Llama 3, SmolLM, ...)
+    ByteLevel,
+}
+
 /// A summary of a tokenizer, for `train-tool tokenizer info`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TokenizerInfo {
     pub format: String,
+    pub kind: Kind,
     pub model_type: String,
     pub vocab_size: usize,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
+    /// end of turn, where a chat template's answers end (GGUF eot, or the
+    /// template's end-of-turn token)
+    pub eot_id: Option<u32>,
     pub unk_id: u32,
     pub pad_id: Option<u32>,
     pub add_bos_default: bool,
@@ -166,6 +193,9 @@ pub struct TokenizerInfo {
     pub merge_pairs: usize,
     /// Whether the encoder may cut text into words (see `bpe`).
     pub word_split: bool,
+    /// The pre-tokenizer of a byte-level tokenizer.
+    pub pre_tokenizer: Option<String>,
+    pub has_chat_template: bool,
 }
 
 /// A loaded tokenizer. Immutable and `Sync`: share one across threads.
@@ -196,6 +226,22 @@ pub struct Tokenizer {
     unk_surface: String,
     /// Hugging Face settings beyond SentencePiece's (tokenizer.json only).
     hf: Option<HfExtras>,
+    /// The byte-level model (None: SentencePiece).
+    byte_level: Option<Box<bytelevel::ByteLevel>>,
+    /// Control and user-defined pieces, longest first: what
+    /// [`Tokenizer::encode_special`] cuts out of SentencePiece text.
+    spm_specials: Vec<(String, u32)>,
+    /// The model's Jinja chat template, if its files carry one.
+    chat_template: Option<String>,
+    /// End-of-turn id (GGUF `tokenizer.ggml.eot_token_id`).
+    eot_id: Option<u32>,
+    /// SentencePiece, [`Tokenizer::encode_special`]: whether text after an
+    /// added token gets the dummy prefix (sentencepiece / legacy
+    /// tokenizer.json: yes; a Metaspace "first" tokenizer.json and
+    /// transformers' tokenizer of a GGUF vocabulary: only at the start).
+    prefix_after_special: bool,
+    /// What `save_beside` writes for a byte-level tokenizer (tokenizer.json).
+    json: Option<serde_json::Value>,
 }
 
 /// What a Hugging Face `tokenizer.json` says that a `ModelProto` cannot.
@@ -252,19 +298,56 @@ impl Tokenizer {
         Err(TokenizerError::UnknownFormat { path: path.into(), head: head.to_vec() })
     }
 
-    /// Loads the vocabulary of a GGUF file (only its metadata is read).
-    pub fn from_gguf_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
+    /// The tokenizer of a model: `path` may be a tokenizer file (GGUF,
+    /// including a whole GGUF model; `.model`; `tokenizer.json`) or a model
+    /// directory holding `tokenizer.json`, `tokenizer.model` or
+    /// `tokenizer.gguf` (first found).
+    pub fn find(path: impl AsRef<Path>) -> Result<Tokenizer> {
         let path = path.as_ref();
-        let f = std::fs::File::open(path).map_err(|e| TokenizerError::Read { path: path.into(), source: e })?;
-        let len = f.metadata().map_err(|e| TokenizerError::Read { path: path.into(), source: e })?.len();
-        let v = gguf::read_gguf_vocab(std::io::BufReader::with_capacity(1 << 16, f), len).map_err(|what| TokenizerError::Gguf { path: path.into(), what })?;
-        if v.model != "llama" {
-            return Err(TokenizerError::Unsupported {
-                path: path.into(),
-                what: format!("tokenizer.ggml.model \"{}\" (only \"llama\", SentencePiece BPE)", v.model),
-                hint: "use a Llama / SentencePiece vocabulary",
-            });
+        if !path.is_dir() {
+            return Self::load(path);
         }
+        for f in ["tokenizer.json", "tokenizer.model", "tokenizer.gguf"] {
+            let p = path.join(f);
+            if p.is_file() {
+                return Self::load(&p);
+            }
+        }
+        Err(TokenizerError::Read {
+            path: path.join("tokenizer.json"),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json, tokenizer.model or tokenizer.gguf in the model directory"),
+        })
+    }
+
+    /// Loads the vocabulary of a GGUF file (only its metadata is read; the
+    /// tensors are mapped, not touched): SentencePiece ("llama") or
+    /// byte-level ("gpt2"), with the chat template when the file has one.
+    pub fn from_gguf_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        use crate::formats::gguf::{GgufError, GgufFile};
+        let path = path.as_ref();
+        let f = GgufFile::open(path).map_err(|e| match e {
+            GgufError::Io { err, .. } => TokenizerError::Read { path: path.into(), source: err },
+            GgufError::Format { msg, .. } => TokenizerError::Gguf { path: path.into(), what: msg },
+            other => TokenizerError::Gguf { path: path.into(), what: other.to_string() },
+        })?;
+        let v = gguf::read_vocab(&f).map_err(|what| TokenizerError::Gguf { path: path.into(), what })?;
+        let (template, eot, model) = (v.chat_template.clone(), v.eot_id, v.model.clone());
+        let mut t = match model.as_str() {
+            "llama" => Self::spm_from_gguf(v, path)?,
+            "gpt2" => hf::byte_level_from_gguf(&v, path)?,
+            other => {
+                return Err(TokenizerError::Unsupported {
+                    path: path.into(),
+                    what: format!("tokenizer.ggml.model \"{other}\" (only \"llama\", SentencePiece BPE, and \"gpt2\", byte-level BPE)"),
+                    hint: "use a Llama (SentencePiece) or byte-level BPE vocabulary",
+                })
+            }
+        };
+        t.set_chat(template, eot);
+        Ok(t)
+    }
+
+    fn spm_from_gguf(v: gguf::GgufVocab, path: &Path) -> Result<Tokenizer> {
         let mut pieces = Vec::with_capacity(v.tokens.len());
         for (i, ((t, &s), &k)) in v.tokens.into_iter().zip(&v.scores).zip(&v.token_types).enumerate() {
             let kind = PieceKind::from_code(i64::from(k))
@@ -310,6 +393,8 @@ impl Tokenizer {
             has_normalizer_spec: true,
         };
         let mut t = Self::from_proto(proto, path, SourceFormat::Gguf)?;
+        // transformers' GGUF tokenizer (GGUFLlamaConverter) is Metaspace "first"
+        t.prefix_after_special = false;
         t.add_bos_default = v.add_bos.unwrap_or(true);
         t.add_eos_default = v.add_eos.unwrap_or(false);
         Ok(t)
@@ -436,6 +521,10 @@ impl Tokenizer {
             }
         };
         let surface = proto.pieces.iter().map(|p| p.piece.replace(META, " ").into_boxed_str()).collect();
+        let prefix_after_special = !hf.as_ref().is_some_and(|h| h.prefix_only_if_absent);
+        let mut spm_specials: Vec<(String, u32)> =
+            proto.pieces.iter().enumerate().filter(|(_, p)| matches!(p.kind, PieceKind::Control | PieceKind::UserDefined)).map(|(i, p)| (p.piece.clone(), i as u32)).collect();
+        spm_specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         let pieces = proto.pieces.iter().map(|p| Piece { text: p.piece.clone(), score: p.score, kind: p.kind }).collect();
         Ok(Tokenizer {
             pieces,
@@ -457,7 +546,111 @@ impl Tokenizer {
             path,
             surface,
             hf,
+            byte_level: None,
+            spm_specials,
+            chat_template: None,
+            eot_id: None,
+            prefix_after_special,
+            json: None,
         })
+    }
+
+    /// A byte-level tokenizer: `pieces[id]` (text in GPT-2's stand-in
+    /// characters; added tokens CONTROL when special, else USER_DEFINED),
+    /// its BPE model, and the `tokenizer.json` that describes it (what
+    /// [`Tokenizer::save_beside`] writes).
+    pub(crate) fn from_byte_level(
+        pieces: Vec<Piece>,
+        model: bytelevel::ByteLevel,
+        bos_id: Option<u32>,
+        eos_id: Option<u32>,
+        path: &Path,
+        format: SourceFormat,
+        json: serde_json::Value,
+    ) -> Result<Tokenizer> {
+        let n = pieces.len();
+        for (name, id) in [("bos", bos_id), ("eos", eos_id)] {
+            if id.is_some_and(|i| i as usize >= n) {
+                return Err(TokenizerError::Vocab { path: path.into(), what: format!("{name} id {id:?} is out of range for {n} tokens"), hint: "the file is damaged" });
+            }
+        }
+        let mut piece_ids = FxHashMap::default();
+        for (i, p) in pieces.iter().enumerate() {
+            piece_ids.entry(p.text.clone()).or_insert(i as u32);
+        }
+        let unk_id = pieces.iter().position(|p| p.kind == PieceKind::Unknown).map_or(u32::MAX, |i| i as u32);
+        let proto = ModelProto {
+            trainer: TrainerSpec { model_type: ModelType::Bpe, vocab_size: n as i32, unk_id: -1, bos_id: -1, eos_id: -1, pad_id: -1, ..TrainerSpec::default() },
+            normalizer: NormalizerSpec { name: "byte_level".into(), precompiled_charsmap: vec![], add_dummy_prefix: false, remove_extra_whitespaces: false, escape_whitespaces: false },
+            pieces: vec![],
+            has_trainer_spec: false,
+            has_normalizer_spec: false,
+        };
+        Ok(Tokenizer {
+            byte_value: vec![None; n],
+            surface: vec![],
+            pieces,
+            piece_ids,
+            unk_id,
+            bos_id,
+            eos_id,
+            pad_id: None,
+            byte_fallback: false,
+            normalizer: Normalizer {
+                charsmap: None,
+                add_dummy_prefix: false,
+                remove_extra_whitespaces: false,
+                escape_whitespaces: false,
+                prefix_only_if_absent: false,
+                user_defined: vec![],
+            },
+            bpe: None,
+            model_type: ModelType::Bpe,
+            proto,
+            add_bos_default: false,
+            add_eos_default: false,
+            format,
+            path: path.into(),
+            unk_surface: String::new(),
+            hf: None,
+            byte_level: Some(Box::new(model)),
+            spm_specials: vec![],
+            chat_template: None,
+            eot_id: None,
+            prefix_after_special: false,
+            json: Some(json),
+        })
+    }
+
+    /// Sets the chat template (a Jinja string) and the end-of-turn id.
+    pub fn set_chat(&mut self, template: Option<String>, eot_id: Option<u32>) {
+        self.chat_template = template;
+        self.eot_id = eot_id;
+    }
+
+    /// The model's own chat template (Jinja), if its files carry one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// End-of-turn id (GGUF `tokenizer.ggml.eot_token_id`), if known.
+    pub fn eot_id(&self) -> Option<u32> {
+        self.eot_id
+    }
+
+    /// SentencePiece or byte-level.
+    pub fn kind(&self) -> Kind {
+        if self.byte_level.is_some() {
+            Kind::ByteLevel
+        } else {
+            Kind::SentencePiece
+        }
+    }
+
+    /// The text a token stands for as a template names it (`<s>`,
+    /// `<|im_end|>`): the piece text of control and added tokens.
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.id_to_piece(id)
     }
 
     // ------------------------------------------------------------ accessors
@@ -470,6 +663,7 @@ impl Tokenizer {
     pub fn eos_id(&self) -> Option<u32> {
         self.eos_id
     }
+    /// The UNK id (u32::MAX for a byte-level vocabulary without one).
     pub fn unk_id(&self) -> u32 {
         self.unk_id
     }
@@ -512,10 +706,12 @@ impl Tokenizer {
         let nm = &self.proto.normalizer;
         TokenizerInfo {
             format: format!("{:?}", self.format),
-            model_type: format!("{:?}", self.model_type),
+            kind: self.kind(),
+            model_type: if self.byte_level.is_some() { "ByteLevelBpe".into() } else { format!("{:?}", self.model_type) },
             vocab_size: self.vocab_size(),
             bos_id: self.bos_id,
             eos_id: self.eos_id,
+            eot_id: self.eot_id,
             unk_id: self.unk_id,
             pad_id: self.pad_id,
             add_bos_default: self.add_bos_default,
@@ -526,8 +722,10 @@ impl Tokenizer {
             remove_extra_whitespaces: nm.remove_extra_whitespaces,
             split_digits: self.proto.trainer.split_digits,
             piece_kinds: kinds,
-            merge_pairs: self.bpe.as_ref().map_or(0, |b| b.n_pairs()),
-            word_split: self.bpe.as_ref().is_some_and(|b| b.chunkable),
+            merge_pairs: self.bpe.as_ref().map_or(0, |b| b.n_pairs()) + self.byte_level.as_ref().map_or(0, |b| b.n_merges()),
+            word_split: self.bpe.as_ref().is_some_and(|b| b.chunkable) || self.byte_level.is_some(),
+            pre_tokenizer: self.byte_level.as_ref().map(|b| b.pre.name.clone()),
+            has_chat_template: self.chat_template.is_some(),
         }
     }
 
@@ -565,6 +763,19 @@ impl Tokenizer {
     /// continuation segment of a longer text (see [`Tokenizer::segment_safe`]);
     /// `use_cache: false` disables the word cache (for measuring it).
     pub fn encode_into(&self, text: &str, opts: EncodeOptions, dummy_prefix: bool, use_cache: bool, cache: &mut EncodeCache, out: &mut Vec<u32>) -> Result<()> {
+        if let Some(bl) = &self.byte_level {
+            if opts.bos {
+                out.extend(self.bos_id);
+            }
+            if !use_cache {
+                cache.bl_words.clear();
+            }
+            bl.encode(text, false, &mut cache.bl_words, out);
+            if opts.eos {
+                out.extend(self.eos_id);
+            }
+            return Ok(());
+        }
         let bpe = self.bpe()?;
         if opts.bos {
             if let Some(b) = self.bos_id {
@@ -583,9 +794,55 @@ impl Tokenizer {
         Ok(())
     }
 
+    /// Encodes `text` with its added tokens (control and user-defined
+    /// pieces; a byte-level vocabulary's added tokens) cut out and mapped to
+    /// their ids, as `tokenizers` and transformers do (`<s>` typed in the
+    /// text becomes BOS). Between them the text is encoded as by
+    /// [`Tokenizer::encode`]; for SentencePiece, a segment after an added
+    /// token gets the dummy prefix only when the tokenizer is a
+    /// sentencepiece `.model` or a legacy tokenizer.json (a Metaspace
+    /// "first" tokenizer.json, and a GGUF vocabulary as transformers
+    /// converts it, add it at the start of the text only).
+    pub fn encode_special(&self, text: &str, opts: EncodeOptions) -> Result<Vec<u32>> {
+        let mut cache = EncodeCache::new();
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        if let Some(bl) = &self.byte_level {
+            out.extend(self.bos_id.filter(|_| opts.bos));
+            bl.encode(text, true, &mut cache.bl_words, &mut out);
+            out.extend(self.eos_id.filter(|_| opts.eos));
+            return Ok(out);
+        }
+        out.extend(self.bos_id.filter(|_| opts.bos));
+        let none = EncodeOptions { bos: false, eos: false };
+        let later_prefix = self.prefix_after_special;
+        let (mut start, mut i, mut first) = (0, 0, true);
+        while i < text.len() {
+            let hit = text.is_char_boundary(i).then(|| self.spm_specials.iter().find(|(t, _)| text.as_bytes()[i..].starts_with(t.as_bytes()))).flatten();
+            match hit {
+                Some((t, id)) => {
+                    if start < i {
+                        self.encode_into(&text[start..i], none, first || later_prefix, true, &mut cache, &mut out)?;
+                    }
+                    out.push(*id);
+                    first = false;
+                    i += t.len();
+                    start = i;
+                }
+                None => i += 1,
+            }
+        }
+        if start < text.len() {
+            self.encode_into(&text[start..], none, first || later_prefix, true, &mut cache, &mut out)?;
+        }
+        out.extend(self.eos_id.filter(|_| opts.eos));
+        Ok(out)
+    }
+
     /// Encodes many texts in parallel (rayon, the current pool), in order.
     pub fn encode_batch<S: AsRef<str> + Sync>(&self, texts: &[S], opts: EncodeOptions) -> Result<Vec<Vec<u32>>> {
-        self.bpe()?;
+        if self.byte_level.is_none() {
+            self.bpe()?;
+        }
         texts.par_iter().map_init(EncodeCache::new, |cache, t| self.encode_with(t.as_ref(), opts, cache)).collect()
     }
 
@@ -594,7 +851,8 @@ impl Tokenizer {
     /// with the same result as in one piece: true when the encoder splits at
     /// those points anyway and normalisation is per character.
     pub fn segment_safe(&self) -> bool {
-        self.bpe.as_ref().is_some_and(|b| b.chunkable)
+        self.byte_level.is_none()
+            && self.bpe.as_ref().is_some_and(|b| b.chunkable)
             && self.normalizer.charsmap.is_none()
             && !self.normalizer.remove_extra_whitespaces
             && self.normalizer.escape_whitespaces
@@ -608,6 +866,19 @@ impl Tokenizer {
 
     /// Decodes with options (see [`DecodeOptions`]).
     pub fn decode_with(&self, ids: &[u32], opts: DecodeOptions) -> Result<String> {
+        if let Some(bl) = &self.byte_level {
+            // `tokenizers`' decode: special tokens dropped unless kept, every
+            // token's bytes through the ByteLevel decoder, lossy UTF-8
+            let mut bytes = Vec::with_capacity(ids.len() * 4);
+            for &id in ids {
+                let p = self.pieces.get(id as usize).ok_or(TokenizerError::IdOutOfRange { id, vocab_size: self.pieces.len() })?;
+                if p.kind == PieceKind::Control && !opts.keep_control {
+                    continue;
+                }
+                bl.token_bytes(&p.text, &mut bytes);
+            }
+            return Ok(String::from_utf8_lossy(&bytes).into_owned());
+        }
         let strip = opts.strip_dummy_prefix && (self.proto.normalizer.add_dummy_prefix || self.proto.normalizer.remove_extra_whitespaces);
         let mut text = String::with_capacity(ids.len() * 4);
         let mut bytes: Vec<u8> = Vec::new();
@@ -652,6 +923,13 @@ impl Tokenizer {
     /// Writes the model as a SentencePiece `.model` (loadable by the
     /// `sentencepiece` package), via a temporary file and rename.
     pub fn save_spm_model(&self, path: impl AsRef<Path>) -> Result<()> {
+        if self.byte_level.is_some() {
+            return Err(TokenizerError::Unsupported {
+                path: self.path.clone(),
+                what: "writing a byte-level BPE tokenizer as a SentencePiece .model".into(),
+                hint: "save it as tokenizer.json (Tokenizer::save_beside)",
+            });
+        }
         if self.hf.as_ref().is_some_and(|h| h.prefix_only_if_absent || !h.fuse_unk) {
             return Err(TokenizerError::Unsupported {
                 path: self.path.clone(),
@@ -660,6 +938,89 @@ impl Tokenizer {
             });
         }
         write_atomic(path.as_ref(), &self.proto.to_bytes())
+    }
+
+    /// The tokenizer as GGUF metadata (`tokenizer.*` keys, llama.cpp's
+    /// layout): "llama" (tokens, scores, token types) or "gpt2" (tokens,
+    /// token types, merges, `tokenizer.ggml.pre`), special ids, add-BOS/EOS
+    /// flags, and the chat template.
+    pub fn gguf_metadata(&self) -> Vec<(String, crate::formats::gguf::GgufValue)> {
+        use crate::formats::gguf::GgufValue as V;
+        let strs = |v: Vec<String>| V::Array(8, v.into_iter().map(V::Str).collect());
+        let mut kv: Vec<(String, V)> = Vec::new();
+        let mut put = |k: &str, v: V| kv.push((format!("tokenizer.{k}"), v));
+        match (&self.byte_level, &self.json) {
+            (Some(bl), Some(j)) => {
+                put("ggml.model", V::Str("gpt2".into()));
+                put("ggml.pre", V::Str(bl.pre.name.clone()));
+                put("ggml.tokens", strs(self.pieces.iter().map(|p| p.text.clone()).collect()));
+                put("ggml.token_type", V::Array(5, self.pieces.iter().map(|p| V::I32(p.kind as i32)).collect()));
+                let merges: Vec<String> = j["model"]["merges"]
+                    .as_array()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|x| match x {
+                                serde_json::Value::String(s) => Some(s.clone()),
+                                serde_json::Value::Array(a) => Some(format!("{} {}", a.first()?.as_str()?, a.get(1)?.as_str()?)),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                put("ggml.merges", strs(merges));
+            }
+            _ => {
+                put("ggml.model", V::Str("llama".into()));
+                put("ggml.tokens", strs(self.pieces.iter().map(|p| p.text.clone()).collect()));
+                put("ggml.scores", V::Array(6, self.pieces.iter().map(|p| V::F32(p.score)).collect()));
+                put("ggml.token_type", V::Array(5, self.pieces.iter().map(|p| V::I32(p.kind as i32)).collect()));
+                put("ggml.unknown_token_id", V::U32(self.unk_id));
+                put("ggml.add_space_prefix", V::Bool(self.proto.normalizer.add_dummy_prefix));
+            }
+        }
+        for (k, id) in [("bos", self.bos_id), ("eos", self.eos_id), ("padding", self.pad_id), ("eot", self.eot_id)] {
+            if let Some(i) = id {
+                put(&format!("ggml.{k}_token_id"), V::U32(i));
+            }
+        }
+        put("ggml.add_bos_token", V::Bool(self.add_bos_default));
+        put("ggml.add_eos_token", V::Bool(self.add_eos_default));
+        if let Some(t) = &self.chat_template {
+            put("chat_template", V::Str(t.clone()));
+        }
+        kv
+    }
+
+    /// Writes the tokenizer into a model directory so the directory is
+    /// self-contained: `tokenizer.model` (SentencePiece) or `tokenizer.json`
+    /// (byte-level, loadable by `tokenizers`), and `tokenizer_config.json`
+    /// with the chat template and the BOS/EOS tokens when there is a
+    /// template. Returns the tokenizer file written.
+    pub fn save_beside(&self, dir: &Path) -> Result<PathBuf> {
+        let file = match &self.json {
+            Some(j) => {
+                let p = dir.join("tokenizer.json");
+                write_atomic(&p, serde_json::to_string(j).map_err(|e| TokenizerError::Train(e.to_string()))?.as_bytes())?;
+                p
+            }
+            None => {
+                let p = dir.join("tokenizer.model");
+                self.save_spm_model(&p)?;
+                p
+            }
+        };
+        if let Some(t) = &self.chat_template {
+            let name = |id: Option<u32>| id.and_then(|i| self.id_to_piece(i)).map(String::from);
+            let cfg = serde_json::json!({
+                "chat_template": t,
+                "bos_token": name(self.bos_id),
+                "eos_token": name(self.eos_id),
+                "eot_token": name(self.eot_id),
+                "add_bos_token": self.add_bos_default,
+            });
+            write_atomic(&dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&cfg).map_err(|e| TokenizerError::Train(e.to_string()))?.as_bytes())?;
+        }
+        Ok(file)
     }
 }
 
