@@ -20,6 +20,10 @@ struct Cli {
 enum Cmd {
     /// Mean cross-entropy of a model over token shards
     EvalLoss(cmd::eval::EvalLossArgs),
+    /// The paper's evaluations of chat models: win rate, safety, helpfulness, Self-BLEU vs temperature
+    Evaluate(cmd::evaluate::EvaluateArgs),
+    /// The synthetic annotator: safety prompts and demonstrations, judgements, labelled preference pairs
+    Annotate(cmd::annotate::AnnotateArgs),
     /// Sample a continuation of a prompt (ids) with the KV cache
     Generate(cmd::generate::GenerateArgs),
     /// Debugging tools (gradients)
@@ -54,6 +58,8 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::EvalLoss(a) => cmd::eval::run(a),
+        Cmd::Evaluate(a) => cmd::evaluate::run(a),
+        Cmd::Annotate(a) => cmd::annotate::run(a),
         Cmd::Generate(a) => cmd::generate::run(a),
         Cmd::Debug(a) => cmd::debug::run(a),
         Cmd::Info(a) => cmd::info::run(a),

@@ -15,11 +15,14 @@
 //! - [`step`]: the language-modelling objective (pretraining, SFT)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
 //! - [`ppo`]: the arithmetic, objective and loop of PPO
+//! - [`eval`]: the synthetic annotator, safety data, preference
+//!   collection, and the paper's evaluations (win rate, safety, Self-BLEU)
 //! - [`error`]: the crate's error type, `TrainError`
 
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod metrics;
 pub mod optim;
 pub mod ppo;

@@ -1,9 +1,11 @@
 //! One module per subcommand.
+pub mod annotate;
 pub mod bench;
 pub mod chat;
 pub mod convert;
 pub mod debug;
 pub mod eval;
+pub mod evaluate;
 pub mod generate;
 pub mod gpu_check;
 pub mod info;
