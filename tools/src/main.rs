@@ -32,6 +32,8 @@ enum Cmd {
     Pretrain(cmd::pretrain::PretrainArgs),
     /// Supervised fine-tuning on dialogs in the Llama-2-chat format
     Sft(cmd::sft::SftArgs),
+    /// Reward models: init from a chat model, train on preference pairs, score, evaluate
+    Rm(cmd::rm::RmArgs),
     /// Chat with a model in the terminal (Llama-2-chat format)
     Chat(cmd::chat::ChatArgs),
     /// The main job: vocabulary, pretraining, SFT and chat samples on the built-in data, with a report
@@ -58,6 +60,7 @@ fn main() {
         Cmd::Bench(a) => cmd::bench::run(a),
         Cmd::Pretrain(a) => cmd::pretrain::run(a),
         Cmd::Sft(a) => cmd::sft::run(a),
+        Cmd::Rm(a) => cmd::rm::run(a),
         Cmd::Chat(a) => cmd::chat::run(a),
         Cmd::Pipeline(a) => cmd::pipeline::run(a),
         Cmd::Tokenizer(a) => cmd::tokenizer::run_tokenizer(a),

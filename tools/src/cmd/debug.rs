@@ -1,5 +1,6 @@
 //! `train-tool debug grads`: the gradient of the mean loss of the first batch
-//! with respect to every parameter, saved under HF names.
+//! with respect to every parameter, saved under HF names; `debug rm-grads`
+//! (the same for a reward model's ranking loss) lives in `cmd::rm`.
 
 use crate::device::{dispatch, DeviceOpts, Job};
 use anyhow::{Context, Result};
@@ -19,6 +20,8 @@ pub struct DebugArgs {
 pub enum DebugCmd {
     /// Write d(mean loss)/d(parameter) of the first batch for every parameter
     Grads(GradsArgs),
+    /// Write d(mean ranking loss)/d(parameter) of a reward model over a file of pairs (one batch)
+    RmGrads(crate::cmd::rm::RmGradsArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -63,5 +66,6 @@ pub fn run(a: DebugArgs) -> Result<()> {
             let dev = g.dev.clone();
             dispatch(&dev, GradsJob(g))
         }
+        DebugCmd::RmGrads(g) => crate::cmd::rm::rm_grads(g),
     }
 }

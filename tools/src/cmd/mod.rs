@@ -11,6 +11,7 @@ pub mod init;
 pub mod pipeline;
 pub mod pretrain;
 pub mod report;
+pub mod rm;
 pub mod sft;
 pub mod tokenizer;
 pub mod train_common;
