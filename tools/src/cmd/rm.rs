@@ -28,7 +28,7 @@ use llama2_model::tokenizer::Tokenizer;
 use llama2_model::weights::{save_safetensors, write_atomic, SaveDtype};
 use llama2_model::{Config, Model};
 use llama2_runtime::rng::Rng;
-use llama2_runtime::{v, Backend, CpuBackend};
+use llama2_runtime::{v, vm, Backend, CpuBackend};
 use llama2_train::checkpoint;
 use llama2_train::optim::AdamWConfig;
 use llama2_train::plot::{save_png, Chart, Series};
@@ -50,6 +50,7 @@ pub struct RmArgs {
 }
 
 #[derive(Subcommand, Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum RmCmd {
     /// Make a reward model from a causal LM (trunk copied, score head drawn)
     Init(InitArgs),
@@ -297,8 +298,12 @@ fn parse_source(s: &str) -> Result<(Option<Source>, PathBuf)> {
     Ok((None, PathBuf::from(s)))
 }
 
-/// Reads every file, logging the pairs dropped for length.
-fn load_files(files: &[(Option<Source>, PathBuf)], tok: Option<&Tokenizer>, vocab: usize, max_len: usize) -> Result<(Vec<(Option<Source>, Vec<Pair>)>, usize)> {
+/// The pairs of one `--data` file with its label.
+type Labelled = (Option<Source>, Vec<Pair>);
+
+/// Reads every file, logging the pairs dropped for length; returns the
+/// pairs of each and the number dropped in all.
+fn load_files(files: &[(Option<Source>, PathBuf)], tok: Option<&Tokenizer>, vocab: usize, max_len: usize) -> Result<(Vec<Labelled>, usize)> {
     let mut out = Vec::new();
     let mut dropped = 0;
     for (src, path) in files {
@@ -653,6 +658,7 @@ impl Job for RmGradsJob {
         let mb = PairBatch::new(&refs, a.margin.margin(), pad);
         let mut tr = RewardTrainer::new(be, model, AdamWConfig::default(), a.center_coef)?;
         let n = mb.pairs();
+        be.zero(vm(&mut tr.grads))?;
         let sums = tr.forward_backward(be, &mb, n)?;
         let mut host = vec![0f32; tr.model.layout.total];
         be.download(v(&tr.grads), &mut host)?;
