@@ -291,29 +291,9 @@ fn learns_preferences_and_accuracy_falls_with_the_rating() {
     write_jsonl(&train_f, &label(&train));
     write_jsonl(&test_f, &label(&test));
     tiny_lm(&lm, VOCAB, 64);
-    ok(&[
-        "rm",
-        "train",
-        "--init",
-        s(&lm),
-        "--data",
-        s(&train_f),
-        "--out",
-        s(&out),
-        "--batch-size",
-        "16",
-        "--epochs",
-        "2",
-        "--lr",
-        "2e-3",
-        "--weight-decay",
-        "0",
-        "--threads",
-        "2",
-        "--quiet",
-        "--seed",
-        "4",
-    ]);
+    let mut args = vec!["rm", "train", "--init", s(&lm), "--data", s(&train_f), "--val-data", s(&test_f), "--out", s(&out)];
+    args.extend(["--batch-size", "16", "--epochs", "2", "--lr", "2e-3", "--weight-decay", "0", "--threads", "2", "--quiet", "--seed", "4"]);
+    ok(&args);
     let v: Value = serde_json::from_str(ok(&["rm", "eval", "--model", s(&out.join("final")), "--data", s(&test_f), "--threads", "2"]).trim()).unwrap();
     let acc = |b: &Value| b["accuracy"].as_f64().unwrap();
     let overall = acc(&v["overall"]);
@@ -333,11 +313,16 @@ fn learns_preferences_and_accuracy_falls_with_the_rating() {
     }
     assert!(buckets[0] - buckets[3] >= 0.15, "significantly better vs negligibly better: {buckets:?}");
     // the run's own artefacts: metrics with accuracy, curves
-    for f in ["metrics.jsonl", "rm_loss.png", "rm_accuracy.png", "final/config.json", "config.run.json"] {
+    for f in ["metrics.jsonl", "rm_loss.png", "rm_accuracy.png", "final/config.json", "config.run.json", "val_eval.json", "val_eval.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    let first: Value = serde_json::from_str(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let (first, last): (Value, Value) = (serde_json::from_str(m.lines().next().unwrap()).unwrap(), serde_json::from_str(m.lines().last().unwrap()).unwrap());
     assert!(first["accuracy"].is_number() && first["reward_gap"].is_number(), "{first}");
+    assert!(last["val_accuracy"].as_f64().unwrap() >= 0.75 && last["val_loss"].is_number(), "{last}");
+    // the run's own held-out report covers every held-out pair, as rm eval does
+    let ve: Value = serde_json::from_str(&std::fs::read_to_string(out.join("val_eval.json")).unwrap()).unwrap();
+    assert_eq!((ve["overall"]["pairs"].as_u64(), ve["overall"]["accuracy"].as_f64()), (Some(1000), Some(overall)));
 }
 
 fn synthetic_file(dir: &Path, n: usize) -> PathBuf {
@@ -451,6 +436,9 @@ fn llama_factory_text_pairs_encode_in_the_chat_format_and_train() {
     write_jsonl(&idf, &ids.iter().map(|x| json!({"prompt_ids": [], "response_ids": x})).collect::<Vec<_>>());
     let b = ok(&["rm", "score", "--model", s(&final_dir), "--input", s(&idf), "--threads", "2"]);
     assert_eq!(a, b, "text and token-id inputs score the same sequences");
+    // the tokenizer given to rm train is saved beside the model, and found there
+    assert!(final_dir.join("tokenizer.gguf").is_file());
+    assert_eq!(ok(&["rm", "score", "--model", s(&final_dir), "--input", s(&txt), "--threads", "2"]), a);
 }
 
 #[test]

@@ -262,6 +262,19 @@ fn copy_tokenizer_files(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A tokenizer given by path, copied beside a model under the name the
+/// tools look for (`tokenizer.model`, `.json` or `.gguf` by its extension).
+fn copy_given_tokenizer(path: &Path, dst: &Path) -> Result<()> {
+    let name = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => "tokenizer.json",
+        Some("gguf") => "tokenizer.gguf",
+        _ => "tokenizer.model",
+    };
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    write_atomic(&dst.join(name), &bytes)?;
+    Ok(())
+}
+
 fn announce_init(dir: &Path, m: &Config) {
     eprintln!(
         "reward model from the causal LM {}: trunk copied, lm_head dropped, {SCORE_STD_NOTE} (std {:.4}), pad_token_id {}",
@@ -388,10 +401,9 @@ impl Job for TrainJob {
         let schedule = LrSchedule::Cosine { peak: a.lr, warmup, total: steps, min_ratio: a.min_lr_ratio };
         let data: Vec<PathBuf> = a.data.iter().map(PathBuf::from).collect();
         let mut r = a.run.resolve(be, "rm", &model.cfg, data, (p, max_len), steps, schedule, &a.opt);
-        let unused = n_pairs - (steps as usize * p * a.run.grad_accum as usize).min(n_pairs);
         r.job_args = json!({
             "init": a.init, "margin": margin, "mix": format!("{:?}", a.mix).to_lowercase(), "center_coef": a.center_coef,
-            "pairs_train": n_pairs, "pairs_dropped_too_long": dropped, "pairs_unused_last_epoch": unused,
+            "pairs_train": n_pairs, "pairs_dropped_too_long": dropped, "pairs_seen": steps as usize * p * a.run.grad_accum as usize,
             "pairs_val": val.as_ref().map(|v| v.pairs.len()), "mixture": mix_report, "epochs": a.epochs,
             "tokens_per_epoch": train.tokens(), "val_data": a.val_data,
         })
@@ -426,8 +438,11 @@ impl Job for TrainJob {
         for d in &dirs {
             copy_tokenizer_files(d, &final_dir)?;
         }
+        if let Some(t) = &a.tokenizer {
+            copy_given_tokenizer(t, &final_dir)?;
+        }
         finish(&out, &summary, &rc)?;
-        accuracy_curve(&out)?;
+        curves(&out)?;
         if let Some(v) = &val {
             let e = eval_pairs(be, &tr.model, &v.pairs, margin, 16)?;
             eprint!("held-out pairs, final model:\n{}", e.table());
@@ -482,18 +497,28 @@ fn accuracy_bars(e: &RmEval, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `OUT/rm_accuracy.png`: training and validation accuracy per step.
-fn accuracy_curve(out: &Path) -> Result<()> {
+/// `OUT/rm_loss.png` (over the generic loss plot of `finish`, with the
+/// ranking loss's unit) and `OUT/rm_accuracy.png`: training and validation
+/// curves per step.
+fn curves(out: &Path) -> Result<()> {
     let recs = llama2_train::metrics::MetricsLog::read(&out.join("metrics.jsonl"))?;
-    let pts = |k: &str| recs.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, 100.0 * r.get(k)?.as_f64()?))).collect::<Vec<_>>();
-    let chart = Chart {
-        title: "rm: accuracy (chosen scored above rejected)".into(),
-        x_label: "step".into(),
-        y_label: "accuracy (%)".into(),
-        series: vec![Series { name: "train batch".into(), points: pts("accuracy") }, Series { name: "validation".into(), points: pts("val_accuracy") }],
-        log_y: false,
-    };
-    save_png(&chart, &out.join("rm_accuracy.png"), 900, 500)?;
+    let pts = |k: &str, scale: f64| recs.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, scale * r.get(k)?.as_f64()?))).collect::<Vec<_>>();
+    for (file, title, y, key, scale) in [
+        ("rm_loss.png", "rm: loss", "ranking loss (nats/pair)", "loss", 1.0),
+        ("rm_accuracy.png", "rm: accuracy (chosen scored above rejected)", "accuracy (%)", "accuracy", 100.0),
+    ] {
+        let chart = Chart {
+            title: title.into(),
+            x_label: "step".into(),
+            y_label: y.into(),
+            series: vec![
+                Series { name: "train batch".into(), points: pts(key, scale) },
+                Series { name: "validation".into(), points: pts(&format!("val_{key}"), scale) },
+            ],
+            log_y: false,
+        };
+        save_png(&chart, &out.join(file), 900, 500)?;
+    }
     Ok(())
 }
 
