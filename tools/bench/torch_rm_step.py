@@ -12,7 +12,9 @@ torch.optim.AdamW (lr 1e-5, betas (0.9, 0.95), eps 1e-5, weight decay 0.1 on
 matrices, none on RMSNorm weights). float32 throughout, the same batch every
 step.
 
-Prints one JSON line: {"step_ms_median": X, "tokens_per_s": Y, ...}. Run it
+Prints one JSON line: {"step_ms_median": X, "cpu_ms_median": C, "tokens_per_s": Y, ...}
+(C: CPU time of the process, every thread, per step: unlike wall time it does
+not grow when other jobs hold the cores, but it counts OpenMP's spin-waiting). Run it
 in the same command as the Rust bench, same machine, same threads
 (tools/bench/rm_step_vs_torch.sh).
 
@@ -97,15 +99,17 @@ def main():
 
     for _ in range(args.warmup):
         step()
-    times, losses = [], []
+    times, cpu, losses = [], [], []
     for _ in range(args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses.append(step())
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     med = statistics.median(times)
     print(json.dumps({
         "step_ms_median": round(med * 1e3, 3),
         "step_ms_all": [round(x * 1e3, 3) for x in times],
+        "cpu_ms_median": round(statistics.median(cpu) * 1e3, 3),
         "tokens_per_s": round(2 * p * t / med, 1),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__, "transformers": transformers.__version__, "attn": args.attn,

@@ -749,22 +749,27 @@ impl Job for RmStepJob {
         let mb = PairBatch::new(&refs, Margin::Small, cfg.pad_id.unwrap_or(0));
         let mut tr = RewardTrainer::new(be, model, AdamWConfig::default(), 0.0)?;
         let mut times = Vec::new();
+        let mut cpu = Vec::new();
         let mut losses = Vec::new();
         for i in 0..a.warmup + a.steps {
-            let t0 = Instant::now();
+            let (t0, c0) = (Instant::now(), process_cpu_s());
             let st = train_step(be, &mut tr, std::slice::from_ref(&mb), &[1e-5])?;
             be.synchronize()?;
             losses.push(st.loss);
             if i >= a.warmup {
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
+                if let (Some(c0), Some(c1)) = (c0, process_cpu_s()) {
+                    cpu.push((c1 - c0) * 1e3);
+                }
             }
         }
         let ms = median(times.clone());
+        let cpu_ms = (!cpu.is_empty()).then(|| median(cpu.clone()));
         let tps = (2 * p * t) as f64 / (ms / 1e3);
         if a.json {
             println!(
                 "{}",
-                json!({"step_ms_median": ms, "step_ms_all": times, "tokens_per_s": tps, "device": be.name(), "params": cfg.n_params(),
+                json!({"step_ms_median": ms, "step_ms_all": times, "cpu_ms_median": cpu_ms, "tokens_per_s": tps, "device": be.name(), "params": cfg.n_params(),
                        "pairs": p, "seq_len": t, "loss_first_last": [losses.first(), losses.last()], "peak_rss_mib": peak_rss_mib()})
             );
         } else {
@@ -772,6 +777,20 @@ impl Job for RmStepJob {
         }
         Ok(())
     }
+}
+
+/// CPU time (user + system, every thread) this process has used, in
+/// seconds (Linux: /proc/self/stat; None elsewhere). Unlike wall time it
+/// does not grow when other jobs hold the cores.
+fn process_cpu_s() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // fields after the command name (which may hold spaces) in parentheses
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here
+    let (u, st): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    const TICKS_PER_S: f64 = 100.0; // USER_HZ, 100 on every Linux ABI we run on
+    Some((u + st) / TICKS_PER_S)
 }
 
 /// `train-tool bench rm-step`.
