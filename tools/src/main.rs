@@ -38,6 +38,8 @@ enum Cmd {
     Sft(cmd::sft::SftArgs),
     /// PPO (Llama 2's RLHF): policy, value model, frozen reference and reward models
     Ppo(cmd::ppo::PpoArgs),
+    /// Reward models: init from a chat model, train on preference pairs, score, evaluate
+    Rm(cmd::rm::RmArgs),
     /// Chat with a model in the terminal (Llama-2-chat format)
     Chat(cmd::chat::ChatArgs),
     /// The main job: vocabulary, pretraining, SFT and chat samples on the built-in data, with a report
@@ -66,6 +68,7 @@ fn main() {
         Cmd::Bench(a) => cmd::bench::run(a),
         Cmd::Pretrain(a) => cmd::pretrain::run(a),
         Cmd::Sft(a) => cmd::sft::run(a),
+        Cmd::Rm(a) => cmd::rm::run(a),
         Cmd::Chat(a) => cmd::chat::run(a),
         Cmd::Ppo(a) => cmd::ppo::run(a),
         Cmd::Pipeline(a) => cmd::pipeline::run(a),

@@ -9,6 +9,8 @@
 //! - [`metrics`]: JSONL metrics, progress, energy and carbon estimate
 //! - [`run`]: the outer training loop of every objective (schedule,
 //!   validation, checkpoints, metrics)
+//! - [`reward`]: reward models: the margin ranking loss as an objective,
+//!   preference pairs (formats, mixtures, batches), accuracy by rating
 //! - [`sft`]: SFT datasets (messages, sharegpt, prompt/completion, Alpaca), chat format, packing
 //! - [`trainer`]: the one training step for every objective (accumulate,
 //!   clip, AdamW over one or more trained models)
@@ -26,6 +28,7 @@ pub mod eval;
 pub mod metrics;
 pub mod optim;
 pub mod ppo;
+pub mod reward;
 pub mod run;
 pub mod schedule;
 pub mod session;

@@ -35,7 +35,7 @@ fn bad(path: &Path, msg: String) -> TrainError {
     }
 }
 
-fn text_of(v: &Value) -> Option<String> {
+pub(crate) fn text_of(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Object(o) => o.get("content").or_else(|| o.get("value")).and_then(|x| x.as_str()).map(String::from),
@@ -43,7 +43,7 @@ fn text_of(v: &Value) -> Option<String> {
     }
 }
 
-fn messages_of(v: &Value) -> std::result::Result<Vec<Message>, String> {
+pub(crate) fn messages_of(v: &Value) -> std::result::Result<Vec<Message>, String> {
     let arr = v.as_array().ok_or("`messages` must be an array")?;
     arr.iter()
         .enumerate()

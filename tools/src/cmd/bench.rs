@@ -27,6 +27,8 @@ pub enum BenchCmd {
     TrainStep(TrainStepArgs),
     /// Greedy decoding of one sequence through the KV cache
     Generate(GenBenchArgs),
+    /// A reward-model training step (pairs, margin ranking loss, AdamW) on random tokens
+    RmStep(crate::cmd::rm::RmStepArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -49,7 +51,7 @@ pub struct ModelChoice {
 }
 
 impl ModelChoice {
-    fn load<B: Backend>(&self, be: &B) -> Result<Model<B>> {
+    pub(crate) fn load<B: Backend>(&self, be: &B) -> Result<Model<B>> {
         if let Some(dir) = &self.model {
             return Ok(Model::load_path(be, dir)?);
         }
@@ -107,7 +109,7 @@ pub struct GenBenchArgs {
     pub dev: DeviceOpts,
 }
 
-fn median(mut x: Vec<f64>) -> f64 {
+pub(crate) fn median(mut x: Vec<f64>) -> f64 {
     x.sort_by(|a, b| a.total_cmp(b));
     let n = x.len();
     if n % 2 == 1 {
@@ -218,5 +220,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let dev = x.dev.clone();
             dispatch(&dev, GenBenchJob(x))
         }
+        BenchCmd::RmStep(x) => crate::cmd::rm::rm_step(x),
     }
 }

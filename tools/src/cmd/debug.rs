@@ -1,6 +1,7 @@
 //! `train-tool debug`: `grads` (the gradient of the mean loss of the first
-//! batch with respect to every parameter, saved under HF names), and the
-//! PPO checks `ppo-math` and `ppo-grads` (in [`crate::cmd::ppo`]).
+//! batch with respect to every parameter, saved under HF names), the PPO
+//! checks `ppo-math` and `ppo-grads` (in [`crate::cmd::ppo`]), and
+//! `rm-grads` (the same for a reward model's ranking loss, in `cmd::rm`).
 
 use crate::device::{dispatch, DeviceOpts, Job};
 use anyhow::{Context, Result};
@@ -24,6 +25,8 @@ pub enum DebugCmd {
     PpoMath(crate::cmd::ppo::MathArgs),
     /// Gradients of one PPO step of a policy and a value model on given rollouts
     PpoGrads(crate::cmd::ppo::GradsArgs),
+    /// Write d(mean ranking loss)/d(parameter) of a reward model over a file of pairs (one batch)
+    RmGrads(crate::cmd::rm::RmGradsArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -70,5 +73,6 @@ pub fn run(a: DebugArgs) -> Result<()> {
         }
         DebugCmd::PpoMath(m) => crate::cmd::ppo::run_math(m),
         DebugCmd::PpoGrads(g) => crate::cmd::ppo::run_grads(g),
+        DebugCmd::RmGrads(g) => crate::cmd::rm::rm_grads(g),
     }
 }

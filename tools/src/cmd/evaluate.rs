@@ -414,23 +414,22 @@ impl Job for HelpfulnessJob {
     }
 }
 
-/// The Self-BLEU chart (one curve per prompt set), kept small so it can
-/// move to the report's plotting module.
+/// The Self-BLEU chart (one curve per prompt set).
 fn self_bleu_chart(c: &SelfBleuCurve, path: &Path) -> Result<()> {
-    use llama2_train::plot::{save_png, Chart, Series};
+    use llama2_tools::plot::{save_png, LineChart, Series};
     let series = c
         .sets
         .iter()
         .map(|(name, ys)| Series { name: format!("{name} prompts"), points: c.temperatures.iter().map(|&t| t as f64).zip(ys.iter().copied()).collect() })
         .collect();
-    let chart = Chart {
+    let chart = LineChart {
         title: format!("Self-BLEU vs temperature ({} samples per prompt)", c.samples),
         x_label: "temperature".into(),
         y_label: "Self-BLEU (BLEU-3)".into(),
         series,
         log_y: false,
     };
-    save_png(&chart, path, 900, 500)?;
+    save_png(&chart.into(), path, 900, 500)?;
     Ok(())
 }
 

@@ -15,6 +15,8 @@
 //! Model-level checks ([`model_check`]): a whole training step of a small
 //! Llama on GPU vs CPU (the loss and every gradient), and 200 steps of
 //! training whose loss curve (20-step means) must track the CPU one.
+//! Reward-model checks ([`rm_check`]): scores, ranking loss and every
+//! gradient of a batch of pairs, dense and ragged, GPU vs CPU.
 //!
 //! The comparison rules are in [`compare`], the naive references and the
 //! input generator in [`reference`]; both, and the model-level checks, are
@@ -49,6 +51,8 @@ pub mod reference;
 pub mod sim_backend;
 #[cfg(all(test, feature = "cuda-sim"))]
 mod sim_tests;
+#[cfg(any(feature = "cuda", test))]
+pub mod rm_check;
 
 #[derive(Args)]
 pub struct GpuCheckArgs {
@@ -163,11 +167,15 @@ pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
             let (cpu, gpu) = c.backends();
             let mut rows = Vec::new();
             let res = model_check::compare(cpu, gpu, a.seed, &mut |n, e, l| rows.push((n, e, l)));
+            let rm_res = rm_check::compare(cpu, gpu, a.seed, &mut |n, e, l| rows.push((n, e, l)));
             for (n, e, l) in rows {
                 c.record(n, e, l);
             }
             if let Err(e) = res {
                 c.record(format!("model-level checks: error {e:#}"), f64::INFINITY, 0.0);
+            }
+            if let Err(e) = rm_res {
+                c.record(format!("reward-model checks: error {e:#}"), f64::INFINITY, 0.0);
             }
         }
         failed = c.report();

@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod ppo;
 pub mod pretrain;
 pub mod report;
+pub mod rm;
 pub mod sft;
 pub mod tokenizer;
 pub mod train_common;
