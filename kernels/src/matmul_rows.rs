@@ -1,0 +1,395 @@
+//! Row-invariant products `C (m, n) (=|+=) A (m, k) · B^T`, B stored
+//! `(n, k)`: a Linear layer's forward (`y = x W^T`) on the CPU.
+//!
+//! "Row-invariant" (batch-invariant): element `(i, j)` of C is computed by
+//! the same instructions in the same order whatever `m`, whatever the other
+//! rows of A, whatever the row's index and the thread count: one vector
+//! accumulator of [`lanes`] lanes over `k` in order (FMA, a masked tail),
+//! then a fixed horizontal sum. So a sequence's hidden states, logits and
+//! sampled tokens are bit for bit the same whether it is decoded alone or in
+//! a batch of 16, at any position of the batch, and prefilled alone or with
+//! other prompts (the other per-row ops of the model are per row already;
+//! attention is per (sequence, head)). The gemm crate's blocking of `k`
+//! depends on `m` and `n`, so it does not have this property.
+//!
+//! Speed: register tiles of [`MR`] rows of A by [`NR`] rows of B (AVX-512:
+//! 24 accumulators, 10 loads per 24 FMAs); parallel tasks over blocks of
+//! [`TASK_COLS`] rows of B and [`ROW_BLOCK`] rows of A (a B tile stays in
+//! L1 while the A block streams from L2). A decode step of B sequences is
+//! one such product per weight (the weight is read once for all rows), not
+//! B matrix-vector products.
+//!
+//! Paths, chosen once per process by the CPU's features: AVX-512F (16
+//! lanes), AVX2+FMA (8 lanes), portable (8 scalar lanes, no FMA). Results
+//! are invariant within a path; paths differ by float32 rounding only.
+//!
+//! Public items: [`matmul_rows_cpu`], [`lanes`], [`MR`], [`NR`],
+//! [`TASK_COLS`], [`ROW_BLOCK`].
+
+use crate::{check_min_len, GradWrite, Result, SharedMut};
+use rayon::prelude::*;
+
+/// Rows of A per register tile (AVX-512 path).
+pub const MR: usize = 4;
+/// Rows of B per register tile (AVX-512 path): MR·NR = 24 accumulators +
+/// MR A vectors + 1 B vector = 29 of the 32 vector registers.
+pub const NR: usize = 6;
+/// Rows of B per parallel task (8 tiles).
+pub const TASK_COLS: usize = 48;
+/// Rows of A per parallel task: 128 rows of k = 512 floats are 256 KiB, in L2.
+pub const ROW_BLOCK: usize = 128;
+
+/// Accumulator lanes of the path this CPU runs (16, 8 or the portable 8).
+pub fn lanes() -> usize {
+    match path() {
+        Path::Avx512 => 16,
+        Path::Avx2 | Path::Portable => 8,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+fn path() -> Path {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
+            return Path::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Path::Avx2;
+        }
+    }
+    Path::Portable
+}
+
+/// `C (m, n) (=|+=) A (m, k) · B^T` with B stored `(n, k)`, row-invariant
+/// (see the module header), on the caller's rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_cpu(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, write: GradWrite) -> Result<()> {
+    const OP: &str = "matmul_rows";
+    check_min_len(OP, "c", c.len(), m * n)?;
+    check_min_len(OP, "a", a.len(), m * k)?;
+    check_min_len(OP, "b", b.len(), n * k)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let p = path();
+    let (col_tasks, row_tasks) = (n.div_ceil(TASK_COLS), m.div_ceil(ROW_BLOCK));
+    let cp = SharedMut::from_slice(c);
+    let acc = write == GradWrite::Accumulate;
+    (0..col_tasks * row_tasks).into_par_iter().for_each(|task| {
+        let (cj, ri) = (task % col_tasks, task / col_tasks);
+        let (j0, j1) = (cj * TASK_COLS, ((cj + 1) * TASK_COLS).min(n));
+        let (i0, i1) = (ri * ROW_BLOCK, ((ri + 1) * ROW_BLOCK).min(m));
+        // SAFETY: the task writes C[i0..i1, j0..j1] only (tasks partition the
+        // (row block, column block) grid); every A row i < m and B row j < n
+        // holds k elements (lengths checked above).
+        unsafe { block(p, cp.ptr(), a.as_ptr(), b.as_ptr(), n, k, (i0, i1), (j0, j1), acc) };
+    });
+    Ok(())
+}
+
+/// One task: C[i0..i1, j0..j1] through register tiles.
+///
+/// # Safety
+/// As [`matmul_rows_cpu`]'s task: the ranges lie inside C (row stride `n`),
+/// A and B, and no other thread touches that part of C.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(p: Path, c: *mut f32, a: *const f32, b: *const f32, n: usize, k: usize, (i0, i1): (usize, usize), (j0, j1): (usize, usize), acc: bool) {
+    let (mr, nr) = match p {
+        Path::Avx512 => (MR, NR),
+        Path::Avx2 => (AVX2_MR, AVX2_NR),
+        Path::Portable => (1, 1),
+    };
+    let mut j = j0;
+    while j < j1 {
+        let cn = nr.min(j1 - j);
+        let mut i = i0;
+        while i < i1 {
+            let rm = mr.min(i1 - i);
+            let (ap, bp, cpp) = (a.add(i * k), b.add(j * k), c.add(i * n + j));
+            match p {
+                #[cfg(target_arch = "x86_64")]
+                Path::Avx512 => x86::tile512_dispatch(rm, cn, k, ap, bp, cpp, n, acc),
+                #[cfg(target_arch = "x86_64")]
+                Path::Avx2 => x86::tile256_dispatch(rm, cn, k, ap, bp, cpp, n, acc),
+                _ => portable_elem(k, ap, bp, cpp, acc),
+            }
+            i += rm;
+        }
+        j += cn;
+    }
+}
+
+/// Rows of A / of B per register tile on the AVX2 path: 8 accumulators +
+/// 4 A vectors + 1 B vector = 13 of the 16 vector registers.
+const AVX2_MR: usize = 4;
+const AVX2_NR: usize = 2;
+
+/// The portable element: 8 scalar lanes over `k` in order, a zero-padded
+/// tail, then the lanes summed pairwise.
+///
+/// # Safety
+/// `a` and `b` hold `k` elements; `c` is writable.
+unsafe fn portable_elem(k: usize, a: *const f32, b: *const f32, c: *mut f32, acc: bool) {
+    let (x, w) = (std::slice::from_raw_parts(a, k), std::slice::from_raw_parts(b, k));
+    let mut l = [0f32; 8];
+    let full = k / 8 * 8;
+    for p in (0..full).step_by(8) {
+        for u in 0..8 {
+            l[u] += x[p + u] * w[p + u];
+        }
+    }
+    for u in 0..k - full {
+        l[u] += x[full + u] * w[full + u];
+    }
+    let s = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+    if acc {
+        *c += s;
+    } else {
+        *c = s;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// An `R x C` tile: `R` rows of A against `C` rows of B, one 16-lane
+    /// accumulator per element.
+    ///
+    /// # Safety
+    /// AVX-512F and VL (VL lets the compiler use all 32 vector registers for
+    /// the 24 accumulators; without it LLVM spills); rows `0..R` of A (stride k) and `0..C` of B (stride k) hold
+    /// `k` elements; C's tile (row stride `ldc`) is writable.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn tile512<const R: usize, const C: usize>(k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc_c: bool) {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut p = 0;
+        while p + 16 <= k {
+            let mut x = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                x[r] = _mm512_loadu_ps(a.add(r * k + p));
+            }
+            for j in 0..C {
+                let w = _mm512_loadu_ps(b.add(j * k + p));
+                for r in 0..R {
+                    acc[r][j] = _mm512_fmadd_ps(x[r], w, acc[r][j]);
+                }
+            }
+            p += 16;
+        }
+        if p < k {
+            // masked tail: the lanes past k load 0 and add 0·0 to the sum
+            let m: __mmask16 = ((1u32 << (k - p)) - 1) as u16;
+            let mut x = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                x[r] = _mm512_maskz_loadu_ps(m, a.add(r * k + p));
+            }
+            for j in 0..C {
+                let w = _mm512_maskz_loadu_ps(m, b.add(j * k + p));
+                for r in 0..R {
+                    acc[r][j] = _mm512_fmadd_ps(x[r], w, acc[r][j]);
+                }
+            }
+        }
+        for r in 0..R {
+            for j in 0..C {
+                let s = _mm512_reduce_add_ps(acc[r][j]);
+                let d = c.add(r * ldc + j);
+                *d = if acc_c { *d + s } else { s };
+            }
+        }
+    }
+
+    /// The tile of `rm x cn` (at most `MR x NR`).
+    ///
+    /// # Safety
+    /// As [`tile512`], with `1 <= rm <= MR`, `1 <= cn <= NR`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile512_dispatch(rm: usize, cn: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
+        macro_rules! cols {
+            ($r:literal) => {
+                match cn {
+                    6 => tile512::<$r, 6>(k, a, b, c, ldc, acc),
+                    5 => tile512::<$r, 5>(k, a, b, c, ldc, acc),
+                    4 => tile512::<$r, 4>(k, a, b, c, ldc, acc),
+                    3 => tile512::<$r, 3>(k, a, b, c, ldc, acc),
+                    2 => tile512::<$r, 2>(k, a, b, c, ldc, acc),
+                    _ => tile512::<$r, 1>(k, a, b, c, ldc, acc),
+                }
+            };
+        }
+        match rm {
+            4 => cols!(4),
+            3 => cols!(3),
+            2 => cols!(2),
+            _ => cols!(1),
+        }
+    }
+
+    /// Fixed-order horizontal sum of 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum256(s: __m256) -> f32 {
+        let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+        _mm_cvtss_f32(h)
+    }
+
+    /// [`tile512`] on AVX2+FMA: 8-lane accumulators.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; as [`tile512`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn tile256<const R: usize, const C: usize>(k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc_c: bool) {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut p = 0;
+        while p + 8 <= k {
+            let mut x = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                x[r] = _mm256_loadu_ps(a.add(r * k + p));
+            }
+            for j in 0..C {
+                let w = _mm256_loadu_ps(b.add(j * k + p));
+                for r in 0..R {
+                    acc[r][j] = _mm256_fmadd_ps(x[r], w, acc[r][j]);
+                }
+            }
+            p += 8;
+        }
+        if p < k {
+            let rem = (k - p) as i32;
+            let mask = _mm256_setr_epi32(
+                if rem > 0 { -1 } else { 0 },
+                if rem > 1 { -1 } else { 0 },
+                if rem > 2 { -1 } else { 0 },
+                if rem > 3 { -1 } else { 0 },
+                if rem > 4 { -1 } else { 0 },
+                if rem > 5 { -1 } else { 0 },
+                if rem > 6 { -1 } else { 0 },
+                0,
+            );
+            let mut x = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                x[r] = _mm256_maskload_ps(a.add(r * k + p), mask);
+            }
+            for j in 0..C {
+                let w = _mm256_maskload_ps(b.add(j * k + p), mask);
+                for r in 0..R {
+                    acc[r][j] = _mm256_fmadd_ps(x[r], w, acc[r][j]);
+                }
+            }
+        }
+        for r in 0..R {
+            for j in 0..C {
+                let s = hsum256(acc[r][j]);
+                let d = c.add(r * ldc + j);
+                *d = if acc_c { *d + s } else { s };
+            }
+        }
+    }
+
+    /// The AVX2 tile of `rm x cn` (at most `AVX2_MR x AVX2_NR`).
+    ///
+    /// # Safety
+    /// As [`tile256`], with `1 <= rm <= 4`, `1 <= cn <= 2`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile256_dispatch(rm: usize, cn: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
+        macro_rules! cols {
+            ($r:literal) => {
+                match cn {
+                    2 => tile256::<$r, 2>(k, a, b, c, ldc, acc),
+                    _ => tile256::<$r, 1>(k, a, b, c, ldc, acc),
+                }
+            };
+        }
+        match rm {
+            4 => cols!(4),
+            3 => cols!(3),
+            2 => cols!(2),
+            _ => cols!(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matmul::{matmul_naive_f64, Gemm};
+    use crate::Trans;
+
+    fn rnd(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn pool(t: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()
+    }
+
+    /// Against a float64 product, at every tile edge (m, n not multiples of
+    /// the tile; k around the vector width), both write rules.
+    #[test]
+    fn matches_f64_reference() {
+        for (m, n, k) in [(1, 1, 1), (3, 7, 15), (5, 13, 16), (9, 50, 17), (37, 29, 53), (130, 49, 100), (4, 6, 512)] {
+            for write in [GradWrite::Overwrite, GradWrite::Accumulate] {
+                let (a, b, c0) = (rnd(m * k, 1), rnd(n * k, 2), rnd(m * n, 3));
+                let mut c = c0.clone();
+                pool(2).install(|| matmul_rows_cpu(&mut c, &a, &b, m, n, k, write)).unwrap();
+                let r = matmul_naive_f64(&a, &b, Gemm { m, n, k, ta: Trans::N, tb: Trans::T, write });
+                let abs: Vec<f64> = (0..m * n).map(|x| (0..k).map(|p| (a[x / n * k + p] * b[x % n * k + p]).abs() as f64).sum()).collect();
+                for x in 0..m * n {
+                    let want = r[x] + if write == GradWrite::Accumulate { c0[x] as f64 } else { 0.0 };
+                    // float32 summation of k products in any order: |err| <=
+                    // k·2^-24·Σ|a b| (Higham 3.1), + the accumulate's rounding
+                    let tol = (k as f64 + 1.0) * (1.0 / (1u64 << 24) as f64) * (abs[x] + c0[x].abs() as f64) + 1e-30;
+                    assert!((c[x] as f64 - want).abs() <= tol, "{m}x{n}x{k} {write:?} [{x}]: {} vs {want}", c[x]);
+                }
+            }
+        }
+    }
+
+    /// The property the module exists for: each row of C is bit for bit the
+    /// same computed alone, in any sub-batch, at any offset, on 1 or 2
+    /// threads.
+    #[test]
+    fn rows_are_bitwise_invariant() {
+        let (m, n, k) = (23, 101, 77);
+        let (a, b) = (rnd(m * k, 4), rnd(n * k, 5));
+        let mut full = vec![0f32; m * n];
+        pool(2).install(|| matmul_rows_cpu(&mut full, &a, &b, m, n, k, GradWrite::Overwrite)).unwrap();
+        for threads in [1, 2] {
+            for (start, len) in [(0, 1), (7, 1), (22, 1), (3, 5), (0, 16), (5, 18)] {
+                let mut part = vec![0f32; len * n];
+                pool(threads).install(|| matmul_rows_cpu(&mut part, &a[start * k..(start + len) * k], &b, len, n, k, GradWrite::Overwrite)).unwrap();
+                for i in 0..len {
+                    let (got, want) = (&part[i * n..(i + 1) * n], &full[(start + i) * n..(start + i + 1) * n]);
+                    assert!(
+                        got.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "row {} of a batch of {len} at {start}, {threads} threads",
+                        start + i
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_buffers_are_errors() {
+        let mut c = vec![0f32; 5];
+        assert!(matmul_rows_cpu(&mut c, &[0.0; 6], &[0.0; 6], 2, 3, 2, GradWrite::Overwrite).is_err());
+    }
+}
