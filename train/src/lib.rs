@@ -9,6 +9,9 @@
 //! - [`metrics`]: JSONL metrics, progress, energy and carbon estimate
 //! - [`run`]: the outer training loop of every objective (schedule,
 //!   validation, checkpoints, metrics)
+//! - [`rejection`]: rejection-sampling fine-tuning (sample K, score, keep
+//!   the best per prompt over all iterations, fine-tune), Figures 7 and 8
+//! - [`score`]: reward-model scores of sequences, the helpfulness/safety rule
 //! - [`sft`]: SFT datasets (messages, sharegpt, prompt/completion, Alpaca), chat format, packing
 //! - [`trainer`]: the one training step for every objective (accumulate,
 //!   clip, AdamW over one or more trained models)
@@ -23,8 +26,10 @@ pub mod error;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+pub mod rejection;
 pub mod run;
 pub mod schedule;
+pub mod score;
 pub mod session;
 pub mod sft;
 pub mod step;
