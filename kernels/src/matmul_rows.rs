@@ -3,9 +3,9 @@
 //!
 //! "Row-invariant" (batch-invariant): element `(i, j)` of C is computed by
 //! the same instructions in the same order whatever `m`, whatever the other
-//! rows of A, whatever the row's index and the thread count: one vector
-//! accumulator of [`lanes`] lanes over `k` in order (FMA, a masked tail),
-//! then a fixed horizontal sum. So a sequence's hidden states, logits and
+//! rows of A, whatever the row's index and the thread count: two vector
+//! accumulators of [`lanes`] lanes over `k` (alternate vectors of k, FMA,
+//! a masked tail), their sum, then a fixed horizontal sum. So a sequence's hidden states, logits and
 //! sampled tokens are bit for bit the same whether it is decoded alone or in
 //! a batch of 16, at any position of the batch, and prefilled alone or with
 //! other prompts (the other per-row ops of the model are per row already;
@@ -13,11 +13,20 @@
 //! depends on `m` and `n`, so it does not have this property.
 //!
 //! Speed: register tiles of [`MR`] rows of A by [`NR`] rows of B (AVX-512:
-//! 24 accumulators, 10 loads per 24 FMAs); parallel tasks over blocks of
-//! [`TASK_COLS`] rows of B and [`ROW_BLOCK`] rows of A (a B tile stays in
-//! L1 while the A block streams from L2). A decode step of B sequences is
-//! one such product per weight (the weight is read once for all rows), not
-//! B matrix-vector products.
+//! 24 accumulators, 14 loads per 24 FMAs), the next tile of B prefetched
+//! while one is computed; parallel tasks over blocks of [`TASK_COLS`] rows
+//! of B and [`ROW_BLOCK`] rows of A (a B tile stays in L1 while the A block
+//! streams from L2). A decode step of B sequences is one such product per
+//! weight (the weight is read once for all rows), not B matrix-vector
+//! products. A single row of A (one sequence decoding) goes through B one
+//! row at a time, front to back, which is what the hardware prefetcher
+//! streams fastest. Why two accumulators per element: one makes the
+//! single-row product wait on FMA latency (measured 13-16 GB/s of weights
+//! on one core), four (the order of `crate::dot`) leave room for tiles of
+//! only 2 x 3 (55 GFLOP/s at 16 rows); two give both: 19-25 GB/s for one
+//! row (as `dot`), 67-75 GFLOP/s per core at 16 rows (the gemm crate: 13,
+//! as it packs B first), 67-73 at 2048 rows (gemm: 94). Measured in CPU
+//! time of one thread on this project's 2-core EPYC VM, huge pages on.
 //!
 //! Paths, chosen once per process by the CPU's features: AVX-512F (16
 //! lanes), AVX2+FMA (8 lanes), portable (8 scalar lanes, no FMA). Results
@@ -31,9 +40,10 @@ use rayon::prelude::*;
 
 /// Rows of A per register tile (AVX-512 path).
 pub const MR: usize = 4;
-/// Rows of B per register tile (AVX-512 path): MR·NR = 24 accumulators +
-/// MR A vectors + 1 B vector = 29 of the 32 vector registers.
-pub const NR: usize = 6;
+/// Rows of B per register tile (AVX-512 path): 2·MR·NR = 24 accumulators
+/// (two per element) + MR A vectors + 1 B vector = 29 of the 32 vector
+/// registers.
+pub const NR: usize = 3;
 /// Rows of B per parallel task (8 tiles).
 pub const TASK_COLS: usize = 48;
 /// Rows of A per parallel task: 128 rows of k = 512 floats are 256 KiB, in L2.
@@ -71,6 +81,12 @@ fn path() -> Path {
 /// (see the module header), on the caller's rayon pool.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_rows_cpu(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, write: GradWrite) -> Result<()> {
+    matmul_rows_on(path(), c, a, b, m, n, k, write)
+}
+
+/// [`matmul_rows_cpu`] on a given path (the tests run every path the CPU has).
+#[allow(clippy::too_many_arguments)]
+fn matmul_rows_on(p: Path, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, write: GradWrite) -> Result<()> {
     const OP: &str = "matmul_rows";
     check_min_len(OP, "c", c.len(), m * n)?;
     check_min_len(OP, "a", a.len(), m * k)?;
@@ -78,7 +94,6 @@ pub fn matmul_rows_cpu(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, 
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let p = path();
     let (col_tasks, row_tasks) = (n.div_ceil(TASK_COLS), m.div_ceil(ROW_BLOCK));
     let cp = SharedMut::from_slice(c);
     let acc = write == GradWrite::Accumulate;
@@ -102,20 +117,31 @@ pub fn matmul_rows_cpu(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, 
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(p: Path, c: *mut f32, a: *const f32, b: *const f32, n: usize, k: usize, (i0, i1): (usize, usize), (j0, j1): (usize, usize), acc: bool) {
     let (mr, nr) = match p {
+        // one row of A: one row of B at a time, front to back (a single
+        // sequential stream: measured 19-25 GB/s on one core, against
+        // 10-11 GB/s for tiles of interleaved rows)
+        Path::Avx512 if i1 - i0 == 1 => (1, 1),
         Path::Avx512 => (MR, NR),
+        Path::Avx2 if i1 - i0 == 1 => (1, 1),
         Path::Avx2 => (AVX2_MR, AVX2_NR),
         Path::Portable => (1, 1),
     };
     let mut j = j0;
     while j < j1 {
         let cn = nr.min(j1 - j);
+        // the next tile of B, fetched into L1 while this one is computed
+        // (decoding streams every weight from memory; without it a tile's
+        // first pass waits for memory, then computes)
+        let next = (nr > 1 && j + cn < j1).then(|| (b.add((j + cn) * k), nr.min(j1 - j - cn)));
         let mut i = i0;
         while i < i1 {
             let rm = mr.min(i1 - i);
             let (ap, bp, cpp) = (a.add(i * k), b.add(j * k), c.add(i * n + j));
+            // prefetch during the first pass over this tile only
+            let pf = if i == i0 { next } else { None };
             match p {
                 #[cfg(target_arch = "x86_64")]
-                Path::Avx512 => x86::tile512_dispatch(rm, cn, k, ap, bp, cpp, n, acc),
+                Path::Avx512 => x86::tile512_dispatch(rm, cn, k, ap, bp, cpp, n, acc, pf),
                 #[cfg(target_arch = "x86_64")]
                 Path::Avx2 => x86::tile256_dispatch(rm, cn, k, ap, bp, cpp, n, acc),
                 _ => portable_elem(k, ap, bp, cpp, acc),
@@ -126,9 +152,9 @@ unsafe fn block(p: Path, c: *mut f32, a: *const f32, b: *const f32, n: usize, k:
     }
 }
 
-/// Rows of A / of B per register tile on the AVX2 path: 8 accumulators +
-/// 4 A vectors + 1 B vector = 13 of the 16 vector registers.
-const AVX2_MR: usize = 4;
+/// Rows of A / of B per register tile on the AVX2 path: 2·2·2 = 8
+/// accumulators + 2 A vectors + 1 B vector = 11 of the 16 vector registers.
+const AVX2_MR: usize = 2;
 const AVX2_NR: usize = 2;
 
 /// The portable element: 8 scalar lanes over `k` in order, a zero-padded
@@ -160,27 +186,58 @@ unsafe fn portable_elem(k: usize, a: *const f32, b: *const f32, c: *mut f32, acc
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// An `R x C` tile: `R` rows of A against `C` rows of B, one 16-lane
-    /// accumulator per element.
+    /// An `R x C` tile: `R` rows of A against `C` rows of B. Each element:
+    /// two 16-lane accumulators over steps of 32 (the first takes elements
+    /// `p..p+16`, the second `p+16..p+32`), then a step of 16 into the
+    /// first, a masked tail into the second, their sum, then the horizontal
+    /// sum; the same for every tile shape, so any tile agrees bit for bit.
+    ///
+    /// `pf`: rows of the next tile of B (at most C) to prefetch, one line
+    /// each per 16 elements (results do not depend on it).
     ///
     /// # Safety
     /// AVX-512F and VL (VL lets the compiler use all 32 vector registers for
-    /// the 24 accumulators; without it LLVM spills); rows `0..R` of A (stride k) and `0..C` of B (stride k) hold
-    /// `k` elements; C's tile (row stride `ldc`) is writable.
+    /// the accumulators; without it LLVM spills); rows `0..R` of A (stride
+    /// k) and `0..C` of B (stride k) hold `k` elements; C's tile (row stride
+    /// `ldc`) is writable.
     #[target_feature(enable = "avx512f,avx512vl")]
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-    unsafe fn tile512<const R: usize, const C: usize>(k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc_c: bool) {
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
+    unsafe fn tile512<const R: usize, const C: usize>(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        acc_c: bool,
+        pf: Option<(*const f32, usize)>,
+    ) {
+        let mut acc = [[[_mm512_setzero_ps(); 2]; C]; R];
         let mut p = 0;
-        while p + 16 <= k {
-            let mut x = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                x[r] = _mm512_loadu_ps(a.add(r * k + p));
-            }
-            for j in 0..C {
-                let w = _mm512_loadu_ps(b.add(j * k + p));
+        let (pf_ptr, pf_rows) = pf.unwrap_or((b, 0));
+        while p + 32 <= k {
+            for u in 0..2 {
+                let o = p + 16 * u;
+                for j in 0..pf_rows {
+                    _mm_prefetch::<_MM_HINT_T0>(pf_ptr.add(j * k + o) as *const i8);
+                }
+                let mut x = [_mm512_setzero_ps(); R];
                 for r in 0..R {
-                    acc[r][j] = _mm512_fmadd_ps(x[r], w, acc[r][j]);
+                    x[r] = _mm512_loadu_ps(a.add(r * k + o));
+                }
+                for j in 0..C {
+                    let w = _mm512_loadu_ps(b.add(j * k + o));
+                    for r in 0..R {
+                        acc[r][j][u] = _mm512_fmadd_ps(x[r], w, acc[r][j][u]);
+                    }
+                }
+            }
+            p += 32;
+        }
+        while p + 16 <= k {
+            for r in 0..R {
+                let x = _mm512_loadu_ps(a.add(r * k + p));
+                for j in 0..C {
+                    acc[r][j][0] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b.add(j * k + p)), acc[r][j][0]);
                 }
             }
             p += 16;
@@ -188,20 +245,17 @@ mod x86 {
         if p < k {
             // masked tail: the lanes past k load 0 and add 0·0 to the sum
             let m: __mmask16 = ((1u32 << (k - p)) - 1) as u16;
-            let mut x = [_mm512_setzero_ps(); R];
             for r in 0..R {
-                x[r] = _mm512_maskz_loadu_ps(m, a.add(r * k + p));
-            }
-            for j in 0..C {
-                let w = _mm512_maskz_loadu_ps(m, b.add(j * k + p));
-                for r in 0..R {
-                    acc[r][j] = _mm512_fmadd_ps(x[r], w, acc[r][j]);
+                let x = _mm512_maskz_loadu_ps(m, a.add(r * k + p));
+                for j in 0..C {
+                    acc[r][j][1] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m, b.add(j * k + p)), acc[r][j][1]);
                 }
             }
         }
         for r in 0..R {
             for j in 0..C {
-                let s = _mm512_reduce_add_ps(acc[r][j]);
+                let q = &acc[r][j];
+                let s = _mm512_reduce_add_ps(_mm512_add_ps(q[0], q[1]));
                 let d = c.add(r * ldc + j);
                 *d = if acc_c { *d + s } else { s };
             }
@@ -211,18 +265,27 @@ mod x86 {
     /// The tile of `rm x cn` (at most `MR x NR`).
     ///
     /// # Safety
-    /// As [`tile512`], with `1 <= rm <= MR`, `1 <= cn <= NR`.
+    /// As [`tile512`], with `1 <= rm <= MR`, `1 <= cn <= NR`; `pf` rows lie
+    /// inside B.
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile512_dispatch(rm: usize, cn: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
+    pub(super) unsafe fn tile512_dispatch(
+        rm: usize,
+        cn: usize,
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+        pf: Option<(*const f32, usize)>,
+    ) {
+        let pf = pf.map(|(p, r)| (p, r.min(cn)));
         macro_rules! cols {
             ($r:literal) => {
                 match cn {
-                    6 => tile512::<$r, 6>(k, a, b, c, ldc, acc),
-                    5 => tile512::<$r, 5>(k, a, b, c, ldc, acc),
-                    4 => tile512::<$r, 4>(k, a, b, c, ldc, acc),
-                    3 => tile512::<$r, 3>(k, a, b, c, ldc, acc),
-                    2 => tile512::<$r, 2>(k, a, b, c, ldc, acc),
-                    _ => tile512::<$r, 1>(k, a, b, c, ldc, acc),
+                    3 => tile512::<$r, 3>(k, a, b, c, ldc, acc, pf),
+                    2 => tile512::<$r, 2>(k, a, b, c, ldc, acc, pf),
+                    _ => tile512::<$r, 1>(k, a, b, c, ldc, acc, pf),
                 }
             };
         }
@@ -243,54 +306,56 @@ mod x86 {
         _mm_cvtss_f32(h)
     }
 
-    /// [`tile512`] on AVX2+FMA: 8-lane accumulators.
+    /// [`tile512`] on AVX2+FMA: two 8-lane accumulators per element over
+    /// steps of 16, then a step of 8 into the first, a masked tail into the
+    /// second, their sum, then the fixed horizontal sum.
     ///
     /// # Safety
     /// AVX2 and FMA; as [`tile512`].
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     unsafe fn tile256<const R: usize, const C: usize>(k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc_c: bool) {
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
         let mut p = 0;
-        while p + 8 <= k {
-            let mut x = [_mm256_setzero_ps(); R];
-            for r in 0..R {
-                x[r] = _mm256_loadu_ps(a.add(r * k + p));
-            }
-            for j in 0..C {
-                let w = _mm256_loadu_ps(b.add(j * k + p));
+        while p + 16 <= k {
+            for u in 0..2 {
+                let o = p + 8 * u;
+                let mut x = [_mm256_setzero_ps(); R];
                 for r in 0..R {
-                    acc[r][j] = _mm256_fmadd_ps(x[r], w, acc[r][j]);
+                    x[r] = _mm256_loadu_ps(a.add(r * k + o));
+                }
+                for j in 0..C {
+                    let w = _mm256_loadu_ps(b.add(j * k + o));
+                    for r in 0..R {
+                        acc[r][j][u] = _mm256_fmadd_ps(x[r], w, acc[r][j][u]);
+                    }
+                }
+            }
+            p += 16;
+        }
+        if p + 8 <= k {
+            for r in 0..R {
+                let x = _mm256_loadu_ps(a.add(r * k + p));
+                for j in 0..C {
+                    acc[r][j][0] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b.add(j * k + p)), acc[r][j][0]);
                 }
             }
             p += 8;
         }
         if p < k {
             let rem = (k - p) as i32;
-            let mask = _mm256_setr_epi32(
-                if rem > 0 { -1 } else { 0 },
-                if rem > 1 { -1 } else { 0 },
-                if rem > 2 { -1 } else { 0 },
-                if rem > 3 { -1 } else { 0 },
-                if rem > 4 { -1 } else { 0 },
-                if rem > 5 { -1 } else { 0 },
-                if rem > 6 { -1 } else { 0 },
-                0,
-            );
-            let mut x = [_mm256_setzero_ps(); R];
+            let lane = |i: i32| if rem > i { -1 } else { 0 };
+            let mask = _mm256_setr_epi32(lane(0), lane(1), lane(2), lane(3), lane(4), lane(5), lane(6), 0);
             for r in 0..R {
-                x[r] = _mm256_maskload_ps(a.add(r * k + p), mask);
-            }
-            for j in 0..C {
-                let w = _mm256_maskload_ps(b.add(j * k + p), mask);
-                for r in 0..R {
-                    acc[r][j] = _mm256_fmadd_ps(x[r], w, acc[r][j]);
+                let x = _mm256_maskload_ps(a.add(r * k + p), mask);
+                for j in 0..C {
+                    acc[r][j][1] = _mm256_fmadd_ps(x, _mm256_maskload_ps(b.add(j * k + p), mask), acc[r][j][1]);
                 }
             }
         }
         for r in 0..R {
             for j in 0..C {
-                let s = hsum256(acc[r][j]);
+                let s = hsum256(_mm256_add_ps(acc[r][j][0], acc[r][j][1]));
                 let d = c.add(r * ldc + j);
                 *d = if acc_c { *d + s } else { s };
             }
@@ -300,7 +365,7 @@ mod x86 {
     /// The AVX2 tile of `rm x cn` (at most `AVX2_MR x AVX2_NR`).
     ///
     /// # Safety
-    /// As [`tile256`], with `1 <= rm <= 4`, `1 <= cn <= 2`.
+    /// As [`tile256`], with `1 <= rm <= 2`, `1 <= cn <= 2`.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile256_dispatch(rm: usize, cn: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
         macro_rules! cols {
@@ -312,8 +377,6 @@ mod x86 {
             };
         }
         match rm {
-            4 => cols!(4),
-            3 => cols!(3),
             2 => cols!(2),
             _ => cols!(1),
         }
@@ -336,6 +399,21 @@ mod tests {
             .collect()
     }
 
+    /// Every path this CPU can run.
+    fn paths() -> Vec<Path> {
+        let mut v = vec![Path::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                v.push(Path::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
+                v.push(Path::Avx512);
+            }
+        }
+        v
+    }
+
     fn pool(t: usize) -> rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()
     }
@@ -344,11 +422,14 @@ mod tests {
     /// the tile; k around the vector width), both write rules.
     #[test]
     fn matches_f64_reference() {
-        for (m, n, k) in [(1, 1, 1), (3, 7, 15), (5, 13, 16), (9, 50, 17), (37, 29, 53), (130, 49, 100), (4, 6, 512)] {
+        for (p, (m, n, k)) in paths()
+            .into_iter()
+            .flat_map(|p| [(1, 1, 1), (3, 7, 15), (5, 13, 16), (9, 50, 17), (37, 29, 53), (130, 49, 100), (4, 6, 512), (1, 9, 33)].map(move |s| (p, s)))
+        {
             for write in [GradWrite::Overwrite, GradWrite::Accumulate] {
                 let (a, b, c0) = (rnd(m * k, 1), rnd(n * k, 2), rnd(m * n, 3));
                 let mut c = c0.clone();
-                pool(2).install(|| matmul_rows_cpu(&mut c, &a, &b, m, n, k, write)).unwrap();
+                pool(2).install(|| matmul_rows_on(p, &mut c, &a, &b, m, n, k, write)).unwrap();
                 let r = matmul_naive_f64(&a, &b, Gemm { m, n, k, ta: Trans::N, tb: Trans::T, write });
                 let abs: Vec<f64> = (0..m * n).map(|x| (0..k).map(|p| (a[x / n * k + p] * b[x % n * k + p]).abs() as f64).sum()).collect();
                 for x in 0..m * n {
@@ -356,7 +437,7 @@ mod tests {
                     // float32 summation of k products in any order: |err| <=
                     // k·2^-24·Σ|a b| (Higham 3.1), + the accumulate's rounding
                     let tol = (k as f64 + 1.0) * (1.0 / (1u64 << 24) as f64) * (abs[x] + c0[x].abs() as f64) + 1e-30;
-                    assert!((c[x] as f64 - want).abs() <= tol, "{m}x{n}x{k} {write:?} [{x}]: {} vs {want}", c[x]);
+                    assert!((c[x] as f64 - want).abs() <= tol, "{p:?} {m}x{n}x{k} {write:?} [{x}]: {} vs {want}", c[x]);
                 }
             }
         }

@@ -79,6 +79,7 @@ struct Sink {
     out: Vec<Completion>,
     bar: Progress,
     shown: usize,
+    quiet: bool,
 }
 
 impl GenSink for Sink {
@@ -87,7 +88,7 @@ impl GenSink for Sink {
         Ok(())
     }
     fn progress(&mut self, s: &BatchStats) {
-        if s.done != self.shown || s.done == s.total {
+        if !self.quiet && s.done != self.shown {
             self.shown = s.done;
             let rate = s.generated as f64 / s.seconds.max(1e-9);
             let rows = if s.decode_steps > 0 { s.row_steps as f64 / s.decode_steps as f64 } else { 0.0 };
@@ -128,7 +129,7 @@ impl Job for GenBatchJob {
         o.logprobs = a.logprobs;
         o.prefill_tokens = a.prefill_tokens as usize;
         let total = prompts.len() * o.samples;
-        let mut sink = Sink { out: Vec::with_capacity(total), bar: Progress::new("generate", total as u64, 0, a.quiet), shown: usize::MAX };
+        let mut sink = Sink { out: Vec::with_capacity(total), bar: Progress::new("generate", total as u64, 0, a.quiet), shown: 0, quiet: a.quiet };
         let stats = generate_batch(be, &model, &prompts, &o, &mut sink).with_context(|| format!("generating answers to {}", a.input.display()))?;
         be.synchronize()?;
         sink.bar.finish();

@@ -183,7 +183,7 @@ fn sampling(a: &RsArgs, temperature: f32) -> Sampling {
 
 /// A progress bar over answers, with the generation speed.
 fn gen_progress(label: &str, total: usize, quiet: bool) -> (Progress, usize) {
-    (Progress::new(label, total as u64, 0, quiet), usize::MAX)
+    (Progress::new(label, total as u64, 0, quiet), 0)
 }
 
 /// Samples `k` answers per prompt at `temperature` and scores them.
@@ -205,8 +205,9 @@ fn sample<B: Backend>(
     o.samples = k;
     o.batch = a.gen_batch_size as usize;
     let (bar, mut shown) = gen_progress(label, prompts.len() * k, a.quiet);
+    let quiet = a.quiet;
     let mut progress = |s: &BatchStats| {
-        if s.done != shown {
+        if !quiet && s.done != shown {
             shown = s.done;
             bar.update(s.done as u64, s.total as u64, &format!("{:.1} tok/s", s.generated as f64 / s.seconds.max(1e-9)));
         }
