@@ -17,7 +17,7 @@
 //! [`logprob`], [`Generator`], [`GenOutput`], [`Finish`], [`Completion`],
 //! [`BatchOptions`], [`BatchStats`], [`GenSink`], [`sample_rng`],
 //! [`generate_batch`], [`generate_all`], [`DEFAULT_PREFILL_TOKENS`],
-//! [`REFILL_DIV`].
+//! [`REFILL_DIV`], [`PREFILL_MIN_FILL`], [`MIN_PREFILL_ROWS`].
 
 use crate::acts::{Acts, LogitRows};
 use crate::error::{ModelError, Result};
@@ -334,6 +334,16 @@ impl BatchOptions {
 /// MB per thousand tokens at the widths we run on the CPU.
 pub const DEFAULT_PREFILL_TOKENS: usize = 4096;
 
+/// A prefill chunk takes the next (shorter) prompt only if it is at least
+/// 3/4 of the chunk's longest (so padding stays under 1/4 of what is
+/// computed), unless the chunk is still under [`MIN_PREFILL_ROWS`] rows.
+pub const PREFILL_MIN_FILL: (usize, usize) = (3, 4);
+
+/// A prefill forward of fewer rows than this runs the products below
+/// their speed (each weight is read for few rows): such chunks take prompts
+/// whatever their padding.
+pub const MIN_PREFILL_ROWS: usize = 256;
+
 /// Free rows are refilled when at least 1/REFILL_DIV of the rows are free
 /// (or when the rest of the work fits): a prefill of a few prompts at once
 /// runs at matrix-product speed, one prompt at a time wastes it, and rows
@@ -567,9 +577,17 @@ impl<'a, B: Backend> BatchRun<'a, B> {
         }
         let mut start = 0;
         while start < groups.len() {
-            // longest first: the chunk's first prompt is its longest
-            let t = self.prompts[groups[start].0].len();
-            let n = (self.o.prefill_tokens / t).max(1).min(groups.len() - start);
+            // longest first: the chunk's first prompt is its longest, and the
+            // chunk ends where padding would waste too much (see the constants)
+            let len = |i: usize| self.prompts[groups[i].0].len();
+            let t = len(start);
+            let mut n = 1;
+            while start + n < groups.len()
+                && (n + 1) * t <= self.o.prefill_tokens
+                && (len(start + n) * PREFILL_MIN_FILL.1 >= t * PREFILL_MIN_FILL.0 || n * t < MIN_PREFILL_ROWS)
+            {
+                n += 1;
+            }
             self.prefill(&groups[start..start + n], sink)?;
             start += n;
         }
