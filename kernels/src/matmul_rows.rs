@@ -252,14 +252,48 @@ mod x86 {
                 }
             }
         }
+        // the horizontal sums, four elements at a time (a tile's last group
+        // padded with zeros, which do not touch the other lanes' sums)
+        let mut sums = [_mm512_setzero_ps(); 16];
         for r in 0..R {
             for j in 0..C {
-                let q = &acc[r][j];
-                let s = _mm512_reduce_add_ps(_mm512_add_ps(q[0], q[1]));
+                sums[r * C + j] = _mm512_add_ps(acc[r][j][0], acc[r][j][1]);
+            }
+        }
+        let mut out = [0f32; 16];
+        for g in 0..(R * C).div_ceil(4) {
+            let v = hsum16x4(sums[4 * g], sums[4 * g + 1], sums[4 * g + 2], sums[4 * g + 3]);
+            _mm_storeu_ps(out.as_mut_ptr().add(4 * g), v);
+        }
+        for r in 0..R {
+            for j in 0..C {
+                let s = out[r * C + j];
                 let d = c.add(r * ldc + j);
                 *d = if acc_c { *d + s } else { s };
             }
         }
+    }
+
+    /// The horizontal sums of four 16-lane vectors, by one fixed tree for
+    /// every lane: `x_i + x_{i+8}`, then `+` the same at `i + 4`, then at
+    /// `i + 2`, then at `i + 1` (the tree of `_mm512_reduce_add_ps`, done on
+    /// four vectors at once: 13 instructions instead of 4 x 8).
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    unsafe fn hsum16x4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
+        // 128-bit blocks: [a0 a1 b0 b1] + [a2 a3 b2 b3]: lanes i + i+8
+        let ab = _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b));
+        let cd = _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(c, d), _mm512_shuffle_f32x4::<0b11_10_11_10>(c, d));
+        // [ab0 ab2 cd0 cd2] + [ab1 ab3 cd1 cd3]: + lanes i+4; one block per vector
+        let u = _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd), _mm512_shuffle_f32x4::<0b11_01_11_01>(ab, cd));
+        // within each block: + lanes i+2, then + lanes i+1
+        let w = _mm512_add_ps(u, _mm512_permute_ps::<0b01_00_11_10>(u));
+        let z = _mm512_add_ps(w, _mm512_permute_ps::<0b10_11_00_01>(w));
+        // lane 0 of each block
+        _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), z))
     }
 
     /// The tile of `rm x cn` (at most `MR x NR`).
