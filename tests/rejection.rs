@@ -44,6 +44,12 @@ fn good_fraction(a: &Answer) -> f64 {
 }
 
 fn hand_made_rm(be: &CpuBackend) -> Model<CpuBackend> {
+    hand_made_rm_scaled(be, 1.0)
+}
+
+/// The reward model above with its score multiplied by `sign` (-1: a
+/// "safety" model that dislikes good tokens).
+fn hand_made_rm_scaled(be: &CpuBackend, sign: f32) -> Model<CpuBackend> {
     let mut cfg = Config::new(V, 16, 16, 1, 1, 1);
     cfg.max_seq_len = 64;
     cfg.head = Head::Score;
@@ -67,8 +73,8 @@ fn hand_made_rm(be: &CpuBackend) -> Model<CpuBackend> {
     // q = 0: uniform attention over the sequence; v[0] = the good flag
     set(ParamId::Wv, 1, 1.0); // Wv (kv_dim, C)[0][1]
     set(ParamId::Wo, 2 * c, 10.0); // Wo (C, q_dim)[2][0]: the average into channel 2
-    set(ParamId::Score, 2, 4.0);
-    set(ParamId::Score, 0, -0.8);
+    set(ParamId::Score, 2, 4.0 * sign);
+    set(ParamId::Score, 0, -0.8 * sign);
     Model::from_host(be, cfg, &w).unwrap()
 }
 
@@ -97,6 +103,42 @@ fn the_reward_model_scores_the_fraction_of_good_tokens() {
     let policy = Model::init_random(&be, Config::new(V, 32, 64, 1, 2, 1), 0).unwrap();
     let e = check_reward_model(&policy, "--rm x").unwrap_err().to_string();
     assert!(e.contains("not a reward model") && e.contains("HINT"), "{e}");
+}
+
+/// With a safety model, each answer's reward comes from the paper's rule:
+/// the safety model where the prompt is tagged unsafe or the safety reward
+/// is below 0.15, the helpfulness model elsewhere.
+#[test]
+fn the_safety_model_decides_where_the_paper_says() {
+    let be = CpuBackend::new(1).unwrap();
+    let (help, safety) = (hand_made_rm(&be), hand_made_rm_scaled(&be, -3.0));
+    let rw = Rewarders { helpfulness: &help, safety: Some(&safety), batch_tokens: 4096 };
+    let mut cfg = Config::new(V, 32, 64, 1, 2, 1);
+    cfg.max_seq_len = 64;
+    let policy = Model::init_random(&be, cfg, 4).unwrap();
+    let mut ps = prompts(&mut Rng::new(8), 12);
+    for p in ps.iter_mut().step_by(3) {
+        p.unsafe_tag = true;
+    }
+    let mut o = BatchOptions::new(NEW, Sampling { temperature: 1.0, top_k: None, top_p: None }, 2);
+    o.samples = 4;
+    let (ans, _) = sample_and_score(&be, &policy, &rw, &ps, &o, 1, &mut |_: &llama2::model::generate::BatchStats| {}).unwrap();
+    let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+    let (mut by_tag, mut by_threshold, mut helpful) = (0, 0, 0);
+    for a in &ans {
+        let s = a.safety.unwrap();
+        let use_safety = ps[a.prompt_index].unsafe_tag || sig(s) < 0.15;
+        assert_eq!(a.rm, if use_safety { "safety" } else { "helpfulness" }, "{a:?}");
+        let want = if use_safety { sig(s) } else { sig(a.helpfulness) };
+        assert!((a.reward - want).abs() < 1e-6, "{a:?}");
+        match (ps[a.prompt_index].unsafe_tag, use_safety) {
+            (true, _) => by_tag += 1,
+            (false, true) => by_threshold += 1,
+            (false, false) => helpful += 1,
+        }
+    }
+    // all three cases occur, so the rule was exercised
+    assert!(by_tag > 0 && by_threshold > 0 && helpful > 0, "tagged {by_tag}, below 0.15 {by_threshold}, helpfulness {helpful}");
 }
 
 #[test]
