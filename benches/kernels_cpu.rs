@@ -13,6 +13,7 @@ use llama2::kernels::adamw::{adamw_cpu, AdamWStep};
 use llama2::kernels::attention::{attention_bwd_cpu, attention_fwd_cpu, AttnShape};
 use llama2::kernels::cross_entropy::{cross_entropy_cpu, CeGrad};
 use llama2::kernels::matmul::{matmul_cpu, Gemm};
+use llama2::kernels::matmul_rows::matmul_rows_cpu;
 use llama2::kernels::rmsnorm::{rmsnorm_bwd_cpu, rmsnorm_fwd_cpu};
 use llama2::kernels::rope::{rope_fwd_cpu, rope_table, RopeShape};
 use llama2::kernels::swiglu::{swiglu_bwd_cpu, swiglu_fwd_cpu};
@@ -62,6 +63,30 @@ fn matmul(c: &mut Criterion) {
         g.throughput(Throughput::Elements((2 * m * n * k) as u64));
         g.bench_function(BenchmarkId::from_parameter(name), |bch| {
             bch.iter(|| pool.install(|| matmul_cpu(&mut out, &a, &bm, Gemm { m, n, k, ta, tb, write: GradWrite::Overwrite }, threads).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+/// The row-invariant product of inference (`matmul_rows`) next to the
+/// general one, at a decode step of 16 sequences (the weights are read from
+/// memory once per step), one sequence, and a prefill of 2048 rows.
+fn matmul_rows(c: &mut Criterion) {
+    let pool = pool();
+    let threads = pool.current_num_threads();
+    let mut g = c.benchmark_group("matmul_rows_fwd_f32_flop");
+    for (m, n, k) in [(16, FFN, C), (16, C, FFN), (16, V, C), (1, V, C), (N, FFN, C)] {
+        let a = data(m * k, 16);
+        let bm = data(k * n, 17);
+        let mut out = vec![0f32; m * n];
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_function(BenchmarkId::new("rows", format!("M{m}_N{n}_K{k}")), |bch| {
+            bch.iter(|| pool.install(|| matmul_rows_cpu(&mut out, &a, &bm, m, n, k, GradWrite::Overwrite).unwrap()))
+        });
+        g.bench_function(BenchmarkId::new("gemm", format!("M{m}_N{n}_K{k}")), |bch| {
+            bch.iter(|| {
+                pool.install(|| matmul_cpu(&mut out, &a, &bm, Gemm { m, n, k, ta: Trans::N, tb: Trans::T, write: GradWrite::Overwrite }, threads).unwrap())
+            })
         });
     }
     g.finish();
@@ -163,5 +188,5 @@ fn memory_bound(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, attention, memory_bound);
+criterion_group!(benches, matmul, matmul_rows, attention, memory_bound);
 criterion_main!(benches);

@@ -19,7 +19,8 @@
 //! and no key past a sequence's last valid position is ever read.
 //!
 //! CPU: blocks of [`Q_BLOCK`] query rows against all visible keys, products
-//! through gemm, rayon over (batch, head, block). Backward is parallel over
+//! through gemm (a block of one row, as in decoding: dot products and
+//! axpys), rayon over (batch, head, block). Backward is parallel over
 //! (batch, head) with per-head dK/dV partials summed over the heads of a
 //! group in a fixed order, so results do not depend on the thread count.
 //! Write rule: `out`, `lse`, `dq`, `dk`, `dv` are overwritten.
@@ -144,10 +145,20 @@ fn attention_fwd_impl(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v:
         let qbase = ((bi * tq + i0) * nh + h) * hd;
         let kbase = (bi * cap * nkv + g) * hd;
         with_scratch(Scratch::Task, qn * nk, |sc| {
-            // SAFETY: S (qn, nk) is local; q rows i0..i1 of head h and k rows
-            // 0..nk of kv head g lie inside q and k (lengths checked above).
-            unsafe {
-                gemm_strided(qn, nk, hd, sc.as_mut_ptr(), nk as isize, 1, false, q.as_ptr().add(qbase), q_rs, 1, k.as_ptr().add(kbase), 1, kv_rs, scale);
+            if qn == 1 {
+                // one query row (decoding): dot products against each key; a
+                // product of shape (1, nk, hd) costs gemm's set-up per call
+                let qr = &q[qbase..qbase + hd];
+                for (j, x) in sc.iter_mut().enumerate() {
+                    let kr = kbase + j * kv_rs as usize;
+                    *x = crate::dot(qr, &k[kr..kr + hd]) * scale;
+                }
+            } else {
+                // SAFETY: S (qn, nk) is local; q rows i0..i1 of head h and k rows
+                // 0..nk of kv head g lie inside q and k (lengths checked above).
+                unsafe {
+                    gemm_strided(qn, nk, hd, sc.as_mut_ptr(), nk as isize, 1, false, q.as_ptr().add(qbase), q_rs, 1, k.as_ptr().add(kbase), 1, kv_rs, scale);
+                }
             }
             for r in 0..qn {
                 let vis = off + i0 + r + 1; // keys 0..vis are visible
@@ -165,10 +176,20 @@ fn attention_fwd_impl(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v:
                 // SAFETY: lse element (bi, h, i0+r) belongs to this task only
                 unsafe { lsep.slice((bi * nh + h) * tq + i0 + r, 1)[0] = m + sum.ln() };
             }
-            // SAFETY: out rows i0..i1 of head h (row stride nh*hd) belong to
-            // this task only; v rows 0..nk of kv head g are in bounds.
-            unsafe {
-                gemm_strided(qn, hd, nk, outp.ptr().add(qbase), q_rs, 1, false, sc.as_ptr(), nk as isize, 1, v.as_ptr().add(kbase), kv_rs, 1, 1.0);
+            if qn == 1 {
+                // SAFETY: out row i0 of head h belongs to this task only
+                let o = unsafe { outp.slice(qbase, hd) };
+                o.fill(0.0);
+                for (j, &pj) in sc.iter().enumerate() {
+                    let vr = kbase + j * kv_rs as usize;
+                    crate::axpy(pj, &v[vr..vr + hd], o);
+                }
+            } else {
+                // SAFETY: out rows i0..i1 of head h (row stride nh*hd) belong to
+                // this task only; v rows 0..nk of kv head g are in bounds.
+                unsafe {
+                    gemm_strided(qn, hd, nk, outp.ptr().add(qbase), q_rs, 1, false, sc.as_ptr(), nk as isize, 1, v.as_ptr().add(kbase), kv_rs, 1, 1.0);
+                }
             }
         });
     });

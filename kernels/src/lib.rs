@@ -12,7 +12,8 @@
 //! - [`KernelError`]: shape and argument errors of the CPU kernels
 //! - [`dot`] (run-time dispatched AVX-512F / AVX2+FMA / portable), [`axpy`]:
 //!   inner loops shared by the families
-//! - families: [`matmul`], [`embedding`], [`rmsnorm`], [`rope`], [`attention`],
+//! - families: [`matmul`], [`matmul_rows`] (row-invariant products for
+//!   inference), [`embedding`], [`rmsnorm`], [`rope`], [`attention`],
 //!   [`swiglu`], [`cross_entropy`], [`adamw`], [`elementwise`]
 //! - `cuda` (feature `cuda`): the embedded CUDA images, the per-device module
 //!   store and one typed launcher per CUDA kernel
@@ -30,6 +31,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod math;
 pub mod matmul;
+pub mod matmul_rows;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;

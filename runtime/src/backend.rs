@@ -170,6 +170,17 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn embedding_bwd(&self, dtable: ViewMut<Self>, dout: View<Self>, tokens: &[u32], v: usize, c: usize) -> Result<()>;
     /// `C (m, n) (=|+=) op(A) (m, k) · op(B) (k, n)`
     fn matmul(&self, c: ViewMut<Self>, a: View<Self>, b: View<Self>, g: Gemm) -> Result<()>;
+    /// `C (m, n) = A (m, k) · B^T`, B stored `(n, k)` (a Linear layer's
+    /// forward), ROW-INVARIANT where the backend can: each row of C is
+    /// computed from the same row of A by the same instructions whatever
+    /// `m` and the other rows, so a sequence's hidden states, logits and
+    /// sampled tokens do not depend on the batch it is decoded or scored in.
+    /// Inference uses it; training uses [`Backend::matmul`]. Default: that
+    /// product (no invariance promised). CPU:
+    /// `llama2_kernels::matmul_rows`.
+    fn matmul_rows(&self, c: ViewMut<Self>, a: View<Self>, b: View<Self>, m: usize, n: usize, k: usize) -> Result<()> {
+        self.matmul(c, a, b, Gemm { m, n, k, ta: Trans::N, tb: Trans::T, write: GradWrite::Overwrite })
+    }
     /// `out (n, c) = x·rstd ⊙ weight`, `rstd (n)` saved (F32 buffer)
     #[allow(clippy::too_many_arguments)]
     fn rmsnorm_fwd(&self, out: ViewMut<Self>, rstd: ViewMut<Self>, inp: View<Self>, weight: View<Self>, n: usize, c: usize, eps: f32) -> Result<()>;

@@ -169,6 +169,10 @@ impl Backend for CpuBackend {
         self.run(|| k::matmul::matmul_cpu(sl_mut(c), sl(a), sl(b), g, threads))
     }
 
+    fn matmul_rows(&self, c: ViewMut<Self>, a: View<Self>, b: View<Self>, m: usize, n: usize, k: usize) -> Result<()> {
+        self.run(|| k::matmul_rows::matmul_rows_cpu(sl_mut(c), sl(a), sl(b), m, n, k, GradWrite::Overwrite))
+    }
+
     fn rmsnorm_fwd(&self, out: ViewMut<Self>, rstd: ViewMut<Self>, inp: View<Self>, weight: View<Self>, n: usize, c: usize, eps: f32) -> Result<()> {
         self.run(|| k::rmsnorm::rmsnorm_fwd_cpu(sl_mut(out), sl_mut(rstd), sl(inp), sl(weight), n, c, eps))
     }

@@ -26,6 +26,10 @@ enum Cmd {
     Annotate(cmd::annotate::AnnotateArgs),
     /// Sample a continuation of a prompt (ids) with the KV cache
     Generate(cmd::generate::GenerateArgs),
+    /// Answers to many prompts (K samples each), decoded together in one KV cache; JSON Lines in and out
+    GenerateBatch(cmd::generate_batch::GenerateBatchArgs),
+    /// Rejection-sampling fine-tuning: K samples per prompt, scored by reward models, best kept over all iterations, fine-tuned
+    Rs(cmd::rs::RsArgs),
     /// Debugging tools (gradients)
     Debug(cmd::debug::DebugArgs),
     /// Shapes, parameter count and memory estimates of a model or preset
@@ -63,6 +67,8 @@ fn main() {
         Cmd::Evaluate(a) => cmd::evaluate::run(a),
         Cmd::Annotate(a) => cmd::annotate::run(a),
         Cmd::Generate(a) => cmd::generate::run(a),
+        Cmd::GenerateBatch(a) => cmd::generate_batch::run(a),
+        Cmd::Rs(a) => cmd::rs::run(a),
         Cmd::Debug(a) => cmd::debug::run(a),
         Cmd::Info(a) => cmd::info::run(a),
         Cmd::Bench(a) => cmd::bench::run(a),

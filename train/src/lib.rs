@@ -11,6 +11,9 @@
 //!   validation, checkpoints, metrics)
 //! - [`reward`]: reward models: the margin ranking loss as an objective,
 //!   preference pairs (formats, mixtures, batches), accuracy by rating
+//! - [`rejection`]: rejection-sampling fine-tuning (sample K, score, keep
+//!   the best per prompt over all iterations, fine-tune), Figures 7 and 8
+//! - [`score`]: reward-model scores of sequences, the helpfulness/safety rule
 //! - [`sft`]: SFT datasets (messages, sharegpt, prompt/completion, Alpaca), chat format, packing
 //! - [`trainer`]: the one training step for every objective (accumulate,
 //!   clip, AdamW over one or more trained models)
@@ -29,8 +32,10 @@ pub mod metrics;
 pub mod optim;
 pub mod ppo;
 pub mod reward;
+pub mod rejection;
 pub mod run;
 pub mod schedule;
+pub mod score;
 pub mod session;
 pub mod sft;
 pub mod step;

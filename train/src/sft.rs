@@ -14,7 +14,9 @@
 //! - Alpaca: `{"instruction": .., "input"?: .., "output": ..}` (the input,
 //!   if any, follows the instruction after a blank line)
 //!
-//! Public items: [`load_dialogs`], [`parse_record`], [`SftData`],
+//! Public items: [`load_dialogs`], [`parse_record`], [`parse_messages`],
+//! [`SftData`] (from dialogs, or from already tokenised examples with
+//! [`SftData::from_encoded`]: rejection sampling's kept answers),
 //! [`split_dialogs`].
 
 use crate::data::DataPosition;
@@ -43,7 +45,8 @@ pub(crate) fn text_of(v: &Value) -> Option<String> {
     }
 }
 
-pub(crate) fn messages_of(v: &Value) -> std::result::Result<Vec<Message>, String> {
+/// A `messages` (or sharegpt `conversations`) array as messages.
+pub fn parse_messages(v: &Value) -> std::result::Result<Vec<Message>, String> {
     let arr = v.as_array().ok_or("`messages` must be an array")?;
     arr.iter()
         .enumerate()
@@ -60,9 +63,9 @@ pub(crate) fn messages_of(v: &Value) -> std::result::Result<Vec<Message>, String
 pub fn parse_record(v: &Value) -> std::result::Result<Vec<Message>, String> {
     let o = v.as_object().ok_or("a record must be a JSON object")?;
     let mut d = if let Some(m) = o.get("messages") {
-        messages_of(m)?
+        parse_messages(m)?
     } else if let Some(c) = o.get("conversations") {
-        let mut d = messages_of(c)?;
+        let mut d = parse_messages(c)?;
         if let Some(sys) = o.get("system").and_then(|s| s.as_str()) {
             if d.first().map(|m| m.role) != Some(Role::System) && !sys.is_empty() {
                 d.insert(0, Message::new(Role::System, sys));
@@ -75,7 +78,7 @@ pub fn parse_record(v: &Value) -> std::result::Result<Vec<Message>, String> {
     } else if let (Some(p), Some(c)) = (o.get("prompt"), o.get("completion")) {
         let mut d = match p {
             Value::String(s) => vec![Message::new(Role::User, s.clone())],
-            other => messages_of(other)?,
+            other => parse_messages(other)?,
         };
         d.push(Message::new(Role::Assistant, text_of(c).ok_or("`completion` must be a string")?));
         d
@@ -158,7 +161,17 @@ impl SftData {
     pub fn new(tok: &Tokenizer, dialogs: &[Vec<Message>], b: usize, t: usize, shuffle_seed: Option<u64>, single_pass: bool) -> Result<Self> {
         let fmt = ChatFormat::for_tokenizer(tok)?;
         let enc = dialogs.iter().map(|d| fmt.encode_dialog(tok, d)).collect::<std::result::Result<Vec<_>, _>>()?;
-        let mut s = SftData { dialogs: enc, b, t, shuffle_seed, single_pass, pos: DataPosition::default(), stream: Vec::new(), mask: Vec::new() };
+        Self::from_encoded(enc, b, t, shuffle_seed, single_pass)
+    }
+
+    /// Packs already tokenised examples: (ids, loss mask) each, the mask
+    /// true on the tokens to learn (targets; the first token of an example
+    /// is never a target).
+    pub fn from_encoded(dialogs: Vec<(Vec<u32>, Vec<bool>)>, b: usize, t: usize, shuffle_seed: Option<u64>, single_pass: bool) -> Result<Self> {
+        if let Some(i) = dialogs.iter().position(|(ids, m)| ids.len() != m.len()) {
+            return Err(TrainError::Invalid(format!("example {i}: {} ids but {} mask entries", dialogs[i].0.len(), dialogs[i].1.len())));
+        }
+        let mut s = SftData { dialogs, b, t, shuffle_seed, single_pass, pos: DataPosition::default(), stream: Vec::new(), mask: Vec::new() };
         s.build_epoch();
         if s.batches_per_epoch() == 0 {
             return Err(TrainError::Invalid(format!(

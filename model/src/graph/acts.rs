@@ -56,6 +56,9 @@ pub struct Acts<B: Backend> {
     pub t: usize,
     /// stored layers: L (training) or 1 (inference)
     pub layers: usize,
+    /// made for training (backward follows); inference uses the
+    /// row-invariant products (`Backend::matmul_rows`)
+    pub training: bool,
     pub rows: LogitRows,
     pub a: ActTensors<B::Buf>,
 }
@@ -105,7 +108,7 @@ impl<B: Backend> Acts<B> {
             scores: f32b(if lm { 0 } else { n })?,
             scratch: act(n * c)?,
         };
-        Ok(Acts { b, t, layers: s, rows, a })
+        Ok(Acts { b, t, layers: s, training, rows, a })
     }
 
     /// Number of rows that have logits.

@@ -10,6 +10,11 @@
 //! score head: score  = score(hidden[rows])        (LlamaForSequenceClassification, 1 label)
 //! ```
 //!
+//! Linear layers: in inference (activations made with `training` false)
+//! through the backend's row-invariant product (`Backend::matmul_rows`),
+//! so a sequence's logits and tokens do not depend on its batch; in
+//! training through the general product.
+//!
 //! Batches are `(b, t)` tokens. A ragged batch ([`Lens`]) has right
 //! padding: sequence `s` holds `lens[s]` valid tokens; causal attention
 //! keeps every valid position from seeing a pad, padding rows get zero
@@ -45,6 +50,35 @@ pub struct TokenStats {
     pub logprobs: Vec<f32>,
     /// entropy of each row's softmax (0 where the target is ignored), when asked
     pub entropy: Option<Vec<f32>>,
+}
+
+/// Which product a Linear layer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rows {
+    /// inference: row-invariant (`Backend::matmul_rows`), so a sequence's
+    /// outputs do not depend on the batch it is decoded or scored in
+    Invariant,
+    /// training: the backend's general product
+    Any,
+}
+
+impl Rows {
+    pub(crate) fn of(training: bool) -> Self {
+        if training {
+            Rows::Any
+        } else {
+            Rows::Invariant
+        }
+    }
+}
+
+/// A Linear layer's forward: `y (m, n) = x (m, k) · W^T`, W stored `(n, k)`.
+fn linear<B: Backend>(be: &B, rows: Rows, y: ViewMut<B>, x: View<B>, w: View<B>, (m, n, k): (usize, usize, usize)) -> Result<()> {
+    match rows {
+        Rows::Invariant => be.matmul_rows(y, x, w, m, n, k)?,
+        Rows::Any => be.matmul(y, x, w, Gemm { m, n, k, ta: Trans::N, tb: Trans::T, write: GradWrite::Overwrite })?,
+    }
+    Ok(())
 }
 
 /// Where the rows of one trunk call sit: `None` for a dense batch at one
@@ -103,7 +137,9 @@ impl<B: Backend> Model<B> {
     /// The trunk: embedding, layers, final norm. Leaves the hidden states
     /// `(b*t, C)` in `acts.a.lnf` (padding rows hold values that are never
     /// used). With `cache`, sequence `s` continues at position
-    /// `cache.lens[s]` and the cache grows by its valid tokens.
+    /// `cache.lens[s]` and the cache grows by its valid tokens. A cache with
+    /// more sequences than the batch serves its first `b` (a batched decoder
+    /// keeps its live sequences in the first rows); the others are untouched.
     pub fn trunk(&self, be: &B, acts: &mut Acts<B>, tokens: &[u32], lens: Lens, mut cache: Option<&mut KvCache<B>>) -> Result<()> {
         let cfg = &self.cfg;
         let (b, t, ls) = (acts.b, acts.t, acts.layers);
@@ -115,7 +151,7 @@ impl<B: Backend> Model<B> {
             return Err(ModelError::Invalid(format!("forward: {} tokens for a batch of {b} x {t}", tokens.len())));
         }
         if let Some(kc) = &cache {
-            if kc.b != b {
+            if kc.b < b {
                 return Err(ModelError::Invalid(format!("forward: cache for {} sequences, batch of {b}", kc.b)));
             }
             if t > kc.cap {
@@ -125,7 +161,7 @@ impl<B: Backend> Model<B> {
                 return Err(ModelError::Invalid(format!("forward: sequence {s}: {} cached + new positions exceed the cache length {}", kc.lens[s], kc.cap)));
             }
         }
-        let plan = RowPlan::new(b, t, lens, cache.as_deref().map(|kc| kc.lens.as_slice()))?;
+        let plan = RowPlan::new(b, t, lens, cache.as_deref().map(|kc| &kc.lens[..b]))?;
         let max_pos = match &plan.ragged {
             None => plan.pos0 + t,
             Some((p, l)) => p.iter().zip(l).map(|(&p, &l)| (p + l) as usize).max().unwrap_or(0),
@@ -138,7 +174,7 @@ impl<B: Backend> Model<B> {
         }
         let rg = plan.ragged();
         let pos0 = plan.pos0;
-        let lin = |m: usize, nn: usize, k: usize| Gemm { m, n: nn, k, ta: Trans::N, tb: Trans::T, write: GradWrite::Overwrite };
+        let inv = Rows::of(acts.training);
         let rope_q = RopeShape { b, t, heads: nh, hd, pos0 };
         let rope_k = RopeShape { b, t, heads: nkv, hd, pos0 };
         let a = &mut acts.a;
@@ -148,9 +184,9 @@ impl<B: Backend> Model<B> {
             let s = if ls == 1 { 0 } else { l }; // storage slot of this layer
             let res_in: View<B> = if l == 0 { v(&a.emb) } else { v(&a.res_out).part(if ls == 1 { 0 } else { l - 1 }, ls)? };
             be.rmsnorm_fwd(vm(&mut a.ln1).part(s, ls)?, vm(&mut a.rstd1).part(s, ls)?, res_in, self.p(P::Ln1, l), n, c, eps)?;
-            be.matmul(vm(&mut a.q).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wq, l), lin(n, qd, c))?;
-            be.matmul(vm(&mut a.k).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wk, l), lin(n, kvd, c))?;
-            be.matmul(vm(&mut a.v).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wv, l), lin(n, kvd, c))?;
+            linear(be, inv, vm(&mut a.q).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wq, l), (n, qd, c))?;
+            linear(be, inv, vm(&mut a.k).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wk, l), (n, kvd, c))?;
+            linear(be, inv, vm(&mut a.v).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wv, l), (n, kvd, c))?;
             match rg {
                 None => {
                     be.rope_fwd(vm(&mut a.q).part(s, ls)?, v(&self.rope), rope_q)?;
@@ -217,19 +253,19 @@ impl<B: Backend> Model<B> {
                     )?;
                 }
             }
-            be.matmul(vm(&mut a.scratch), v(&a.att).part(s, ls)?, self.p(P::Wo, l), lin(n, c, qd))?;
+            linear(be, inv, vm(&mut a.scratch), v(&a.att).part(s, ls)?, self.p(P::Wo, l), (n, c, qd))?;
             be.add(vm(&mut a.res_mid).part(s, ls)?, res_in, v(&a.scratch))?;
             be.rmsnorm_fwd(vm(&mut a.ln2).part(s, ls)?, vm(&mut a.rstd2).part(s, ls)?, v(&a.res_mid).part(s, ls)?, self.p(P::Ln2, l), n, c, eps)?;
-            be.matmul(vm(&mut a.gate).part(s, ls)?, v(&a.ln2).part(s, ls)?, self.p(P::Wgate, l), lin(n, inter, c))?;
-            be.matmul(vm(&mut a.up).part(s, ls)?, v(&a.ln2).part(s, ls)?, self.p(P::Wup, l), lin(n, inter, c))?;
+            linear(be, inv, vm(&mut a.gate).part(s, ls)?, v(&a.ln2).part(s, ls)?, self.p(P::Wgate, l), (n, inter, c))?;
+            linear(be, inv, vm(&mut a.up).part(s, ls)?, v(&a.ln2).part(s, ls)?, self.p(P::Wup, l), (n, inter, c))?;
             be.swiglu_fwd(vm(&mut a.h).part(s, ls)?, v(&a.gate).part(s, ls)?, v(&a.up).part(s, ls)?)?;
-            be.matmul(vm(&mut a.scratch), v(&a.h).part(s, ls)?, self.p(P::Wdown, l), lin(n, c, inter))?;
+            linear(be, inv, vm(&mut a.scratch), v(&a.h).part(s, ls)?, self.p(P::Wdown, l), (n, c, inter))?;
             be.add(vm(&mut a.res_out).part(s, ls)?, v(&a.res_mid).part(s, ls)?, v(&a.scratch))?;
         }
         let last = if ls == 1 { 0 } else { cfg.n_layers - 1 };
         be.rmsnorm_fwd(vm(&mut a.lnf), vm(&mut a.rstdf), v(&a.res_out).part(last, ls)?, self.p(P::Lnf, 0), n, c, eps)?;
         if let Some(kc) = cache {
-            for (sq, len) in kc.lens.iter_mut().enumerate() {
+            for (sq, len) in kc.lens.iter_mut().take(b).enumerate() {
                 *len += lens.map_or(t, |l| l[sq] as usize);
             }
         }
@@ -260,14 +296,14 @@ impl<B: Backend> Model<B> {
         }
         let (b, t) = (acts.b, acts.t);
         let (c, vocab) = (cfg.hidden, cfg.vocab_size);
-        let lin = |m: usize, nn: usize, k: usize| Gemm { m, n: nn, k, ta: Trans::N, tb: Trans::T, write: GradWrite::Overwrite };
+        let inv = Rows::of(acts.training);
         let a = &mut acts.a;
         match acts.rows {
-            LogitRows::All => be.matmul(vm(&mut a.logits), v(&a.lnf), self.p(self.head_id(), 0), lin(b * t, vocab, c))?,
+            LogitRows::All => linear(be, inv, vm(&mut a.logits), v(&a.lnf), self.p(self.head_id(), 0), (b * t, vocab, c))?,
             LogitRows::Last => {
                 let rows = Self::last_rows(b, t, lens)?;
                 be.gather_rows(vm(&mut a.head_in), v(&a.lnf), &rows, c)?;
-                be.matmul(vm(&mut a.logits), v(&a.head_in), self.p(self.head_id(), 0), lin(b, vocab, c))?;
+                linear(be, inv, vm(&mut a.logits), v(&a.head_in), self.p(self.head_id(), 0), (b, vocab, c))?;
             }
         }
         Ok(())
@@ -288,10 +324,10 @@ impl<B: Backend> Model<B> {
         if m > n {
             return Err(ModelError::Invalid(format!("score: {m} rows asked of a batch of {n}")));
         }
+        let inv = Rows::of(acts.training);
         let a = &mut acts.a;
         be.gather_rows(vm(&mut a.head_in).sub(0, m * c)?, v(&a.lnf), at, c)?;
-        let g = Gemm { m, n: 1, k: c, ta: Trans::N, tb: Trans::T, write: GradWrite::Overwrite };
-        be.matmul(vm(&mut a.scores).sub(0, m)?, v(&a.head_in).sub(0, m * c)?, self.p(P::Score, 0), g)?;
+        linear(be, inv, vm(&mut a.scores).sub(0, m)?, v(&a.head_in).sub(0, m * c)?, self.p(P::Score, 0), (m, 1, c))?;
         let mut out = vec![0f32; m];
         be.download(v(&a.scores).sub(0, m)?, &mut out)?;
         Ok(out)

@@ -37,7 +37,7 @@
 use crate::data::DataPosition;
 use crate::error::{Result, TrainError};
 use crate::run::BatchSource;
-use crate::sft::{messages_of, text_of};
+use crate::sft::{parse_messages, text_of};
 use llama2_model::chat::{encode_dialog, Message, Role};
 use llama2_model::tokenizer::Tokenizer;
 use llama2_runtime::rng::Rng;
@@ -225,7 +225,7 @@ fn answer_of(v: &Value, k: &str) -> std::result::Result<Vec<Message>, String> {
             let role = Role::parse(role).ok_or(format!("`{k}` has unknown role `{role}`"))?;
             vec![Message::new(role, text_of(v).ok_or(format!("`{k}` has no content/value"))?)]
         }
-        Value::Array(_) => messages_of(v).map_err(|e| format!("`{k}`: {e}"))?,
+        Value::Array(_) => parse_messages(v).map_err(|e| format!("`{k}`: {e}"))?,
         _ => return Err(format!("`{k}` must be a string, a message or a list of messages")),
     };
     match msgs.last() {
@@ -240,7 +240,7 @@ fn answer_of(v: &Value, k: &str) -> std::result::Result<Vec<Message>, String> {
 pub fn prompt_of(v: &Value) -> std::result::Result<Vec<Message>, String> {
     match v {
         Value::String(s) => Ok(vec![Message::new(Role::User, s.clone())]),
-        other => messages_of(other),
+        other => parse_messages(other),
     }
 }
 
@@ -274,9 +274,9 @@ pub fn parse_pair(v: &Value) -> std::result::Result<RawPair, String> {
         let explicit = if let Some(p) = o.get("prompt") {
             Some(prompt_of(p).map_err(|e| format!("`prompt`: {e}"))?)
         } else if let Some(m) = o.get("messages") {
-            Some(messages_of(m).map_err(|e| format!("`messages`: {e}"))?)
+            Some(parse_messages(m).map_err(|e| format!("`messages`: {e}"))?)
         } else if let Some(c) = o.get("conversations") {
-            let mut d = messages_of(c).map_err(|e| format!("`conversations`: {e}"))?;
+            let mut d = parse_messages(c).map_err(|e| format!("`conversations`: {e}"))?;
             if let Some(sys) = o.get("system").and_then(|s| s.as_str()) {
                 if !sys.is_empty() && d.first().map(|m| m.role) != Some(Role::System) {
                     d.insert(0, Message::new(Role::System, sys));
