@@ -16,6 +16,7 @@
 //! - forward ([`forward`]), backward ([`backward`])
 //! - [`chat`]: the Llama-2-chat format with loss masks
 //! - [`generate`]: sampling and generation with the KV cache
+//! - [`attn_probe`]: attention probabilities of chosen rows, recomputed (debug)
 //! - [`shards`]: llm.c token shards (streaming writer, validated reader)
 //! - [`tokenizer`]: the Llama 2 tokenizer (SentencePiece BPE; GGUF and
 //!   `.model` vocabularies; BPE training)
@@ -28,7 +29,7 @@ pub mod text;
 
 // the modules by their short names (the paths every crate uses)
 pub use formats::{atomic, llama2c, shards, weights};
-pub use graph::{acts, backward, forward, generate, model, params};
+pub use graph::{acts, attn_probe, backward, forward, generate, model, params};
 pub use text::{chat, tokenizer};
 
 pub use acts::{Acts, GradActs, LogitRows};
