@@ -15,12 +15,15 @@
 //! - [`step`]: the language-modelling objective (pretraining, SFT)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
 //! - [`ppo`]: the arithmetic, objective and loop of PPO
+//! - [`gatt`]: Ghost Attention: instructions, dialogs, data construction,
+//!   adherence by turn and the attention picture
 //! - [`plot`]: training curves as PNG files
 //! - [`error`]: the crate's error type, `TrainError`
 
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod gatt;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
