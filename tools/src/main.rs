@@ -34,6 +34,8 @@ enum Cmd {
     Sft(cmd::sft::SftArgs),
     /// PPO (Llama 2's RLHF): policy, value model, frozen reference and reward models
     Ppo(cmd::ppo::PpoArgs),
+    /// Ghost Attention: system-message demonstrations, GAtt data construction, adherence by turn and attention to the system message
+    Gatt(cmd::gatt::GattArgs),
     /// Chat with a model in the terminal (Llama-2-chat format)
     Chat(cmd::chat::ChatArgs),
     /// The main job: vocabulary, pretraining, SFT and chat samples on the built-in data, with a report
@@ -62,6 +64,7 @@ fn main() {
         Cmd::Sft(a) => cmd::sft::run(a),
         Cmd::Chat(a) => cmd::chat::run(a),
         Cmd::Ppo(a) => cmd::ppo::run(a),
+        Cmd::Gatt(a) => cmd::gatt::run(a),
         Cmd::Pipeline(a) => cmd::pipeline::run(a),
         Cmd::Tokenizer(a) => cmd::tokenizer::run_tokenizer(a),
         Cmd::Tokenize(a) => cmd::tokenizer::run_tokenize(a),

@@ -4,6 +4,7 @@ pub mod chat;
 pub mod convert;
 pub mod debug;
 pub mod eval;
+pub mod gatt;
 pub mod generate;
 pub mod gpu_check;
 pub mod info;
