@@ -41,6 +41,7 @@ fn peaky_model(be: &CpuBackend, n_heads: usize, n_kv: usize) -> Model<CpuBackend
 
 /// The exact softmax of row `row_abs` over its visible keys (f64), and
 /// the relative error bound of each probability (see the constants).
+#[allow(clippy::too_many_arguments)]
 fn naive_probs(q: &[f32], k: &[f32], cfg: &Config, layer: usize, n: usize, row_abs: usize, seq_start: usize, h: usize) -> (Vec<f64>, Vec<f64>) {
     let (hd, qd, kvd) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
     let g = h * cfg.n_kv_heads / cfg.n_heads;

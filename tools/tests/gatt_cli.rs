@@ -159,7 +159,8 @@ fn demos_build_sft_and_eval_end_to_end() {
     assert_eq!(rep["models"][0]["label"], "base");
     assert_eq!(rep["models"][1]["label"], "gatt");
     assert_eq!(rep["models"][1]["adherence"].as_array().unwrap().len(), 3);
-    assert_eq!(rep["models"][1]["attention"].as_array().unwrap().len(), 2);
+    assert_eq!(rep["models"][1]["attention"].as_array().unwrap().len(), 3, "one per measured turn");
+    assert_eq!(rep["models"][1]["attention_shared"].as_array().unwrap().len(), 3);
     let md = std::fs::read_to_string(ev.join("gatt_eval.md")).unwrap();
     assert!(md.contains("| all checks | base (baseline) |") && md.contains("layer 3"), "{md}");
     let png = std::fs::read(ev.join("gatt_attention.png")).unwrap();

@@ -310,3 +310,29 @@ fn demonstrations_obey_their_checkable_constraints() {
     }
     assert!(checked > 100);
 }
+
+#[test]
+fn best_of_k_keeps_the_reward_models_favourite() {
+    let be = CpuBackend::new(1).unwrap();
+    let tok = tok();
+    let model = policy(&be, tok.vocab_size());
+    let mut rcfg = Config::new(tok.vocab_size(), 32, 64, 2, 2, 1);
+    rcfg.max_seq_len = 512;
+    rcfg.head = llama2_model::config::Head::Score;
+    let rm = Model::init_random(&be, rcfg, 8).unwrap();
+    let set = load_instructions(&shipped(), &[]).unwrap();
+    let dialogs: Vec<Dialog> = (0..4).map(|_| Dialog { users: users(2), answers: answers(2) }).collect();
+    let insts = set.sample_n(4, 1, "t", false).unwrap();
+    let mut o = opts(400, Examples::Last);
+    o.k = 4;
+    let st = gatt::build(&be, &model, &tok, &dialogs, &insts, Some(&rm), &o).unwrap().stats;
+    let (best, all) = (st.rm_best_mean.unwrap(), st.rm_all_mean.unwrap());
+    assert!(best > all, "the kept answers score above the mean of all samples: {best} vs {all}");
+    o.k = 1;
+    let st = gatt::build(&be, &model, &tok, &dialogs, &insts, Some(&rm), &o).unwrap().stats;
+    assert_eq!(st.rm_best_mean, st.rm_all_mean, "with one sample the kept one is the only one");
+    // a model without a score head is refused
+    o.k = 2;
+    let e = gatt::build(&be, &model, &tok, &dialogs, &insts, Some(&model), &o).unwrap_err().to_string();
+    assert!(e.contains("score head") && e.contains("HINT"), "{e}");
+}

@@ -12,9 +12,16 @@
 //!   by side (the paper's Table 30), and the attention mass on the system
 //!   message per layer (Figure 10), as JSON, Markdown and PNG.
 //!
+//! - `gatt stage`: the three in a row: build, fine-tune the policy on the
+//!   GAtt samples and, with the same settings and steps, on the baseline of
+//!   the same dialogs without GAtt, then evaluate the policy, the baseline
+//!   and the GAtt model side by side.
+//!
 //! For the pipeline: [`GattDemosArgs`] + [`demos`], [`GattBuildArgs`] +
 //! [`build`] (returns the counts), [`GattEvalArgs`] + [`eval`] (returns
-//! the [`EvalReport`] that `gatt_eval.json` holds).
+//! the [`EvalReport`] that `gatt_eval.json` holds), [`GattStageArgs`] +
+//! [`stage`] (all of it; returns the [`EvalReport`], labels `policy`,
+//! `no-gatt`, `gatt`).
 
 use crate::cmd::sft::find_tokenizer;
 use crate::device::{dispatch, DeviceOpts, Job};
@@ -45,6 +52,8 @@ pub enum GattCmd {
     Build(GattBuildArgs),
     /// Adherence by turn (Table 30) and attention on the system message (Figure 10), models side by side
     Eval(GattEvalArgs),
+    /// The whole GAtt stage: build, fine-tune with GAtt and without (same dialogs), evaluate the policy and both
+    Stage(GattStageArgs),
 }
 
 /// The instruction list and which of its families to use.
@@ -171,6 +180,9 @@ pub struct GattEvalArgs {
     /// Dialogs (each with its own instruction, at least one checkable constraint)
     #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..))]
     pub dialogs: u32,
+    /// Leave out the user prompts that occur in these dialog files (the training data), so the turns are held out
+    #[arg(long, num_args = 1..)]
+    pub exclude_from: Vec<PathBuf>,
     /// User prompts longer than this many tokens are not used (long prompts fill the context early)
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_prompt_tokens: u32,
@@ -207,6 +219,7 @@ pub fn run(a: GattArgs) -> Result<()> {
         GattCmd::Demos(a) => demos(a).map(|_| ()),
         GattCmd::Build(a) => build(a).map(|_| ()),
         GattCmd::Eval(a) => eval(a).map(|_| ()),
+        GattCmd::Stage(a) => stage(a).map(|_| ()),
     }
 }
 
@@ -358,8 +371,10 @@ pub struct ModelEval {
     pub dir: PathBuf,
     pub baseline: bool,
     pub adherence: Vec<TurnAdherence>,
-    /// attention on the system message at the first and the last measured turn
+    /// attention on the system message at each measured turn, on this model's own dialogs
     pub attention: Vec<SysAttention>,
+    /// the same on the dialogs of the first model listed (the same tokens for every model)
+    pub attention_shared: Vec<SysAttention>,
 }
 
 /// What `gatt eval` measured (`gatt_eval.json`).
@@ -407,13 +422,18 @@ impl Job for EvalJob {
         let set = a.inst.load()?;
         let tok = find_tokenizer(&a.tokenizer, &specs[specs.len() - 1].1)?;
         let opts = EncodeOptions { bos: false, eos: false };
+        let seen: std::collections::HashSet<String> = gatt::user_prompts(&load_all(&a.exclude_from)?).into_iter().collect();
         let mut prompts = Vec::new();
         let sources = load_all(&a.prompts)?;
+        let mut excluded = 0;
         for p in gatt::user_prompts(&sources) {
-            if tok.encode(&p, opts)?.len() <= a.max_prompt_tokens as usize {
+            if seen.contains(&p) {
+                excluded += 1;
+            } else if tok.encode(&p, opts)?.len() <= a.max_prompt_tokens as usize {
                 prompts.push(p);
             }
         }
+        eprintln!("gatt eval: {} user prompts of at most {} tokens ({excluded} left out: in --exclude-from)", prompts.len(), a.max_prompt_tokens);
         if prompts.is_empty() {
             bail!("no user prompt of at most {} tokens in {:?}; HINT: raise --max-prompt-tokens", a.max_prompt_tokens, a.prompts);
         }
@@ -442,26 +462,26 @@ impl Job for EvalJob {
         // one set of measured turns for every model: those some model reached
         let everyone: Vec<gatt::Transcript> = all_tr.iter().flat_map(|x| x.3.iter().cloned()).collect();
         let turns = gatt::measured_turns(&a.turns, &everyone);
+        let shared = all_tr.first().map(|x| x.3.clone()).unwrap_or_default();
         for (label, baseline, dir, tr) in &all_tr {
             let adherence = gatt::adherence(tr, &turns);
-            let mut attention = Vec::new();
+            let (mut attention, mut attention_shared) = (Vec::new(), Vec::new());
             if !a.no_attention {
                 let model = Model::<B>::load_frozen(be, dir).with_context(|| format!("loading {}", dir.display()))?;
-                let mut at: Vec<usize> = vec![turns.first().copied().unwrap_or(1), turns.last().copied().unwrap_or(1)];
-                at.dedup();
-                for t in at {
+                for &t in &turns {
                     attention.push(gatt::system_attention(be, &model, &tok, tr, t)?);
+                    attention_shared.push(gatt::system_attention(be, &model, &tok, &shared, t)?);
                 }
             }
             write_jsonl(&a.out.join(format!("transcripts_{label}.jsonl")), tr.iter().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)))?;
-            models.push(ModelEval { label: label.clone(), dir: dir.clone(), baseline: *baseline, adherence, attention });
+            models.push(ModelEval { label: label.clone(), dir: dir.clone(), baseline: *baseline, adherence, attention, attention_shared });
         }
         let report = EvalReport {
             turns: turns.clone(),
             asked_turns: a.turns.clone(),
             models,
             settings: json!({"dialogs": a.dialogs, "instructions": a.inst.instructions, "families": a.inst.families, "prompts": a.prompts,
-                "usable_prompts": prompts.len(), "max_prompt_tokens": a.max_prompt_tokens, "max_new_tokens": a.max_new_tokens,
+                "usable_prompts": prompts.len(), "excluded_prompts": excluded, "exclude_from": a.exclude_from, "max_prompt_tokens": a.max_prompt_tokens, "max_new_tokens": a.max_new_tokens,
                 "temperature": a.temperature, "top_p": a.top_p, "seed": a.seed, "batch": a.batch}),
         };
         llama2_model::atomic::write_atomic(&a.out.join("gatt_eval.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
@@ -539,26 +559,196 @@ pub fn markdown(r: &EvalReport) -> String {
     if let Some(first) = with_att.first() {
         let layers = first.attention[0].per_layer.len();
         let _ = writeln!(s, "\n## Attention on the system message\n");
-        let _ = writeln!(s, "Mean over dialogs and answer tokens of the attention mass on the instruction's tokens (max over heads), per layer.\n");
-        let _ = write!(s, "| model | turn | dialogs |");
-        for l in 0..layers {
-            let _ = write!(s, " layer {l} |");
-        }
-        let _ = write!(s, " mean |\n|---|---|---|");
-        for _ in 0..=layers {
-            let _ = write!(s, "---|");
-        }
-        s.push('\n');
-        for m in with_att {
-            for a in &m.attention {
-                let _ = write!(s, "| {} | {} | {} |", m.label, a.turn, a.dialogs);
-                for x in &a.per_layer {
-                    let _ = write!(s, " {x:.4} |");
-                }
-                let _ = writeln!(s, " {:.4} |", a.mean);
+        let _ = writeln!(
+            s,
+            "Attention mass of each answer token on the tokens of the instruction in the system message, the maximum over heads, averaged over the answer's tokens and the dialogs, per layer; `mean` over layers, with its standard error over dialogs.\n"
+        );
+        for (title, shared) in [("On each model's own dialogs", false), ("On the same dialogs for every model (those of the first model listed)", true)] {
+            let _ = write!(s, "{title}:\n\n| model | turn | dialogs |");
+            for l in 0..layers {
+                let _ = write!(s, " layer {l} |");
             }
+            let _ = write!(s, " mean +- se |\n|---|---|---|");
+            for _ in 0..=layers {
+                let _ = write!(s, "---|");
+            }
+            s.push('\n');
+            for m in &with_att {
+                for a in if shared { &m.attention_shared } else { &m.attention } {
+                    let _ = write!(s, "| {} | {} | {} |", m.label, a.turn, a.dialogs);
+                    for x in &a.per_layer {
+                        let _ = write!(s, " {x:.4} |");
+                    }
+                    let _ = writeln!(s, " {:.4} +- {:.4} |", a.mean, a.mean_se);
+                }
+            }
+            s.push('\n');
         }
         let _ = writeln!(s, "\n![attention on the system message](gatt_attention.png)");
     }
     s
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct GattStageArgs {
+    /// The policy (HF model directory; the latest RLHF model in the paper)
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Tokenizer (default: the one beside the policy)
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Dialog datasets for the GAtt samples (multi-turn used as they are, single-turn chained)
+    #[arg(long, num_args = 1.., required = true)]
+    pub dialogs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub inst: InstructionFlags,
+    /// Held-out dialogs whose user messages are the evaluation's user turns
+    #[arg(long, num_args = 1.., required = true)]
+    pub prompts: Vec<PathBuf>,
+    /// Leave out evaluation prompts that occur in these files (the training data)
+    #[arg(long, num_args = 1..)]
+    pub exclude_from: Vec<PathBuf>,
+    /// Output directory: gatt.jsonl, baseline.jsonl, gatt/ and no-gatt/ (SFT runs), eval/
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Dialogs to build
+    #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    /// Fewest turns of a chained dialog
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub min_turns: u32,
+    /// Most turns of a dialog
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_turns: u32,
+    /// Training samples per dialog
+    #[arg(long, value_enum, default_value_t = ExamplesArg::Prefixes)]
+    pub examples: ExamplesArg,
+    /// Token budget of each sampled answer (building and evaluating)
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_new_tokens: u32,
+    /// Sequence length of the fine-tuning (one sample per row) and token budget of a sample
+    #[arg(long, default_value_t = 576, value_parser = clap::value_parser!(u32).range(8..))]
+    pub seq_len: u32,
+    /// Fine-tuning batch size
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Fine-tuning steps (the same for GAtt and the baseline)
+    #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: u64,
+    /// Fine-tuning peak learning rate (cosine, 3% warm-up)
+    #[arg(long, default_value_t = 5e-4, value_parser = crate::flags::parse_lr)]
+    pub lr: f64,
+    /// Turns to measure
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,6,20")]
+    pub turns: Vec<usize>,
+    /// Evaluation dialogs
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..))]
+    pub eval_dialogs: u32,
+    /// Sequences decoded together
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch: u32,
+    /// Seed of every stream (dialogs, instructions, sampling, shuffling, evaluation)
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub dev: DeviceOpts,
+}
+
+fn stage_sft(init: &Path, tokenizer: &Path, data: &Path, out: &Path, a: &GattStageArgs) -> Result<()> {
+    use crate::cmd::sft::{PackingArg, SftArgs};
+    use crate::flags::{OptFlags, RunFlags};
+    crate::cmd::sft::run(SftArgs {
+        init: Some(init.to_path_buf()),
+        data: vec![data.to_path_buf()],
+        tokenizer: Some(tokenizer.to_path_buf()),
+        val_fraction: 0.05,
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        epochs: 1,
+        lr: a.lr,
+        warmup_steps: None,
+        min_lr_ratio: 0.1,
+        packing: PackingArg::Whole,
+        samples: 0,
+        sample_tokens: a.max_new_tokens,
+        sample_temperature: 0.7,
+        sample_top_p: 0.9,
+        opt: OptFlags { weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-5, grad_clip: 1.0 },
+        run: RunFlags {
+            steps: Some(a.steps),
+            grad_accum: 1,
+            save_every: 0,
+            keep_last: 1,
+            resume: None,
+            out: out.to_path_buf(),
+            seed: a.seed,
+            val_every: 0,
+            val_batches: 20,
+            stop_after: None,
+            quiet: false,
+            power_watts: None,
+            carbon_intensity: 0.385,
+            peak_tflops: None,
+        },
+        dev: a.dev.clone(),
+    })
+}
+
+/// `gatt stage`: build, fine-tune with and without GAtt, evaluate.
+pub fn stage(a: GattStageArgs) -> Result<EvalReport> {
+    let (g, b) = (a.out.join("gatt.jsonl"), a.out.join("baseline.jsonl"));
+    let tokenizer = match &a.tokenizer {
+        Some(t) => t.clone(),
+        None => ["tokenizer.model", "tokenizer.json", "tokenizer.gguf"]
+            .iter()
+            .map(|f| a.policy.join(f))
+            .find(|p| p.is_file())
+            .with_context(|| format!("no tokenizer beside {}; HINT: pass --tokenizer PATH", a.policy.display()))?,
+    };
+    let st = build(GattBuildArgs {
+        policy: a.policy.clone(),
+        tokenizer: Some(tokenizer.clone()),
+        dialogs: a.dialogs.clone(),
+        inst: a.inst.clone(),
+        out: g.clone(),
+        baseline_out: Some(b.clone()),
+        rm: None,
+        k: 1,
+        count: a.count,
+        min_turns: a.min_turns,
+        max_turns: a.max_turns,
+        examples: a.examples,
+        max_new_tokens: a.max_new_tokens,
+        max_tokens: a.seq_len,
+        temperature: 0.7,
+        top_p: 0.9,
+        batch: a.batch,
+        seed: a.seed,
+        dev: a.dev.clone(),
+    })?;
+    llama2_model::atomic::write_atomic(&a.out.join("build.json"), serde_json::to_string_pretty(&st)?.as_bytes())?;
+    let (gdir, bdir) = (a.out.join("gatt"), a.out.join("no-gatt"));
+    stage_sft(&a.policy, &tokenizer, &g, &gdir, &a)?;
+    stage_sft(&a.policy, &tokenizer, &b, &bdir, &a)?;
+    let spec = |l: &str, d: &Path| format!("{l}={}", d.display());
+    eval(GattEvalArgs {
+        model: vec![spec("gatt", &gdir.join("final"))],
+        baseline: vec![spec("policy", &a.policy), spec("no-gatt", &bdir.join("final"))],
+        tokenizer: Some(tokenizer),
+        inst: a.inst.clone(),
+        prompts: a.prompts.clone(),
+        exclude_from: a.exclude_from.clone(),
+        turns: a.turns.clone(),
+        dialogs: a.eval_dialogs,
+        max_prompt_tokens: 40,
+        max_new_tokens: a.max_new_tokens,
+        max_tokens: None,
+        temperature: 0.7,
+        top_p: 0.9,
+        batch: a.batch,
+        no_attention: false,
+        out: a.out.join("eval"),
+        seed: a.seed,
+        dev: a.dev.clone(),
+    })
 }

@@ -254,6 +254,9 @@ pub struct SysAttention {
     pub per_layer: Vec<f64>,
     /// the mean over layers of `per_layer`
     pub mean: f64,
+    /// standard error of `mean` over dialogs (each dialog's mean over
+    /// layers and answer tokens is one observation)
+    pub mean_se: f64,
     /// the first dialog's map: per layer, one value per answer token
     pub example: Vec<Vec<f64>>,
     /// the first dialog's answer tokens (pieces)
@@ -266,6 +269,7 @@ pub struct SysAttention {
 pub fn system_attention<B: Backend>(be: &B, model: &Model<B>, tok: &Tokenizer, transcripts: &[Transcript], turn: usize) -> Result<SysAttention> {
     let layers = model.cfg.n_layers;
     let mut out = SysAttention { turn, per_layer: vec![0.0; layers], ..Default::default() };
+    let mut per_dialog = Vec::new();
     for t in transcripts {
         if t.answers.len() < turn || turn == 0 {
             continue;
@@ -286,9 +290,13 @@ pub fn system_attention<B: Backend>(be: &B, model: &Model<B>, tok: &Tokenizer, t
         let map: Vec<Vec<f64>> = (0..layers)
             .map(|l| (0..rows.len()).map(|r| m[(l * rows.len() + r) * h..(l * rows.len() + r + 1) * h].iter().copied().fold(0.0, f64::max)).collect())
             .collect();
+        let mut dialog_mean = 0.0;
         for (l, row) in map.iter().enumerate() {
-            out.per_layer[l] += row.iter().sum::<f64>() / row.len() as f64;
+            let m = row.iter().sum::<f64>() / row.len() as f64;
+            out.per_layer[l] += m;
+            dialog_mean += m / layers as f64;
         }
+        per_dialog.push(dialog_mean);
         if out.dialogs == 0 {
             out.example_tokens = rows.iter().map(|&i| tok.id_to_piece(ids[i]).unwrap_or("?").to_string()).collect();
             out.example = map;
@@ -298,6 +306,11 @@ pub fn system_attention<B: Backend>(be: &B, model: &Model<B>, tok: &Tokenizer, t
     if out.dialogs > 0 {
         out.per_layer.iter_mut().for_each(|x| *x /= out.dialogs as f64);
         out.mean = out.per_layer.iter().sum::<f64>() / layers as f64;
+    }
+    if per_dialog.len() > 1 {
+        let n = per_dialog.len() as f64;
+        let var = per_dialog.iter().map(|x| (x - out.mean).powi(2)).sum::<f64>() / (n - 1.0);
+        out.mean_se = (var / n).sqrt();
     }
     Ok(out)
 }

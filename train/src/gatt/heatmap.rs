@@ -69,14 +69,26 @@ fn text(canvas: &mut Pixmap, font: &FontRef<'static>, s: &str, x: f32, y: f32, p
     }
 }
 
+fn text_width(font: &FontRef<'static>, s: &str, px: f32) -> f32 {
+    let f = font.as_scaled(PxScale::from(px));
+    s.chars().map(|c| f.h_advance(f.glyph_id(c))).sum()
+}
+
 /// Writes the panels side by side to `path` (PNG).
 pub fn save_heatmap(path: &std::path::Path, title: &str, panels: &[Panel]) -> Result<()> {
     let font = FontRef::try_from_slice(FONT_TTF).map_err(|e| TrainError::Invalid(format!("embedded font: {e}")))?;
     let layers = panels.iter().map(|p| p.values.len()).max().unwrap_or(0).max(1);
     let vmax = panels.iter().flat_map(|p| p.values.iter().flatten()).copied().filter(|x| x.is_finite()).fold(0.0f64, f64::max).max(1e-12);
     let (cell_h, margin, label_w, top, panel_gap, bar_w) = (36.0f32, 16.0f32, 70.0f32, 56.0f32, 30.0f32, 90.0f32);
-    let widths: Vec<f32> = panels.iter().map(|p| (p.values.iter().map(|r| r.len()).max().unwrap_or(1).max(1) as f32 * 12.0).clamp(160.0, 900.0)).collect();
-    let width = (margin + label_w + widths.iter().sum::<f32>() + panel_gap * panels.len() as f32 + bar_w + margin).ceil() as u32;
+    let widths: Vec<f32> = panels
+        .iter()
+        .map(|p| (p.values.iter().map(|r| r.len()).max().unwrap_or(1).max(1) as f32 * 12.0).clamp(160.0, 900.0).max(text_width(&font, &p.title, 13.0)))
+        .collect();
+    let footer = "attention mass on the system message (max over heads)";
+    let width = (margin + label_w + widths.iter().sum::<f32>() + panel_gap * panels.len() as f32 + bar_w + margin)
+        .max(2.0 * margin + text_width(&font, title, 16.0))
+        .max(2.0 * margin + text_width(&font, footer, 12.0))
+        .ceil() as u32;
     let height = (top + layers as f32 * cell_h + 60.0).ceil() as u32;
     let mut canvas = Pixmap::new(width.max(64), height.max(64)).ok_or_else(|| TrainError::Invalid("heat map too large".into()))?;
     canvas.fill(Color::WHITE);
@@ -90,7 +102,9 @@ pub fn save_heatmap(path: &std::path::Path, title: &str, panels: &[Panel]) -> Re
         for (l, row) in p.values.iter().enumerate() {
             let cw = w / row.len().max(1) as f32;
             for (j, &v) in row.iter().enumerate() {
-                fill(&mut canvas, x0 + j as f32 * cw, top + l as f32 * cell_h, cw.max(1.0), cell_h, colour(v / vmax));
+                // whole-pixel cell edges: no anti-aliased seams between cells
+                let (xa, xb) = ((x0 + j as f32 * cw).round(), (x0 + (j + 1) as f32 * cw).round());
+                fill(&mut canvas, xa, top + l as f32 * cell_h, (xb - xa).max(1.0), cell_h, colour(v / vmax));
             }
         }
         let n = p.values.first().map_or(0, |r| r.len());
@@ -105,7 +119,7 @@ pub fn save_heatmap(path: &std::path::Path, title: &str, panels: &[Panel]) -> Re
     }
     text(&mut canvas, &font, &format!("{vmax:.3}"), x0 + 20.0, top + 10.0, 11.0);
     text(&mut canvas, &font, "0", x0 + 20.0, top + bar_h, 11.0);
-    text(&mut canvas, &font, "attention mass on the system message (max over heads)", margin, height as f32 - 12.0, 12.0);
+    text(&mut canvas, &font, footer, margin, height as f32 - 12.0, 12.0);
     let rgb: Vec<u8> = canvas.data().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
     let mut bytes = Vec::new();
     {
