@@ -26,7 +26,7 @@ use llama2::train::rejection::{
 };
 use llama2::train::run::BatchSource;
 use llama2::train::score::{check_reward_model, score_sequences};
-use llama2::train::sft::SftData;
+use llama2::train::sft::{Packing, SftData};
 use llama2::train::step::LmTrainer;
 
 const V: usize = 64;
@@ -178,7 +178,7 @@ fn one_iteration_improves_the_policy_on_held_out_prompts() {
     assert!(kept > mean_reward(&samples), "the kept answers are better than the average sample");
     let examples = training_examples(&pool, &train);
     let (b, t) = (4, 32);
-    let mut data = SftData::from_encoded(examples, b, t, Some(3), false).unwrap();
+    let mut data = SftData::from_encoded(examples, b, t, Some(3), false, Packing::Concat).unwrap();
     let mut tr = LmTrainer::new(&be, policy, b, t, AdamWConfig::default()).unwrap();
     let steps = 8 * data.batches_per_epoch();
     let mut first = None;

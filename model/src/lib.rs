@@ -19,6 +19,7 @@
 //! - [`chat`]: chat formats with loss masks: Llama-2-chat built in, or the
 //!   model's own Jinja template ([`template`])
 //! - [`generate`]: sampling and generation with the KV cache
+//! - [`attn_probe`]: attention probabilities of chosen rows, recomputed (debug)
 //! - [`shards`]: llm.c token shards (streaming writer, validated reader)
 //! - [`tokenizer`]: the tokenizer (SentencePiece BPE from GGUF, `.model` or
 //!   `tokenizer.json`; byte-level BPE from `tokenizer.json` or GGUF; BPE
@@ -32,7 +33,7 @@ pub mod text;
 
 // the modules by their short names (the paths every crate uses)
 pub use formats::{atomic, gguf, llama2c, shards, weights};
-pub use graph::{acts, backward, forward, generate, model, params};
+pub use graph::{acts, attn_probe, backward, forward, generate, model, params};
 pub use text::{chat, template, tokenizer};
 
 pub use acts::{Acts, GradActs, LogitRows};

@@ -44,6 +44,8 @@ enum Cmd {
     Ppo(cmd::ppo::PpoArgs),
     /// Reward models: init from a chat model, train on preference pairs, score, evaluate
     Rm(cmd::rm::RmArgs),
+    /// Ghost Attention: system-message demonstrations, GAtt data construction, adherence by turn and attention to the system message
+    Gatt(cmd::gatt::GattArgs),
     /// Chat with a model in the terminal (Llama-2-chat format)
     Chat(cmd::chat::ChatArgs),
     /// The main job: vocabulary, pretraining, SFT and chat samples on the built-in data, with a report
@@ -77,6 +79,7 @@ fn main() {
         Cmd::Rm(a) => cmd::rm::run(a),
         Cmd::Chat(a) => cmd::chat::run(a),
         Cmd::Ppo(a) => cmd::ppo::run(a),
+        Cmd::Gatt(a) => cmd::gatt::run(a),
         Cmd::Pipeline(a) => cmd::pipeline::run(a),
         Cmd::Tokenizer(a) => cmd::tokenizer::run_tokenizer(a),
         Cmd::Tokenize(a) => cmd::tokenizer::run_tokenize(a),

@@ -22,12 +22,15 @@
 //! - [`ppo`]: the arithmetic, objective and loop of PPO
 //! - [`eval`]: the synthetic annotator, safety data, preference
 //!   collection, and the paper's evaluations (win rate, safety, Self-BLEU)
+//! - [`gatt`]: Ghost Attention: instructions, dialogs, data construction,
+//!   adherence by turn and the attention picture
 //! - [`error`]: the crate's error type, `TrainError`
 
 pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod gatt;
 pub mod metrics;
 pub mod optim;
 pub mod ppo;

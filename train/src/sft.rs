@@ -14,9 +14,22 @@
 //! - Alpaca: `{"instruction": .., "input"?: .., "output": ..}` (the input,
 //!   if any, follows the instruction after a blank line)
 //!
-//! Public items: [`load_dialogs`], [`parse_record`], [`parse_messages`],
-//! [`SftData`] (from dialogs, or from already tokenised examples with
-//! [`SftData::from_encoded`]: rejection sampling's kept answers),
+//! A record may also say where its loss goes: `"loss": "last"` keeps the
+//! loss on the final answer only (Ghost Attention samples: the earlier turns
+//! are context), `"loss": "answers"` (the default) on every answer.
+//!
+//! Packing ([`Packing`]): `Concat` (the default) cuts the concatenated
+//! dialogs into rows without regard to their boundaries; `Whole` puts each
+//! dialog on its own row, right-padded with masked targets and never cut
+//! (a dialog that needs its whole context, as a GAtt sample needs its
+//! system message, is seen whole; dialogs longer than a row are skipped and
+//! counted in [`SftData::skipped`]).
+//!
+//! Public items: [`load_dialogs`], [`load_records`], [`parse_record`],
+//! [`parse_messages`], [`parse_loss`], [`LossOn`], [`SftRecord`],
+//! [`Packing`], [`SftData`] (from dialogs, records, or already tokenised
+//! examples with [`SftData::from_encoded`]: rejection sampling's kept
+//! answers),
 //! [`split_dialogs`].
 
 use crate::data::DataPosition;
@@ -96,9 +109,41 @@ pub fn parse_record(v: &Value) -> std::result::Result<Vec<Message>, String> {
     Ok(d)
 }
 
+/// Which answers of a dialog carry loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LossOn {
+    /// every answer (`"loss": "answers"`, the default)
+    #[default]
+    Answers,
+    /// the final answer only (`"loss": "last"`)
+    LastAnswer,
+}
+
+/// A record's optional `"loss"` field.
+pub fn parse_loss(v: &Value) -> std::result::Result<LossOn, String> {
+    match v.get("loss") {
+        None => Ok(LossOn::Answers),
+        Some(Value::String(s)) if s == "answers" => Ok(LossOn::Answers),
+        Some(Value::String(s)) if s == "last" => Ok(LossOn::LastAnswer),
+        Some(other) => Err(format!("`loss` must be \"answers\" or \"last\", not {other}")),
+    }
+}
+
+/// One dialog and where its loss goes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SftRecord {
+    pub messages: Vec<Message>,
+    pub loss: LossOn,
+}
+
 /// Reads every dialog of a JSON Lines file or a JSON array file; records
 /// without a final answer are skipped.
 pub fn load_dialogs(path: &Path) -> Result<Vec<Vec<Message>>> {
+    Ok(load_records(path)?.into_iter().map(|r| r.messages).collect())
+}
+
+/// [`load_dialogs`] with each record's `"loss"` field.
+pub fn load_records(path: &Path) -> Result<Vec<SftRecord>> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let trimmed = text.trim_start();
     let records: Vec<(usize, Value)> = if trimmed.starts_with('[') {
@@ -118,8 +163,9 @@ pub fn load_dialogs(path: &Path) -> Result<Vec<Vec<Message>>> {
     let mut dialogs = Vec::new();
     for (n, r) in records {
         let d = parse_record(&r).map_err(|m| bad(path, format!("record {n}: {m}")))?;
+        let loss = parse_loss(&r).map_err(|m| bad(path, format!("record {n}: {m}")))?;
         if !d.is_empty() {
-            dialogs.push(d);
+            dialogs.push(SftRecord { messages: d, loss });
         }
     }
     if dialogs.is_empty() {
@@ -130,7 +176,7 @@ pub fn load_dialogs(path: &Path) -> Result<Vec<Vec<Message>>> {
 
 /// Splits dialogs into (train, held out): a seeded choice of
 /// `round(fraction * n)` held-out dialogs (at least one if fraction > 0).
-pub fn split_dialogs(mut d: Vec<Vec<Message>>, fraction: f64, seed: u64) -> (Vec<Vec<Message>>, Vec<Vec<Message>>) {
+pub fn split_dialogs<T>(mut d: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
     let mut rng = Rng::derive(seed, "sft/split");
     rng.shuffle(&mut d);
     let mut k = (fraction * d.len() as f64).round() as usize;
@@ -140,6 +186,16 @@ pub fn split_dialogs(mut d: Vec<Vec<Message>>, fraction: f64, seed: u64) -> (Vec
     let k = k.min(d.len().saturating_sub(1));
     let held = d.split_off(d.len() - k);
     (d, held)
+}
+
+/// How dialogs become rows (see the module header).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Packing {
+    /// concatenated and cut into rows of `t` tokens
+    #[default]
+    Concat,
+    /// one dialog per row, right-padded (masked), never cut
+    Whole,
 }
 
 /// Tokenised dialogs, packed into `b x t` batches epoch after epoch.
@@ -152,6 +208,9 @@ pub struct SftData {
     pub shuffle_seed: Option<u64>,
     /// stop after one pass (validation) instead of starting a new epoch
     pub single_pass: bool,
+    pub packing: Packing,
+    /// dialogs left out because they do not fit a row (`Packing::Whole`)
+    pub skipped: usize,
     pos: DataPosition,
     stream: Vec<u32>,
     mask: Vec<bool>,
@@ -161,23 +220,53 @@ impl SftData {
     pub fn new(tok: &Tokenizer, dialogs: &[Vec<Message>], b: usize, t: usize, shuffle_seed: Option<u64>, single_pass: bool) -> Result<Self> {
         let fmt = ChatFormat::for_tokenizer(tok)?;
         let enc = dialogs.iter().map(|d| fmt.encode_dialog(tok, d)).collect::<std::result::Result<Vec<_>, _>>()?;
-        Self::from_encoded(enc, b, t, shuffle_seed, single_pass)
+        Self::from_encoded(enc, b, t, shuffle_seed, single_pass, Packing::Concat)
+    }
+
+    /// [`SftData::new`] of records, each with its own loss placement, packed as `packing` says.
+    pub fn from_records(
+        tok: &Tokenizer,
+        records: &[SftRecord],
+        b: usize,
+        t: usize,
+        shuffle_seed: Option<u64>,
+        single_pass: bool,
+        packing: Packing,
+    ) -> Result<Self> {
+        let fmt = ChatFormat::for_tokenizer(tok)?;
+        let enc = records.iter().map(|r| fmt.encode_dialog_last(tok, &r.messages, r.loss == LossOn::LastAnswer)).collect::<std::result::Result<Vec<_>, _>>()?;
+        Self::from_encoded(enc, b, t, shuffle_seed, single_pass, packing)
     }
 
     /// Packs already tokenised examples: (ids, loss mask) each, the mask
     /// true on the tokens to learn (targets; the first token of an example
-    /// is never a target).
-    pub fn from_encoded(dialogs: Vec<(Vec<u32>, Vec<bool>)>, b: usize, t: usize, shuffle_seed: Option<u64>, single_pass: bool) -> Result<Self> {
-        if let Some(i) = dialogs.iter().position(|(ids, m)| ids.len() != m.len()) {
-            return Err(TrainError::Invalid(format!("example {i}: {} ids but {} mask entries", dialogs[i].0.len(), dialogs[i].1.len())));
+    /// is never a target), as `packing` says.
+    pub fn from_encoded(
+        mut enc: Vec<(Vec<u32>, Vec<bool>)>,
+        b: usize,
+        t: usize,
+        shuffle_seed: Option<u64>,
+        single_pass: bool,
+        packing: Packing,
+    ) -> Result<Self> {
+        if let Some(i) = enc.iter().position(|(ids, m)| ids.len() != m.len()) {
+            return Err(TrainError::Invalid(format!("example {i}: {} ids but {} mask entries", enc[i].0.len(), enc[i].1.len())));
         }
-        let mut s = SftData { dialogs, b, t, shuffle_seed, single_pass, pos: DataPosition::default(), stream: Vec::new(), mask: Vec::new() };
+        let n = enc.len();
+        if packing == Packing::Whole {
+            enc.retain(|d| d.0.len() <= t);
+        }
+        let skipped = n - enc.len();
+        let mut s =
+            SftData { dialogs: enc, b, t, shuffle_seed, single_pass, packing, skipped, pos: DataPosition::default(), stream: Vec::new(), mask: Vec::new() };
         s.build_epoch();
         if s.batches_per_epoch() == 0 {
             return Err(TrainError::Invalid(format!(
-                "the {} dialogs hold {} tokens, fewer than one batch of {b} x {t} (+1); HINT: use a smaller --batch-size or --seq-len",
+                "the {} dialogs hold {} tokens, fewer than one batch of {b} x {t} (+1){}; HINT: use a smaller --batch-size{}",
                 s.dialogs.len(),
-                s.stream.len()
+                s.stream.len(),
+                if s.skipped > 0 { format!(" ({} dialogs longer than {t} tokens skipped)", s.skipped) } else { String::new() },
+                if s.packing == Packing::Whole { " or a larger --seq-len" } else { " or --seq-len" }
             )));
         }
         Ok(s)
@@ -212,6 +301,18 @@ impl SftData {
         for i in order {
             self.stream.extend_from_slice(&self.dialogs[i].0);
             self.mask.extend_from_slice(&self.dialogs[i].1);
+            if self.packing == Packing::Whole {
+                // pad the row to t: the pad predicts nothing and is never
+                // attended by the dialog (right padding, causal attention)
+                let pad = self.t - self.dialogs[i].0.len();
+                self.stream.extend(std::iter::repeat_n(0, pad));
+                self.mask.extend(std::iter::repeat_n(false, pad));
+            }
+        }
+        if self.packing == Packing::Whole {
+            // the target of a row's last position: never learned
+            self.stream.push(0);
+            self.mask.push(false);
         }
     }
 }

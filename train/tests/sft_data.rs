@@ -120,3 +120,41 @@ fn held_out_split_is_seeded_and_never_empty_on_either_side() {
     let (a, h) = split_dialogs(dialogs[..1].to_vec(), 0.5, 9);
     assert_eq!((a.len(), h.len()), (1, 0));
 }
+
+#[test]
+fn loss_field_and_whole_packing() {
+    use llama2_train::sft::{load_records, parse_loss, LossOn, Packing};
+    assert_eq!(parse_loss(&json!({"prompt": "p"})).unwrap(), LossOn::Answers);
+    assert_eq!(parse_loss(&json!({"loss": "answers"})).unwrap(), LossOn::Answers);
+    assert_eq!(parse_loss(&json!({"loss": "last"})).unwrap(), LossOn::LastAnswer);
+    assert!(parse_loss(&json!({"loss": "first"})).is_err());
+    let two_turns = r#"{"messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "first answer"}, {"role": "user", "content": "two"}, {"role": "assistant", "content": "second answer"}]"#;
+    let p = tmp("loss.jsonl", &format!("{two_turns}, \"loss\": \"last\"}}\n{two_turns}}}\n"));
+    let recs = load_records(&p).unwrap();
+    assert_eq!((recs[0].loss, recs[1].loss), (LossOn::LastAnswer, LossOn::Answers));
+    let bad = tmp("loss-bad.jsonl", &format!("{two_turns}, \"loss\": 3}}\n"));
+    let e = load_records(&bad).unwrap_err().to_string();
+    assert!(e.contains("record 1") && e.contains("loss") && e.contains("HINT"), "{e}");
+    // whole packing: one record per row, padded, targets only on the learned tokens of that record
+    let tok = tok();
+    let t = 48;
+    let d = SftData::from_records(&tok, &recs, 1, t, None, true, Packing::Whole).unwrap();
+    assert_eq!((d.batches_per_epoch(), d.skipped), (2, 0));
+    let mut d = d;
+    for r in &recs {
+        let (ids, mask) = llama2_model::chat::encode_dialog_last(&tok, &r.messages, r.loss == LossOn::LastAnswer).unwrap();
+        let mb = d.next_batch().unwrap().unwrap();
+        assert_eq!(&mb.inputs[..ids.len()], &ids[..], "the row starts with the whole dialog");
+        for j in 0..t {
+            let want = if j + 1 < ids.len() && mask[j + 1] { ids[j + 1] as i32 } else { -1 };
+            assert_eq!(mb.targets[j], want, "position {j}");
+        }
+    }
+    // a dialog longer than a row is skipped and counted, not cut
+    let short = SftData::from_records(&tok, &recs, 1, 12, None, true, Packing::Whole);
+    let e = short.err().unwrap().to_string();
+    assert!(e.contains("2 dialogs longer than 12 tokens skipped") && e.contains("--seq-len"), "{e}");
+    for f in [p, bad] {
+        let _ = std::fs::remove_file(f);
+    }
+}

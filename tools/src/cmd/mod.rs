@@ -6,6 +6,7 @@ pub mod convert;
 pub mod debug;
 pub mod eval;
 pub mod evaluate;
+pub mod gatt;
 pub mod generate;
 pub mod generate_batch;
 pub mod gpu_check;

@@ -231,6 +231,7 @@ pub fn run(a: PipelineArgs) -> Result<()> {
         lr: a.sft_lr,
         warmup_steps: None,
         min_lr_ratio: 0.1,
+        packing: crate::cmd::sft::PackingArg::Concat,
         samples: a.samples,
         sample_tokens: a.sft_max_tokens,
         sample_temperature: 0.7,

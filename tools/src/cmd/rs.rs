@@ -35,14 +35,14 @@ use llama2_model::Model;
 use llama2_runtime::rng::Rng;
 use llama2_runtime::Backend;
 use llama2_train::metrics::Progress;
-use llama2_train::plot::{save_png, Chart, Series};
+use llama2_tools::plot::{save_png, LineChart, Series};
 use llama2_train::rejection::{
     best_of_n, best_per_prompt, distribution, load_prompts, mean_reward, read_answers, rewards_by_prompt, sample_and_score, training_examples, update_pool,
     write_answers, Answer, BestOfN, PoolMode, Rewarders, RsPrompt,
 };
 use llama2_train::schedule::LrSchedule;
 use llama2_train::score::{check_reward_model, DEFAULT_SCORE_TOKENS};
-use llama2_train::sft::SftData;
+use llama2_train::sft::{Packing, SftData};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -235,14 +235,14 @@ fn sample<B: Backend>(
 
 /// One chart of curves against N (Figures 7 and 8).
 fn curves_png(path: &Path, title: &str, y_label: &str, series: Vec<(String, Vec<(f64, f64)>)>) -> Result<()> {
-    let chart = Chart {
+    let chart = LineChart {
         title: title.into(),
         x_label: "N (samples per prompt)".into(),
         y_label: y_label.into(),
         series: series.into_iter().map(|(name, points)| Series { name, points }).collect(),
         log_y: false,
     };
-    save_png(&chart, path, 900, 500)?;
+    save_png(&chart.into(), path, 900, 500)?;
     Ok(())
 }
 
@@ -448,7 +448,7 @@ impl Job for RsJob {
                 let (b, t) = (a.batch_size as usize, a.seq_len as usize);
                 let fresh = || load(&policy_dir, "the policy");
                 let plan = |model: &Model<B>, _ckpt: Option<&Path>| -> Result<LmPlan> {
-                    let train = SftData::from_encoded(examples.clone(), b, t, Some(run.seed), false)
+                    let train = SftData::from_encoded(examples.clone(), b, t, Some(run.seed), false, Packing::Concat)
                         .with_context(|| format!("packing the {} kept answers of iteration {it}", pool_rewards.len()))?;
                     let steps = ((train.batches_per_epoch() as u64) * a.epochs as u64).max(1);
                     let warmup = a.warmup_steps.unwrap_or(((steps as f64) * 0.03).round() as u64);
@@ -492,7 +492,7 @@ impl Job for RsJob {
         if let Some(e) = eval0 {
             eval_pts.insert(0, (0.0, e));
         }
-        let chart = Chart {
+        let chart = LineChart {
             title: "rejection sampling: mean reward per iteration".into(),
             x_label: "iteration".into(),
             y_label: "reward".into(),
@@ -504,7 +504,7 @@ impl Job for RsJob {
             ],
             log_y: false,
         };
-        save_png(&chart, &a.out.join("rs_rewards.png"), 900, 500)?;
+        save_png(&chart.into(), &a.out.join("rs_rewards.png"), 900, 500)?;
         let v = json!({"eval_mean_reward_start": eval0, "iterations": summary, "final_policy": a.out.join(format!("iter-{}", a.iterations)).join("sft").join("final")});
         write_atomic(&a.out.join("summary.json"), serde_json::to_string_pretty(&v)?.as_bytes())?;
         println!("{v}");

@@ -13,9 +13,25 @@ use llama2_model::Model;
 use llama2_runtime::Backend;
 use llama2_train::run::BatchSource;
 use llama2_train::schedule::LrSchedule;
-use llama2_train::sft::{answer_prompts, load_dialogs, split_dialogs, SftData};
+use llama2_train::sft::{answer_prompts, load_records, split_dialogs, Packing, SftData};
 use serde_json::json;
 use std::path::{Path, PathBuf};
+
+/// `--packing` (see `llama2_train::sft::Packing`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackingArg {
+    Concat,
+    Whole,
+}
+
+impl PackingArg {
+    pub fn packing(self) -> Packing {
+        match self {
+            PackingArg::Concat => Packing::Concat,
+            PackingArg::Whole => Packing::Whole,
+        }
+    }
+}
 
 #[derive(Args, Clone, Debug)]
 pub struct SftArgs {
@@ -50,6 +66,9 @@ pub struct SftArgs {
     /// The cosine schedule ends at this fraction of the peak
     #[arg(long, default_value_t = 0.1, value_parser = crate::flags::parse_unit)]
     pub min_lr_ratio: f64,
+    /// How dialogs fill rows: concat (cut at --seq-len regardless of dialogs) or whole (one dialog per row, padded, never cut; longer ones skipped; what GAtt samples need)
+    #[arg(long, value_enum, default_value_t = PackingArg::Concat)]
+    pub packing: PackingArg,
     /// Held-out prompts to answer at the end (0 = none)
     #[arg(long, default_value_t = 8)]
     pub samples: usize,
@@ -113,12 +132,20 @@ impl Job for SftJob {
             }
             let mut dialogs = Vec::new();
             for p in &a.data {
-                dialogs.extend(load_dialogs(p)?);
+                dialogs.extend(load_records(p)?);
             }
             let (train_d, held) = split_dialogs(dialogs, a.val_fraction, a.run.seed);
-            let train = SftData::new(&tok, &train_d, b, t, Some(a.run.seed), false)?;
-            let val: Option<Box<dyn BatchSource>> =
-                if held.is_empty() { None } else { SftData::new(&tok, &held, b, t, None, true).ok().map(|v| Box::new(v) as Box<dyn BatchSource>) };
+            let packing = a.packing.packing();
+            let train = SftData::from_records(&tok, &train_d, b, t, Some(a.run.seed), false, packing)?;
+            if train.skipped > 0 {
+                eprintln!("sft: {} of {} training dialogs are longer than --seq-len {t} and were skipped (--packing whole)", train.skipped, train_d.len());
+            }
+            let val: Option<Box<dyn BatchSource>> = if held.is_empty() {
+                None
+            } else {
+                SftData::from_records(&tok, &held, b, t, None, true, packing).ok().map(|v| Box::new(v) as Box<dyn BatchSource>)
+            };
+            let held: Vec<_> = held.into_iter().map(|r| r.messages).collect();
             let per_epoch = train.batches_per_epoch() as u64 / a.run.grad_accum as u64;
             let steps = a.run.steps.unwrap_or((per_epoch * a.epochs as u64).max(1));
             let warmup = a.warmup_steps.unwrap_or(((steps as f64) * 0.03).round() as u64);
@@ -128,6 +155,7 @@ impl Job for SftJob {
                 "init": a.init, "tokenizer": tok.path(), "chat_format": llama2_model::chat::ChatFormat::for_tokenizer(&tok)?.name(),
                 "dialogs_train": train_d.len(), "dialogs_held_out": held.len(), "tokens_per_epoch": train.tokens(),
                 "answer_tokens_per_epoch": train.answer_tokens(), "epochs": a.epochs,
+                "packing": format!("{:?}", packing).to_lowercase(), "skipped_dialogs": train.skipped,
             })
             .as_object()
             .cloned()
