@@ -181,7 +181,10 @@ impl<B: Backend> Comm<B> for Single {
 
 pub(crate) fn check_shards(op: &'static str, len: usize, shards: &Shards, world: usize) -> Result<()> {
     if shards.total != len || shards.world() != world {
-        return Err(RtError::Op { op, msg: format!("shards of {} elements over {} ranks for a window of {len} on {world} ranks", shards.total, shards.world()) });
+        return Err(RtError::Op {
+            op,
+            msg: format!("shards of {} elements over {} ranks for a window of {len} on {world} ranks", shards.total, shards.world()),
+        });
     }
     Ok(())
 }

@@ -39,7 +39,8 @@ pub struct MpiWorld {
 }
 
 fn count(op: &'static str, n: usize) -> Result<Count> {
-    Count::try_from(n).map_err(|_| RtError::Op { op, msg: format!("{n} elements exceed MPI's count (i32); HINT: a model this large needs the NCCL path or a newer MPI") })
+    Count::try_from(n)
+        .map_err(|_| RtError::Op { op, msg: format!("{n} elements exceed MPI's count (i32); HINT: a model this large needs the NCCL path or a newer MPI") })
 }
 
 impl MpiWorld {

@@ -59,7 +59,9 @@ impl NcclComm {
     /// device: rank 0 makes the unique id, `host` broadcasts it.
     pub fn new(be: &CudaBackend, host: Arc<dyn HostComm>) -> Result<Self> {
         if !nccl_available() {
-            return Err(RtError::NoDevice("libnccl.so.2 is not installed; HINT: install NCCL (the nvidia-nccl-cu13 wheel or the distribution's libnccl2)".into()));
+            return Err(RtError::NoDevice(
+                "libnccl.so.2 is not installed; HINT: install NCCL (the nvidia-nccl-cu13 wheel or the distribution's libnccl2)".into(),
+            ));
         }
         let launch = host.launch();
         let mut id = [0u8; 128];

@@ -71,13 +71,7 @@ pub fn score_sequences<B: Backend>(be: &B, rm: &Model<B>, pairs: &[(Vec<u32>, Ve
 
 /// Per answer token log-probabilities under `model`, and (with `entropy`)
 /// the entropy of each predicting row.
-pub fn answer_logprobs<B: Backend>(
-    be: &B,
-    model: &Model<B>,
-    pairs: &[(Vec<u32>, Vec<u32>)],
-    batch: usize,
-    entropy: bool,
-) -> Result<(PerToken, PerToken)> {
+pub fn answer_logprobs<B: Backend>(be: &B, model: &Model<B>, pairs: &[(Vec<u32>, Vec<u32>)], batch: usize, entropy: bool) -> Result<(PerToken, PerToken)> {
     let mut ws: Option<Workspace<B>> = None;
     let (mut lps, mut ents) = (Vec::with_capacity(pairs.len()), Vec::new());
     for chunk in pairs.chunks(batch.max(1)) {
