@@ -9,12 +9,18 @@
 # not cargo tests: they are `train-tool gpu-check` (tools/device-check.sh).
 # The examples of examples/ run last, as a user would run them.
 # The CPU-only configuration (no CUDA code compiled) is checked too.
+#
+# With `--features mpi` (Open MPI from Debian's packages, by
+# tools/install-mpi.sh) data parallelism is built and its tests run under
+# `mpirun` (tools/tests/dist.rs: 2 and 4 ranks on the CPU, oversubscribed);
+# the NCCL communicator is compiled with the `cuda` feature.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-cuda.sh
+bash tools/install-mpi.sh
 cargo check --workspace --all-targets
-cargo test --workspace --release --features cuda
+cargo test --workspace --release --features cuda,mpi
 # the embedding examples (README "Use it as a library"), on the fixtures
-cargo run --release --features cuda --example generate -- tests/fixtures/gqa --new 8 1 72 9
-cargo run --release --features cuda --example score -- tests/fixtures/heads/seqcls "5 9 17 3" "8 8"
-cargo run --release --features cuda --example train_step -- tests/fixtures/gqa 3
+cargo run --release --features cuda,mpi --example generate -- tests/fixtures/gqa --new 8 1 72 9
+cargo run --release --features cuda,mpi --example score -- tests/fixtures/heads/seqcls "5 9 17 3" "8 8"
+cargo run --release --features cuda,mpi --example train_step -- tests/fixtures/gqa 3
