@@ -149,7 +149,8 @@ impl Cluster {
         if !self.launch.is_distributed() {
             return if cuda {
                 let n = if let DeviceSpec::Cuda(n) = spec { n } else { 0 };
-                run_cuda_single(n, job)
+                let nccl = std::env::var(crate::comm::COMM_ENV).is_ok_and(|v| v == "nccl");
+                run_cuda_single(n, nccl, job)
             } else {
                 Ok(job.run(&CpuBackend::new(threads)?, &Single))
             };
@@ -191,13 +192,19 @@ impl Cluster {
     }
 }
 
+/// One GPU: the identity communicator, or (`nccl`) NCCL at world size 1.
 #[cfg(feature = "cuda")]
-fn run_cuda_single<J: DistJob>(ordinal: usize, job: J) -> Result<J::Out> {
-    Ok(job.run(&crate::cuda::CudaBackend::new(ordinal)?, &Single))
+fn run_cuda_single<J: DistJob>(ordinal: usize, nccl: bool, job: J) -> Result<J::Out> {
+    let be = crate::cuda::CudaBackend::new(ordinal)?;
+    if nccl {
+        let comm = crate::comm::nccl::NcclComm::new(&be, std::sync::Arc::new(crate::comm::SingleHost::new()))?;
+        return Ok(job.run(&be, &comm));
+    }
+    Ok(job.run(&be, &Single))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_cuda_single<J: DistJob>(_ordinal: usize, _job: J) -> Result<J::Out> {
+fn run_cuda_single<J: DistJob>(_ordinal: usize, _nccl: bool, _job: J) -> Result<J::Out> {
     Err(RtError::NotCompiledWithCuda)
 }
 

@@ -63,9 +63,16 @@ impl<'c, B: Backend> Dist<'c, B> {
         self.comm.world()
     }
 
+    /// Whether the collectives run: several ranks, or a real engine at
+    /// world size 1 (`LLAMA2_COMM=nccl`, the device check of the NCCL
+    /// path); the [`comm::Single`] identity skips them.
+    pub fn collective(&self) -> bool {
+        self.world() > 1 || self.comm.engine() != "single"
+    }
+
     /// Whether the optimizer state is cut into shards.
     pub fn sharded(&self) -> bool {
-        self.zero && self.world() > 1
+        self.zero && self.collective()
     }
 
     /// The ZeRO-1 cut of an arena of `total` elements.
@@ -146,7 +153,7 @@ impl<'c, B: Backend> Dist<'c, B> {
             return Err(TrainError::Invalid(format!("loss is {loss}; HINT: lower the learning rate")));
         }
         let mut norms = Vec::new();
-        let (rank, world, sharded) = (self.rank(), self.world(), self.sharded());
+        let (rank, world, sharded, collective) = (self.rank(), self.world(), self.sharded(), self.collective());
         for (i, p) in obj.parts().into_iter().enumerate() {
             let lr = if lrs.len() == 1 { lrs[0] } else { lrs[i] };
             if total == 0 {
@@ -154,7 +161,7 @@ impl<'c, B: Backend> Dist<'c, B> {
                 continue;
             }
             let lay = &p.model.layout;
-            let st = if world == 1 {
+            let st = if !collective {
                 p.opt.update(be, &mut p.model.params, p.grads, lay, lr)?
             } else if !sharded {
                 self.comm.all_reduce_sum(be, vm(p.grads))?;

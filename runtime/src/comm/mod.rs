@@ -22,7 +22,7 @@
 //! the others prints why and exits with an error, which makes `mpirun`
 //! end every other rank. A rank that dies is seen by `mpirun` directly.
 //!
-//! Public items: [`Comm`], [`HostComm`], [`Single`], [`Shards`], [`SHARD_ALIGN`],
+//! Public items: [`Comm`], [`HostComm`], [`Single`], [`SingleHost`], [`COMM_ENV`], [`Shards`], [`SHARD_ALIGN`],
 //! [`Launch`], [`Watchdog`], [`CommTimer`], [`config_hash`];
 //! `mpi::{MpiWorld, MpiComm, abort}` (feature `mpi`); `nccl::NcclComm`
 //! (feature `cuda`).
@@ -134,6 +134,58 @@ pub trait HostComm {
     fn broadcast_bytes(&self, x: &mut [u8], root: usize) -> Result<()>;
     fn seconds(&self) -> f64;
 }
+
+/// The host side of a world of one process, for running a device
+/// communicator (NCCL) at world size 1 without MPI (the device check):
+/// every collective is the identity, timed and watched like the others.
+pub struct SingleHost {
+    dog: Watchdog,
+    timer: CommTimer,
+}
+
+impl SingleHost {
+    pub fn new() -> Self {
+        SingleHost { dog: Watchdog::start(0), timer: CommTimer::default() }
+    }
+}
+
+impl Default for SingleHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HostComm for SingleHost {
+    fn launch(&self) -> Launch {
+        Launch::SINGLE
+    }
+    fn enter(&self, op: &'static str) -> InFlight<'_> {
+        self.dog.enter(op, &self.timer)
+    }
+    fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_f64(&self, _x: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_u64(&self, _x: &mut [u64]) -> Result<()> {
+        Ok(())
+    }
+    fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![mine.to_vec()])
+    }
+    fn broadcast_bytes(&self, _x: &mut [u8], root: usize) -> Result<()> {
+        check_root(root, 1)
+    }
+    fn seconds(&self) -> f64 {
+        self.timer.seconds()
+    }
+}
+
+/// Environment variable that makes a one-process run use the device
+/// communicator anyway (`nccl`: NCCL at world size 1 over [`SingleHost`];
+/// the device check runs the NCCL path this way on a machine without MPI).
+pub const COMM_ENV: &str = "LLAMA2_COMM";
 
 /// One process: the world of size 1, where every collective is the
 /// identity.
