@@ -107,7 +107,7 @@ pub trait DistJob {
 pub struct Cluster {
     pub launch: Launch,
     #[cfg(feature = "mpi")]
-    mpi: Option<std::sync::Arc<crate::comm::mpi::MpiWorld>>,
+    mpi: Option<std::rc::Rc<crate::comm::mpi::MpiWorld>>,
 }
 
 impl Cluster {
@@ -197,7 +197,7 @@ impl Cluster {
 fn run_cuda_single<J: DistJob>(ordinal: usize, nccl: bool, job: J) -> Result<J::Out> {
     let be = crate::cuda::CudaBackend::new(ordinal)?;
     if nccl {
-        let comm = crate::comm::nccl::NcclComm::new(&be, std::sync::Arc::new(crate::comm::SingleHost::new()))?;
+        let comm = crate::comm::nccl::NcclComm::new(&be, std::rc::Rc::new(crate::comm::SingleHost::new()))?;
         return Ok(job.run(&be, &comm));
     }
     Ok(job.run(&be, &Single))
@@ -209,14 +209,14 @@ fn run_cuda_single<J: DistJob>(_ordinal: usize, _nccl: bool, _job: J) -> Result<
 }
 
 #[cfg(all(feature = "cuda", feature = "mpi"))]
-fn run_cuda_nccl<J: DistJob>(local_rank: usize, w: std::sync::Arc<crate::comm::mpi::MpiWorld>, job: J) -> Result<J::Out> {
+fn run_cuda_nccl<J: DistJob>(local_rank: usize, w: std::rc::Rc<crate::comm::mpi::MpiWorld>, job: J) -> Result<J::Out> {
     let be = crate::cuda::CudaBackend::new(local_rank)?;
     let comm = crate::comm::nccl::NcclComm::new(&be, w)?;
     Ok(job.run(&be, &comm))
 }
 
 #[cfg(all(not(feature = "cuda"), feature = "mpi"))]
-fn run_cuda_nccl<J: DistJob>(_local_rank: usize, _w: std::sync::Arc<crate::comm::mpi::MpiWorld>, _job: J) -> Result<J::Out> {
+fn run_cuda_nccl<J: DistJob>(_local_rank: usize, _w: std::rc::Rc<crate::comm::mpi::MpiWorld>, _job: J) -> Result<J::Out> {
     Err(RtError::NotCompiledWithCuda)
 }
 

@@ -2,7 +2,7 @@
 //! `mpirun`, through the `mpi` crate (rsmpi) on the system's MPI (Debian's
 //! Open MPI). [`MpiWorld`] initialises MPI once per process (and finalises
 //! it when dropped); [`MpiComm`] runs the collectives on CPU buffers and
-//! the host-side ones for every backend (the NCCL communicator uses it for
+//! the host-side ones for every backend (the NCCL communicator uses it (shared through an `Rc`) for
 //! scalars, byte gathers and its unique id).
 //!
 //! Reductions: `MPI_SUM` over `MPI_FLOAT` / `MPI_DOUBLE` / `MPI_UINT64_T`.
@@ -25,7 +25,7 @@ use mpi::datatype::PartitionMut;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::AsRaw;
 use mpi::Count;
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// MPI, initialised for this process: `MPI_COMM_WORLD`, this rank, the
 /// watchdog and the communication timer.
@@ -46,14 +46,14 @@ fn count(op: &'static str, n: usize) -> Result<Count> {
 impl MpiWorld {
     /// Initialises MPI (once per process) and reads this rank's place;
     /// the local rank comes from the launcher's environment.
-    pub fn init() -> Result<Arc<Self>> {
+    pub fn init() -> Result<Rc<Self>> {
         let (universe, _threading) = mpi::initialize_with_threading(mpi::Threading::Funneled)
             .ok_or_else(|| RtError::Op { op: "MPI_Init", msg: "MPI is already initialised in this process".into() })?;
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         let env = Launch::from_env();
         let launch = Launch { rank, world: size, local_rank: if env.world == size { env.local_rank } else { rank } };
-        Ok(Arc::new(MpiWorld { world, launch, dog: Watchdog::start(rank), timer: CommTimer::default(), _universe: universe }))
+        Ok(Rc::new(MpiWorld { world, launch, dog: Watchdog::start(rank), timer: CommTimer::default(), _universe: universe }))
     }
 
     fn all_reduce_f32(&self, x: &mut [f32]) -> Result<()> {
@@ -194,11 +194,11 @@ pub fn abort(code: i32) -> ! {
 /// The MPI communicator of CPU processes.
 #[derive(Clone)]
 pub struct MpiComm {
-    pub world: Arc<MpiWorld>,
+    pub world: Rc<MpiWorld>,
 }
 
 impl MpiComm {
-    pub fn new(world: Arc<MpiWorld>) -> Self {
+    pub fn new(world: Rc<MpiWorld>) -> Self {
         MpiComm { world }
     }
 }

@@ -25,7 +25,7 @@ use crate::backend::ViewMut;
 use crate::cuda::CudaBackend;
 use crate::error::{Result, RtError};
 use cudarc::nccl::{result, sys};
-use std::sync::Arc;
+use std::rc::Rc;
 
 fn nccl_err(what: &str, e: impl std::fmt::Debug) -> RtError {
     RtError::Cuda { what: what.to_string(), location: "comm::nccl".into(), msg: format!("{e:?}") }
@@ -41,7 +41,7 @@ pub fn nccl_available() -> bool {
 pub struct NcclComm {
     comm: sys::ncclComm_t,
     launch: Launch,
-    host: Arc<dyn HostComm>,
+    host: Rc<dyn HostComm>,
 }
 
 impl Drop for NcclComm {
@@ -57,7 +57,7 @@ impl Drop for NcclComm {
 impl NcclComm {
     /// Joins the NCCL clique of the launch `host` describes, on `be`'s
     /// device: rank 0 makes the unique id, `host` broadcasts it.
-    pub fn new(be: &CudaBackend, host: Arc<dyn HostComm>) -> Result<Self> {
+    pub fn new(be: &CudaBackend, host: Rc<dyn HostComm>) -> Result<Self> {
         if !nccl_available() {
             return Err(RtError::NoDevice(
                 "libnccl.so.2 is not installed; HINT: install NCCL (the nvidia-nccl-cu13 wheel or the distribution's libnccl2)".into(),

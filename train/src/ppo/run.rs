@@ -421,11 +421,9 @@ pub fn run_ppo_dist<B: Backend>(
         let sh: Vec<f32> = sampled.iter().map(|e| e.helpful).collect();
         let ss: Option<Vec<f32>> = if frozen.safety_rm.is_some() { Some(sampled.iter().map(|e| e.safety.unwrap_or(0.0)).collect()) } else { None };
         let old_ent: Vec<Vec<f32>> = sampled.iter().map(|e| e.entropy.clone()).collect();
-        let (old_lp, old_v, ref_lp): (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>) = (
-            sampled.iter().map(|e| e.logprobs.clone()).collect(),
-            sampled.iter().map(|e| e.values.clone()).collect(),
-            sampled.iter().map(|e| e.ref_logprobs.clone()).collect(),
-        );
+        let old_lp: Vec<Vec<f32>> = sampled.iter().map(|e| e.logprobs.clone()).collect();
+        let old_v: Vec<Vec<f32>> = sampled.iter().map(|e| e.values.clone()).collect();
+        let ref_lp: Vec<Vec<f32>> = sampled.iter().map(|e| e.ref_logprobs.clone()).collect();
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch_prompts.into_iter().zip(sampled).map(|(p, e)| (p, e.answer)).collect();
         let f64v = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
         let eps: Vec<Episode> = (0..pairs.len())
