@@ -17,9 +17,18 @@
 //!   intermediate cubins stay in `$OUT_DIR/keep/<family>/` (nvcc --keep), so
 //!   tests can check the entry points and the register spills without a GPU.
 //! - Families compile in parallel (one nvcc per family).
+//!
+//! With the `cuda-sim` feature the same `.cu` files are also compiled as C++
+//! for the CPU layer (`sim/`, see `sim/build_sim.rs`): one translation unit
+//! per family plus the layer's runtime, linked as the static library
+//! `cuda_sim`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[cfg(feature = "cuda-sim")]
+#[path = "sim/build_sim.rs"]
+mod build_sim;
 
 const GENCODE: [&str; 3] = ["-gencode=arch=compute_90a,code=sm_90a", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_80,code=compute_80"];
 
@@ -39,8 +48,10 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    let nvcc = find_nvcc(&manifest);
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    #[cfg(feature = "cuda-sim")]
+    build_sim::build(&manifest, &cu_dir, &out);
+    let nvcc = find_nvcc(&manifest);
     let units: Vec<&PathBuf> = sources.iter().filter(|s| s.extension().and_then(|e| e.to_str()) == Some("cu")).collect();
     let results: Vec<Result<(), String>> = std::thread::scope(|sc| {
         let handles: Vec<_> = units.iter().map(|src| sc.spawn(|| compile(&nvcc, src, &cu_dir, &out))).collect();

@@ -17,6 +17,17 @@
 //   attention_bwd_dkdv_d{64,128}_bf16  dk, dv (=); the GQA reduction over the
 //                                      query heads of a KV head happens inside
 //                                      (one warp owns a key row), no atomics.
+//   attention_{fwd,bwd_pre,bwd_dq,bwd_dkdv}_ragged_d{64,128}_bf16
+//                                      the same on a ragged batch (right padding):
+//                                      rlen[bi] valid rows per sequence; forward
+//                                      row i sits at position rpos0[bi] + i and
+//                                      sees keys 0 ..= rpos0[bi] + i (decode and
+//                                      prefill against a cache with one length per
+//                                      sequence); padding rows get out 0, lse 0,
+//                                      delta 0, dq 0, and dk, dv 0 on padding key
+//                                      rows; the backward is the training shape
+//                                      (every sequence starts at position 0) and
+//                                      reads nothing from padding rows.
 //
 // The tensor-core versions ("v2") are in attention_mma.cu.
 //
@@ -79,7 +90,8 @@ __device__ __forceinline__ void row_to_shared(float* dst, const bf16* src, int l
 
 template <int HD>
 __device__ __forceinline__ void attn_fwd(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int b,
-                                         int tq, int tkv, int cap, int nh, int nkv) {
+                                         int tq, int tkv, int cap, int nh, int nkv, const int* rpos0,
+                                         const int* rlen) {
     constexpr int EPT = HD / WARP;
     __shared__ float qs[ATT_WARPS][HD];
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
@@ -91,9 +103,20 @@ __device__ __forceinline__ void attn_fwd(bf16* out, float* lse, const bf16* q, c
     const bf16* kb = k + ((int64_t)bi * cap * nkv + g) * HD;
     const bf16* vb = v + ((int64_t)bi * cap * nkv + g) * HD;
     const float sl2 = (1.f / sqrtf((float)HD)) * LOG2E;  // 1/sqrt(hd) exactly as the CPU computes it
+    int vis = tkv - tq + i + 1;  // keys 0..vis are visible (>= 1)
+    if (rlen != nullptr) {       // ragged: padding rows are zero; positions per sequence
+        if (i >= rlen[bi]) {
+            float z[EPT];
+#pragma unroll
+            for (int e = 0; e < EPT; e++) z[e] = 0.f;
+            store_lane<EPT>(out + q_off + lane * EPT, z);
+            if (lane == 0) lse[((int64_t)bi * nh + h) * tq + i] = 0.f;
+            return;  // the whole warp
+        }
+        vis = rpos0[bi] + i + 1;
+    }
     row_to_shared<HD>(qs[warp], q + q_off, lane);
     __syncwarp();
-    const int vis = tkv - tq + i + 1;  // keys 0..vis are visible (>= 1)
     float m = -INFINITY, l = 0.f, acc[EPT];
 #pragma unroll
     for (int e = 0; e < EPT; e++) acc[e] = 0.f;
@@ -125,11 +148,16 @@ __device__ __forceinline__ void attn_fwd(bf16* out, float* lse, const bf16* q, c
 
 // delta (b, nh, t) = Σ_d dout ⊙ out: one warp per (row, head).
 template <int HD>
-__device__ __forceinline__ void attn_bwd_pre(float* delta, const bf16* dout, const bf16* out, int b, int t, int nh) {
+__device__ __forceinline__ void attn_bwd_pre(float* delta, const bf16* dout, const bf16* out, int b, int t, int nh,
+                                             const int* rlen) {
     constexpr int EPT = HD / WARP;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int i = blockIdx.x * ATT_WARPS + warp, h = blockIdx.y, bi = blockIdx.z;
     if (i >= t || bi >= b) return;
+    if (rlen != nullptr && i >= rlen[bi]) {  // padding row: nothing read
+        if (lane == 0) delta[((int64_t)bi * nh + h) * t + i] = 0.f;
+        return;
+    }
     const int64_t off = (((int64_t)bi * t + i) * nh + h) * HD + lane * EPT;
     float a[EPT], c[EPT];
     load_lane<EPT>(dout + off, a);
@@ -144,7 +172,8 @@ __device__ __forceinline__ void attn_bwd_pre(float* delta, const bf16* dout, con
 // dq row i of head h: Σ_{j ≤ i} ds_ij k_j · scale, ds = p ⊙ (dp − delta), dp = dout_i·v_j.
 template <int HD>
 __device__ __forceinline__ void attn_bwd_dq(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
-                                            const float* lse, const float* delta, int b, int t, int nh, int nkv) {
+                                            const float* lse, const float* delta, int b, int t, int nh, int nkv,
+                                            const int* rlen) {
     constexpr int EPT = HD / WARP;
     __shared__ float qs[ATT_WARPS][HD];
     __shared__ float ds_[ATT_WARPS][HD];
@@ -158,6 +187,13 @@ __device__ __forceinline__ void attn_bwd_dq(bf16* dq, const bf16* dout, const bf
     const bf16* vb = v + ((int64_t)bi * t * nkv + g) * HD;
     const float scale = 1.f / sqrtf((float)HD);
     const float sl2 = scale * LOG2E;
+    if (rlen != nullptr && i >= rlen[bi]) {  // padding row: dq 0, nothing read
+        float z[EPT];
+#pragma unroll
+        for (int e = 0; e < EPT; e++) z[e] = 0.f;
+        store_lane<EPT>(dq + q_off + lane * EPT, z);
+        return;
+    }
     row_to_shared<HD>(qs[warp], q + q_off, lane);
     row_to_shared<HD>(ds_[warp], dout + q_off, lane);
     __syncwarp();
@@ -194,7 +230,7 @@ __device__ __forceinline__ void attn_bwd_dq(bf16* dq, const bf16* dout, const bf
 template <int HD>
 __device__ __forceinline__ void attn_bwd_dkdv(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
                                               const bf16* v, const float* lse, const float* delta, int b, int t,
-                                              int nh, int nkv) {
+                                              int nh, int nkv, const int* rlen) {
     constexpr int EPT = HD / WARP;
     __shared__ float ks[ATT_WARPS][HD];
     __shared__ float vs[ATT_WARPS][HD];
@@ -206,25 +242,31 @@ __device__ __forceinline__ void attn_bwd_dkdv(bf16* dk, bf16* dv, const bf16* do
     const int64_t q_rs = (int64_t)nh * HD;
     const float scale = 1.f / sqrtf((float)HD);
     const float sl2 = scale * LOG2E;
-    row_to_shared<HD>(ks[warp], k + kv_off, lane);
-    row_to_shared<HD>(vs[warp], v + kv_off, lane);
-    __syncwarp();
+    const int tend = rlen != nullptr ? rlen[bi] : t;  // query rows 0..tend are valid
     float ak[EPT], av[EPT];
 #pragma unroll
     for (int e = 0; e < EPT; e++) ak[e] = av[e] = 0.f;
+    if (j >= tend) {  // a padding key row: seen by no valid query
+        store_lane<EPT>(dk + kv_off + lane * EPT, ak);
+        store_lane<EPT>(dv + kv_off + lane * EPT, av);
+        return;
+    }
+    row_to_shared<HD>(ks[warp], k + kv_off, lane);
+    row_to_shared<HD>(vs[warp], v + kv_off, lane);
+    __syncwarp();
     for (int h = g * group; h < (g + 1) * group; h++) {
         const bf16* qb = q + ((int64_t)bi * t * nh + h) * HD;  // row i at qb + i*q_rs
         const bf16* ob = dout + ((int64_t)bi * t * nh + h) * HD;
         const int64_t st = ((int64_t)bi * nh + h) * t;
-        for (int i0 = j; i0 < t; i0 += WARP) {
+        for (int i0 = j; i0 < tend; i0 += WARP) {
             const int i = i0 + lane;
             float p = 0.f, dsv = 0.f;
-            if (i < t) {
+            if (i < tend) {
                 p = exp2f(dot_row<HD>(qb + i * q_rs, ks[warp]) * sl2 - lse[st + i] * LOG2E);
                 const float dp = dot_row<HD>(ob + i * q_rs, vs[warp]);
                 dsv = p * (dp - delta[st + i]);
             }
-            const int ni = min(WARP, t - i0);
+            const int ni = min(WARP, tend - i0);
             for (int ii = 0; ii < ni; ii++) {
                 const float pi = __shfl_sync(FULL_MASK, p, ii);
                 const float di = __shfl_sync(FULL_MASK, dsv, ii);
@@ -249,23 +291,41 @@ __device__ __forceinline__ void attn_bwd_dkdv(bf16* dk, bf16* dv, const bf16* do
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)                                                \
         attention_fwd_d##HD##_bf16(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int b,     \
                                    int tq, int tkv, int cap, int nh, int nkv) {                                   \
-        attn_fwd<HD>(out, lse, q, k, v, b, tq, tkv, cap, nh, nkv);                                                \
+        attn_fwd<HD>(out, lse, q, k, v, b, tq, tkv, cap, nh, nkv, nullptr, nullptr);                              \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)                                                \
         attention_bwd_pre_d##HD##_bf16(float* delta, const bf16* dout, const bf16* out, int b, int t, int nh) {   \
-        attn_bwd_pre<HD>(delta, dout, out, b, t, nh);                                                             \
+        attn_bwd_pre<HD>(delta, dout, out, b, t, nh, nullptr);                                                    \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)                                                \
         attention_bwd_dq_d##HD##_bf16(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,    \
                                       const float* lse, const float* delta, int b, int t, int nh, int nkv) {      \
-        attn_bwd_dq<HD>(dq, dout, q, k, v, lse, delta, b, t, nh, nkv);                                            \
+        attn_bwd_dq<HD>(dq, dout, q, k, v, lse, delta, b, t, nh, nkv, nullptr);                                   \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP) attention_bwd_dkdv_d##HD##_bf16(               \
         bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,      \
         const float* delta, int b, int t, int nh, int nkv) {                                                      \
-        attn_bwd_dkdv<HD>(dk, dv, dout, q, k, v, lse, delta, b, t, nh, nkv);                                      \
+        attn_bwd_dkdv<HD>(dk, dv, dout, q, k, v, lse, delta, b, t, nh, nkv, nullptr);                             \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP) attention_fwd_ragged_d##HD##_bf16(             \
+        bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const int* rpos0, const int* rlen,    \
+        int b, int tq, int cap, int nh, int nkv) {                                                                \
+        attn_fwd<HD>(out, lse, q, k, v, b, tq, cap, cap, nh, nkv, rpos0, rlen);                                   \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP) attention_bwd_pre_ragged_d##HD##_bf16(         \
+        float* delta, const bf16* dout, const bf16* out, const int* rlen, int b, int t, int nh) {                 \
+        attn_bwd_pre<HD>(delta, dout, out, b, t, nh, rlen);                                                       \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP) attention_bwd_dq_ragged_d##HD##_bf16(          \
+        bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,                \
+        const float* delta, const int* rlen, int b, int t, int nh, int nkv) {                                     \
+        attn_bwd_dq<HD>(dq, dout, q, k, v, lse, delta, b, t, nh, nkv, rlen);                                      \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP) attention_bwd_dkdv_ragged_d##HD##_bf16(        \
+        bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,      \
+        const float* delta, const int* rlen, int b, int t, int nh, int nkv) {                                     \
+        attn_bwd_dkdv<HD>(dk, dv, dout, q, k, v, lse, delta, b, t, nh, nkv, rlen);                                \
     }
 
 DEFINE_ATTN(64)
 DEFINE_ATTN(128)
-

@@ -11,6 +11,7 @@
 // mma.sync m16n8k16 bf16 with f32 accumulation (sm_80 and up; on Hopper
 // wgmma would be faster: HOPPER.md). Dao 2023, FlashAttention-2.
 #include "attention.cuh"
+#include "mma.cuh"
 
 // ---------------------------------------------------------------------------
 // v2: forward on tensor cores (mma.sync m16n8k16 bf16 -> f32, sm_80 and up),
@@ -29,14 +30,6 @@
 #define MMA_BQ 64
 #define MMA_BK 64
 #define MMA_PAD 8  // bf16 of padding per shared row (16 bytes): rows start on different banks
-
-__device__ __forceinline__ void mma16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo

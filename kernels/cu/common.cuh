@@ -3,6 +3,7 @@
 // - bf16 <-> f32 conversion (round-to-nearest-even, as half::bf16::from_f32)
 // - 16-byte vector loads/stores of 8 bf16 or 4 f32 (Pack8 / float4)
 // - warp and block reductions (sum, max) in f32
+// - SMEM_DYNAMIC(T, name): a kernel's dynamic shared memory as `T name[]`
 //
 // Every kernel of the project computes in f32 and stores bf16 or f32.
 // No fast-math: special functions that may be approximate are chosen one
@@ -15,6 +16,12 @@ typedef __nv_bfloat16 bf16;
 
 #define WARP 32
 #define FULL_MASK 0xffffffffu
+
+// The launch's dynamic shared memory as `T name[]`. A macro so that the CPU
+// layer (kernels/sim, which defines it first) can give each block its own.
+#ifndef SMEM_DYNAMIC
+#define SMEM_DYNAMIC(T, name) extern __shared__ T name[]
+#endif
 
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f(float x) { return x; }

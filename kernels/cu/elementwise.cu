@@ -8,6 +8,7 @@
 //   gather_rows_{bf16,f32}                      out[i] = src[rows[i]]   (=)
 //   scatter_add_rows_{bf16,f32}                 dst[rows[i]] += src[i]  (+=, in row order)
 //   kv_write_{bf16,f32}                         cache[:, pos0..pos0+t] = new (=)
+//   kv_write_ragged_{bf16,f32}                  cache[bi, rpos0[bi] + r] = new[bi, r] for r < rlen[bi] (=)
 // Reference: kernels/src/elementwise.rs (the CPU kernels of the same names).
 // Arithmetic in f32; bf16 results rounded once (RNE). Element-wise kernels
 // use 16-byte accesses when all their pointers are 16-byte aligned (checked
@@ -158,6 +159,19 @@ __device__ void kv_write(T* cache, const T* src, int64_t b, int64_t t, int64_t c
     }
 }
 
+// The valid rows of a ragged (b, t, w) into (b, cap, w); padding rows not written.
+template <typename T>
+__device__ void kv_write_ragged(T* cache, const T* src, const int* rpos0, const int* rlen, int64_t b, int64_t t,
+                                int64_t cap, int64_t w) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    const int64_t per_b = t * w;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < b * per_b; i += stride) {
+        const int64_t bi = i / per_b, rem = i % per_b, r = rem / w;
+        if (r >= rlen[bi]) continue;
+        cache[(bi * cap + rpos0[bi]) * w + rem] = src[i];
+    }
+}
+
 #define DEFINE_ROWS(T, SUF)                                                                                     \
     extern "C" __global__ void gather_rows_##SUF(T* out, const T* src, const uint32_t* rows, int64_t nrows,    \
                                                  int64_t c) {                                                   \
@@ -170,6 +184,10 @@ __device__ void kv_write(T* cache, const T* src, int64_t b, int64_t t, int64_t c
     extern "C" __global__ void kv_write_##SUF(T* cache, const T* src, int64_t b, int64_t t, int64_t cap,       \
                                               int64_t w, int64_t pos0) {                                        \
         kv_write(cache, src, b, t, cap, w, pos0);                                                               \
+    }                                                                                                           \
+    extern "C" __global__ void kv_write_ragged_##SUF(T* cache, const T* src, const int* rpos0, const int* rlen, \
+                                                     int64_t b, int64_t t, int64_t cap, int64_t w) {            \
+        kv_write_ragged(cache, src, rpos0, rlen, b, t, cap, w);                                                 \
     }
 
 DEFINE_ROWS(bf16, bf16)

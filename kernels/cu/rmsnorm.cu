@@ -43,7 +43,7 @@ rmsnorm_fwd_bf16(bf16* out, float* rstd, const bf16* inp, const bf16* weight, in
 extern "C" __global__ void __launch_bounds__(RMS_THREADS)
 rmsnorm_bwd_bf16(bf16* dinp, float* partial, const bf16* dout, const bf16* inp, const bf16* weight,
                  const float* rstd, int n, int c, int accumulate) {
-    extern __shared__ float dw[];  // (c)
+    SMEM_DYNAMIC(float, dw);  // (c)
     __shared__ float sh[32];
     for (int i = threadIdx.x * 8; i < c; i += blockDim.x * 8) {
 #pragma unroll

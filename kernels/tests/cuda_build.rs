@@ -101,34 +101,51 @@ fn is_arg(e: KernelError) -> bool {
     matches!(e, KernelError::Arg { .. })
 }
 
+/// A forward's parameters with every buffer at `A` and the given lengths.
+fn fwd(s: AttnShape, ql: usize, ll: usize, kl: usize) -> attention::AttnFwdParams {
+    attention::AttnFwdParams { out: p(A, ql), lse: p(A, ll), q: p(A, ql), k: p(A, kl), v: p(A, kl), shape: s }
+}
+
 #[test]
 fn attention_rejects_bad_arguments() {
     let s = AttnShape::causal(2, 97, 8, 2, 128);
     let ql = 2 * 97 * 8 * 128;
     let kl = 2 * 97 * 2 * 128;
-    let ok = attention::check_fwd(p(A, ql), p(A, 2 * 8 * 97), p(A, ql), p(A, kl), p(A, kl), &s).expect("valid shape");
+    let ok = attention::check_fwd(&fwd(s, ql, 2 * 8 * 97, kl)).expect("valid shape");
     assert_eq!(ok.1.grid, (97usize.div_ceil(attention::WARPS) as u32, 8, 2));
     // unsupported head dim
     let s96 = AttnShape::causal(2, 97, 8, 2, 96);
-    let e = attention::check_fwd(p(A, ql), p(A, 2 * 8 * 97), p(A, ql), p(A, kl), p(A, kl), &s96).unwrap_err();
-    assert!(is_arg(e));
+    assert!(is_arg(attention::check_fwd(&fwd(s96, ql, 2 * 8 * 97, kl)).unwrap_err()));
     // n_head not a multiple of n_kv_head
     let s3 = AttnShape::causal(2, 97, 8, 3, 128);
-    assert!(is_arg(attention::check_fwd(p(A, ql), p(A, 2 * 8 * 97), p(A, ql), p(A, kl * 2), p(A, kl * 2), &s3).unwrap_err()));
+    assert!(is_arg(attention::check_fwd(&fwd(s3, ql, 2 * 8 * 97, kl * 2)).unwrap_err()));
     // k too short
-    assert!(is_shape(attention::check_fwd(p(A, ql), p(A, 2 * 8 * 97), p(A, ql), p(A, kl - 1), p(A, kl), &s).unwrap_err()));
+    let short = attention::AttnFwdParams { k: p(A, kl - 1), ..fwd(s, ql, 2 * 8 * 97, kl) };
+    assert!(is_shape(attention::check_fwd(&short).unwrap_err()));
     // misaligned q (an 8-byte offset)
-    assert!(is_align(attention::check_fwd(p(A, ql), p(A, 2 * 8 * 97), p(A + 8, ql), p(A, kl), p(A, kl), &s).unwrap_err()));
+    let mis = attention::AttnFwdParams { q: p(A + 8, ql), ..fwd(s, ql, 2 * 8 * 97, kl) };
+    assert!(is_align(attention::check_fwd(&mis).unwrap_err()));
     // backward needs the training shape
     let dec = AttnShape { b: 1, tq: 1, tkv: 5, cap: 8, n_head: 8, n_kv_head: 2, hd: 64 };
-    let e =
-        attention::check_bwd(p(A, 512), p(A, 1024), p(A, 1024), p(A, 8), p(A, 512), p(A, 512), p(A, 1024), p(A, 1024), p(A, 512), p(A, 8), &dec).unwrap_err();
-    assert!(is_arg(e));
+    let bwd = attention::AttnBwdParams {
+        dq: p(A, 512),
+        dk: p(A, 1024),
+        dv: p(A, 1024),
+        delta: p(A, 8),
+        dout: p(A, 512),
+        q: p(A, 512),
+        k: p(A, 1024),
+        v: p(A, 1024),
+        out: p(A, 512),
+        lse: p(A, 8),
+        shape: dec,
+    };
+    assert!(is_arg(attention::check_bwd(&bwd).unwrap_err()));
     // the decode shape itself is fine for the forward
-    attention::check_fwd(p(A, 512), p(A, 8), p(A, 512), p(A, 8 * 2 * 64), p(A, 8 * 2 * 64), &dec).expect("decode shape");
+    attention::check_fwd(&fwd(dec, 512, 8, 8 * 2 * 64)).expect("decode shape");
     // tq > tkv is rejected
     let bad = AttnShape { b: 1, tq: 6, tkv: 5, cap: 8, n_head: 8, n_kv_head: 2, hd: 64 };
-    assert!(is_arg(attention::check_fwd(p(A, 6 * 512), p(A, 48), p(A, 6 * 512), p(A, 1024), p(A, 1024), &bad).unwrap_err()));
+    assert!(is_arg(attention::check_fwd(&fwd(bad, 6 * 512, 48, 1024)).unwrap_err()));
 }
 
 #[test]
@@ -184,7 +201,7 @@ fn tensor_core_attention_grids_cover_ragged_and_decode_shapes() {
     for (tq, tkv, blocks) in [(97usize, 97usize, 2u32), (1, 1000, 1), (64, 64, 1), (65, 130, 2), (4096, 4096, 64)] {
         let s = AttnShape { b: 3, tq, tkv, cap: tkv, n_head: 16, n_kv_head: 8, hd: 128 };
         let (ql, kl) = (3 * tq * 16 * 128, 3 * tkv * 8 * 128);
-        let (name, d) = attention::check_fwd_mma(p(A, ql), p(A, 3 * 16 * tq), p(A, ql), p(A, kl), p(A, kl), &s).expect("valid");
+        let (name, d) = attention::check_fwd_mma(&fwd(s, ql, 3 * 16 * tq, kl)).expect("valid");
         assert_eq!(name, attention::FWD_MMA_D128);
         assert_eq!((d.grid, d.block, d.smem), ((blocks, 16, 3), 128, 0), "tq {tq}");
         assert!(blocks as usize * attention::MMA_ROWS >= tq);

@@ -17,7 +17,6 @@
 //! - [`step`]: the language-modelling objective (pretraining, SFT)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
 //! - [`ppo`]: the arithmetic, objective and loop of PPO
-//! - [`plot`]: training curves as PNG files
 //! - [`error`]: the crate's error type, `TrainError`
 
 pub mod checkpoint;
@@ -26,7 +25,6 @@ pub mod dist;
 pub mod error;
 pub mod metrics;
 pub mod optim;
-pub mod plot;
 pub mod ppo;
 pub mod run;
 pub mod schedule;

@@ -2,10 +2,9 @@
 //! (same [`AdamWStep`]; bias corrections and the decay factor are computed
 //! on the host exactly as the CPU kernel computes them).
 
-use super::{check_ptr, launch, stride_blocks, to_i64, Bf16, DPtr, Family, KernelStore, LaunchDims};
+use super::{check_ptr, launch, stride_blocks, to_i64, Bf16, DPtr, Family, LaunchDims, Target};
 use crate::adamw::AdamWStep;
 use crate::{arg_err, Result};
-use cudarc::driver::CudaStream;
 
 pub const STEP: &str = "adamw_step_f32";
 const THREADS: u32 = 256;
@@ -28,8 +27,7 @@ pub fn check(params: DPtr<f32>, params_bf16: DPtr<Bf16>, grads: DPtr<f32>, m: DP
 /// the bf16 working copy in the same pass.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step_f32(
-    ks: &KernelStore,
-    s: &CudaStream,
+    tg: Target<'_>,
     params: DPtr<f32>,
     params_bf16: DPtr<Bf16>,
     grads: DPtr<f32>,
@@ -39,12 +37,11 @@ pub fn adamw_step_f32(
     h: &AdamWStep,
 ) -> Result<()> {
     let dims = check(params, params_bf16, grads, m, v, n, h)?;
-    let f = ks.func(Family::Adamw, STEP)?;
     let (step_size, bc2_sqrt) = h.corrections();
     // as adamw_cpu computes it, in f32
     let decay = 1.0 - h.lr * h.weight_decay;
     let (p, pb, g, mp, vp, n) = (params.addr, params_bf16.addr, grads.addr, m.addr, v.addr, to_i64(STEP, "n", n)?);
     let (b1, b2, eps, gs) = (h.beta1, h.beta2, h.eps, h.grad_scale);
     // SAFETY: check(): all five buffers hold >= n elements; grid-stride kernel.
-    unsafe { launch!(s, f, STEP, dims, [p, pb, g, mp, vp, n, b1, b2, eps, decay, step_size, bc2_sqrt, gs]) }
+    unsafe { launch!(tg, Family::Adamw, STEP, dims, [p, pb, g, mp, vp, n, b1, b2, eps, decay, step_size, bc2_sqrt, gs]) }
 }

@@ -9,11 +9,17 @@
 //! (row blocks, heads, batch): heads and batch at most 65535.
 //! Backward is three kernels: `delta = rowsum(dout ⊙ out)` into an f32
 //! scratch (b, n_head, t), then dq, then dk/dv (the GQA sum inside).
+//!
+//! Each direction takes one argument struct, as flash-attention's
+//! `Flash_fwd_params` / `Flash_bwd_params`: [`AttnFwdParams`] and
+//! [`AttnBwdParams`] name every buffer with its shape and write rule, and
+//! carry the [`AttnShape`]; the launchers check them and pass the pointers
+//! in the order of the kernels' `extern "C"` signatures.
 
-use super::{check_align, check_ptr, launch, to_i32, to_u32, Bf16, DPtr, Family, KernelStore, LaunchDims};
+pub use super::rope::RaggedPtrs;
+use super::{check_align, check_ptr, launch, to_i32, to_u32, Bf16, DPtr, Family, LaunchDims, Target};
 use crate::attention::AttnShape;
 use crate::{arg_err, Result};
-use cudarc::driver::CudaStream;
 
 pub const FWD_D64: &str = "attention_fwd_d64_bf16";
 pub const FWD_D128: &str = "attention_fwd_d128_bf16";
@@ -29,6 +35,14 @@ pub const BWD_DQ_D64: &str = "attention_bwd_dq_d64_bf16";
 pub const BWD_DQ_D128: &str = "attention_bwd_dq_d128_bf16";
 pub const BWD_DKDV_D64: &str = "attention_bwd_dkdv_d64_bf16";
 pub const BWD_DKDV_D128: &str = "attention_bwd_dkdv_d128_bf16";
+pub const FWD_RAGGED_D64: &str = "attention_fwd_ragged_d64_bf16";
+pub const FWD_RAGGED_D128: &str = "attention_fwd_ragged_d128_bf16";
+pub const BWD_PRE_RAGGED_D64: &str = "attention_bwd_pre_ragged_d64_bf16";
+pub const BWD_PRE_RAGGED_D128: &str = "attention_bwd_pre_ragged_d128_bf16";
+pub const BWD_DQ_RAGGED_D64: &str = "attention_bwd_dq_ragged_d64_bf16";
+pub const BWD_DQ_RAGGED_D128: &str = "attention_bwd_dq_ragged_d128_bf16";
+pub const BWD_DKDV_RAGGED_D64: &str = "attention_bwd_dkdv_ragged_d64_bf16";
+pub const BWD_DKDV_RAGGED_D128: &str = "attention_bwd_dkdv_ragged_d128_bf16";
 
 /// The shape of an attention call as the kernels take it (int32 each),
 /// checked to fit.
@@ -86,48 +100,84 @@ fn common(op: &'static str, s: &AttnShape) -> Result<()> {
     Ok(())
 }
 
+/// The buffers and shape of an attention forward (flash-attention's
+/// `Flash_fwd_params`). With `tq = 1` (or a chunk `tq < tkv`) it is a
+/// decode / prefill step against a KV cache of `cap` rows, `tkv` valid.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnFwdParams {
+    /// (b, tq, n_head, hd) bf16, overwritten
+    pub out: DPtr<Bf16>,
+    /// (b, n_head, tq) f32, overwritten: the row log-sum-exp, for backward
+    pub lse: DPtr<f32>,
+    /// (b, tq, n_head, hd) bf16
+    pub q: DPtr<Bf16>,
+    /// (b, cap, n_kv_head, hd) bf16, rows 0..tkv read
+    pub k: DPtr<Bf16>,
+    /// (b, cap, n_kv_head, hd) bf16, rows 0..tkv read
+    pub v: DPtr<Bf16>,
+    pub shape: AttnShape,
+}
+
+/// The buffers and shape of an attention backward (flash-attention's
+/// `Flash_bwd_params`), training shape `tq == tkv == cap`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnBwdParams {
+    /// (b, t, n_head, hd) bf16, overwritten
+    pub dq: DPtr<Bf16>,
+    /// (b, t, n_kv_head, hd) bf16, overwritten (summed over each KV head's query heads)
+    pub dk: DPtr<Bf16>,
+    /// (b, t, n_kv_head, hd) bf16, overwritten (summed likewise)
+    pub dv: DPtr<Bf16>,
+    /// (b, n_head, t) f32 scratch: rowsum(dout ⊙ out), written by the first kernel
+    pub delta: DPtr<f32>,
+    /// (b, t, n_head, hd) bf16: the gradient of `out`
+    pub dout: DPtr<Bf16>,
+    /// (b, t, n_head, hd) bf16
+    pub q: DPtr<Bf16>,
+    /// (b, t, n_kv_head, hd) bf16
+    pub k: DPtr<Bf16>,
+    /// (b, t, n_kv_head, hd) bf16
+    pub v: DPtr<Bf16>,
+    /// (b, t, n_head, hd) bf16: the forward's output
+    pub out: DPtr<Bf16>,
+    /// (b, n_head, t) f32: the forward's log-sum-exp
+    pub lse: DPtr<f32>,
+    pub shape: AttnShape,
+}
+
 /// Checks of the forward; returns the kernel name and launch dimensions.
-pub fn check_fwd(out: DPtr<Bf16>, lse: DPtr<f32>, q: DPtr<Bf16>, k: DPtr<Bf16>, v: DPtr<Bf16>, s: &AttnShape) -> Result<(&'static str, LaunchDims)> {
+pub fn check_fwd(p: &AttnFwdParams) -> Result<(&'static str, LaunchDims)> {
     const OP: &str = "attention_fwd";
+    let s = &p.shape;
     common(OP, s)?;
     let name = pick(OP, s.hd, FWD_D64, FWD_D128)?;
     let q_len = s.b * s.tq * s.n_head * s.hd;
     let kv_len = s.b * s.cap * s.n_kv_head * s.hd;
-    for (nm, p, len) in [("out", out, q_len), ("q", q, q_len), ("k", k, kv_len), ("v", v, kv_len)] {
-        check_ptr(OP, nm, p, len)?;
-        check_align(OP, nm, p, 16)?;
+    for (nm, ptr, len) in [("out", p.out, q_len), ("q", p.q, q_len), ("k", p.k, kv_len), ("v", p.v, kv_len)] {
+        check_ptr(OP, nm, ptr, len)?;
+        check_align(OP, nm, ptr, 16)?;
     }
-    check_ptr(OP, "lse", lse, s.b * s.n_head * s.tq)?;
+    check_ptr(OP, "lse", p.lse, s.b * s.n_head * s.tq)?;
     Ok((name, dims(OP, s.tq, s.n_head, s.b)?))
 }
 
-/// `out (b, tq, n_head, hd)`, `lse (b, n_head, tq)`: causal GQA attention
-/// of `q` against rows `0..tkv` of `k, v (b, cap, n_kv_head, hd)`. With
-/// `tq = 1` this is the decode step against the KV cache.
-pub fn attention_fwd_bf16(
-    ks: &KernelStore,
-    st: &CudaStream,
-    out: DPtr<Bf16>,
-    lse: DPtr<f32>,
-    q: DPtr<Bf16>,
-    k: DPtr<Bf16>,
-    v: DPtr<Bf16>,
-    s: &AttnShape,
-) -> Result<()> {
-    let (name, d) = check_fwd(out, lse, q, k, v, s)?;
-    let f = ks.func(Family::Attention, name)?;
-    let (o, l, qp, kp, vp) = (out.addr, lse.addr, q.addr, k.addr, v.addr);
-    let I32Shape { b, tq, tkv, cap, nh, nkv } = I32Shape::of(name, s)?;
+/// `out`, `lse` of [`AttnFwdParams`]: causal GQA attention of `q` against
+/// rows `0..tkv` of `k, v`, one warp per query row (v1).
+pub fn attention_fwd_bf16(tg: Target<'_>, p: &AttnFwdParams) -> Result<()> {
+    let (name, d) = check_fwd(p)?;
+    let (o, l, qp, kp, vp) = (p.out.addr, p.lse.addr, p.q.addr, p.k.addr, p.v.addr);
+    let I32Shape { b, tq, tkv, cap, nh, nkv } = I32Shape::of(name, &p.shape)?;
     // SAFETY: check_fwd: q/out cover b*tq*n_head*hd, k/v b*cap*n_kv_head*hd
     // (rows < tkv <= cap are read), lse b*n_head*tq; warps past tq return.
-    unsafe { launch!(st, f, name, d, [o, l, qp, kp, vp, b, tq, tkv, cap, nh, nkv]) }
+    unsafe { launch!(tg, Family::Attention, name, d, [o, l, qp, kp, vp, b, tq, tkv, cap, nh, nkv]) }
 }
 
 /// Checks of the tensor-core forward (same buffers and alignment as
 /// [`check_fwd`]; 64 query rows per block of 4 warps).
-pub fn check_fwd_mma(out: DPtr<Bf16>, lse: DPtr<f32>, q: DPtr<Bf16>, k: DPtr<Bf16>, v: DPtr<Bf16>, s: &AttnShape) -> Result<(&'static str, LaunchDims)> {
+pub fn check_fwd_mma(p: &AttnFwdParams) -> Result<(&'static str, LaunchDims)> {
     const OP: &str = "attention_fwd_mma";
-    check_fwd(out, lse, q, k, v, s)?;
+    check_fwd(p)?;
+    let s = &p.shape;
     let name = pick(OP, s.hd, FWD_MMA_D64, FWD_MMA_D128)?;
     let d = dims(OP, s.tq.div_ceil(MMA_ROWS) * WARPS, s.n_head, s.b)?;
     Ok((name, d))
@@ -135,42 +185,20 @@ pub fn check_fwd_mma(out: DPtr<Bf16>, lse: DPtr<f32>, q: DPtr<Bf16>, k: DPtr<Bf1
 
 /// The forward on tensor cores (mma.sync bf16, FlashAttention-2 split):
 /// same contract as [`attention_fwd_bf16`]; P is rounded to bf16 for P·V.
-pub fn attention_fwd_mma_bf16(
-    ks: &KernelStore,
-    st: &CudaStream,
-    out: DPtr<Bf16>,
-    lse: DPtr<f32>,
-    q: DPtr<Bf16>,
-    k: DPtr<Bf16>,
-    v: DPtr<Bf16>,
-    s: &AttnShape,
-) -> Result<()> {
-    let (name, d) = check_fwd_mma(out, lse, q, k, v, s)?;
-    let f = ks.func(Family::AttentionMma, name)?;
-    let (o, l, qp, kp, vp) = (out.addr, lse.addr, q.addr, k.addr, v.addr);
-    let I32Shape { b, tq, tkv, cap, nh, nkv } = I32Shape::of(name, s)?;
+pub fn attention_fwd_mma_bf16(tg: Target<'_>, p: &AttnFwdParams) -> Result<()> {
+    let (name, d) = check_fwd_mma(p)?;
+    let (o, l, qp, kp, vp) = (p.out.addr, p.lse.addr, p.q.addr, p.k.addr, p.v.addr);
+    let I32Shape { b, tq, tkv, cap, nh, nkv } = I32Shape::of(name, &p.shape)?;
     // SAFETY: check_fwd: every buffer covers the shape; K/V rows >= tkv are
     // never read (zero-filled in shared memory); rows past tq are not written.
-    unsafe { launch!(st, f, name, d, [o, l, qp, kp, vp, b, tq, tkv, cap, nh, nkv]) }
+    unsafe { launch!(tg, Family::AttentionMma, name, d, [o, l, qp, kp, vp, b, tq, tkv, cap, nh, nkv]) }
 }
 
-/// Checks of the backward (training shape `tq == tkv == cap`). `delta` is
-/// the f32 scratch `(b, n_head, t)`.
-#[allow(clippy::too_many_arguments)]
-pub fn check_bwd(
-    dq: DPtr<Bf16>,
-    dk: DPtr<Bf16>,
-    dv: DPtr<Bf16>,
-    delta: DPtr<f32>,
-    dout: DPtr<Bf16>,
-    q: DPtr<Bf16>,
-    k: DPtr<Bf16>,
-    v: DPtr<Bf16>,
-    out: DPtr<Bf16>,
-    lse: DPtr<f32>,
-    s: &AttnShape,
-) -> Result<()> {
+/// Checks of the backward (training shape `tq == tkv == cap`): every
+/// buffer of [`AttnBwdParams`] against the shape, bf16 ones 16-byte aligned.
+pub fn check_bwd(p: &AttnBwdParams) -> Result<()> {
     const OP: &str = "attention_bwd";
+    let s = &p.shape;
     common(OP, s)?;
     pick(OP, s.hd, BWD_DQ_D64, BWD_DQ_D128)?;
     if s.tq != s.tkv || s.cap != s.tkv {
@@ -178,186 +206,151 @@ pub fn check_bwd(
     }
     let q_len = s.b * s.tq * s.n_head * s.hd;
     let kv_len = s.b * s.cap * s.n_kv_head * s.hd;
-    for (nm, p) in [("dq", dq), ("dout", dout), ("q", q), ("out", out)] {
-        check_ptr(OP, nm, p, q_len)?;
-        check_align(OP, nm, p, 16)?;
+    for (nm, ptr) in [("dq", p.dq), ("dout", p.dout), ("q", p.q), ("out", p.out)] {
+        check_ptr(OP, nm, ptr, q_len)?;
+        check_align(OP, nm, ptr, 16)?;
     }
-    for (nm, p) in [("dk", dk), ("dv", dv), ("k", k), ("v", v)] {
-        check_ptr(OP, nm, p, kv_len)?;
-        check_align(OP, nm, p, 16)?;
+    for (nm, ptr) in [("dk", p.dk), ("dv", p.dv), ("k", p.k), ("v", p.v)] {
+        check_ptr(OP, nm, ptr, kv_len)?;
+        check_align(OP, nm, ptr, 16)?;
     }
-    check_ptr(OP, "lse", lse, s.b * s.n_head * s.tq)?;
-    check_ptr(OP, "delta", delta, s.b * s.n_head * s.tq)?;
+    check_ptr(OP, "lse", p.lse, s.b * s.n_head * s.tq)?;
+    check_ptr(OP, "delta", p.delta, s.b * s.n_head * s.tq)?;
     Ok(())
 }
 
 /// `delta (b, n_head, t) = Σ_d dout ⊙ out` (the backward's first kernel).
-pub fn attention_bwd_pre_bf16(ks: &KernelStore, st: &CudaStream, delta: DPtr<f32>, dout: DPtr<Bf16>, out: DPtr<Bf16>, s: &AttnShape) -> Result<()> {
-    const OP: &str = "attention_bwd_pre";
-    common(OP, s)?;
-    let name = pick(OP, s.hd, BWD_PRE_D64, BWD_PRE_D128)?;
-    let q_len = s.b * s.tq * s.n_head * s.hd;
-    for (nm, p) in [("dout", dout), ("out", out)] {
-        check_ptr(OP, nm, p, q_len)?;
-        check_align(OP, nm, p, 16)?;
-    }
-    check_ptr(OP, "delta", delta, s.b * s.n_head * s.tq)?;
-    let d = dims(OP, s.tq, s.n_head, s.b)?;
-    let f = ks.func(Family::Attention, name)?;
-    let (dl, dp, op) = (delta.addr, dout.addr, out.addr);
+pub fn attention_bwd_pre_bf16(tg: Target<'_>, p: &AttnBwdParams) -> Result<()> {
+    check_bwd(p)?;
+    let s = &p.shape;
+    let name = pick("attention_bwd_pre", s.hd, BWD_PRE_D64, BWD_PRE_D128)?;
+    let d = dims(name, s.tq, s.n_head, s.b)?;
+    let (dl, dp, op) = (p.delta.addr, p.dout.addr, p.out.addr);
     let I32Shape { b, tq: t, nh, .. } = I32Shape::of(name, s)?;
-    // SAFETY: dout/out cover b*t*n_head*hd, delta b*n_head*t (checked above).
-    unsafe { launch!(st, f, name, d, [dl, dp, op, b, t, nh]) }
+    // SAFETY: check_bwd: dout/out cover b*t*n_head*hd, delta b*n_head*t.
+    unsafe { launch!(tg, Family::Attention, name, d, [dl, dp, op, b, t, nh]) }
 }
 
 /// `dq (b, t, n_head, hd)` overwritten (the backward's second kernel).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd_dq_bf16(
-    ks: &KernelStore,
-    st: &CudaStream,
-    dq: DPtr<Bf16>,
-    dout: DPtr<Bf16>,
-    q: DPtr<Bf16>,
-    k: DPtr<Bf16>,
-    v: DPtr<Bf16>,
-    lse: DPtr<f32>,
-    delta: DPtr<f32>,
-    s: &AttnShape,
-) -> Result<()> {
-    // the shape checks of check_bwd, restricted to the buffers this kernel touches
-    check_bwd(dq, k, v, delta, dout, q, k, v, dout, lse, s)?;
+pub fn attention_bwd_dq_bf16(tg: Target<'_>, p: &AttnBwdParams) -> Result<()> {
+    check_bwd(p)?;
+    let s = &p.shape;
     let name = pick("attention_bwd_dq", s.hd, BWD_DQ_D64, BWD_DQ_D128)?;
     let d = dims(name, s.tq, s.n_head, s.b)?;
-    let f = ks.func(Family::Attention, name)?;
-    let (dqp, dp, qp, kp, vp, lp, dlp) = (dq.addr, dout.addr, q.addr, k.addr, v.addr, lse.addr, delta.addr);
+    let (dqp, dp, qp, kp, vp, lp, dlp) = (p.dq.addr, p.dout.addr, p.q.addr, p.k.addr, p.v.addr, p.lse.addr, p.delta.addr);
     let I32Shape { b, tq: t, nh, nkv, .. } = I32Shape::of(name, s)?;
     // SAFETY: check_bwd covers every buffer for the training shape; warps
     // past t return.
-    unsafe { launch!(st, f, name, d, [dqp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
+    unsafe { launch!(tg, Family::Attention, name, d, [dqp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
 }
 
 /// `dk, dv (b, t, n_kv_head, hd)` overwritten, summed over the query heads
 /// of each KV head (the backward's third kernel).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd_dkdv_bf16(
-    ks: &KernelStore,
-    st: &CudaStream,
-    dk: DPtr<Bf16>,
-    dv: DPtr<Bf16>,
-    dout: DPtr<Bf16>,
-    q: DPtr<Bf16>,
-    k: DPtr<Bf16>,
-    v: DPtr<Bf16>,
-    lse: DPtr<f32>,
-    delta: DPtr<f32>,
-    s: &AttnShape,
-) -> Result<()> {
-    check_bwd(q, dk, dv, delta, dout, q, k, v, dout, lse, s)?;
+pub fn attention_bwd_dkdv_bf16(tg: Target<'_>, p: &AttnBwdParams) -> Result<()> {
+    check_bwd(p)?;
+    let s = &p.shape;
     let name = pick("attention_bwd_dkdv", s.hd, BWD_DKDV_D64, BWD_DKDV_D128)?;
     let d = dims(name, s.tq, s.n_kv_head, s.b)?;
-    let f = ks.func(Family::Attention, name)?;
-    let (dkp, dvp, dp, qp, kp, vp, lp, dlp) = (dk.addr, dv.addr, dout.addr, q.addr, k.addr, v.addr, lse.addr, delta.addr);
+    let (dkp, dvp, dp, qp, kp, vp, lp, dlp) = (p.dk.addr, p.dv.addr, p.dout.addr, p.q.addr, p.k.addr, p.v.addr, p.lse.addr, p.delta.addr);
     let I32Shape { b, tq: t, nh, nkv, .. } = I32Shape::of(name, s)?;
     // SAFETY: check_bwd covers every buffer for the training shape; warps
     // past t return.
-    unsafe { launch!(st, f, name, d, [dkp, dvp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
+    unsafe { launch!(tg, Family::Attention, name, d, [dkp, dvp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
 }
 
 /// dq on tensor cores (`cu/attention_mma.cu`): same contract as
 /// [`attention_bwd_dq_bf16`]; dS is rounded to bf16 for dS·K.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd_dq_mma_bf16(
-    ks: &KernelStore,
-    st: &CudaStream,
-    dq: DPtr<Bf16>,
-    dout: DPtr<Bf16>,
-    q: DPtr<Bf16>,
-    k: DPtr<Bf16>,
-    v: DPtr<Bf16>,
-    lse: DPtr<f32>,
-    delta: DPtr<f32>,
-    s: &AttnShape,
-) -> Result<()> {
-    check_bwd(dq, k, v, delta, dout, q, k, v, dout, lse, s)?;
+pub fn attention_bwd_dq_mma_bf16(tg: Target<'_>, p: &AttnBwdParams) -> Result<()> {
+    check_bwd(p)?;
+    let s = &p.shape;
     let name = pick("attention_bwd_dq_mma", s.hd, BWD_DQ_MMA_D64, BWD_DQ_MMA_D128)?;
     let d = dims(name, s.tq.div_ceil(MMA_ROWS) * WARPS, s.n_head, s.b)?;
-    let f = ks.func(Family::AttentionMma, name)?;
-    let (dqp, dp, qp, kp, vp, lp, dlp) = (dq.addr, dout.addr, q.addr, k.addr, v.addr, lse.addr, delta.addr);
+    let (dqp, dp, qp, kp, vp, lp, dlp) = (p.dq.addr, p.dout.addr, p.q.addr, p.k.addr, p.v.addr, p.lse.addr, p.delta.addr);
     let I32Shape { b, tq: t, nh, nkv, .. } = I32Shape::of(name, s)?;
     // SAFETY: check_bwd covers every buffer for the training shape; rows
     // past t are neither read (zero-filled) nor written.
-    unsafe { launch!(st, f, name, d, [dqp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
+    unsafe { launch!(tg, Family::AttentionMma, name, d, [dqp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
 }
 
 /// dk, dv on tensor cores (`cu/attention_mma.cu`): same contract as
 /// [`attention_bwd_dkdv_bf16`]; P and dS are rounded to bf16 as operands.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd_dkdv_mma_bf16(
-    ks: &KernelStore,
-    st: &CudaStream,
-    dk: DPtr<Bf16>,
-    dv: DPtr<Bf16>,
-    dout: DPtr<Bf16>,
-    q: DPtr<Bf16>,
-    k: DPtr<Bf16>,
-    v: DPtr<Bf16>,
-    lse: DPtr<f32>,
-    delta: DPtr<f32>,
-    s: &AttnShape,
-) -> Result<()> {
-    check_bwd(q, dk, dv, delta, dout, q, k, v, dout, lse, s)?;
+pub fn attention_bwd_dkdv_mma_bf16(tg: Target<'_>, p: &AttnBwdParams) -> Result<()> {
+    check_bwd(p)?;
+    let s = &p.shape;
     let name = pick("attention_bwd_dkdv_mma", s.hd, BWD_DKDV_MMA_D64, BWD_DKDV_MMA_D128)?;
     let d = dims(name, s.tq.div_ceil(MMA_ROWS) * WARPS, s.n_kv_head, s.b)?;
-    let f = ks.func(Family::AttentionMma, name)?;
-    let (dkp, dvp, dp, qp, kp, vp, lp, dlp) = (dk.addr, dv.addr, dout.addr, q.addr, k.addr, v.addr, lse.addr, delta.addr);
+    let (dkp, dvp, dp, qp, kp, vp, lp, dlp) = (p.dk.addr, p.dv.addr, p.dout.addr, p.q.addr, p.k.addr, p.v.addr, p.lse.addr, p.delta.addr);
     let I32Shape { b, tq: t, nh, nkv, .. } = I32Shape::of(name, s)?;
     // SAFETY: check_bwd covers every buffer for the training shape; rows
     // past t are neither read (zero-filled) nor written.
-    unsafe { launch!(st, f, name, d, [dkp, dvp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
+    unsafe { launch!(tg, Family::AttentionMma, name, d, [dkp, dvp, dp, qp, kp, vp, lp, dlp, b, t, nh, nkv]) }
 }
 
 /// The whole backward on tensor cores: delta (v1 kernel), dq, dk/dv.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd_mma_bf16(
-    ks: &KernelStore,
-    st: &CudaStream,
-    dq: DPtr<Bf16>,
-    dk: DPtr<Bf16>,
-    dv: DPtr<Bf16>,
-    delta: DPtr<f32>,
-    dout: DPtr<Bf16>,
-    q: DPtr<Bf16>,
-    k: DPtr<Bf16>,
-    v: DPtr<Bf16>,
-    out: DPtr<Bf16>,
-    lse: DPtr<f32>,
-    s: &AttnShape,
-) -> Result<()> {
-    check_bwd(dq, dk, dv, delta, dout, q, k, v, out, lse, s)?;
-    attention_bwd_pre_bf16(ks, st, delta, dout, out, s)?;
-    attention_bwd_dq_mma_bf16(ks, st, dq, dout, q, k, v, lse, delta, s)?;
-    attention_bwd_dkdv_mma_bf16(ks, st, dk, dv, dout, q, k, v, lse, delta, s)
+pub fn attention_bwd_mma_bf16(tg: Target<'_>, p: &AttnBwdParams) -> Result<()> {
+    check_bwd(p)?;
+    attention_bwd_pre_bf16(tg, p)?;
+    attention_bwd_dq_mma_bf16(tg, p)?;
+    attention_bwd_dkdv_mma_bf16(tg, p)
 }
 
 /// The whole backward: delta, dq, dk/dv (`dq, dk, dv` overwritten).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd_bf16(
-    ks: &KernelStore,
-    st: &CudaStream,
-    dq: DPtr<Bf16>,
-    dk: DPtr<Bf16>,
-    dv: DPtr<Bf16>,
-    delta: DPtr<f32>,
-    dout: DPtr<Bf16>,
-    q: DPtr<Bf16>,
-    k: DPtr<Bf16>,
-    v: DPtr<Bf16>,
-    out: DPtr<Bf16>,
-    lse: DPtr<f32>,
-    s: &AttnShape,
-) -> Result<()> {
-    check_bwd(dq, dk, dv, delta, dout, q, k, v, out, lse, s)?;
-    attention_bwd_pre_bf16(ks, st, delta, dout, out, s)?;
-    attention_bwd_dq_bf16(ks, st, dq, dout, q, k, v, lse, delta, s)?;
-    attention_bwd_dkdv_bf16(ks, st, dk, dv, dout, q, k, v, lse, delta, s)
+pub fn attention_bwd_bf16(tg: Target<'_>, p: &AttnBwdParams) -> Result<()> {
+    check_bwd(p)?;
+    attention_bwd_pre_bf16(tg, p)?;
+    attention_bwd_dq_bf16(tg, p)?;
+    attention_bwd_dkdv_bf16(tg, p)
+}
+
+// ---- ragged batches (v1 kernels) -------------------------------------------
+// The per-sequence `pos0`/`len` values are checked on the host
+// (`crate::Ragged::check`: `len <= tq`, `pos0 + len <= cap`) before they are
+// uploaded; the launchers check that both arrays hold `b` entries.
+
+fn check_ragged_ptrs(op: &'static str, s: &AttnShape, r: &RaggedPtrs) -> Result<()> {
+    check_ptr(op, "pos0", r.pos0, s.b)?;
+    check_ptr(op, "len", r.len, s.b)
+}
+
+/// The forward of a ragged batch (`p.shape.tkv` unused: each sequence's
+/// keys are `0 ..= pos0 + i`, within `cap`), one warp per query row (v1);
+/// padding rows get `out` 0 and `lse` 0.
+pub fn attention_fwd_ragged_bf16(tg: Target<'_>, p: &AttnFwdParams, r: RaggedPtrs) -> Result<()> {
+    let (_, d) = check_fwd(p)?;
+    let s = &p.shape;
+    check_ragged_ptrs("attention_fwd_ragged", s, &r)?;
+    let name = pick("attention_fwd_ragged", s.hd, FWD_RAGGED_D64, FWD_RAGGED_D128)?;
+    let (o, l, qp, kp, vp, pp, lp) = (p.out.addr, p.lse.addr, p.q.addr, p.k.addr, p.v.addr, r.pos0.addr, r.len.addr);
+    let I32Shape { b, tq, cap, nh, nkv, .. } = I32Shape::of(name, s)?;
+    // SAFETY: check_fwd: q/out cover b*tq*n_head*hd, k/v b*cap*n_kv_head*hd,
+    // lse b*n_head*tq; the host checked pos0 + len <= cap, so the keys read
+    // (rows < pos0 + len) are inside k/v; warps past tq or len return.
+    unsafe { launch!(tg, Family::Attention, name, d, [o, l, qp, kp, vp, pp, lp, b, tq, cap, nh, nkv]) }
+}
+
+/// The backward of a ragged training batch (every `pos0` 0): delta, dq,
+/// dk/dv on the v1 kernels; padding rows are read by none of them and get
+/// zero gradients.
+pub fn attention_bwd_ragged_bf16(tg: Target<'_>, p: &AttnBwdParams, r: RaggedPtrs) -> Result<()> {
+    check_bwd(p)?;
+    let s = &p.shape;
+    check_ragged_ptrs("attention_bwd_ragged", s, &r)?;
+    let lp = r.len.addr;
+    let I32Shape { b, tq: t, nh, nkv, .. } = I32Shape::of("attention_bwd_ragged", s)?;
+    let name = pick("attention_bwd_pre_ragged", s.hd, BWD_PRE_RAGGED_D64, BWD_PRE_RAGGED_D128)?;
+    let d = dims(name, s.tq, s.n_head, s.b)?;
+    let (dl, dp, op) = (p.delta.addr, p.dout.addr, p.out.addr);
+    // SAFETY: check_bwd: dout/out cover b*t*n_head*hd, delta b*n_head*t; len b entries.
+    unsafe { launch!(tg, Family::Attention, name, d, [dl, dp, op, lp, b, t, nh])? };
+    let name = pick("attention_bwd_dq_ragged", s.hd, BWD_DQ_RAGGED_D64, BWD_DQ_RAGGED_D128)?;
+    let (dqp, qp, kp, vp, lsp) = (p.dq.addr, p.q.addr, p.k.addr, p.v.addr, p.lse.addr);
+    // SAFETY: check_bwd covers every buffer for the training shape; rows past
+    // t or len return after writing their zero dq row.
+    unsafe { launch!(tg, Family::Attention, name, d, [dqp, dp, qp, kp, vp, lsp, dl, lp, b, t, nh, nkv])? };
+    let name = pick("attention_bwd_dkdv_ragged", s.hd, BWD_DKDV_RAGGED_D64, BWD_DKDV_RAGGED_D128)?;
+    let d = dims(name, s.tq, s.n_kv_head, s.b)?;
+    let (dkp, dvp) = (p.dk.addr, p.dv.addr);
+    // SAFETY: check_bwd covers every buffer for the training shape; query rows
+    // read are < len <= t; key rows past len get their zero row.
+    unsafe { launch!(tg, Family::Attention, name, d, [dkp, dvp, dp, qp, kp, vp, lsp, dl, lp, b, t, nh, nkv]) }
 }

@@ -5,9 +5,8 @@
 //! `v` there, and for the backward groups the rows by token with
 //! [`group_rows`] (the CSR the deterministic kernel walks).
 
-use super::{check_align, check_ptr, launch, to_i32, to_u32, Bf16, DPtr, Family, KernelStore, LaunchDims};
+use super::{check_align, check_ptr, launch, to_i32, to_u32, Bf16, DPtr, Family, LaunchDims, Target};
 use crate::{arg_err, Result};
-use cudarc::driver::CudaStream;
 
 pub const FWD: &str = "embedding_fwd_bf16";
 pub const BWD: &str = "embedding_bwd_f32";
@@ -48,17 +47,16 @@ pub fn check_fwd(out: DPtr<Bf16>, tokens: DPtr<u32>, table: DPtr<Bf16>, n: usize
 
 /// `out (n, c) = table (v, c)[tokens (n)]`; every token `< v` (host-checked).
 #[allow(clippy::too_many_arguments)]
-pub fn embedding_fwd_bf16(ks: &KernelStore, s: &CudaStream, out: DPtr<Bf16>, tokens: DPtr<u32>, table: DPtr<Bf16>, n: usize, v: usize, c: usize) -> Result<()> {
+pub fn embedding_fwd_bf16(tg: Target<'_>, out: DPtr<Bf16>, tokens: DPtr<u32>, table: DPtr<Bf16>, n: usize, v: usize, c: usize) -> Result<()> {
     let dims = check_fwd(out, tokens, table, n, v, c)?;
     if n == 0 {
         return Ok(());
     }
-    let f = ks.func(Family::Embedding, FWD)?;
     let (o, t, tb) = (out.addr, tokens.addr, table.addr);
     let (n, c) = (to_i32(FWD, "n", n)?, to_i32(FWD, "c", c)?);
     // SAFETY: check_fwd: out covers n rows, table v rows of c (aligned, c % 8
     // == 0), token ids < v were checked on the host before the upload.
-    unsafe { launch!(s, f, FWD, dims, [o, t, tb, n, c]) }
+    unsafe { launch!(tg, Family::Embedding, FWD, dims, [o, t, tb, n, c]) }
 }
 
 /// Checks of the backward: the CSR of [`group_rows`] on the device.
@@ -92,8 +90,7 @@ pub fn check_bwd(
 /// `dtable (v, c)[uniq[u]] += Σ dout[order[offsets[u]..offsets[u+1]]]`.
 #[allow(clippy::too_many_arguments)]
 pub fn embedding_bwd_f32(
-    ks: &KernelStore,
-    s: &CudaStream,
+    tg: Target<'_>,
     dtable: DPtr<f32>,
     dout: DPtr<Bf16>,
     uniq: DPtr<u32>,
@@ -108,10 +105,9 @@ pub fn embedding_bwd_f32(
     if n_uniq == 0 || c == 0 {
         return Ok(());
     }
-    let f = ks.func(Family::Embedding, BWD)?;
     let (dt, d, u, o, r) = (dtable.addr, dout.addr, uniq.addr, offsets.addr, order.addr);
     let (nu, c) = (to_i32(BWD, "n_uniq", n_uniq)?, to_i32(BWD, "c", c)?);
     // SAFETY: check_bwd: the CSR (built by group_rows from host-checked ids
     // < v) indexes rows < n of dout and rows < v of dtable.
-    unsafe { launch!(s, f, BWD, dims, [dt, d, u, o, r, nu, c]) }
+    unsafe { launch!(tg, Family::Embedding, BWD, dims, [dt, d, u, o, r, nu, c]) }
 }

@@ -4,8 +4,13 @@
 //! (`kernels/src/<family>.rs`).
 //!
 //! Every launcher
-//! - takes the stream it launches on (never the default stream),
-//! - takes its arguments in the order of the `extern "C"` signature,
+//! - takes the [`Target`] it launches on: the CUDA driver (a device's
+//!   [`KernelStore`] and the stream, never the default stream) or, with the
+//!   `cuda-sim` feature, the CPU layer ([`sim::SimDevice`], which runs the
+//!   same `.cu` sources as C++ on the CPU), so the launch arithmetic below is
+//!   exercised without a GPU too,
+//! - passes its arguments in the order of the `extern "C"` signature (the
+//!   CPU layer checks their number, kinds and sizes against the signature),
 //! - checks shapes, lengths, alignment and limits in a pure function
 //!   (`check_*`, no CUDA call, testable without a GPU) that returns the
 //!   launch dimensions, grid sizes through `u32::try_from`,
@@ -14,10 +19,11 @@
 //!   feature, or `LLAMA2_SYNC_CHECK=1` in the environment ([`sync_check`]),
 //!   it also synchronizes, so faults surface at their kernel.
 //!
-//! Public items: [`Bf16`], [`DPtr`], [`Family`], [`KernelStore`],
-//! [`LaunchDims`], [`ENTRY_POINTS`], [`fatbin`], [`ptxas_report`],
+//! Public items: [`Bf16`], [`DPtr`], [`Family`], [`KernelStore`], [`Target`],
+//! [`KArg`], [`LaunchDims`], [`ENTRY_POINTS`], [`fatbin`], [`ptxas_report`],
 //! [`keep_dir`], [`sync_check`]; the launcher modules [`elementwise`], [`rmsnorm`], [`rope`],
-//! [`swiglu`], [`embedding`], [`cross_entropy`], [`adamw`], [`attention`].
+//! [`swiglu`], [`embedding`], [`cross_entropy`], [`adamw`], [`attention`];
+//! with `cuda-sim`, [`sim`] (the CPU layer).
 
 #![allow(clippy::too_many_arguments)]
 
@@ -29,6 +35,8 @@ pub mod embedding;
 pub mod report;
 pub mod rmsnorm;
 pub mod rope;
+#[cfg(feature = "cuda-sim")]
+pub mod sim;
 pub mod swiglu;
 
 use crate::{KernelError, Result};
@@ -207,16 +215,21 @@ pub const ENTRY_POINTS: &[(Family, &str)] = &[
     (Family::Elementwise, elementwise::SCATTER_ADD_ROWS_F32),
     (Family::Elementwise, elementwise::KV_WRITE_BF16),
     (Family::Elementwise, elementwise::KV_WRITE_F32),
+    (Family::Elementwise, elementwise::KV_WRITE_RAGGED_BF16),
+    (Family::Elementwise, elementwise::KV_WRITE_RAGGED_F32),
     (Family::Rmsnorm, rmsnorm::FWD),
     (Family::Rmsnorm, rmsnorm::BWD),
     (Family::Rmsnorm, rmsnorm::BWD_DWEIGHT),
     (Family::Rope, rope::FWD),
     (Family::Rope, rope::BWD),
+    (Family::Rope, rope::FWD_RAGGED),
+    (Family::Rope, rope::BWD_RAGGED),
     (Family::Swiglu, swiglu::FWD),
     (Family::Swiglu, swiglu::BWD),
     (Family::Embedding, embedding::FWD),
     (Family::Embedding, embedding::BWD),
     (Family::CrossEntropy, cross_entropy::FWD_BWD),
+    (Family::CrossEntropy, cross_entropy::FWD_BWD_ENT),
     (Family::Adamw, adamw::STEP),
     (Family::Attention, attention::FWD_D64),
     (Family::Attention, attention::FWD_D128),
@@ -232,6 +245,14 @@ pub const ENTRY_POINTS: &[(Family, &str)] = &[
     (Family::Attention, attention::BWD_DQ_D128),
     (Family::Attention, attention::BWD_DKDV_D64),
     (Family::Attention, attention::BWD_DKDV_D128),
+    (Family::Attention, attention::FWD_RAGGED_D64),
+    (Family::Attention, attention::FWD_RAGGED_D128),
+    (Family::Attention, attention::BWD_PRE_RAGGED_D64),
+    (Family::Attention, attention::BWD_PRE_RAGGED_D128),
+    (Family::Attention, attention::BWD_DQ_RAGGED_D64),
+    (Family::Attention, attention::BWD_DQ_RAGGED_D128),
+    (Family::Attention, attention::BWD_DKDV_RAGGED_D64),
+    (Family::Attention, attention::BWD_DKDV_RAGGED_D128),
 ];
 
 /// The modules of one device, each loaded on first use, and the functions
@@ -339,19 +360,88 @@ pub(crate) fn stride_blocks(op: &'static str, work: usize, per_block: usize, max
     to_u32(op, "grid", work.div_ceil(per_block).clamp(1, max_blocks))
 }
 
-/// Launches `$func` on `$stream` with the arguments `$arg` (local
-/// variables, pushed by reference in the order of the `extern "C"`
-/// signature) and checks the launch error. Expands to an unsafe call: the
-/// caller writes `unsafe { launch!(...) }` with a `// SAFETY:` line saying
-/// why the pointers cover what the kernel accesses for these dimensions.
+/// Where a launcher runs its kernel.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// the CUDA driver: the kernels of a device, and the stream to launch on
+    Cuda { ks: &'a KernelStore, stream: &'a CudaStream },
+    /// the CPU layer: the same `.cu` sources compiled as C++ (feature `cuda-sim`)
+    #[cfg(feature = "cuda-sim")]
+    Sim(&'a sim::SimDevice),
+}
+
+/// One kernel argument as a launcher passes it: device pointers are `u64`
+/// addresses, `int` is `i32`, `int64_t` is `i64`, `float` is `f32`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KArg {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+impl From<u64> for KArg {
+    fn from(x: u64) -> Self {
+        KArg::Ptr(x)
+    }
+}
+impl From<i32> for KArg {
+    fn from(x: i32) -> Self {
+        KArg::I32(x)
+    }
+}
+impl From<i64> for KArg {
+    fn from(x: i64) -> Self {
+        KArg::I64(x)
+    }
+}
+impl From<f32> for KArg {
+    fn from(x: f32) -> Self {
+        KArg::F32(x)
+    }
+}
+
+impl Target<'_> {
+    /// Launches `kernel` of `family` with `dims` and `args` and checks the
+    /// launch error (on the CPU layer the launch also runs to completion).
+    ///
+    /// # Safety
+    /// Every pointer argument must cover what the kernel accesses for these
+    /// dimensions and scalar arguments (the launchers' `check_*` functions
+    /// establish it; each call site says why in a `// SAFETY:` line).
+    pub(crate) unsafe fn launch(self, family: Family, kernel: &'static str, dims: LaunchDims, args: &[KArg]) -> Result<()> {
+        match self {
+            Target::Cuda { ks, stream } => {
+                use cudarc::driver::PushKernelArg as _;
+                let func = ks.func(family, kernel)?;
+                let mut b = stream.launch_builder(&func);
+                for a in args {
+                    match a {
+                        KArg::Ptr(x) => b.arg(x),
+                        KArg::I32(x) => b.arg(x),
+                        KArg::I64(x) => b.arg(x),
+                        KArg::F32(x) => b.arg(x),
+                    };
+                }
+                // SAFETY: the caller's contract (above)
+                let res = unsafe { b.launch(dims.cfg()) }.map(|_| ());
+                finish_launch(stream, kernel, dims, res)
+            }
+            #[cfg(feature = "cuda-sim")]
+            // SAFETY: the caller's contract (above)
+            Target::Sim(dev) => unsafe { dev.launch_family(family, kernel, dims, args) },
+        }
+    }
+}
+
+/// Launches `$kernel` of `$family` on the [`Target`] `$t` with the arguments
+/// `$arg` (local variables, in the order of the `extern "C"` signature).
+/// Expands to an unsafe call: the caller writes `unsafe { launch!(...) }`
+/// with a `// SAFETY:` line saying why the pointers cover what the kernel
+/// accesses for these dimensions.
 macro_rules! launch {
-    ($stream:expr, $func:expr, $kernel:expr, $dims:expr, [$($arg:ident),* $(,)?]) => {{
-        #[allow(unused_imports)]
-        use cudarc::driver::PushKernelArg as _;
-        let mut b = $stream.launch_builder(&$func);
-        $( b.arg(&$arg); )*
-        let res = b.launch($dims.cfg()).map(|_| ());
-        $crate::cuda::finish_launch($stream, $kernel, $dims, res)
+    ($t:expr, $family:expr, $kernel:expr, $dims:expr, [$($arg:ident),* $(,)?]) => {{
+        let args = [$($crate::cuda::KArg::from($arg)),*];
+        $t.launch($family, $kernel, $dims, &args)
     }};
 }
 pub(crate) use launch;

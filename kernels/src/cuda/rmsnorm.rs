@@ -5,9 +5,8 @@
 //! bf16 buffers 16-byte aligned. Backward keeps a row of weight-gradient
 //! partials in shared memory (`c` f32), so `c <= MAX_C`.
 
-use super::{check_align, check_ptr, launch, to_i32, to_u32, Bf16, DPtr, Family, KernelStore, LaunchDims};
+use super::{check_align, check_ptr, launch, to_i32, to_u32, Bf16, DPtr, Family, LaunchDims, Target};
 use crate::{arg_err, GradWrite, Result};
-use cudarc::driver::CudaStream;
 
 pub const FWD: &str = "rmsnorm_fwd_bf16";
 pub const BWD: &str = "rmsnorm_bwd_bf16";
@@ -56,24 +55,13 @@ pub fn check_fwd(out: DPtr<Bf16>, rstd: DPtr<f32>, inp: DPtr<Bf16>, weight: DPtr
 
 /// `out (n, c) = rmsnorm(inp) ⊙ weight`, `rstd (n)` saved.
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_fwd_bf16(
-    ks: &KernelStore,
-    s: &CudaStream,
-    out: DPtr<Bf16>,
-    rstd: DPtr<f32>,
-    inp: DPtr<Bf16>,
-    weight: DPtr<Bf16>,
-    n: usize,
-    c: usize,
-    eps: f32,
-) -> Result<()> {
+pub fn rmsnorm_fwd_bf16(tg: Target<'_>, out: DPtr<Bf16>, rstd: DPtr<f32>, inp: DPtr<Bf16>, weight: DPtr<Bf16>, n: usize, c: usize, eps: f32) -> Result<()> {
     let dims = check_fwd(out, rstd, inp, weight, n, c)?;
-    let f = ks.func(Family::Rmsnorm, FWD)?;
     let (o, r, i, w) = (out.addr, rstd.addr, inp.addr, weight.addr);
     let (n, c) = (to_i32(FWD, "n", n)?, to_i32(FWD, "c", c)?);
     // SAFETY: check_fwd: every buffer covers n rows of c (16-byte aligned,
     // c % 8 == 0); one block per row, rows >= n return.
-    unsafe { launch!(s, f, FWD, dims, [o, r, i, w, n, c, eps]) }
+    unsafe { launch!(tg, Family::Rmsnorm, FWD, dims, [o, r, i, w, n, c, eps]) }
 }
 
 /// Checks of the backward; `partial` holds `bwd_blocks(n) * c` f32.
@@ -105,8 +93,7 @@ pub fn check_bwd(
 /// per-block weight-gradient sums, reduced by [`rmsnorm_bwd_dweight_f32`].
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_bwd_bf16(
-    ks: &KernelStore,
-    s: &CudaStream,
+    tg: Target<'_>,
     dinp: DPtr<Bf16>,
     partial: DPtr<f32>,
     dout: DPtr<Bf16>,
@@ -118,7 +105,6 @@ pub fn rmsnorm_bwd_bf16(
     write: GradWrite,
 ) -> Result<()> {
     let dims = check_bwd(dinp, partial, dout, inp, weight, rstd, n, c)?;
-    let f = ks.func(Family::Rmsnorm, BWD)?;
     let (di, p, d, i, w, r) = (dinp.addr, partial.addr, dout.addr, inp.addr, weight.addr, rstd.addr);
     let (n, c) = (to_i32(BWD, "n", n)?, to_i32(BWD, "c", c)?);
     let acc: i32 = match write {
@@ -127,20 +113,19 @@ pub fn rmsnorm_bwd_bf16(
     };
     // SAFETY: check_bwd: rows of c (aligned, c % 8 == 0) for n rows, partial
     // covers grid*c, dynamic smem = c f32 (c <= MAX_C keeps it under 48 KB).
-    unsafe { launch!(s, f, BWD, dims, [di, p, d, i, w, r, n, c, acc]) }
+    unsafe { launch!(tg, Family::Rmsnorm, BWD, dims, [di, p, d, i, w, r, n, c, acc]) }
 }
 
 /// `dweight (c) += Σ_p partial (nparts, c)[p]`, summed in block order.
-pub fn rmsnorm_bwd_dweight_f32(ks: &KernelStore, s: &CudaStream, dweight: DPtr<f32>, partial: DPtr<f32>, nparts: usize, c: usize) -> Result<()> {
+pub fn rmsnorm_bwd_dweight_f32(tg: Target<'_>, dweight: DPtr<f32>, partial: DPtr<f32>, nparts: usize, c: usize) -> Result<()> {
     check_ptr(BWD_DWEIGHT, "dweight", dweight, c)?;
     check_ptr(BWD_DWEIGHT, "partial", partial, nparts * c)?;
     if c == 0 {
         return Ok(());
     }
     let dims = LaunchDims { grid: (to_u32(BWD_DWEIGHT, "grid", c.div_ceil(THREADS as usize))?, 1, 1), block: THREADS, smem: 0 };
-    let f = ks.func(Family::Rmsnorm, BWD_DWEIGHT)?;
     let (dw, p) = (dweight.addr, partial.addr);
     let (np, c) = (to_i32(BWD_DWEIGHT, "nparts", nparts)?, to_i32(BWD_DWEIGHT, "c", c)?);
     // SAFETY: one thread per column j < c; partial covers nparts*c, dweight c.
-    unsafe { launch!(s, f, BWD_DWEIGHT, dims, [dw, p, np, c]) }
+    unsafe { launch!(tg, Family::Rmsnorm, BWD_DWEIGHT, dims, [dw, p, np, c]) }
 }

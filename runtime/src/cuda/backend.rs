@@ -151,6 +151,11 @@ impl CudaBackend {
         }
     }
 
+    /// Where the launchers run this backend's kernels: its device and stream.
+    fn target(&self) -> kc::Target<'_> {
+        kc::Target::Cuda { ks: &self.ks, stream: &self.stream }
+    }
+
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
@@ -199,6 +204,39 @@ impl CudaBackend {
         // SAFETY: as tmp_u16.
         unsafe { self.stream.alloc::<f32>(n.max(1)) }.map_err(|e| cu_err("temporary allocation", e))
     }
+    /// A ragged batch's per-sequence positions and lengths on the device (i32).
+    fn upload_ragged(&self, r: Ragged) -> Result<(CudaSlice<i32>, CudaSlice<i32>)> {
+        let to_i32 = |x: &[u32], what: &str| -> Result<Vec<i32>> {
+            x.iter().map(|&v| i32::try_from(v).map_err(|_| RtError::Op { op: "ragged", msg: format!("{what} {v} does not fit an i32") })).collect()
+        };
+        Ok((self.upload_idx(&to_i32(r.pos0, "position")?)?, self.upload_idx(&to_i32(r.len, "length")?)?))
+    }
+
+    fn ragged_ptrs(&self, pos0: &CudaSlice<i32>, len: &CudaSlice<i32>, b: usize) -> kc::rope::RaggedPtrs {
+        kc::rope::RaggedPtrs { pos0: DPtr::new(addr(pos0, &self.stream), b), len: DPtr::new(addr(len, &self.stream), b) }
+    }
+
+    /// RoPE (or its inverse) on the valid rows of a ragged batch.
+    fn rope_ragged(&self, x: ViewMut<Self>, table: View<Self>, s: RopeShape, r: Ragged, inverse: bool) -> Result<()> {
+        const OP: &str = "rope_ragged";
+        check_len(OP, "x", x.len, s.b * s.t * s.heads * s.hd)?;
+        let max_pos = table.len / s.hd.max(1);
+        r.check(OP, s.b, s.t, max_pos)?;
+        if s.b * s.t == 0 {
+            return Ok(());
+        }
+        let (rp, rl) = self.upload_ragged(r)?;
+        let ptrs = self.ragged_ptrs(&rp, &rl, s.b);
+        let (tb, _t) = self.in_f32(table)?;
+        let o = self.out_bf16(x, true)?;
+        if inverse {
+            kc::rope::rope_bwd_ragged_bf16(self.target(), o.ptr, tb, s, ptrs, max_pos)?;
+        } else {
+            kc::rope::rope_fwd_ragged_bf16(self.target(), o.ptr, tb, s, ptrs, max_pos)?;
+        }
+        self.finish_bf16(o)
+    }
+
     fn upload_idx<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, x: &[T]) -> Result<CudaSlice<T>> {
         if x.is_empty() {
             return self.stream.alloc_zeros::<T>(1).map_err(|e| cu_err("index upload", e));
@@ -220,7 +258,7 @@ impl CudaBackend {
             Store::F32(s) => {
                 let t = self.tmp_u16(v.len)?;
                 let p = self.dp_bf16(&t, 0, v.len);
-                kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, p, self.dp_f32(s, v.off, v.len), v.len)?;
+                kc::elementwise::cast_f32_to_bf16(self.target(), p, self.dp_f32(s, v.off, v.len), v.len)?;
                 Ok((p, Some(t)))
             }
         }
@@ -233,7 +271,7 @@ impl CudaBackend {
             Store::Bf16(s) => {
                 let t = self.tmp_f32(v.len)?;
                 let p = self.dp_f32(&t, 0, v.len);
-                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, p, self.dp_bf16(s, v.off, v.len), v.len)?;
+                kc::elementwise::cast_bf16_to_f32(self.target(), p, self.dp_bf16(s, v.off, v.len), v.len)?;
                 Ok((p, Some(t)))
             }
         }
@@ -252,7 +290,7 @@ impl CudaBackend {
                 let t = self.tmp_u16(len)?;
                 let ptr = self.dp_bf16(&t, 0, len);
                 if init {
-                    kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, ptr, self.dp_f32(s, off, len), len)?;
+                    kc::elementwise::cast_f32_to_bf16(self.target(), ptr, self.dp_f32(s, off, len), len)?;
                 }
                 Ok(OutB { ptr, tmp: Some(t), dst: v })
             }
@@ -265,9 +303,9 @@ impl CudaBackend {
         let src = self.dp_bf16(&t, 0, len);
         match &mut o.dst.buf.st {
             Store::Bf16(_) => Ok(()),
-            Store::F32(s) => Ok(kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(s, off, len), src, len)?),
+            Store::F32(s) => Ok(kc::elementwise::cast_bf16_to_f32(self.target(), self.dp_f32(s, off, len), src, len)?),
             Store::Param { master, work } => {
-                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(master, off, len), src, len)?;
+                kc::elementwise::cast_bf16_to_f32(self.target(), self.dp_f32(master, off, len), src, len)?;
                 let mut w = work.slice_mut(off..off + len);
                 self.stream.memcpy_dtod(&t.slice(0..len), &mut w).map_err(|e| cu_err("copy", e))
             }
@@ -287,7 +325,7 @@ impl CudaBackend {
                 let t = self.tmp_f32(len)?;
                 let ptr = self.dp_f32(&t, 0, len);
                 if init {
-                    kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, ptr, self.dp_bf16(s, off, len), len)?;
+                    kc::elementwise::cast_bf16_to_f32(self.target(), ptr, self.dp_bf16(s, off, len), len)?;
                 }
                 Ok(OutF { ptr, tmp: Some(t), dst: v })
             }
@@ -299,11 +337,11 @@ impl CudaBackend {
         match &o.dst.buf.st {
             Store::F32(_) => Ok(()),
             Store::Param { master, work } => {
-                Ok(kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(work, off, len), self.dp_f32(master, off, len), len)?)
+                Ok(kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(work, off, len), self.dp_f32(master, off, len), len)?)
             }
             Store::Bf16(s) => {
                 let t = o.tmp.as_ref().ok_or_else(|| cu_err("finish", "missing temporary"))?;
-                Ok(kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(s, off, len), self.dp_f32(t, 0, len), len)?)
+                Ok(kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(s, off, len), self.dp_f32(t, 0, len), len)?)
             }
         }
     }
@@ -444,18 +482,14 @@ impl Backend for CudaBackend {
             (Store::Bf16(d), Store::Param { work: s, .. }) => {
                 self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut d.slice_mut(doff..doff + len)).map_err(e)?
             }
-            (Store::Bf16(d), Store::F32(s)) => {
-                kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(d, doff, len), self.dp_f32(s, soff, len), len)?
-            }
-            (Store::F32(d), Store::Bf16(s)) => {
-                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(d, doff, len), self.dp_bf16(s, soff, len), len)?
-            }
+            (Store::Bf16(d), Store::F32(s)) => kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(d, doff, len), self.dp_f32(s, soff, len), len)?,
+            (Store::F32(d), Store::Bf16(s)) => kc::elementwise::cast_bf16_to_f32(self.target(), self.dp_f32(d, doff, len), self.dp_bf16(s, soff, len), len)?,
             (Store::Param { master, work }, Store::F32(s)) => {
                 self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut master.slice_mut(doff..doff + len)).map_err(e)?;
-                kc::elementwise::cast_f32_to_bf16(&self.ks, &self.stream, self.dp_bf16(work, doff, len), self.dp_f32(s, soff, len), len)?;
+                kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(work, doff, len), self.dp_f32(s, soff, len), len)?;
             }
             (Store::Param { master, work }, Store::Bf16(s)) => {
-                kc::elementwise::cast_bf16_to_f32(&self.ks, &self.stream, self.dp_f32(master, doff, len), self.dp_bf16(s, soff, len), len)?;
+                kc::elementwise::cast_bf16_to_f32(self.target(), self.dp_f32(master, doff, len), self.dp_bf16(s, soff, len), len)?;
                 self.stream.memcpy_dtod(&s.slice(soff..soff + len), &mut work.slice_mut(doff..doff + len)).map_err(e)?;
             }
         }
@@ -474,7 +508,7 @@ impl Backend for CudaBackend {
         let ids = self.upload_idx(tokens)?;
         let (tb, _t) = self.in_bf16(table)?;
         let o = self.out_bf16(out, false)?;
-        kc::embedding::embedding_fwd_bf16(&self.ks, &self.stream, o.ptr, DPtr::new(addr(&ids, &self.stream), tokens.len()), tb, tokens.len(), v, c)?;
+        kc::embedding::embedding_fwd_bf16(self.target(), o.ptr, DPtr::new(addr(&ids, &self.stream), tokens.len()), tb, tokens.len(), v, c)?;
         self.finish_bf16(o)
     }
 
@@ -492,8 +526,7 @@ impl Backend for CudaBackend {
         let o = self.out_f32(dtable, true)?;
         let st = &self.stream;
         kc::embedding::embedding_bwd_f32(
-            &self.ks,
-            st,
+            self.target(),
             o.ptr,
             d,
             DPtr::new(addr(&du, st), uniq.len()),
@@ -549,7 +582,7 @@ impl Backend for CudaBackend {
         let (w, _t2) = self.in_bf16(weight)?;
         let o = self.out_bf16(out, false)?;
         let r = self.out_f32(rstd, false)?;
-        kc::rmsnorm::rmsnorm_fwd_bf16(&self.ks, &self.stream, o.ptr, r.ptr, x, w, n, c, eps)?;
+        kc::rmsnorm::rmsnorm_fwd_bf16(self.target(), o.ptr, r.ptr, x, w, n, c, eps)?;
         self.finish_bf16(o)?;
         self.finish_f32(r)
     }
@@ -585,8 +618,8 @@ impl Backend for CudaBackend {
         let pp = self.dp_f32(&partial, 0, parts * c);
         let di = self.out_bf16(dinp, dinp_write == GradWrite::Accumulate)?;
         let dw = self.out_f32(dweight, true)?;
-        kc::rmsnorm::rmsnorm_bwd_bf16(&self.ks, &self.stream, di.ptr, pp, dy, x, w, r, n, c, dinp_write)?;
-        kc::rmsnorm::rmsnorm_bwd_dweight_f32(&self.ks, &self.stream, dw.ptr, pp, parts, c)?;
+        kc::rmsnorm::rmsnorm_bwd_bf16(self.target(), di.ptr, pp, dy, x, w, r, n, c, dinp_write)?;
+        kc::rmsnorm::rmsnorm_bwd_dweight_f32(self.target(), dw.ptr, pp, parts, c)?;
         self.finish_bf16(di)?;
         self.finish_f32(dw)
     }
@@ -595,7 +628,7 @@ impl Backend for CudaBackend {
         check_len("rope_fwd", "x", x.len, s.b * s.t * s.heads * s.hd)?;
         let (tb, _t) = self.in_f32(table)?;
         let o = self.out_bf16(x, true)?;
-        kc::rope::rope_fwd_bf16(&self.ks, &self.stream, o.ptr, tb, s)?;
+        kc::rope::rope_fwd_bf16(self.target(), o.ptr, tb, s)?;
         self.finish_bf16(o)
     }
 
@@ -603,7 +636,7 @@ impl Backend for CudaBackend {
         check_len("rope_bwd", "dx", dx.len, s.b * s.t * s.heads * s.hd)?;
         let (tb, _t) = self.in_f32(table)?;
         let o = self.out_bf16(dx, true)?;
-        kc::rope::rope_bwd_bf16(&self.ks, &self.stream, o.ptr, tb, s)?;
+        kc::rope::rope_bwd_bf16(self.target(), o.ptr, tb, s)?;
         self.finish_bf16(o)
     }
 
@@ -620,10 +653,11 @@ impl Backend for CudaBackend {
         let (vp, _t3) = self.in_bf16(v)?;
         let o = self.out_bf16(out, false)?;
         let l = self.out_f32(lse, false)?;
+        let p = kc::attention::AttnFwdParams { out: o.ptr, lse: l.ptr, q: qp, k: kp, v: vp, shape: s };
         if self.use_mma(s.tq) {
-            kc::attention::attention_fwd_mma_bf16(&self.ks, &self.stream, o.ptr, l.ptr, qp, kp, vp, &s)?;
+            kc::attention::attention_fwd_mma_bf16(self.target(), &p)?;
         } else {
-            kc::attention::attention_fwd_bf16(&self.ks, &self.stream, o.ptr, l.ptr, qp, kp, vp, &s)?;
+            kc::attention::attention_fwd_bf16(self.target(), &p)?;
         }
         self.finish_bf16(o)?;
         self.finish_f32(l)
@@ -662,10 +696,11 @@ impl Backend for CudaBackend {
         let dk = self.out_bf16(dk, false)?;
         let dv = self.out_bf16(dv, false)?;
         let dl = self.dp_f32(&delta, 0, nd);
+        let p = kc::attention::AttnBwdParams { dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, delta: dl, dout: dop, q: qp, k: kp, v: vp, out: op, lse: lp, shape: s };
         if self.use_mma(s.tq) {
-            kc::attention::attention_bwd_mma_bf16(&self.ks, &self.stream, dq.ptr, dk.ptr, dv.ptr, dl, dop, qp, kp, vp, op, lp, &s)?;
+            kc::attention::attention_bwd_mma_bf16(self.target(), &p)?;
         } else {
-            kc::attention::attention_bwd_bf16(&self.ks, &self.stream, dq.ptr, dk.ptr, dv.ptr, dl, dop, qp, kp, vp, op, lp, &s)?;
+            kc::attention::attention_bwd_bf16(self.target(), &p)?;
         }
         self.finish_bf16(dq)?;
         self.finish_bf16(dk)?;
@@ -679,7 +714,7 @@ impl Backend for CudaBackend {
         let (g, _t1) = self.in_bf16(gate)?;
         let (u, _t2) = self.in_bf16(up)?;
         let o = self.out_bf16(out, false)?;
-        kc::swiglu::swiglu_fwd_bf16(&self.ks, &self.stream, o.ptr, g, u, n)?;
+        kc::swiglu::swiglu_fwd_bf16(self.target(), o.ptr, g, u, n)?;
         self.finish_bf16(o)
     }
 
@@ -693,7 +728,7 @@ impl Backend for CudaBackend {
         let (u, _t3) = self.in_bf16(up)?;
         let dg = self.out_bf16(dgate, false)?;
         let du = self.out_bf16(dup, false)?;
-        kc::swiglu::swiglu_bwd_bf16(&self.ks, &self.stream, dg.ptr, du.ptr, d, g, u, n)?;
+        kc::swiglu::swiglu_bwd_bf16(self.target(), dg.ptr, du.ptr, d, g, u, n)?;
         self.finish_bf16(dg)?;
         self.finish_bf16(du)
     }
@@ -725,7 +760,7 @@ impl Backend for CudaBackend {
         let writes = !matches!(grad, CeGrad::None);
         let lg = self.out_bf16(logits, true)?;
         let ls = self.out_f32(losses, false)?;
-        kc::cross_entropy::cross_entropy_fwd_bwd_bf16(&self.ks, &self.stream, lg.ptr, ls.ptr, DPtr::new(addr(&tg, &self.stream), n), mode, n, v)?;
+        kc::cross_entropy::cross_entropy_fwd_bwd_bf16(self.target(), lg.ptr, ls.ptr, DPtr::new(addr(&tg, &self.stream), n), mode, n, v)?;
         if writes {
             self.finish_bf16(lg)?;
         }
@@ -741,13 +776,13 @@ impl Backend for CudaBackend {
             let (ap, _t1) = self.in_bf16(a)?;
             let (bp, _t2) = self.in_bf16(b)?;
             let o = self.out_bf16(out, false)?;
-            kc::elementwise::add_fwd_bf16(&self.ks, &self.stream, o.ptr, ap, bp, n)?;
+            kc::elementwise::add_fwd_bf16(self.target(), o.ptr, ap, bp, n)?;
             self.finish_bf16(o)
         } else {
             let (ap, _t1) = self.in_f32(a)?;
             let (bp, _t2) = self.in_f32(b)?;
             let o = self.out_f32(out, false)?;
-            kc::elementwise::add_fwd_f32(&self.ks, &self.stream, o.ptr, ap, bp, n)?;
+            kc::elementwise::add_fwd_f32(self.target(), o.ptr, ap, bp, n)?;
             self.finish_f32(o)
         }
     }
@@ -758,12 +793,12 @@ impl Backend for CudaBackend {
         if x.buf.kind == BufKind::Act && y.buf.kind == BufKind::Act {
             let (yp, _t) = self.in_bf16(y)?;
             let o = self.out_bf16(x, true)?;
-            kc::elementwise::add_assign_bf16(&self.ks, &self.stream, o.ptr, yp, n)?;
+            kc::elementwise::add_assign_bf16(self.target(), o.ptr, yp, n)?;
             self.finish_bf16(o)
         } else {
             let (yp, _t) = self.in_f32(y)?;
             let o = self.out_f32(x, true)?;
-            kc::elementwise::add_assign_f32(&self.ks, &self.stream, o.ptr, yp, n)?;
+            kc::elementwise::add_assign_f32(self.target(), o.ptr, yp, n)?;
             self.finish_f32(o)
         }
     }
@@ -772,11 +807,11 @@ impl Backend for CudaBackend {
         let n = x.len;
         if x.buf.kind == BufKind::Act {
             let o = self.out_bf16(x, true)?;
-            kc::elementwise::scale_bf16(&self.ks, &self.stream, o.ptr, s, n)?;
+            kc::elementwise::scale_bf16(self.target(), o.ptr, s, n)?;
             self.finish_bf16(o)
         } else {
             let o = self.out_f32(x, true)?;
-            kc::elementwise::scale_f32(&self.ks, &self.stream, o.ptr, s, n)?;
+            kc::elementwise::scale_f32(self.target(), o.ptr, s, n)?;
             self.finish_f32(o)
         }
     }
@@ -794,12 +829,12 @@ impl Backend for CudaBackend {
         if out.buf.kind == BufKind::Act && src.buf.kind == BufKind::Act {
             let (sp, _t) = self.in_bf16(src)?;
             let o = self.out_bf16(out, false)?;
-            kc::elementwise::gather_rows_bf16(&self.ks, &self.stream, o.ptr, sp, src_rows, rp, rows.len(), c)?;
+            kc::elementwise::gather_rows_bf16(self.target(), o.ptr, sp, src_rows, rp, rows.len(), c)?;
             self.finish_bf16(o)
         } else {
             let (sp, _t) = self.in_f32(src)?;
             let o = self.out_f32(out, false)?;
-            kc::elementwise::gather_rows_f32(&self.ks, &self.stream, o.ptr, sp, src_rows, rp, rows.len(), c)?;
+            kc::elementwise::gather_rows_f32(self.target(), o.ptr, sp, src_rows, rp, rows.len(), c)?;
             self.finish_f32(o)
         }
     }
@@ -817,12 +852,12 @@ impl Backend for CudaBackend {
         if dst.buf.kind == BufKind::Act && src.buf.kind == BufKind::Act {
             let (sp, _t) = self.in_bf16(src)?;
             let o = self.out_bf16(dst, true)?;
-            kc::elementwise::scatter_add_rows_bf16(&self.ks, &self.stream, o.ptr, dst_rows, sp, rp, rows.len(), c)?;
+            kc::elementwise::scatter_add_rows_bf16(self.target(), o.ptr, dst_rows, sp, rp, rows.len(), c)?;
             self.finish_bf16(o)
         } else {
             let (sp, _t) = self.in_f32(src)?;
             let o = self.out_f32(dst, true)?;
-            kc::elementwise::scatter_add_rows_f32(&self.ks, &self.stream, o.ptr, dst_rows, sp, rp, rows.len(), c)?;
+            kc::elementwise::scatter_add_rows_f32(self.target(), o.ptr, dst_rows, sp, rp, rows.len(), c)?;
             self.finish_f32(o)
         }
     }
@@ -840,12 +875,12 @@ impl Backend for CudaBackend {
         if cache.buf.kind == BufKind::Act && new.buf.kind == BufKind::Act {
             let (sp, _t) = self.in_bf16(new)?;
             let o = self.out_bf16(cache, true)?;
-            kc::elementwise::kv_write_bf16(&self.ks, &self.stream, o.ptr, sp, b, t, cap, w, pos0)?;
+            kc::elementwise::kv_write_bf16(self.target(), o.ptr, sp, b, t, cap, w, pos0)?;
             self.finish_bf16(o)
         } else {
             let (sp, _t) = self.in_f32(new)?;
             let o = self.out_f32(cache, true)?;
-            kc::elementwise::kv_write_f32(&self.ks, &self.stream, o.ptr, sp, b, t, cap, w, pos0)?;
+            kc::elementwise::kv_write_f32(self.target(), o.ptr, sp, b, t, cap, w, pos0)?;
             self.finish_f32(o)
         }
     }
@@ -860,8 +895,8 @@ impl Backend for CudaBackend {
         let partial = unsafe { self.stream.alloc::<f64>(blocks) }.map_err(|e| cu_err("allocation", e))?;
         let pp = DPtr::new(addr(&partial, &self.stream), blocks);
         match &x.buf.st {
-            Store::Bf16(s) => kc::elementwise::sum_squares_bf16(&self.ks, &self.stream, pp, self.dp_bf16(s, x.off, n), n)?,
-            Store::F32(s) | Store::Param { master: s, .. } => kc::elementwise::sum_squares_f32(&self.ks, &self.stream, pp, self.dp_f32(s, x.off, n), n)?,
+            Store::Bf16(s) => kc::elementwise::sum_squares_bf16(self.target(), pp, self.dp_bf16(s, x.off, n), n)?,
+            Store::F32(s) | Store::Param { master: s, .. } => kc::elementwise::sum_squares_f32(self.target(), pp, self.dp_f32(s, x.off, n), n)?,
         }
         let mut host = vec![0f64; blocks];
         self.stream.memcpy_dtoh(&partial, &mut host).map_err(|e| cu_err("download", e))?;
@@ -886,14 +921,14 @@ impl Backend for CudaBackend {
         match &params.buf.st {
             Store::Param { master, work } => {
                 let (pm, pw) = (self.dp_f32(master, poff, plen), self.dp_bf16(work, poff, plen));
-                kc::adamw::adamw_step_f32(&self.ks, &self.stream, pm, pw, g, mo.ptr, vo.ptr, n, &h)?;
+                kc::adamw::adamw_step_f32(self.target(), pm, pw, g, mo.ptr, vo.ptr, n, &h)?;
             }
             _ => {
                 // not a Param: update an f32 view; the bf16 copy goes to a scratch
                 let scratch = self.tmp_u16(n)?;
                 let sp = self.dp_bf16(&scratch, 0, n);
                 let po = self.out_f32(params, true)?;
-                kc::adamw::adamw_step_f32(&self.ks, &self.stream, po.ptr, sp, g, mo.ptr, vo.ptr, n, &h)?;
+                kc::adamw::adamw_step_f32(self.target(), po.ptr, sp, g, mo.ptr, vo.ptr, n, &h)?;
                 self.finish_f32(po)?;
             }
         }
@@ -902,65 +937,150 @@ impl Backend for CudaBackend {
     }
 
     // ---- ragged batches and per-token statistics --------------------------
-    // PENDING: the CUDA kernels of these ops are written after the CUDA-on-CPU
-    // layer (issue 16) lands, so that they are checked by it; until then the
-    // CUDA backend refuses them with a clear error.
+    // The per-sequence positions and lengths are checked on the host
+    // (`Ragged::check`) and uploaded as i32; the kernels read them as
+    // `RaggedPtrs`. Attention on ragged batches runs on the v1 kernels.
 
-    fn rope_fwd_ragged(&self, _x: ViewMut<Self>, _table: View<Self>, _s: RopeShape, _r: Ragged) -> Result<()> {
-        Err(pending("rope_fwd_ragged"))
+    fn rope_fwd_ragged(&self, x: ViewMut<Self>, table: View<Self>, s: RopeShape, r: Ragged) -> Result<()> {
+        self.rope_ragged(x, table, s, r, false)
     }
 
-    fn rope_bwd_ragged(&self, _dx: ViewMut<Self>, _table: View<Self>, _s: RopeShape, _r: Ragged) -> Result<()> {
-        Err(pending("rope_bwd_ragged"))
+    fn rope_bwd_ragged(&self, dx: ViewMut<Self>, table: View<Self>, s: RopeShape, r: Ragged) -> Result<()> {
+        self.rope_ragged(dx, table, s, r, true)
     }
 
-    fn attention_fwd_ragged(
-        &self,
-        _out: ViewMut<Self>,
-        _lse: ViewMut<Self>,
-        _q: View<Self>,
-        _k: View<Self>,
-        _v: View<Self>,
-        _s: AttnShape,
-        _r: Ragged,
-    ) -> Result<()> {
-        Err(pending("attention_fwd_ragged"))
+    fn attention_fwd_ragged(&self, out: ViewMut<Self>, lse: ViewMut<Self>, q: View<Self>, k: View<Self>, v: View<Self>, s: AttnShape, r: Ragged) -> Result<()> {
+        const OP: &str = "attention_fwd_ragged";
+        s.validate(OP)?;
+        r.check(OP, s.b, s.tq, s.cap)?;
+        check_len(OP, "out", out.len, s.b * s.tq * s.n_head * s.hd)?;
+        check_len(OP, "lse", lse.len, s.b * s.n_head * s.tq)?;
+        if s.b == 0 || s.tq == 0 {
+            return Ok(());
+        }
+        let (rp, rl) = self.upload_ragged(r)?;
+        let (qp, _t1) = self.in_bf16(q)?;
+        let (kp, _t2) = self.in_bf16(k)?;
+        let (vp, _t3) = self.in_bf16(v)?;
+        let o = self.out_bf16(out, false)?;
+        let l = self.out_f32(lse, false)?;
+        let p = kc::attention::AttnFwdParams { out: o.ptr, lse: l.ptr, q: qp, k: kp, v: vp, shape: s };
+        kc::attention::attention_fwd_ragged_bf16(self.target(), &p, self.ragged_ptrs(&rp, &rl, s.b))?;
+        self.finish_bf16(o)?;
+        self.finish_f32(l)
     }
 
     fn attention_bwd_ragged(
         &self,
-        _dq: ViewMut<Self>,
-        _dk: ViewMut<Self>,
-        _dv: ViewMut<Self>,
-        _dout: View<Self>,
-        _q: View<Self>,
-        _k: View<Self>,
-        _v: View<Self>,
-        _out: View<Self>,
-        _lse: View<Self>,
-        _s: AttnShape,
-        _r: Ragged,
+        dq: ViewMut<Self>,
+        dk: ViewMut<Self>,
+        dv: ViewMut<Self>,
+        dout: View<Self>,
+        q: View<Self>,
+        k: View<Self>,
+        v: View<Self>,
+        out: View<Self>,
+        lse: View<Self>,
+        s: AttnShape,
+        r: Ragged,
     ) -> Result<()> {
-        Err(pending("attention_bwd_ragged"))
+        const OP: &str = "attention_bwd_ragged";
+        s.validate(OP)?;
+        r.check(OP, s.b, s.tq, s.cap)?;
+        if let Some(bi) = r.pos0.iter().position(|&p| p != 0) {
+            return Err(RtError::Op { op: OP, msg: format!("backward needs every sequence to start at position 0, sequence {bi} starts at {}", r.pos0[bi]) });
+        }
+        check_len(OP, "dq", dq.len, s.b * s.tq * s.n_head * s.hd)?;
+        check_len(OP, "dk", dk.len, s.b * s.cap * s.n_kv_head * s.hd)?;
+        check_len(OP, "dv", dv.len, s.b * s.cap * s.n_kv_head * s.hd)?;
+        if s.b == 0 || s.tq == 0 {
+            return Ok(());
+        }
+        let (rp, rl) = self.upload_ragged(r)?;
+        let (dop, _t1) = self.in_bf16(dout)?;
+        let (qp, _t2) = self.in_bf16(q)?;
+        let (kp, _t3) = self.in_bf16(k)?;
+        let (vp, _t4) = self.in_bf16(v)?;
+        let (op, _t5) = self.in_bf16(out)?;
+        let (lp, _t6) = self.in_f32(lse)?;
+        let nd = s.b * s.n_head * s.tq;
+        let delta = self.tmp_f32(nd)?;
+        let dq = self.out_bf16(dq, false)?;
+        let dk = self.out_bf16(dk, false)?;
+        let dv = self.out_bf16(dv, false)?;
+        let dl = self.dp_f32(&delta, 0, nd);
+        let p = kc::attention::AttnBwdParams { dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, delta: dl, dout: dop, q: qp, k: kp, v: vp, out: op, lse: lp, shape: s };
+        kc::attention::attention_bwd_ragged_bf16(self.target(), &p, self.ragged_ptrs(&rp, &rl, s.b))?;
+        self.finish_bf16(dq)?;
+        self.finish_bf16(dk)?;
+        self.finish_bf16(dv)
     }
 
     fn cross_entropy_entropy(
         &self,
-        _logits: ViewMut<Self>,
-        _losses: ViewMut<Self>,
-        _entropy: ViewMut<Self>,
-        _targets: &[i32],
-        _v: usize,
-        _grad: CeGrad,
+        logits: ViewMut<Self>,
+        losses: ViewMut<Self>,
+        entropy: ViewMut<Self>,
+        targets: &[i32],
+        v: usize,
+        grad: CeGrad,
     ) -> Result<()> {
-        Err(pending("cross_entropy_entropy"))
+        const OP: &str = "cross_entropy_entropy";
+        let n = targets.len();
+        check_len(OP, "logits", logits.len, n * v)?;
+        check_len(OP, "losses", losses.len, n)?;
+        check_len(OP, "entropy", entropy.len, n)?;
+        if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t >= 0 && t as usize >= v) {
+            return Err(RtError::Op { op: OP, msg: format!("target {t} at row {i} is out of range for vocabulary {v}") });
+        }
+        if let CeGrad::PerRow(cf) = grad {
+            check_len(OP, "coef", cf.len(), n)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let tg = self.upload_idx(targets)?;
+        let coef = match grad {
+            CeGrad::PerRow(cf) => Some(self.upload_idx(cf)?),
+            _ => None,
+        };
+        let mode = match grad {
+            CeGrad::None => CeMode::LossOnly,
+            CeGrad::Uniform(s) => CeMode::Uniform(s),
+            CeGrad::PerRow(_) => CeMode::PerRow(coef.as_ref().map(|c| self.dp_f32(c, 0, n)).ok_or_else(|| cu_err(OP, "coefficients"))?),
+        };
+        let writes = !matches!(grad, CeGrad::None);
+        let lg = self.out_bf16(logits, true)?;
+        let ls = self.out_f32(losses, false)?;
+        let en = self.out_f32(entropy, false)?;
+        kc::cross_entropy::cross_entropy_fwd_bwd_ent_bf16(self.target(), lg.ptr, ls.ptr, en.ptr, DPtr::new(addr(&tg, &self.stream), n), mode, n, v)?;
+        if writes {
+            self.finish_bf16(lg)?;
+        }
+        self.finish_f32(ls)?;
+        self.finish_f32(en)
     }
 
-    fn kv_write_ragged(&self, _cache: ViewMut<Self>, _new: View<Self>, _b: usize, _t: usize, _cap: usize, _w: usize, _r: Ragged) -> Result<()> {
-        Err(pending("kv_write_ragged"))
+    fn kv_write_ragged(&self, cache: ViewMut<Self>, new: View<Self>, b: usize, t: usize, cap: usize, w: usize, r: Ragged) -> Result<()> {
+        const OP: &str = "kv_write_ragged";
+        r.check(OP, b, t, cap)?;
+        check_len(OP, "new", new.len, b * t * w)?;
+        check_min_len(OP, "cache", cache.len, b * cap * w)?;
+        if b * t * w == 0 {
+            return Ok(());
+        }
+        let (rp, rl) = self.upload_ragged(r)?;
+        let ptrs = self.ragged_ptrs(&rp, &rl, b);
+        if cache.buf.kind == BufKind::Act && new.buf.kind == BufKind::Act {
+            let (sp, _t) = self.in_bf16(new)?;
+            let o = self.out_bf16(cache, true)?;
+            kc::elementwise::kv_write_ragged_bf16(self.target(), o.ptr, sp, ptrs, b, t, cap, w)?;
+            self.finish_bf16(o)
+        } else {
+            let (sp, _t) = self.in_f32(new)?;
+            let o = self.out_f32(cache, true)?;
+            kc::elementwise::kv_write_ragged_f32(self.target(), o.ptr, sp, ptrs, b, t, cap, w)?;
+            self.finish_f32(o)
+        }
     }
-}
-
-fn pending(op: &'static str) -> RtError {
-    RtError::Op { op, msg: "not implemented on the CUDA backend yet; HINT: use --device cpu".into() }
 }

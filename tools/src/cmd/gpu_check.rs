@@ -20,21 +20,35 @@
 //! input generator in [`reference`]; both, and the model-level checks, are
 //! tested on the CPU, the latter against `bf16_sim` (tests only: the CPU
 //! backend storing activations in bf16, as the CUDA backend does).
+//!
+//! `--sim` (a build with `--features cuda,cuda-sim`): the kernel rows with
+//! every CUDA kernel executed on the CPU layer (`sim_backend`: the kernels'
+//! own `.cu` sources compiled as C++, every CUDA thread a fiber, launched by
+//! the same launchers), compared with the same rules and tolerances, on the
+//! CPU layer's shape set ([`checks::Shapes::Sim`]). No GPU is needed; the
+//! matmul rows (cuBLASLt) and the model-level checks are not run.
+//! `--sim-race` runs every launch under several thread schedules and fails
+//! on any difference in memory (docs/kernels.md, "The CPU layer").
 
 use clap::Args;
 
 #[cfg(feature = "cuda")]
 mod bench;
+
 #[cfg(test)]
 mod bf16_sim;
 #[cfg(feature = "cuda")]
-mod checks;
+pub mod checks;
 #[cfg(any(feature = "cuda", test))]
 pub mod compare;
 #[cfg(any(feature = "cuda", test))]
 pub mod model_check;
 #[cfg(any(feature = "cuda", test))]
 pub mod reference;
+#[cfg(feature = "cuda-sim")]
+pub mod sim_backend;
+#[cfg(all(test, feature = "cuda-sim"))]
+mod sim_tests;
 
 #[derive(Args)]
 pub struct GpuCheckArgs {
@@ -59,16 +73,81 @@ pub struct GpuCheckArgs {
     /// Write the check results as JSON here
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Run the kernel rows on the CPU layer instead of a GPU: each kernel's own
+    /// .cu source executed on the CPU (needs a build with --features cuda,cuda-sim;
+    /// its own shape set, no matmul or model-level rows: --quick, --kernels-only
+    /// and --device do not apply)
+    #[arg(long, conflicts_with_all = ["no_check", "bench_json"])]
+    pub sim: bool,
+    /// With --sim: run every launch under several thread schedules and fail on
+    /// any difference in memory (finds races; about 5x slower)
+    #[arg(long, requires = "sim")]
+    pub sim_race: bool,
+    /// With --sim: worker threads running blocks concurrently (0: all cores)
+    #[arg(long, default_value_t = 0, requires = "sim")]
+    pub sim_workers: usize,
 }
 
 #[cfg(not(feature = "cuda"))]
-pub fn run(_a: GpuCheckArgs) -> anyhow::Result<()> {
+pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
+    if a.sim {
+        anyhow::bail!("gpu-check --sim needs the CPU layer; HINT: rebuild with `cargo build --release --features cuda,cuda-sim`")
+    }
     anyhow::bail!("gpu-check needs the CUDA backend; HINT: rebuild with `cargo build --release --features cuda`")
+}
+
+/// `gpu-check --sim`: the kernel rows on the CPU layer; returns the checker
+/// (its rows) after printing the report and writing `json`.
+#[cfg(feature = "cuda-sim")]
+pub fn run_sim(
+    seed: u64,
+    cfg: llama2_runtime::kernels::cuda::sim::SimConfig,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<checks::Checker<sim_backend::SimBackend>> {
+    use anyhow::Context;
+    let t0 = std::time::Instant::now();
+    let cpu = llama2_runtime::CpuBackend::new(0).context("starting the CPU backend")?;
+    let race = cfg.race;
+    let sim = sim_backend::SimBackend::new(cfg);
+    println!("gpu-check on the CPU layer (the CUDA kernels' .cu sources run on the CPU, no GPU), seed {seed}, race mode {}", if race { "on" } else { "off" });
+    let mut c = checks::Checker::new(cpu, sim, seed, checks::Shapes::Sim);
+    c.set_json_path(json.map(|p| p.to_path_buf()));
+    c.run_all()?;
+    c.report();
+    let st = c.gpu().device().stats();
+    println!(
+        "CPU layer: {} blocks, {} threads, {} barriers, {} warp collectives ({} mma), {} fiber switches, {:.1} s",
+        st.blocks,
+        st.threads,
+        st.barriers,
+        st.collectives,
+        st.mma,
+        st.switches,
+        t0.elapsed().as_secs_f64()
+    );
+    if let Some(p) = json {
+        std::fs::write(p, c.json()).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(c)
 }
 
 #[cfg(feature = "cuda")]
 pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
     use anyhow::Context;
+    if a.sim {
+        #[cfg(feature = "cuda-sim")]
+        {
+            let cfg = llama2_runtime::kernels::cuda::sim::SimConfig { race: a.sim_race, workers: a.sim_workers, ..Default::default() };
+            let c = run_sim(a.seed, cfg, a.json.as_deref())?;
+            let failed = c.rows().iter().filter(|r| !r.ok).count();
+            if failed > 0 {
+                anyhow::bail!("gpu-check --sim: {failed} check(s) failed");
+            }
+            return Ok(());
+        }
+        #[cfg(not(feature = "cuda-sim"))]
+        anyhow::bail!("gpu-check --sim needs the CPU layer; HINT: rebuild with `cargo build --release --features cuda,cuda-sim`")
+    }
     let gpu = llama2_runtime::CudaBackend::new(a.device).context("starting the CUDA backend")?;
     let cpu = llama2_runtime::CpuBackend::new(0).context("starting the CPU backend")?;
     println!("gpu-check on {} ({}), seed {}, {} shapes", gpu.device_name(), llama2_runtime::Backend::name(&gpu), a.seed, if a.quick { "quick" } else { "all" });
@@ -76,7 +155,8 @@ pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
     let gpu = if a.no_check {
         gpu
     } else {
-        let mut c = checks::Checker::new(cpu, gpu, a.seed, a.quick);
+        let shapes = if a.quick { checks::Shapes::Quick } else { checks::Shapes::Full };
+        let mut c = checks::Checker::new(cpu, gpu, a.seed, shapes);
         c.set_json_path(a.json.clone());
         c.run_all()?;
         if !a.kernels_only {

@@ -2,7 +2,7 @@
 //! validation) from a run's metrics records.
 
 use anyhow::Result;
-use llama2_train::plot::{save_png, Chart, Series};
+use llama2_tools::plot::{save_png, LineChart, Series};
 use serde_json::Value;
 use std::path::Path;
 
@@ -16,7 +16,7 @@ fn points(recs: &[Value], key: &str) -> Vec<(f64, f64)> {
 pub fn loss_plots(dir: &Path, stages: &[(&str, &[Value])]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (name, recs) in stages {
-        let chart = Chart {
+        let chart = LineChart {
             title: format!("{name}: loss"),
             x_label: "step".into(),
             y_label: "cross-entropy (nats/token)".into(),
@@ -24,8 +24,9 @@ pub fn loss_plots(dir: &Path, stages: &[(&str, &[Value])]) -> Result<Vec<(String
             log_y: false,
         };
         let file = format!("{name}_loss.png");
-        save_png(&chart, &dir.join(&file), 900, 500)?;
-        out.push((chart.title, file));
+        let title = chart.title.clone();
+        save_png(&chart.into(), &dir.join(&file), 900, 500)?;
+        out.push((title, file));
     }
     Ok(out)
 }
@@ -35,7 +36,7 @@ pub fn loss_plots(dir: &Path, stages: &[(&str, &[Value])]) -> Result<Vec<(String
 pub fn metric_plots(dir: &Path, prefix: &str, recs: &[Value], groups: &[(&str, &[&str])]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (name, keys) in groups {
-        let chart = Chart {
+        let chart = LineChart {
             title: format!("{prefix}: {name}"),
             x_label: "iteration".into(),
             y_label: name.to_string(),
@@ -43,8 +44,9 @@ pub fn metric_plots(dir: &Path, prefix: &str, recs: &[Value], groups: &[(&str, &
             log_y: false,
         };
         let file = format!("{prefix}_{name}.png");
-        save_png(&chart, &dir.join(&file), 900, 500)?;
-        out.push((chart.title, file));
+        let title = chart.title.clone();
+        save_png(&chart.into(), &dir.join(&file), 900, 500)?;
+        out.push((title, file));
     }
     Ok(out)
 }

@@ -18,6 +18,9 @@ pub enum Rule {
     FlashAttn { factor: f64 },
     /// max|g − r| <= tol·max|r|
     MaxRel { tol: f64 },
+    /// max|g − r| <= limit (a limit computed by the caller; valid when the
+    /// reference is all zeros, where MaxRel would allow nothing)
+    MaxAbs { limit: f64 },
 }
 
 /// One compared output.
@@ -48,6 +51,7 @@ pub fn compare(name: String, g: &[f32], r: &[f32], rule: Rule) -> Row {
             factor * naive + F32_FLOOR * max_ref
         }
         Rule::MaxRel { tol } => tol * max_ref,
+        Rule::MaxAbs { limit } => limit,
         Rule::Elem { .. } => 1.0,
     };
     let mut bad = 0usize;
@@ -105,7 +109,7 @@ mod tests {
     fn nan_and_length_mismatch_fail_under_every_rule() {
         let r = [1.0f32, 2.0, 3.0];
         let g = [1.0f32, f32::NAN, 3.0];
-        for rule in [EXACT, Rule::Elem { rtol: 1.0, atol: 1.0 }, Rule::FlashAttn { factor: 100.0 }, Rule::MaxRel { tol: 10.0 }] {
+        for rule in [EXACT, Rule::Elem { rtol: 1.0, atol: 1.0 }, Rule::FlashAttn { factor: 100.0 }, Rule::MaxRel { tol: 10.0 }, Rule::MaxAbs { limit: 10.0 }] {
             assert!(!compare("nan".into(), &g, &r, rule).ok, "{rule:?}");
             assert!(!compare("len".into(), &r[..2], &r, rule).ok, "{rule:?}");
             assert!(compare("same".into(), &r, &r, rule).ok, "{rule:?}");
@@ -118,6 +122,15 @@ mod tests {
         assert!(compare("in".into(), &[100.9, 0.0009], &[100.0, 0.0], rule).ok);
         assert!(!compare("rel".into(), &[101.2], &[100.0], rule).ok);
         assert!(!compare("abs".into(), &[0.0011], &[0.0], rule).ok);
+    }
+
+    #[test]
+    fn the_absolute_rule_holds_at_an_all_zero_reference() {
+        let r = [0.0f32; 4];
+        assert!(compare("noise".into(), &[1e-7, -2e-7, 0.0, 0.0], &r, Rule::MaxAbs { limit: 3e-7 }).ok);
+        assert!(!compare("too big".into(), &[1e-7, -4e-7, 0.0, 0.0], &r, Rule::MaxAbs { limit: 3e-7 }).ok);
+        // the relative rules leave nothing at a zero reference
+        assert!(!compare("rel".into(), &[1e-7, 0.0, 0.0, 0.0], &r, Rule::MaxRel { tol: 1e6 }).ok);
     }
 
     #[test]

@@ -1,0 +1,120 @@
+//! gpu-check on the CPU layer as cargo tests (feature `cuda-sim`): every
+//! kernel row passes with every CUDA kernel run from its own `.cu` source on
+//! the CPU, every kernel the launchers name is launched, and a bug planted
+//! in a copy of each of three kernels (an index, a barrier, a fragment
+//! layout) makes its rows fail.
+
+use super::checks::{Checker, Shapes};
+use super::compare::Row;
+use super::sim_backend::SimBackend;
+use llama2_runtime::kernels::attention::AttnShape;
+use llama2_runtime::kernels::cuda::sim::{Plant, Schedule, SimConfig};
+use llama2_runtime::kernels::cuda::ENTRY_POINTS;
+use llama2_runtime::CpuBackend;
+
+/// The seed of gpu-check's default run.
+const SEED: u64 = 20240520;
+
+fn checker(cfg: SimConfig) -> Checker<SimBackend> {
+    Checker::new(CpuBackend::new(0).expect("cpu"), SimBackend::new(cfg), SEED, Shapes::Sim)
+}
+
+fn failed(rows: &[Row]) -> Vec<&str> {
+    rows.iter().filter(|r| !r.ok).map(|r| r.name.as_str()).collect()
+}
+
+#[test]
+fn every_kernel_row_passes_on_the_cpu_layer() {
+    let t0 = std::time::Instant::now();
+    let c = super::run_sim(SEED, SimConfig::default(), None).expect("runs");
+    let rows = c.rows();
+    let bad: Vec<String> = rows.iter().filter(|r| !r.ok).map(|r| format!("{} {}", r.name, r.first_bad)).collect();
+    assert!(bad.is_empty(), "{} of {} rows failed:\n{}", bad.len(), rows.len(), bad.join("\n"));
+    // every kernel the launchers name ran, through its launcher
+    let counts = c.gpu().device().launch_counts();
+    let missing: Vec<&str> = ENTRY_POINTS.iter().map(|(_, n)| *n).filter(|n| !counts.contains_key(*n)).collect();
+    assert!(missing.is_empty(), "kernels never launched by the simulated check: {missing:?}");
+    // and the rows cover both attention versions, both directions, GQA, ragged and decode shapes
+    for want in [
+        "fwd Simple",
+        "fwd Mma",
+        "bwd Simple",
+        "bwd Mma",
+        "kv=1",
+        "kv=8",
+        "kv=16",
+        "t=97",
+        "t=1 ",
+        "hd=64",
+        "hd=128",
+        "decode b=2 tq=1 tkv=1000",
+        "tq=37 tkv=100",
+    ] {
+        assert!(rows.iter().any(|r| r.name.contains(want)), "no row with `{want}`");
+    }
+    let worst = rows.iter().max_by(|a, b| a.used.total_cmp(&b.used)).expect("rows");
+    println!("{} rows in {:.1} s; most tolerance used: {:.1}% ({})", rows.len(), t0.elapsed().as_secs_f64(), 100.0 * worst.used, worst.name);
+}
+
+#[test]
+fn a_planted_index_bug_fails_the_gqa_rows() {
+    // v1 forward reads KV head h % n_kv_head: right only when n_kv_head == n_head
+    let mut c = checker(SimConfig { plant: Some(Plant::GqaIndex), ..SimConfig::default() });
+    c.guard("attention", |s| s.attention(AttnShape::causal(3, 97, 16, 16, 64)));
+    assert!(failed(c.rows()).is_empty(), "no GQA, no visible bug: {:?}", failed(c.rows()));
+    let before = c.rows().len();
+    c.guard("attention", |s| s.attention(AttnShape::causal(3, 97, 16, 8, 64)));
+    let bad = failed(&c.rows()[before..]);
+    assert!(bad.contains(&"attention b=3 t=97 hd=64 h=16 kv=8 fwd Simple: out"), "{bad:?}");
+    assert!(bad.iter().all(|n| n.contains("fwd Simple")), "only the planted kernel's rows fail: {bad:?}");
+    assert!(c.gpu().device().launch_counts().contains_key("planted:gqa_index:attention_fwd_d64_bf16"));
+}
+
+#[test]
+fn a_planted_missing_barrier_fails_in_race_mode_and_under_a_schedule_that_exposes_it() {
+    // dlogits overwrite x[y] with no barrier after every thread read it: thread
+    // 0, which writes the loss, reads x[y] first in thread order, so the
+    // default schedule does not show it ...
+    let mut c = checker(SimConfig { plant: Some(Plant::CeBarrier), ..SimConfig::default() });
+    c.guard("cross_entropy", |s| s.cross_entropy(97, 97));
+    assert!(failed(c.rows()).is_empty(), "{:?}", failed(c.rows()));
+    // ... the race mode does: the schedules disagree (a launch error, so every mode's row fails)
+    let mut c = checker(SimConfig { plant: Some(Plant::CeBarrier), race: true, ..SimConfig::default() });
+    c.guard("cross_entropy", |s| s.cross_entropy(97, 97));
+    let rows = c.rows();
+    assert!(rows.iter().any(|r| !r.ok && r.first_bad.contains("a race: the result depends on the thread schedule")), "{:?}", failed(rows));
+    // ... and so does the check itself once the last warp runs ahead: wrong losses
+    let mut c = checker(SimConfig { plant: Some(Plant::CeBarrier), schedule: Schedule::HighestFirst, ..SimConfig::default() });
+    c.guard("cross_entropy", |s| s.cross_entropy(97, 97));
+    assert!(failed(c.rows()).contains(&"cross_entropy n=97 v=97 uniform: losses"), "{:?}", failed(c.rows()));
+    // the shipped kernel passes in race mode
+    let mut c = checker(SimConfig { race: true, ..SimConfig::default() });
+    c.guard("cross_entropy", |s| s.cross_entropy(97, 97));
+    assert!(failed(c.rows()).is_empty(), "{:?}", failed(c.rows()));
+}
+
+#[test]
+fn a_planted_fragment_layout_bug_fails_the_tensor_core_rows() {
+    // P reused from two C fragments as the A operand of P·V with a1 and a2 swapped
+    let mut c = checker(SimConfig { plant: Some(Plant::MmaFragment), ..SimConfig::default() });
+    c.guard("attention", |s| s.attention(AttnShape::causal(3, 97, 16, 8, 128)));
+    let bad = failed(c.rows());
+    assert!(bad.contains(&"attention b=3 t=97 hd=128 h=16 kv=8 fwd Mma: out"), "{bad:?}");
+    assert!(bad.iter().all(|n| n.contains("fwd Mma: out")), "only the planted kernel's output fails: {bad:?}");
+}
+
+#[test]
+fn the_shipped_kernels_do_not_depend_on_the_schedule() {
+    // race mode on the kernels that share memory or shuffle, at shapes that
+    // take every path (several K/V tiles, GQA, decode, strided rmsnorm rows):
+    // every launch runs under five schedules and must leave the same bytes
+    let mut c = checker(SimConfig { race: true, ..SimConfig::default() });
+    c.guard("rmsnorm", |s| s.rmsnorm(600, 256));
+    c.guard("cross_entropy", |s| s.cross_entropy(9, 1000));
+    c.guard("attention", |s| s.attention(AttnShape::causal(1, 70, 4, 2, 64)));
+    c.guard("attention decode", |s| s.attention_decode(AttnShape { b: 1, tq: 3, tkv: 70, cap: 80, n_head: 4, n_kv_head: 2, hd: 128 }));
+    let rows = c.rows();
+    assert_eq!(rows.len(), 26, "rmsnorm 6, cross-entropy 6, attention 10, decode 4");
+    let bad: Vec<String> = rows.iter().filter(|r| !r.ok).map(|r| format!("{} {}", r.name, r.first_bad)).collect();
+    assert!(bad.is_empty(), "{bad:?}");
+}
