@@ -80,7 +80,7 @@ impl NcclComm {
         let rank = i32::try_from(launch.rank).map_err(|e| nccl_err("rank", e))?;
         let mut comm = std::mem::MaybeUninit::uninit();
         let _g = host.enter("ncclCommInitRank");
-        be.comm_stream().context().bind_to_thread().map_err(|e| nccl_err("binding the context", e))?;
+        be.stream().context().bind_to_thread().map_err(|e| nccl_err("binding the context", e))?;
         // SAFETY: `comm` is written by ncclCommInitRank before it is read;
         // the id is the one rank 0 made, identical on every rank.
         let comm = unsafe {
@@ -92,7 +92,7 @@ impl NcclComm {
     }
 
     fn stream(be: &CudaBackend) -> sys::cudaStream_t {
-        be.comm_stream().cu_stream() as sys::cudaStream_t
+        be.stream().cu_stream() as sys::cudaStream_t
     }
 
     fn addr(op: &'static str, be: &CudaBackend, x: &ViewMut<CudaBackend>) -> Result<u64> {
@@ -102,7 +102,7 @@ impl NcclComm {
     /// Waits for the collectives queued on the stream, under the watchdog.
     fn wait(&self, be: &CudaBackend, op: &'static str) -> Result<()> {
         let _g = self.host.enter(op);
-        be.comm_stream().synchronize().map_err(|e| nccl_err(op, e))
+        be.stream().synchronize().map_err(|e| nccl_err(op, e))
     }
 
     fn check(op: &'static str, r: std::result::Result<result::NcclStatus, result::NcclError>) -> Result<()> {
