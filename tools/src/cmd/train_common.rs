@@ -63,7 +63,8 @@ pub fn lm_job<B: Backend>(
     let mut p = plan(&model, from.as_deref())?;
     p.resolved.world_size = comm.world();
     if resumed {
-        p.resolved.check_resume(&state.config)?;
+        // every rank reads the same checkpoint: a refusal is reached together
+        p.resolved.check_resume(&state.config).map_err(|e| Refused(e.to_string()))?;
     }
     check_same_config(comm, &p.resolved.to_json()).map_err(|e| Refused(e.to_string()))?;
     if comm.world() > 1 {
