@@ -10,7 +10,12 @@
 #      Llama-2 7B shapes (a separate run, without the per-launch sync)
 #   3. tools/bench/torch_gpu_peer.py: PyTorch on the same shapes
 #   4. train-tool bench train-step: a 1B Llama training step (MFU)
-#   5. tools/bench/gpu_table.py: the table, printed last
+#   5. data parallelism over NCCL at world size 1 (LLAMA2_COMM=nccl: the
+#      NCCL communicator's init, reduce-scatter, all-gather and bf16 refresh
+#      on one GPU, no MPI needed): 10 pretraining steps must give the same
+#      weights as the run without a communicator (several GPUs need an MPI
+#      build and mpirun, which this machine lacks: docs/distributed.md)
+#   6. tools/bench/gpu_table.py: the table, printed last
 # Logs and JSON go to $OUT (the device tool's output folder) or
 # /tmp/device-check. Copy the table into docs/gpu-validation.md.
 set -uo pipefail
@@ -51,6 +56,16 @@ if [ -z "$LT" ]; then
   [ -n "$F" ] && LT=$(dirname "$F")
 fi
 [ -n "$LT" ] && export LD_LIBRARY_PATH="$LT${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# NCCL (step 5): the PyTorch wheels' nvidia-nccl, found the same way
+NC=$(timeout 30 python3 - <<'PY' 2>/dev/null
+import glob, os, site, sys
+roots = site.getsitepackages() + [os.path.dirname(os.__file__)]
+for r in roots:
+    for p in sorted(glob.glob(os.path.join(r, "nvidia", "**", "libnccl.so*"), recursive=True)):
+        print(os.path.dirname(p)); sys.exit(0)
+PY
+)
+[ -n "$NC" ] && export LD_LIBRARY_PATH="$NC${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "commit: $(cat .devbin/COMMIT 2>/dev/null | tr '\n' ' ')"
@@ -69,9 +84,26 @@ echo "== torch peer"
 PYTHONUNBUFFERED=1 run_for 150 python3 tools/bench/torch_gpu_peer.py --json "$DEST/peer.json" >> "$DEST/aux.log" 2>&1 || echo "torch peer failed (exit $?; 124/137: time limit): $(tail -n 3 "$DEST/aux.log")"
 echo "== training step, 1B Llama (preset 1b), B=4 T=2048, bf16"
 run_for 150 "$BIN" bench train-step --preset 1b --batch-size 4 --seq-len 2048 --steps 5 --warmup 2 --device cuda --json > "$DEST/step1b.json" 2>> "$DEST/aux.log" || echo "train-step bench failed (exit $?; 124/137: time limit): $(tail -n 3 "$DEST/aux.log")"
+echo "== data parallelism over NCCL at world size 1 (nccl: ${NC:-not found})"
+{
+  python3 - "$DEST/dp-toks.bin" <<'PY'
+import struct, sys
+n = 60000
+toks = [(i * 7 + i // 13) % 500 for i in range(n)]
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<256i", 20240520, 1, n, *([0] * 253)))
+    f.write(struct.pack(f"<{n}H", *toks))
+PY
+  DP=(pretrain --preset ref-tiny --vocab 512 --batch-size 4 --seq-len 64 --steps 10 --warmup-steps 2 --lr 1e-3 --seed 7 --quiet --device cuda --data "$DEST/dp-toks.bin")
+  LLAMA2_COMM=nccl run_for 60 "$BIN" "${DP[@]}" --out "$DEST/dp-nccl" && run_for 60 "$BIN" "${DP[@]}" --out "$DEST/dp-single" \
+    && if cmp -s "$DEST/dp-nccl/final/model.safetensors" "$DEST/dp-single/final/model.safetensors"; then echo "dp nccl world 1: ok (weights identical to the run without a communicator)"; else echo "dp nccl world 1: FAILED (weights differ)"; fi
+} > "$DEST/dp.log" 2>&1 || echo "dp nccl world 1: FAILED (exit $?; 124/137: time limit)" >> "$DEST/dp.log"
+tail -n 3 "$DEST/dp.log"
+rm -rf "$DEST/dp-nccl" "$DEST/dp-single" "$DEST/dp-toks.bin"
 echo "== gpu-check exit code: $RC (0 = every check passed; 124/137 = cut at its time limit), $((SECONDS - START)) s in all"
 { cat "$DEST/env.tmp"; timeout 30 python3 tools/bench/gpu_table.py "$DEST/check.json" "$DEST/ours.json" "$DEST/peer.json" "$DEST/step1b.json"; } | tee "$DEST/table.txt"
 rm -f "$DEST/env.tmp"
-# $OUT holds 7 files (the device tool returns at most 8): table.txt,
-# gpu-check.log, check.json, ours.json, peer.json, step1b.json, aux.log
+# $OUT holds 8 files (the device tool returns at most 8): table.txt,
+# gpu-check.log, check.json, ours.json, peer.json, step1b.json, aux.log,
+# dp.log
 exit "$RC"

@@ -14,12 +14,18 @@
 # hand). Checks that need a GPU are `train-tool gpu-check` without --sim
 # (tools/device-check.sh). The CPU-only configuration (no CUDA code compiled)
 # is checked too. The examples of examples/ run last, as a user would run them.
+#
+# With `--features mpi` (Open MPI from Debian's packages, by
+# tools/install-mpi.sh) data parallelism is built and its tests run under
+# `mpirun` (tools/tests/dist.rs: 2 and 4 ranks on the CPU, oversubscribed);
+# the NCCL communicator is compiled with the `cuda` feature.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-cuda.sh
+bash tools/install-mpi.sh
 cargo check --workspace --all-targets
-cargo test --workspace --release --features cuda,cuda-sim
+cargo test --workspace --release --features cuda,cuda-sim,mpi
 # the embedding examples (README "Use it as a library"), on the fixtures
-cargo run --release --features cuda,cuda-sim --example generate -- tests/fixtures/gqa --new 8 1 72 9
-cargo run --release --features cuda,cuda-sim --example score -- tests/fixtures/heads/seqcls "5 9 17 3" "8 8"
-cargo run --release --features cuda,cuda-sim --example train_step -- tests/fixtures/gqa 3
+cargo run --release --features cuda,cuda-sim,mpi --example generate -- tests/fixtures/gqa --new 8 1 72 9
+cargo run --release --features cuda,cuda-sim,mpi --example score -- tests/fixtures/heads/seqcls "5 9 17 3" "8 8"
+cargo run --release --features cuda,cuda-sim,mpi --example train_step -- tests/fixtures/gqa 3

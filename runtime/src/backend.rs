@@ -297,6 +297,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
     // ---- optimizer ------------------------------------------------------
     /// `Σ x²` (f64 on the host), for the global gradient norm
     fn sum_squares(&self, x: View<Self>) -> Result<f64>;
+    /// Partial sums of `Σ x²` whose in-order sum is exactly
+    /// [`Backend::sum_squares`] of `x`. The CPU backend returns one per
+    /// block of `cpu::SUMSQ_BLOCK` elements from the window's start, so the
+    /// partials of windows that start at multiples of it concatenate into
+    /// the partials of the whole (data parallelism sums a sharded
+    /// gradient's norm in the order one process does). Default: one
+    /// partial, the whole sum.
+    fn sum_squares_partials(&self, x: View<Self>) -> Result<Vec<f64>> {
+        Ok(vec![self.sum_squares(x)?])
+    }
     /// One fused AdamW step (`llama2_kernels::adamw`). `params` is a `Param`
     /// buffer window (the CUDA backend updates the fp32 master copy and
     /// writes the bf16 copy in the same pass); `grads, m, v` are F32.

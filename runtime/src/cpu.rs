@@ -5,6 +5,7 @@
 use crate::backend::*;
 use crate::error::{Result, RtError};
 use llama2_kernels as k;
+use rayon::prelude::*;
 
 /// A host buffer.
 pub struct CpuBuf {
@@ -60,6 +61,11 @@ impl CpuBackend {
         Ok(self.pool.install(f)?)
     }
 }
+
+/// Elements per partial sum of `Σ x²` (`llama2_kernels::elementwise`'s
+/// fixed chunk): [`Backend::sum_squares`] adds the partials of these blocks
+/// in order.
+pub const SUMSQ_BLOCK: usize = 8192;
 
 /// Buffers at least this large ask for transparent huge pages.
 const HUGE_PAGE_MIN_BYTES: usize = 8 << 20;
@@ -312,6 +318,12 @@ impl Backend for CpuBackend {
 
     fn sum_squares(&self, x: View<Self>) -> Result<f64> {
         Ok(self.pool.install(|| k::elementwise::sum_squares_cpu(sl(x))))
+    }
+
+    fn sum_squares_partials(&self, x: View<Self>) -> Result<Vec<f64>> {
+        // the same blocks and the same per-block sum as `sum_squares_cpu`
+        // (a test checks that the in-order sum is bit-identical)
+        Ok(self.pool.install(|| sl(x).par_chunks(SUMSQ_BLOCK).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect()))
     }
 
     fn adamw(&self, params: ViewMut<Self>, grads: View<Self>, m: ViewMut<Self>, v: ViewMut<Self>, h: AdamWStep) -> Result<()> {

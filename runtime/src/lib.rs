@@ -8,12 +8,15 @@
 //!   a stub whose `new` returns `Err(NotCompiledWithCuda)`)
 //! - [`RtError`], [`Result`] ([`error`])
 //! - [`rng::Rng`]: the seeded random number generator every stream derives from
+//! - [`comm`]: the communicator seam of data-parallel training ([`comm::Comm`],
+//!   [`comm::Single`]; MPI with feature `mpi`, NCCL with feature `cuda`)
 //! - [`select`]: a backend chosen by name (`cpu`, `cuda:N`, `auto`) for
 //!   programs that embed the runtime ([`select::run_on`])
 //! - re-exported kernel types: [`Gemm`], [`Trans`], [`GradWrite`], [`AttnShape`],
 //!   [`RopeShape`], [`CeGrad`], [`AdamWStep`]
 
 pub mod backend;
+pub mod comm;
 pub mod cpu;
 pub mod cuda;
 pub mod error;

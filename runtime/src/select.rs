@@ -16,9 +16,15 @@
 //! assert_eq!(run_on(spec, 1, Name).unwrap(), "cpu");
 //! ```
 //!
-//! Public items: [`DeviceSpec`], [`BackendJob`], [`run_on`], [`cuda_available`].
+//! Data-parallel programs join their launch first ([`Cluster::join`]) and
+//! run a [`DistJob`], which gets the backend of its rank and the
+//! communicator that goes with it ([`crate::comm`]).
+//!
+//! Public items: [`DeviceSpec`], [`BackendJob`], [`run_on`], [`cuda_available`],
+//! [`DistJob`], [`Cluster`].
 
 use crate::backend::Backend;
+use crate::comm::{Comm, Launch, Single};
 use crate::cpu::CpuBackend;
 use crate::error::{Result, RtError};
 use std::str::FromStr;
@@ -84,6 +90,133 @@ fn run_cuda<J: BackendJob>(ordinal: usize, job: J) -> Result<J::Out> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_cuda<J: BackendJob>(_ordinal: usize, _job: J) -> Result<J::Out> {
+    Err(RtError::NotCompiledWithCuda)
+}
+
+/// Work that runs on any backend on every rank of a launch, with the
+/// communicator of its backend.
+pub trait DistJob {
+    type Out;
+    fn run<B: Backend>(self, be: &B, comm: &dyn Comm<B>) -> Self::Out;
+}
+
+/// This process's place in a launch, joined: one process, or a rank of an
+/// `mpirun` launch with MPI initialised (feature `mpi`). Holds MPI until
+/// dropped (`MPI_Finalize`); on an error a rank calls [`Cluster::abort`]
+/// instead, so the others do not wait for it.
+pub struct Cluster {
+    pub launch: Launch,
+    #[cfg(feature = "mpi")]
+    mpi: Option<std::rc::Rc<crate::comm::mpi::MpiWorld>>,
+}
+
+impl Cluster {
+    /// Joins the launch the environment describes (MPI is initialised only
+    /// under a launcher with more than one rank).
+    pub fn join() -> Result<Self> {
+        let env = Launch::from_env();
+        if !env.is_distributed() {
+            return Ok(Cluster {
+                launch: Launch::SINGLE,
+                #[cfg(feature = "mpi")]
+                mpi: None,
+            });
+        }
+        #[cfg(feature = "mpi")]
+        {
+            let w = crate::comm::mpi::MpiWorld::init()?;
+            use crate::comm::HostComm;
+            Ok(Cluster { launch: w.launch(), mpi: Some(w) })
+        }
+        #[cfg(not(feature = "mpi"))]
+        Err(RtError::Op {
+            op: "launch",
+            msg: format!(
+                "started as rank {} of {} but this binary was built without MPI; HINT: rebuild with `cargo build --release --features mpi` (bash tools/install-mpi.sh installs Open MPI)",
+                env.rank, env.world
+            ),
+        })
+    }
+
+    /// Creates the backend `spec` names for this rank (CUDA: the GPU of
+    /// its local rank) and its communicator, and runs `job` on them.
+    pub fn run<J: DistJob>(&self, spec: DeviceSpec, threads: usize, job: J) -> Result<J::Out> {
+        let cuda = match spec {
+            DeviceSpec::Cpu => false,
+            DeviceSpec::Cuda(_) => true,
+            DeviceSpec::Auto => cuda_available(),
+        };
+        if !self.launch.is_distributed() {
+            return if cuda {
+                let n = if let DeviceSpec::Cuda(n) = spec { n } else { 0 };
+                let nccl = std::env::var(crate::comm::COMM_ENV).is_ok_and(|v| v == "nccl");
+                run_cuda_single(n, nccl, job)
+            } else {
+                Ok(job.run(&CpuBackend::new(threads)?, &Single))
+            };
+        }
+        #[cfg(feature = "mpi")]
+        {
+            let Some(w) = self.mpi.clone() else { return Err(RtError::Op { op: "launch", msg: "MPI is not initialised".into() }) };
+            if cuda {
+                run_cuda_nccl(self.launch.local_rank, w, job)
+            } else {
+                Ok(job.run(&CpuBackend::new(threads)?, &crate::comm::mpi::MpiComm::new(w)))
+            }
+        }
+        #[cfg(not(feature = "mpi"))]
+        {
+            let _ = (cuda, threads, job);
+            Err(RtError::Op { op: "launch", msg: "data parallelism needs MPI; HINT: rebuild with --features mpi".into() })
+        }
+    }
+
+    /// Waits for every rank (a no-op for one process).
+    pub fn barrier(&self) -> Result<()> {
+        #[cfg(feature = "mpi")]
+        if let Some(w) = &self.mpi {
+            use crate::comm::HostComm;
+            return w.barrier();
+        }
+        Ok(())
+    }
+
+    /// Ends this process with `code`, and with it every rank of the launch
+    /// (`MPI_Abort`), without waiting for the others.
+    pub fn abort(&self, code: i32) -> ! {
+        #[cfg(feature = "mpi")]
+        if self.mpi.is_some() {
+            crate::comm::mpi::abort(code)
+        }
+        std::process::exit(code)
+    }
+}
+
+/// One GPU: the identity communicator, or (`nccl`) NCCL at world size 1.
+#[cfg(feature = "cuda")]
+fn run_cuda_single<J: DistJob>(ordinal: usize, nccl: bool, job: J) -> Result<J::Out> {
+    let be = crate::cuda::CudaBackend::new(ordinal)?;
+    if nccl {
+        let comm = crate::comm::nccl::NcclComm::new(&be, std::rc::Rc::new(crate::comm::SingleHost::new()))?;
+        return Ok(job.run(&be, &comm));
+    }
+    Ok(job.run(&be, &Single))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda_single<J: DistJob>(_ordinal: usize, _nccl: bool, _job: J) -> Result<J::Out> {
+    Err(RtError::NotCompiledWithCuda)
+}
+
+#[cfg(all(feature = "cuda", feature = "mpi"))]
+fn run_cuda_nccl<J: DistJob>(local_rank: usize, w: std::rc::Rc<crate::comm::mpi::MpiWorld>, job: J) -> Result<J::Out> {
+    let be = crate::cuda::CudaBackend::new(local_rank)?;
+    let comm = crate::comm::nccl::NcclComm::new(&be, w)?;
+    Ok(job.run(&be, &comm))
+}
+
+#[cfg(all(not(feature = "cuda"), feature = "mpi"))]
+fn run_cuda_nccl<J: DistJob>(_local_rank: usize, _w: std::rc::Rc<crate::comm::mpi::MpiWorld>, _job: J) -> Result<J::Out> {
     Err(RtError::NotCompiledWithCuda)
 }
 

@@ -128,3 +128,34 @@ fn ops_refuse_bad_shapes_with_an_error() {
     let e = be.rope_fwd_ragged(vm(&mut x), v(&t), RopeShape { b: 2, t: 4, heads: 1, hd: 4, pos0: 0 }, r).unwrap_err();
     assert!(e.to_string().contains("ragged"), "{e}");
 }
+
+/// Data parallelism sums a sharded gradient's norm from per-block partials
+/// (comm::Shards start on block boundaries): their in-order sum must be the
+/// whole buffer's `sum_squares` bit for bit, and the partials of aligned
+/// windows must be the whole buffer's partials.
+#[test]
+fn sum_squares_partials_concatenate_to_the_whole_sum() {
+    use llama2_runtime::comm::{Shards, SHARD_ALIGN};
+    use llama2_runtime::cpu::SUMSQ_BLOCK;
+    assert!(SHARD_ALIGN.is_multiple_of(SUMSQ_BLOCK), "shards must start on Σx² block boundaries");
+    let be = CpuBackend::new(2).unwrap();
+    for n in [1, SUMSQ_BLOCK - 1, SUMSQ_BLOCK, 3 * SUMSQ_BLOCK + 17, 100_003] {
+        let x = data(n, n as u64);
+        let b = padded(&be, &x, 0, BufKind::F32);
+        let whole = be.sum_squares(v(&b)).unwrap();
+        let parts = be.sum_squares_partials(v(&b)).unwrap();
+        assert_eq!(parts.len(), n.div_ceil(SUMSQ_BLOCK));
+        assert_eq!(parts.iter().sum::<f64>().to_bits(), whole.to_bits(), "n {n}");
+        for world in 2..=4 {
+            let sh = Shards::new(n, world);
+            let mut cat = Vec::new();
+            for r in 0..world {
+                let (off, len) = sh.of(r);
+                if len > 0 {
+                    cat.extend(be.sum_squares_partials(v(&b).sub(off, len).unwrap()).unwrap());
+                }
+            }
+            assert_eq!(cat, parts, "n {n} world {world}");
+        }
+    }
+}

@@ -90,9 +90,12 @@ pub struct RunFlags {
     /// Optimizer steps in the whole run (default: pretrain 1000; sft from --epochs)
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
-    /// Micro-batches accumulated per optimizer step
+    /// Micro-batches accumulated per optimizer step on each rank (global batch = batch size x grad-accum x ranks)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub grad_accum: u32,
+    /// Under mpirun: 1 = ZeRO-1 (AdamW state sharded over the ranks), 0 = every rank keeps all of it (same weights)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
     /// Write a checkpoint every N steps (0 = only the final model)
     #[arg(long, default_value_t = 0)]
     pub save_every: u64,
@@ -154,6 +157,8 @@ impl RunFlags {
             batch_size,
             seq_len,
             grad_accum: self.grad_accum as usize,
+            world_size: 1,
+            zero: self.zero == 1,
             steps,
             schedule,
             adamw: opt.adamw(),
@@ -184,7 +189,7 @@ impl RunFlags {
             val_batches: self.val_batches as usize,
             label: label.to_string(),
             quiet: self.quiet,
-            energy: Energy { devices: 1.0, watts_per_device: watts, kg_co2_per_kwh: self.carbon_intensity },
+            energy: Energy { devices: r.world_size as f64, watts_per_device: watts, kg_co2_per_kwh: self.carbon_intensity },
             peak_flops: peak,
             resolved,
         }

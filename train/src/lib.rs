@@ -17,6 +17,8 @@
 //! - [`sft`]: SFT datasets (messages, sharegpt, prompt/completion, Alpaca), chat format, packing
 //! - [`trainer`]: the one training step for every objective (accumulate,
 //!   clip, AdamW over one or more trained models)
+//! - [`dist`]: data parallelism over ranks (global counts and norms,
+//!   ZeRO-1 sharded AdamW, spread validation, configuration check)
 //! - [`step`]: the language-modelling objective (pretraining, SFT)
 //! - [`data`]: llm.c token shards, sequential (or shuffled) batches
 //! - [`ppo`]: the arithmetic, objective and loop of PPO
@@ -28,6 +30,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod gatt;

@@ -5,15 +5,17 @@
 //! models differ only in their objective and where batches come from.
 //!
 //! Public items: [`BatchSource`], [`RunConfig`], [`RunSummary`], [`run`],
-//! [`run_lm`], [`eval_loss`], [`eval_sums`].
+//! [`run_dist`], [`run_lm`], [`eval_loss`], [`eval_sums`].
 
 use crate::checkpoint::{self, TrainState};
 use crate::data::{BatchReader, DataPosition};
+use crate::dist::Dist;
 use crate::error::{Result, TrainError};
 use crate::metrics::{Energy, MetricsLog, Progress};
 use crate::schedule::LrSchedule;
 use crate::step::{LmTrainer, MicroBatch};
-use crate::trainer::{train_step, Objective, Sums};
+use crate::trainer::{Objective, Sums};
+use llama2_runtime::comm::Single;
 use llama2_runtime::Backend;
 use serde_json::json;
 use std::path::Path;
@@ -123,10 +125,33 @@ pub fn run_lm<B: Backend>(
 /// checkpoint (the metrics log is then continued, not restarted). Every
 /// trained model gets the schedule's learning rate. `flops_per_token`
 /// (training FLOPs per input token) gives the MFU where the device's peak
-/// is known.
+/// is known. One process: [`run_dist`] over [`Single`].
 #[allow(clippy::too_many_arguments)]
 pub fn run<B: Backend, O: Objective<B>>(
     be: &B,
+    obj: &mut O,
+    train: &mut dyn BatchSource<O::Batch>,
+    val: Option<&mut dyn BatchSource<O::Batch>>,
+    rc: &RunConfig,
+    out: &Path,
+    state: TrainState,
+    resumed: bool,
+    flops_per_token: f64,
+) -> Result<RunSummary> {
+    run_dist(be, &mut Dist::new(&Single, true), obj, train, val, rc, out, state, resumed, flops_per_token)
+}
+
+/// [`run`] on every rank of a data-parallel launch ([`Dist`]): each rank
+/// takes its share of every global step's `rc.grad_accum x world`
+/// micro-batches and of the validation batches; rank 0 alone writes the
+/// metrics log and shows progress; every rank takes part in checkpoints
+/// (rank 0 writes the models, each rank its optimizer shard). The
+/// optimizers must already be cut to the ranks' shards
+/// ([`Dist::shard_optimizers`]).
+#[allow(clippy::too_many_arguments)]
+pub fn run_dist<B: Backend, O: Objective<B>>(
+    be: &B,
+    dist: &mut Dist<'_, B>,
     obj: &mut O,
     train: &mut dyn BatchSource<O::Batch>,
     mut val: Option<&mut dyn BatchSource<O::Batch>>,
@@ -136,28 +161,25 @@ pub fn run<B: Backend, O: Objective<B>>(
     resumed: bool,
     flops_per_token: f64,
 ) -> Result<RunSummary> {
+    let lead = dist.rank() == 0;
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    let mut log = MetricsLog::open(&out.join("metrics.jsonl"), if resumed { Some(state.step) } else { None })?;
+    let mut log = if lead { Some(MetricsLog::open(&out.join("metrics.jsonl"), if resumed { Some(state.step) } else { None })?) } else { None };
     if resumed {
         train.seek(state.data)?;
     }
-    let progress = Progress::new(&rc.label, rc.steps, state.step, rc.quiet);
+    let progress = Progress::new(&rc.label, rc.steps, state.step, rc.quiet || !lead);
     let mut summary = RunSummary { steps: state.step, last_loss: f64::NAN, val: Vec::new(), seconds: 0.0, tokens: state.tokens_seen, energy: (0.0, 0.0, 0.0) };
     let run_start = Instant::now();
     let elapsed0 = state.elapsed_s;
     let stop_at = rc.stop_after.map_or(rc.steps, |n| (state.step + n).min(rc.steps));
     while state.step < stop_at {
         let t0 = Instant::now();
-        let mut micro = Vec::with_capacity(rc.grad_accum);
-        for _ in 0..rc.grad_accum {
-            match train.next_batch()? {
-                Some(mb) => micro.push(mb),
-                None => return Err(TrainError::Invalid("the training data ran out; HINT: fewer --steps, or data that wraps around".into())),
-            }
-        }
+        let comm0 = dist.comm.seconds();
+        let micro = dist.take(train, rc.grad_accum)?;
         let lr = rc.schedule.lr(state.step);
-        let st = train_step(be, obj, &micro, &[lr])?;
+        let st = dist.step(be, obj, &micro, &[lr])?;
         be.synchronize()?;
+        let comm_s = dist.comm.seconds() - comm0;
         let dt = t0.elapsed().as_secs_f64();
         state.step += 1;
         state.data = train.position();
@@ -177,12 +199,16 @@ pub fn run<B: Backend, O: Objective<B>>(
             rec[*k] = json!(x);
         }
         if let Some(peak) = rc.peak_flops {
-            rec["mfu"] = json!(flops_per_token * tps / peak);
+            rec["mfu"] = json!(flops_per_token * tps / peak / dist.world() as f64);
+        }
+        if dist.world() > 1 {
+            // seconds this rank spent in collectives (waiting included)
+            rec["comm_s"] = json!(comm_s);
         }
         let is_last = state.step == rc.steps;
         if let Some(v) = val.as_deref_mut() {
             if is_last || (rc.val_every > 0 && state.step.is_multiple_of(rc.val_every)) {
-                let vs = eval_sums(be, obj, v, rc.val_batches)?;
+                let vs = crate::dist::eval_sums(be, dist.comm, obj, v, rc.val_batches)?;
                 let vl = vs.mean_loss();
                 rec["val_loss"] = json!(vl);
                 for (k, x) in vs.mean_metrics() {
@@ -191,13 +217,17 @@ pub fn run<B: Backend, O: Objective<B>>(
                 summary.val.push((state.step, vl));
             }
         }
-        log.write(&rec)?;
+        if let Some(log) = log.as_mut() {
+            log.write(&rec)?;
+        }
         summary.last_loss = st.loss;
-        progress.update(state.step, rc.steps, &format!("loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s", st.loss, lr, st.grad_norm, tps));
+        if lead {
+            progress.update(state.step, rc.steps, &format!("loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s", st.loss, lr, st.grad_norm, tps));
+        }
         if rc.save_every > 0 && (state.step.is_multiple_of(rc.save_every) || is_last || state.step == stop_at) {
             let mut s = state.clone();
             s.config = rc.resolved.clone();
-            checkpoint::save_parts(be, out, &obj.parts(), &s, rc.keep_last)?;
+            checkpoint::save_parts_dist(be, dist.comm, out, &obj.parts(), &s, rc.keep_last)?;
         }
     }
     progress.finish();

@@ -33,8 +33,15 @@ pub struct Resolved {
     pub batch_size: usize,
     /// tokens per sequence
     pub seq_len: usize,
-    /// micro-batches per optimizer step
+    /// micro-batches per optimizer step on each rank
     pub grad_accum: usize,
+    /// data-parallel ranks (the global batch is batch_size x grad_accum x
+    /// world_size sequences)
+    #[serde(default = "one")]
+    pub world_size: usize,
+    /// ZeRO-1: the optimizer state sharded over the ranks
+    #[serde(default = "yes")]
+    pub zero: bool,
     /// optimizer steps of the whole run
     pub steps: u64,
     pub schedule: LrSchedule,
@@ -54,9 +61,19 @@ pub struct Resolved {
     pub job_args: Map<String, Value>,
 }
 
+fn one() -> usize {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// The fields a resumed run must share with the run that saved the
-/// checkpoint: they decide the data stream and the shape of every step.
-const RESUME_KEYS: [&str; 6] = ["job", "data", "batch_size", "seq_len", "grad_accum", "seed"];
+/// checkpoint: they decide the data stream and the shape of every step
+/// (with `grad_accum x world_size`, the micro-batches of a global step:
+/// a run may resume at another world size with the same global batch).
+const RESUME_KEYS: [&str; 5] = ["job", "data", "batch_size", "seq_len", "seed"];
 
 impl Resolved {
     pub fn to_json(&self) -> Value {
@@ -74,6 +91,17 @@ impl Resolved {
                 return Err(TrainError::Invalid(format!(
                     "--{} is {n} but the checkpoint was made with {s}; HINT: resume with the same value (an exact resume needs the same data stream)",
                     k.replace('_', "-")
+                )));
+            }
+        }
+        let per_step = |v: &Value| v["grad_accum"].as_u64().map(|g| (g, v["world_size"].as_u64().unwrap_or(1)));
+        if let (Some((sg, sw)), Some((ng, nw))) = (per_step(saved), per_step(&now)) {
+            if sg * sw != ng * nw {
+                return Err(TrainError::Invalid(format!(
+                    "--grad-accum x ranks is {ng} x {nw} = {} micro-batches per step but the checkpoint was made with {sg} x {sw} = {}; HINT: resume with the same global batch (e.g. --grad-accum {}), an exact resume needs the same data stream",
+                    ng * nw,
+                    sg * sw,
+                    if (sg * sw).is_multiple_of(nw) { (sg * sw / nw).to_string() } else { format!("(impossible at {nw} ranks)") }
                 )));
             }
         }

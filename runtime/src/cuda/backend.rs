@@ -346,6 +346,27 @@ impl CudaBackend {
         }
     }
 
+    /// For the NCCL communicator (`crate::comm::nccl`): the device address of a window's f32 storage (an F32 buffer, or a
+    /// Param's master copy); `None` for a bf16 (Act) buffer.
+    pub(crate) fn comm_f32_addr(&self, v: &ViewMut<Self>) -> Option<u64> {
+        match &v.buf.st {
+            Store::F32(s) | Store::Param { master: s, .. } => Some(addr(s, &self.stream) + 4 * v.off as u64),
+            Store::Bf16(_) => None,
+        }
+    }
+
+    /// After a collective wrote a Param window's master copy: its bf16
+    /// working copy = bf16(master) (a no-op for other kinds).
+    pub(crate) fn comm_refresh_work(&self, v: ViewMut<Self>) -> Result<()> {
+        let (off, len) = (v.off, v.len);
+        if let Store::Param { master, work } = &mut v.buf.st {
+            if len > 0 {
+                kc::elementwise::cast_f32_to_bf16(self.target(), self.dp_bf16(work, off, len), self.dp_f32(master, off, len), len)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether every window is stored as bf16 (Act) / f32 (F32).
     fn all_kind(kind: BufKind, kinds: &[BufKind]) -> bool {
         kinds.iter().all(|&k| k == kind)

@@ -690,6 +690,7 @@ fn stage_sft(init: &Path, tokenizer: &Path, data: &Path, out: &Path, a: &GattSta
         run: RunFlags {
             steps: Some(a.steps),
             grad_accum: 1,
+            zero: 1,
             save_every: 0,
             keep_last: 1,
             resume: None,

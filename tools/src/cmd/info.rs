@@ -22,9 +22,27 @@ pub struct InfoArgs {
     /// Sequence length for the memory estimates (default: max_position_embeddings)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub seq_len: Option<u32>,
+    /// Data-parallel ranks for the per-rank training memory (ZeRO-1: AdamW state sharded)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub world_size: u32,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+}
+
+/// Training bytes per rank at `world` ranks with ZeRO-1, `p` parameters
+/// and `acts` activation bytes: (CPU f32, CUDA as built here, CUDA with
+/// the fp32 master sharded too).
+/// - CPU: weights 4p, gradients 4p (whole on every rank: ZeRO-1 shards the
+///   optimizer state, not the gradients), AdamW m + v 8p / N;
+/// - CUDA: bf16 weights 2p + fp32 master 4p (whole in this build), fp32
+///   gradients 4p, m + v 8p / N; the target shards the master too
+///   (4p / N), not done yet (docs/distributed.md).
+pub fn per_rank_training_bytes(p: f64, acts: f64, world: f64) -> (f64, f64, f64) {
+    let cpu = 8.0 * p + 8.0 * p / world + acts;
+    let cuda = 10.0 * p + 8.0 * p / world + acts / 2.0;
+    let cuda_master_sharded = 6.0 * p + 12.0 * p / world + acts / 2.0;
+    (cpu, cuda, cuda_master_sharded)
 }
 
 pub fn load_config(model: &Option<PathBuf>, preset: &Option<String>, vocab: Option<u32>) -> Result<Config> {
@@ -53,6 +71,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
     // training on CUDA: bf16 + f32 master params, f32 grads, m, v; bf16 activations
     let train_cuda = 18.0 * p + acts / 2.0;
     let flops = c.train_flops_per_token(t);
+    let n = a.world_size as f64;
+    let (rank_cpu, rank_cuda, rank_cuda_full) = per_rank_training_bytes(p, acts, n);
     if a.json {
         println!(
             "{}",
@@ -61,6 +81,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
                 "inference_gib": {"f32": gib(infer_f32), "bf16": gib(infer_bf16)},
                 "training_gib": {"cpu_f32": gib(train_cpu), "cuda_mixed": gib(train_cuda)},
                 "batch_size": b, "seq_len": t, "train_flops_per_token": flops,
+                "world_size": a.world_size,
+                "training_per_rank_gib": {"cpu_f32": gib(rank_cpu), "cuda_mixed": gib(rank_cuda), "cuda_master_sharded": gib(rank_cuda_full)},
             })
         );
         return Ok(());
@@ -79,5 +101,16 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("inference memory    {:.3} GiB f32, {:.3} GiB bf16 (weights + KV cache of one {t}-token sequence)", gib(infer_f32), gib(infer_bf16));
     println!("training memory     {:.3} GiB on CPU (f32), {:.3} GiB on CUDA (mixed) at batch {b} x {t}", gib(train_cpu), gib(train_cuda));
     println!("train FLOPs/token   {:.3e}", flops);
+    if a.world_size > 1 {
+        println!(
+            "per rank, {} ranks  {:.3} GiB on CPU, {:.3} GiB on CUDA (ZeRO-1: AdamW state / {}; {:.3} GiB once the fp32 master is sharded too) at batch {b} x {t} per rank; +{:.3} GiB with --grad-accum > 1",
+            a.world_size,
+            gib(rank_cpu),
+            gib(rank_cuda),
+            a.world_size,
+            gib(rank_cuda_full),
+            gib(4.0 * p)
+        );
+    }
     Ok(())
 }

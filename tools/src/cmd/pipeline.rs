@@ -261,6 +261,7 @@ fn run_flags(out: &Path, steps: u64, val_every: u64, seed: u64) -> RunFlags {
     RunFlags {
         steps: if steps == 0 { None } else { Some(steps) },
         grad_accum: 1,
+        zero: 1,
         save_every: 0,
         keep_last: 1,
         resume: None,

@@ -4,7 +4,7 @@
 //! and a value model on given rollouts), and the hyper-parameter flags
 //! they share with `train-tool ppo`.
 
-use crate::device::{dispatch, DeviceOpts, Job};
+use crate::device::{dispatch, dispatch_dist, DeviceOpts, DistJob, Job, Refused};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use llama2_model::weights::{save_safetensors, HostWeights, SaveDtype};
@@ -308,6 +308,9 @@ pub struct PpoArgs {
     /// Sequences per forward pass when scoring and computing log-probabilities
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub score_batch: u32,
+    /// Under mpirun: 1 = ZeRO-1 (AdamW state sharded over the ranks), 0 = every rank keeps all of it (same weights)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
     #[command(flatten)]
     pub math: PpoMathFlags,
     #[command(flatten)]
@@ -402,10 +405,11 @@ fn memory_plan(cuda: bool, trained: &[(&str, usize)], frozen: &[(&str, usize)]) 
 
 struct PpoJob(PpoArgs);
 
-impl Job for PpoJob {
+impl DistJob for PpoJob {
     type Out = ();
-    fn run<B: Backend>(self, be: &B) -> Result<()> {
-        use llama2_train::ppo::run::{run_ppo, Frozen, PpoSettings};
+    fn run<B: Backend>(self, be: &B, comm: &dyn llama2_runtime::comm::Comm<B>) -> Result<()> {
+        use llama2_train::ppo::run::{run_ppo_dist, Frozen, PpoSettings};
+        let lead = comm.rank() == 0;
         use llama2_train::session::begin;
         let a = self.0;
         let math = a.math.math();
@@ -462,9 +466,18 @@ impl Job for PpoJob {
         if let Some(s) = &frozen.safety_rm {
             fz.push(("safety_rm", np(s)));
         }
-        eprintln!("{}", memory_plan(cuda, &[("policy", np(&policy.model)), ("value", np(&value.model))], &fz));
+        if lead {
+            eprintln!("{}", memory_plan(cuda, &[("policy", np(&policy.model)), ("value", np(&value.model))], &fz));
+        }
         let (pol_opt, val_opt) = (a.opt.adamw(), a.opt.adamw());
         let mut obj = PpoObjective::new(be, policy.model, value.model, math, pol_opt, val_opt)?;
+        let mut dist = llama2_train::dist::Dist::new(comm, a.zero == 1);
+        if comm.world() > 1 {
+            // every rank starts from rank 0's weights
+            comm.broadcast(be, llama2_runtime::vm(&mut obj.policy.model.params), 0)?;
+            comm.broadcast(be, llama2_runtime::vm(&mut obj.value.model.params), 0)?;
+        }
+        dist.shard_optimizers(be, &mut obj)?;
         if resumed {
             llama2_train::checkpoint::restore_optimizer(be, &mut obj.policy.opt, &policy.moments)?;
             llama2_train::checkpoint::restore_optimizer(be, &mut obj.value.opt, &value.moments)?;
@@ -496,6 +509,7 @@ impl Job for PpoJob {
             "ppo_epochs": a.ppo_epochs, "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "lr": a.lr, "value_lr": a.value_lr,
             "math": math, "adamw": a.opt.adamw(), "eval_every": a.eval_every, "patience": a.patience, "seed": a.seed,
             "policy_model": obj.policy.model.cfg.to_hf_json(), "value_model": obj.value.model.cfg.to_hf_json(),
+            "world_size": comm.world(), "zero": a.zero == 1,
         });
         if resumed {
             for k in ["job", "data", "prompts_per_iter", "minibatch", "micro_batch", "max_new_tokens", "seed", "math"] {
@@ -508,13 +522,31 @@ impl Job for PpoJob {
                 }
             }
         }
-        eprintln!("[ppo] {}", serde_json::to_string(&resolved)?);
-        std::fs::create_dir_all(&a.out)?;
-        llama2_model::weights::write_atomic(&a.out.join("config.run.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
-        let (stats, stopped) = run_ppo(be, &mut obj, &frozen, &prompts, &val, &st, &a.out, begun.state, resumed, &resolved)?;
+        llama2_train::dist::check_same_config(comm, &resolved).map_err(|e| Refused(e.to_string()))?;
+        if comm.world() > 1 && (!st.prompts_per_iter.is_multiple_of(comm.world()) || !st.minibatch.div_ceil(st.micro_batch).is_multiple_of(comm.world())) {
+            return Err(Refused(format!(
+                "{} prompts per iteration and mini-batches of {} episodes in micro-batches of {} do not split evenly over {} ranks; HINT: --prompts-per-iter a multiple of the ranks, --minibatch a multiple of --micro-batch x ranks",
+                st.prompts_per_iter,
+                st.minibatch,
+                st.micro_batch,
+                comm.world()
+            ))
+            .into());
+        }
+        if lead {
+            eprintln!("[ppo] {}", serde_json::to_string(&resolved)?);
+            std::fs::create_dir_all(&a.out)?;
+            llama2_model::weights::write_atomic(&a.out.join("config.run.json"), serde_json::to_string_pretty(&resolved)?.as_bytes())?;
+        }
+        let (stats, stopped) = run_ppo_dist(be, &mut dist, &mut obj, &frozen, &prompts, &val, &st, &a.out, begun.state, resumed, &resolved)?;
         let done = stats.last().map(|s| s.iteration).unwrap_or(0);
         if !stopped && done < a.iterations && !stats.is_empty() {
-            eprintln!("stopped at iteration {done} of {}; continue with --resume {}", a.iterations, a.out.display());
+            if lead {
+                eprintln!("stopped at iteration {done} of {}; continue with --resume {}", a.iterations, a.out.display());
+            }
+            return Ok(());
+        }
+        if !lead {
             return Ok(());
         }
         let fin = a.out.join("final");
@@ -538,5 +570,5 @@ impl Job for PpoJob {
 /// `train-tool ppo`.
 pub fn run(a: PpoArgs) -> Result<()> {
     let dev = a.dev.clone();
-    dispatch(&dev, PpoJob(a))
+    dispatch_dist(&dev, PpoJob(a))
 }

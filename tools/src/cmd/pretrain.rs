@@ -3,11 +3,12 @@
 //! decay 0.1, clipping at 1.0, warm-up then cosine to 10% of the peak.
 
 use crate::cmd::train_common::{lm_job, LmPlan};
-use crate::device::{dispatch, DeviceOpts, Job};
+use crate::device::{dispatch_dist, DeviceOpts, DistJob};
 use crate::flags::{OptFlags, RunFlags};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use llama2_model::{Config, Model};
+use llama2_runtime::comm::Comm;
 use llama2_runtime::Backend;
 use llama2_train::data::{BatchReader, ShardSet};
 use llama2_train::run::BatchSource;
@@ -60,9 +61,9 @@ pub struct PretrainArgs {
 
 struct PretrainJob(PretrainArgs);
 
-impl Job for PretrainJob {
+impl DistJob for PretrainJob {
     type Out = ();
-    fn run<B: Backend>(self, be: &B) -> Result<()> {
+    fn run<B: Backend>(self, be: &B, comm: &dyn Comm<B>) -> Result<()> {
         let a = self.0;
         let (b, t) = (a.batch_size as usize, a.seq_len as usize);
         let fresh = || -> Result<Model<B>> {
@@ -84,19 +85,19 @@ impl Job for PretrainJob {
             let mut r = a.run.resolve(be, "pretrain", cfg, vec![a.data.clone()], (b, t), steps, schedule, &a.opt);
             r.job_args = json!({
                 "n_params": cfg.n_params(), "init": a.init, "preset": a.preset, "val_data": a.val_data,
-                "tokens_per_step": b * t * a.run.grad_accum as usize, "shuffle": a.shuffle,
+                "tokens_per_step": b * t * a.run.grad_accum as usize * comm.world(), "shuffle": a.shuffle,
             })
             .as_object()
             .cloned()
             .unwrap_or_default();
             Ok(LmPlan { train: Box::new(train), val, resolved: r })
         };
-        lm_job(be, "pretrain", &a.run, &a.opt, (b, t), fresh, plan)?;
+        lm_job(be, comm, "pretrain", &a.run, &a.opt, (b, t), fresh, plan)?;
         Ok(())
     }
 }
 
 pub fn run(a: PretrainArgs) -> Result<()> {
     let dev = a.dev.clone();
-    dispatch(&dev, PretrainJob(a))
+    dispatch_dist(&dev, PretrainJob(a))
 }

@@ -432,6 +432,7 @@ impl Job for RsJob {
                 let run = RunFlags {
                     steps: None,
                     grad_accum: 1,
+                    zero: 1,
                     save_every: a.save_every,
                     keep_last: 1,
                     resume,
@@ -461,7 +462,7 @@ impl Job for RsJob {
                     .unwrap_or_default();
                     Ok(LmPlan { train: Box::new(train), val: None, resolved: r })
                 };
-                let done = lm_job(be, &format!("rs-sft-{it}"), &run, &a.opt, (b, t), fresh, plan)?;
+                let done = lm_job(be, &llama2_runtime::comm::Single, &format!("rs-sft-{it}"), &run, &a.opt, (b, t), fresh, plan)?;
                 if done.final_dir.is_none() {
                     bail!("the fine-tuning of iteration {it} stopped early");
                 }

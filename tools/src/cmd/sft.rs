@@ -3,13 +3,14 @@
 //! schedule from 2e-5, weight decay 0.1, 2 epochs.
 
 use crate::cmd::train_common::{lm_job, LmPlan};
-use crate::device::{dispatch, DeviceOpts, Job};
+use crate::device::{dispatch_dist, DeviceOpts, DistJob};
 use crate::flags::{OptFlags, RunFlags};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use llama2_model::generate::Sampling;
 use llama2_model::tokenizer::Tokenizer;
 use llama2_model::Model;
+use llama2_runtime::comm::Comm;
 use llama2_runtime::Backend;
 use llama2_train::run::BatchSource;
 use llama2_train::schedule::LrSchedule;
@@ -106,9 +107,9 @@ pub fn save_tokenizer(tok: &Tokenizer, dir: &Path) -> Result<()> {
 
 struct SftJob(SftArgs);
 
-impl Job for SftJob {
+impl DistJob for SftJob {
     type Out = ();
-    fn run<B: Backend>(self, be: &B) -> Result<()> {
+    fn run<B: Backend>(self, be: &B, comm: &dyn Comm<B>) -> Result<()> {
         let a = self.0;
         let (b, t) = (a.batch_size as usize, a.seq_len as usize);
         let fresh = || -> Result<Model<B>> {
@@ -146,7 +147,7 @@ impl Job for SftJob {
                 SftData::from_records(&tok, &held, b, t, None, true, packing).ok().map(|v| Box::new(v) as Box<dyn BatchSource>)
             };
             let held: Vec<_> = held.into_iter().map(|r| r.messages).collect();
-            let per_epoch = train.batches_per_epoch() as u64 / a.run.grad_accum as u64;
+            let per_epoch = train.batches_per_epoch() as u64 / (a.run.grad_accum as u64 * comm.world() as u64);
             let steps = a.run.steps.unwrap_or((per_epoch * a.epochs as u64).max(1));
             let warmup = a.warmup_steps.unwrap_or(((steps as f64) * 0.03).round() as u64);
             let schedule = LrSchedule::Cosine { peak: a.lr, warmup, total: steps, min_ratio: a.min_lr_ratio };
@@ -163,8 +164,11 @@ impl Job for SftJob {
             kept = Some((tok, held));
             Ok(LmPlan { train: Box::new(train), val, resolved: r })
         };
-        let done = lm_job(be, "sft", &a.run, &a.opt, (b, t), fresh, plan)?;
+        let done = lm_job(be, comm, "sft", &a.run, &a.opt, (b, t), fresh, plan)?;
         let (Some(final_dir), Some((tok, held))) = (done.final_dir, kept) else { return Ok(()) };
+        if comm.rank() != 0 {
+            return Ok(());
+        }
         save_tokenizer(&tok, &final_dir)?;
         if a.samples > 0 && !held.is_empty() {
             let n = a.samples.min(held.len());
@@ -195,5 +199,5 @@ impl Job for SftJob {
 
 pub fn run(a: SftArgs) -> Result<()> {
     let dev = a.dev.clone();
-    dispatch(&dev, SftJob(a))
+    dispatch_dist(&dev, SftJob(a))
 }

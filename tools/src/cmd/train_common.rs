@@ -5,13 +5,17 @@
 //! loss plot. `pretrain` and `sft` are their flags plus one call to
 //! [`lm_job`]; the reward-model trainer uses [`finish`] the same way.
 
+use crate::device::Refused;
 use crate::flags::{OptFlags, RunFlags};
 use anyhow::{Context, Result};
 use llama2_model::weights::SaveDtype;
 use llama2_model::Model;
+use llama2_runtime::comm::Comm;
+use llama2_runtime::vm;
 use llama2_runtime::Backend;
 use llama2_train::checkpoint;
-use llama2_train::run::{run_lm, BatchSource, RunConfig, RunSummary};
+use llama2_train::dist::{check_same_config, Dist};
+use llama2_train::run::{run_dist, BatchSource, RunConfig, RunSummary};
 use llama2_train::session::{begin, Resolved};
 use llama2_train::step::LmTrainer;
 use serde_json::json;
@@ -35,8 +39,14 @@ pub struct LmDone<B: Backend> {
 /// A language-modelling run (pretraining, SFT): `fresh` makes the model of
 /// a new run; `plan` gets the model (fresh or resumed) and the checkpoint
 /// directory it came from, and returns the data and resolved configuration.
+/// Every rank of a data-parallel launch runs it (`comm`): the ranks start
+/// from rank 0's weights, refuse to start unless they resolved the same
+/// configuration, and rank 0 alone prints, writes the metrics, the final
+/// model, the summary and the plot.
+#[allow(clippy::too_many_arguments)]
 pub fn lm_job<B: Backend>(
     be: &B,
+    comm: &dyn Comm<B>,
     label: &str,
     run: &RunFlags,
     opt: &OptFlags,
@@ -45,31 +55,48 @@ pub fn lm_job<B: Backend>(
     plan: impl FnOnce(&Model<B>, Option<&Path>) -> Result<LmPlan>,
 ) -> Result<LmDone<B>> {
     let out = run.out.clone();
+    let lead = comm.rank() == 0;
     let begun = begin(be, run.resume.as_deref(), run.seed, || -> Result<_> { Ok(vec![("model".to_string(), fresh()?)]) })
         .with_context(|| format!("starting the run in {}", out.display()))?;
     let from = begun.from.clone();
-    let (model, moments, state, resumed) = begun.single()?;
-    let p = plan(&model, from.as_deref())?;
+    let (mut model, moments, state, resumed) = begun.single()?;
+    let mut p = plan(&model, from.as_deref())?;
+    p.resolved.world_size = comm.world();
     if resumed {
-        p.resolved.check_resume(&state.config)?;
+        // every rank reads the same checkpoint: a refusal is reached together
+        p.resolved.check_resume(&state.config).map_err(|e| Refused(e.to_string()))?;
+    }
+    check_same_config(comm, &p.resolved.to_json()).map_err(|e| Refused(e.to_string()))?;
+    if comm.world() > 1 {
+        comm.broadcast(be, vm(&mut model.params), 0)?;
     }
     let mut tr = LmTrainer::new(be, model, b, t, opt.adamw())?;
+    let mut dist = Dist::new(comm, run.zero == 1);
+    dist.shard_optimizers(be, &mut tr)?;
     if let Some(m) = &moments {
         checkpoint::restore_optimizer(be, &mut tr.opt, m)?;
     }
-    p.resolved.announce(&out)?;
+    if lead {
+        p.resolved.announce(&out)?;
+    }
     let rc = run.run_config(label, be, &p.resolved);
     let (mut train, mut val) = (p.train, p.val);
     let val = val.as_mut().map(|v| v.as_mut() as &mut dyn BatchSource);
-    let summary = run_lm(be, &mut tr, train.as_mut(), val, &rc, &out, state, resumed)?;
+    let flops_per_token = tr.model.cfg.train_flops_per_token(tr.t);
+    let summary = run_dist(be, &mut dist, &mut tr, train.as_mut(), val, &rc, &out, state, resumed, flops_per_token)?;
     if summary.steps < rc.steps {
-        eprintln!("stopped at step {} of {}; continue with --resume {}", summary.steps, rc.steps, out.display());
+        if lead {
+            eprintln!("stopped at step {} of {}; continue with --resume {}", summary.steps, rc.steps, out.display());
+        }
         return Ok(LmDone { model: tr.model, final_dir: None });
     }
     let final_dir = out.join("final");
-    tr.model.save(be, &final_dir, SaveDtype::F32)?;
-    finish(&out, &summary, &rc)?;
-    eprintln!("final model: {}", final_dir.display());
+    if lead {
+        tr.model.save(be, &final_dir, SaveDtype::F32)?;
+        finish(&out, &summary, &rc)?;
+        eprintln!("final model: {}", final_dir.display());
+    }
+    comm.barrier()?;
     Ok(LmDone { model: tr.model, final_dir: Some(final_dir) })
 }
 

@@ -7,7 +7,7 @@
 //! iteration and prompt), so an answer never depends on which other
 //! prompts share its batch.
 //!
-//! Public items: [`Answer`], [`sample_answers`], [`score_sequences`],
+//! Public items: [`Answer`], [`sample_answers`], [`sample_answers_at`], [`score_sequences`],
 //! [`answer_logprobs`], [`answer_values`].
 
 use super::objective::{pack_pairs, Workspace};
@@ -34,8 +34,30 @@ pub struct Answer {
 /// `Rng::derive(seed, "<tag>/<prompt index>")`.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_answers<B: Backend>(be: &B, policy: &Model<B>, prompts: &[Vec<u32>], max_new: usize, s: &Sampling, seed: u64, tag: &str) -> Result<Vec<Answer>> {
+    let at: Vec<usize> = (0..prompts.len()).collect();
+    sample_answers_at(be, policy, prompts, &at, max_new, s, seed, tag)
+}
+
+/// [`sample_answers`] for a share of a batch: `prompts[j]` is prompt
+/// `at[j]` of the whole batch and draws from the stream
+/// `"<tag>/<at[j]>"`, so a rank that samples part of a batch (data
+/// parallelism) draws what one process sampling all of it draws.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_answers_at<B: Backend>(
+    be: &B,
+    policy: &Model<B>,
+    prompts: &[Vec<u32>],
+    at: &[usize],
+    max_new: usize,
+    s: &Sampling,
+    seed: u64,
+    tag: &str,
+) -> Result<Vec<Answer>> {
+    if at.len() != prompts.len() {
+        return Err(TrainError::Invalid(format!("{} prompts with {} batch positions", prompts.len(), at.len())));
+    }
     let mut out = Vec::with_capacity(prompts.len());
-    for (i, p) in prompts.iter().enumerate() {
+    for (&i, p) in at.iter().zip(prompts) {
         let new = max_new.min(policy.rope_len.saturating_sub(p.len()));
         if new == 0 {
             return Err(TrainError::Invalid(format!(

@@ -12,19 +12,25 @@
 //! the metrics log on resume, so N iterations straight and N/2 + resume +
 //! N/2 give the same weights (bit for bit on the CPU).
 //!
+//! Data parallelism ([`run_ppo_dist`]): the rollout is spread over the
+//! ranks and gathered whole on every rank, so every batch statistic is
+//! the one-process statistic; the optimizer steps go through [`Dist`].
+//!
 //! Public items: [`PpoPrompt`], [`PpoSettings`], [`Frozen`],
-//! [`IterationStats`], [`run_ppo`], [`evaluate_prompts`].
+//! [`IterationStats`], [`run_ppo`], [`run_ppo_dist`], [`evaluate_prompts`],
+//! [`evaluate_prompts_dist`].
 
 use super::math::{advantages, Episode};
 use super::objective::{PpoObjective, Rollout};
-use super::rollout::{answer_logprobs, answer_values, sample_answers, score_sequences};
+use super::rollout::{answer_logprobs, answer_values, sample_answers_at, score_sequences};
 use crate::checkpoint::{self, TrainState};
 use crate::data::DataPosition;
+use crate::dist::Dist;
 use crate::error::{Result, TrainError};
 use crate::metrics::{MetricsLog, Progress};
-use crate::trainer::train_step;
 use llama2_model::generate::Sampling;
 use llama2_model::Model;
+use llama2_runtime::comm::{Comm, Single};
 use llama2_runtime::rng::Rng;
 use llama2_runtime::Backend;
 use serde_json::{json, Value};
@@ -133,16 +139,161 @@ fn chosen(m: &super::math::PpoMath, h: f32, s: Option<f32>, unsafe_prompt: bool)
 /// Mean chosen reward of answers sampled (fixed per-prompt streams) from
 /// `policy` on `prompts`: the held-out measure of the run.
 pub fn evaluate_prompts<B: Backend>(be: &B, policy: &Model<B>, f: &Frozen<B>, prompts: &[PpoPrompt], st: &PpoSettings) -> Result<f64> {
+    evaluate_prompts_dist(be, &Single, policy, f, prompts, st)
+}
+
+/// [`evaluate_prompts`] spread over the ranks: rank `r` answers prompts
+/// `r, r + N, ...` (each from its own stream), the rewards are summed
+/// over the ranks.
+pub fn evaluate_prompts_dist<B: Backend>(be: &B, comm: &dyn Comm<B>, policy: &Model<B>, f: &Frozen<B>, prompts: &[PpoPrompt], st: &PpoSettings) -> Result<f64> {
     if prompts.is_empty() {
         return Ok(f64::NAN);
     }
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+    let at: Vec<usize> = (0..prompts.len()).filter(|i| i % comm.world() == comm.rank()).collect();
+    let ids: Vec<Vec<u32>> = at.iter().map(|&i| prompts[i].ids.clone()).collect();
     let s = Sampling { temperature: st.temperature, top_k: None, top_p: None };
-    let answers = sample_answers(be, policy, &ids, st.max_new_tokens, &s, st.seed, "ppo/val")?;
+    let answers = sample_answers_at(be, policy, &ids, &at, st.max_new_tokens, &s, st.seed, "ppo/val")?;
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = ids.into_iter().zip(answers).map(|(p, a)| (p, a.ids)).collect();
-    let (h, sf) = scores(be, f, &pairs, st.score_batch)?;
-    let total: f64 = (0..prompts.len()).map(|i| chosen(&st.math, h[i], sf.as_ref().map(|x| x[i]), prompts[i].unsafe_prompt)).sum();
-    Ok(total / prompts.len() as f64)
+    let (h, sf) = if pairs.is_empty() { (Vec::new(), None) } else { scores(be, f, &pairs, st.score_batch)? };
+    let mut total = [at.iter().enumerate().map(|(j, &i)| chosen(&st.math, h[j], sf.as_ref().map(|x| x[j]), prompts[i].unsafe_prompt)).sum::<f64>()];
+    comm.all_reduce_f64(&mut total)?;
+    Ok(total[0] / prompts.len() as f64)
+}
+
+/// One rollout episode as the rank that sampled it sends it to the others.
+struct Sampled {
+    answer: Vec<u32>,
+    eos: bool,
+    logprobs: Vec<f32>,
+    entropy: Vec<f32>,
+    values: Vec<f32>,
+    ref_logprobs: Vec<f32>,
+    helpful: f32,
+    safety: Option<f32>,
+}
+
+fn put_f32s(b: &mut Vec<u8>, x: &[f32]) {
+    b.extend((x.len() as u64).to_le_bytes());
+    for v in x {
+        b.extend(v.to_le_bytes());
+    }
+}
+
+/// Reads the episodes [`encode`] wrote (exact: the raw bits).
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        if self.0.len() < n {
+            return Err(TrainError::Invalid("a rank sent a truncated rollout".into()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u64(&mut self) -> Result<u64> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    }
+    fn f32(&mut self) -> Result<f32> {
+        let b = self.take(4)?;
+        Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn f32s(&mut self) -> Result<Vec<f32>> {
+        let n = self.u64()? as usize;
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+fn encode(k: usize, e: &Sampled, b: &mut Vec<u8>) {
+    b.extend((k as u64).to_le_bytes());
+    b.extend((e.answer.len() as u64).to_le_bytes());
+    for t in &e.answer {
+        b.extend(t.to_le_bytes());
+    }
+    b.push(e.eos as u8);
+    for x in [&e.logprobs, &e.entropy, &e.values, &e.ref_logprobs] {
+        put_f32s(b, x);
+    }
+    b.extend(e.helpful.to_le_bytes());
+    b.push(e.safety.is_some() as u8);
+    b.extend(e.safety.unwrap_or(0.0).to_le_bytes());
+}
+
+fn decode(r: &mut Reader) -> Result<(usize, Sampled)> {
+    let k = r.u64()? as usize;
+    let n = r.u64()? as usize;
+    let answer = (0..n).map(|_| r.f32().map(|x| x.to_bits())).collect::<Result<Vec<u32>>>()?;
+    let eos = r.take(1)?[0] != 0;
+    let (logprobs, entropy, values, ref_logprobs) = (r.f32s()?, r.f32s()?, r.f32s()?, r.f32s()?);
+    let helpful = r.f32()?;
+    let has = r.take(1)?[0] != 0;
+    let s = r.f32()?;
+    Ok((k, Sampled { answer, eos, logprobs, entropy, values, ref_logprobs, helpful, safety: has.then_some(s) }))
+}
+
+/// The rollout of an iteration's prompts, spread over the ranks: rank `r`
+/// samples and scores batch positions `r, r + N, ...`; every rank gets
+/// every episode back in batch order (what one process computes).
+#[allow(clippy::too_many_arguments)]
+fn rollout_dist<B: Backend>(
+    be: &B,
+    comm: &dyn Comm<B>,
+    obj: &PpoObjective<B>,
+    frozen: &Frozen<B>,
+    batch_prompts: &[Vec<u32>],
+    st: &PpoSettings,
+    sampling: &Sampling,
+    it: u64,
+    secs: &mut [f64; 4],
+) -> Result<Vec<Sampled>> {
+    let at: Vec<usize> = (0..batch_prompts.len()).filter(|i| i % comm.world() == comm.rank()).collect();
+    let mine: Vec<Vec<u32>> = at.iter().map(|&i| batch_prompts[i].clone()).collect();
+    let t0 = Instant::now();
+    let answers = sample_answers_at(be, &obj.policy.model, &mine, &at, st.max_new_tokens, sampling, st.seed, &format!("ppo/gen/{it}"))?;
+    secs[0] = t0.elapsed().as_secs_f64();
+    let eos: Vec<bool> = answers.iter().map(|a| a.eos).collect();
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = mine.into_iter().zip(answers).map(|(p, a)| (p, a.ids)).collect();
+    let t0 = Instant::now();
+    let (sh, ss) = if pairs.is_empty() { (Vec::new(), None) } else { scores(be, frozen, &pairs, st.score_batch)? };
+    secs[1] = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let (old_lp, old_ent) = answer_logprobs(be, &obj.policy.model, &pairs, st.score_batch, true)?;
+    let old_v = answer_values(be, &obj.value.model, &pairs, st.score_batch)?;
+    secs[2] = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let (ref_lp, _) = answer_logprobs(be, &frozen.reference, &pairs, st.score_batch, false)?;
+    secs[3] = t0.elapsed().as_secs_f64();
+    let mut local: Vec<Sampled> = Vec::with_capacity(pairs.len());
+    for (j, (_, ans)) in pairs.into_iter().enumerate() {
+        local.push(Sampled {
+            answer: ans,
+            eos: eos[j],
+            logprobs: old_lp[j].clone(),
+            entropy: old_ent.get(j).cloned().unwrap_or_default(),
+            values: old_v[j].clone(),
+            ref_logprobs: ref_lp[j].clone(),
+            helpful: sh[j],
+            safety: ss.as_ref().map(|s| s[j]),
+        });
+    }
+    if comm.world() == 1 {
+        return Ok(local);
+    }
+    let mut bytes = Vec::new();
+    for (j, e) in local.iter().enumerate() {
+        encode(at[j], e, &mut bytes);
+    }
+    let mut all: Vec<Option<Sampled>> = (0..batch_prompts.len()).map(|_| None).collect();
+    for b in comm.all_gather_bytes(&bytes)? {
+        let mut r = Reader(&b);
+        while !r.0.is_empty() {
+            let (k, e) = decode(&mut r)?;
+            let slot = all.get_mut(k).ok_or_else(|| TrainError::Invalid(format!("a rank sent episode {k} of a batch of {}", batch_prompts.len())))?;
+            *slot = Some(e);
+        }
+    }
+    all.into_iter().enumerate().map(|(k, e)| e.ok_or_else(|| TrainError::Invalid(format!("no rank sent episode {k}")))).collect()
 }
 
 fn mean(x: impl Iterator<Item = f64>) -> f64 {
@@ -173,10 +324,51 @@ pub fn run_ppo<B: Backend>(
     val: &[PpoPrompt],
     st: &PpoSettings,
     out: &Path,
+    state: TrainState,
+    resumed: bool,
+    resolved: &Value,
+) -> Result<(Vec<IterationStats>, bool)> {
+    run_ppo_dist(be, &mut Dist::new(&Single, true), obj, frozen, prompts, val, st, out, state, resumed, resolved)
+}
+
+/// [`run_ppo`] on every rank of a data-parallel launch: the prompts of an
+/// iteration are spread over the ranks (rank `r` samples and scores batch
+/// positions `r, r + N, ...`), every rank then holds the whole rollout
+/// batch, so score whitening, advantage whitening and the logged means are
+/// those of one process; each mini-batch's micro-batches are cut as one
+/// process cuts them and rank `r` takes micro-batches `r, r + N, ...`
+/// ([`Dist::step`]). Rank 0 alone writes the metrics and shows progress;
+/// the held-out evaluation is spread too. The optimizers must already be
+/// cut to the ranks' shards ([`Dist::shard_optimizers`]).
+#[allow(clippy::too_many_arguments)]
+pub fn run_ppo_dist<B: Backend>(
+    be: &B,
+    dist: &mut Dist<'_, B>,
+    obj: &mut PpoObjective<B>,
+    frozen: &Frozen<B>,
+    prompts: &[PpoPrompt],
+    val: &[PpoPrompt],
+    st: &PpoSettings,
+    out: &Path,
     mut state: TrainState,
     resumed: bool,
     resolved: &Value,
 ) -> Result<(Vec<IterationStats>, bool)> {
+    let (lead, world) = (dist.rank() == 0, dist.world());
+    if world > 1 && !st.prompts_per_iter.is_multiple_of(world) {
+        return Err(TrainError::Invalid(format!(
+            "{} prompts per iteration do not split over {world} ranks; HINT: use a multiple of the number of ranks",
+            st.prompts_per_iter
+        )));
+    }
+    if world > 1 && !st.minibatch.div_ceil(st.micro_batch.max(1)).is_multiple_of(world) {
+        return Err(TrainError::Invalid(format!(
+            "a mini-batch of {} episodes is {} micro-batches of {}, which do not split over {world} ranks; HINT: make --minibatch a multiple of --micro-batch x ranks",
+            st.minibatch,
+            st.minibatch.div_ceil(st.micro_batch.max(1)),
+            st.micro_batch
+        )));
+    }
     if prompts.is_empty() {
         return Err(TrainError::Invalid("no training prompts; HINT: --prompts needs at least one prompt".into()));
     }
@@ -185,10 +377,11 @@ pub fn run_ppo<B: Backend>(
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let log_path = out.join("metrics.jsonl");
-    let mut log = MetricsLog::open(&log_path, if resumed { Some(state.step) } else { None })?;
+    let mut log = if lead { Some(MetricsLog::open(&log_path, if resumed { Some(state.step) } else { None })?) } else { None };
     // early stopping: the best held-out reward so far and evaluations since
+    // (read by rank 0 from its log, told to the others)
     let (mut best, mut since) = (f64::NEG_INFINITY, 0u64);
-    if resumed {
+    if resumed && lead {
         for r in MetricsLog::read(&log_path)? {
             if let Some(v) = r.get("val_reward").and_then(|v| v.as_f64()) {
                 if v > best {
@@ -199,11 +392,18 @@ pub fn run_ppo<B: Backend>(
             }
         }
     }
+    if world > 1 {
+        let mine: Vec<u8> = best.to_le_bytes().into_iter().chain(since.to_le_bytes()).collect();
+        let all = dist.comm.all_gather_bytes(&mine)?;
+        let b = all.first().filter(|b| b.len() == 16).ok_or_else(|| TrainError::Invalid("rank 0 sent no early-stopping record".into()))?;
+        best = f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        since = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    }
     if st.patience > 0 && since >= st.patience {
         eprintln!("early stopping already ended this run (no better held-out reward in {since} evaluations)");
         return Ok((Vec::new(), true));
     }
-    let progress = Progress::new("ppo", st.iterations, state.step, st.quiet);
+    let progress = Progress::new("ppo", st.iterations, state.step, st.quiet || !lead);
     let stop_at = st.stop_after.map_or(st.iterations, |n| (state.step + n).min(st.iterations));
     let mut stats = Vec::new();
     let mut stopped = false;
@@ -214,21 +414,17 @@ pub fn run_ppo<B: Backend>(
         // ---- rollouts
         let (idx, next_pos) = take_prompts(prompts.len(), st.prompts_per_iter, state.data, st.seed);
         let batch_prompts: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].ids.clone()).collect();
-        let t0 = Instant::now();
-        let answers = sample_answers(be, &obj.policy.model, &batch_prompts, st.max_new_tokens, &sampling, st.seed, &format!("ppo/gen/{it}"))?;
-        let gen_s = t0.elapsed().as_secs_f64();
-        let eos: Vec<bool> = answers.iter().map(|a| a.eos).collect();
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch_prompts.into_iter().zip(answers).map(|(p, a)| (p, a.ids)).collect();
-        let t0 = Instant::now();
-        let (sh, ss) = scores(be, frozen, &pairs, st.score_batch)?;
-        let score_s = t0.elapsed().as_secs_f64();
-        let t0 = Instant::now();
-        let (old_lp, old_ent) = answer_logprobs(be, &obj.policy.model, &pairs, st.score_batch, true)?;
-        let old_v = answer_values(be, &obj.value.model, &pairs, st.score_batch)?;
-        let policy_s = t0.elapsed().as_secs_f64();
-        let t0 = Instant::now();
-        let (ref_lp, _) = answer_logprobs(be, &frozen.reference, &pairs, st.score_batch, false)?;
-        let ref_s = t0.elapsed().as_secs_f64();
+        let mut secs = [0f64; 4];
+        let sampled = rollout_dist(be, dist.comm, obj, frozen, &batch_prompts, st, &sampling, it, &mut secs)?;
+        let [gen_s, score_s, policy_s, ref_s] = secs;
+        let eos: Vec<bool> = sampled.iter().map(|a| a.eos).collect();
+        let sh: Vec<f32> = sampled.iter().map(|e| e.helpful).collect();
+        let ss: Option<Vec<f32>> = if frozen.safety_rm.is_some() { Some(sampled.iter().map(|e| e.safety.unwrap_or(0.0)).collect()) } else { None };
+        let old_ent: Vec<Vec<f32>> = sampled.iter().map(|e| e.entropy.clone()).collect();
+        let old_lp: Vec<Vec<f32>> = sampled.iter().map(|e| e.logprobs.clone()).collect();
+        let old_v: Vec<Vec<f32>> = sampled.iter().map(|e| e.values.clone()).collect();
+        let ref_lp: Vec<Vec<f32>> = sampled.iter().map(|e| e.ref_logprobs.clone()).collect();
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = batch_prompts.into_iter().zip(sampled).map(|(p, e)| (p, e.answer)).collect();
         let f64v = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
         let eps: Vec<Episode> = (0..pairs.len())
             .map(|i| Episode {
@@ -262,8 +458,14 @@ pub fn run_ppo<B: Backend>(
             let mut order: Vec<usize> = (0..rollouts.len()).collect();
             Rng::derive(st.seed, &format!("ppo/mb/{it}/{epoch}")).shuffle(&mut order);
             for mb in order.chunks(st.minibatch) {
-                let micro: Vec<Vec<Rollout>> = mb.chunks(st.micro_batch).map(|c| c.iter().map(|&i| rollouts[i].clone()).collect()).collect();
-                step_stats.push(train_step(be, obj, &micro, &[st.policy_lr, st.value_lr])?);
+                // the micro-batches one process would run; this rank's share
+                let micro: Vec<Vec<Rollout>> = mb
+                    .chunks(st.micro_batch)
+                    .enumerate()
+                    .filter(|(j, _)| j % world == dist.rank())
+                    .map(|(_, c)| c.iter().map(|&i| rollouts[i].clone()).collect())
+                    .collect();
+                step_stats.push(dist.step(be, obj, &micro, &[st.policy_lr, st.value_lr])?);
             }
         }
         be.synchronize()?;
@@ -302,7 +504,7 @@ pub fn run_ppo<B: Backend>(
         state.data = next_pos;
         state.tokens_seen += pairs.iter().map(|p| (p.0.len() + p.1.len()) as u64).sum::<u64>();
         if st.eval_every > 0 && !val.is_empty() && (state.step.is_multiple_of(st.eval_every) || state.step == st.iterations) {
-            let vr = evaluate_prompts(be, &obj.policy.model, frozen, val, st)?;
+            let vr = evaluate_prompts_dist(be, dist.comm, &obj.policy.model, frozen, val, st)?;
             rec["val_reward"] = json!(vr);
             if vr > best {
                 (best, since) = (vr, 0);
@@ -315,21 +517,25 @@ pub fn run_ppo<B: Backend>(
         }
         state.elapsed_s += t_all.elapsed().as_secs_f64();
         rec["elapsed_s"] = json!(state.elapsed_s);
-        log.write(&rec)?;
-        progress.update(
-            state.step,
-            st.iterations,
-            &format!(
-                "reward {:.3} kl {:.3} pg {:.4} vf {:.4}",
-                rec["score_raw"].as_f64().unwrap_or(0.0),
-                adv.kl,
-                rec["policy_loss"].as_f64().unwrap_or(0.0),
-                rec["value_loss"].as_f64().unwrap_or(0.0)
-            ),
-        );
+        if let Some(log) = log.as_mut() {
+            log.write(&rec)?;
+        }
+        if lead {
+            progress.update(
+                state.step,
+                st.iterations,
+                &format!(
+                    "reward {:.3} kl {:.3} pg {:.4} vf {:.4}",
+                    rec["score_raw"].as_f64().unwrap_or(0.0),
+                    adv.kl,
+                    rec["policy_loss"].as_f64().unwrap_or(0.0),
+                    rec["value_loss"].as_f64().unwrap_or(0.0)
+                ),
+            );
+        }
         let mut s = state.clone();
         s.config = resolved.clone();
-        checkpoint::save_parts(be, out, &obj_parts(obj), &s, st.keep_last)?;
+        checkpoint::save_parts_dist(be, dist.comm, out, &obj_parts(obj), &s, st.keep_last)?;
         stats.push(IterationStats { iteration: state.step, record: rec });
         if stopped {
             break;
