@@ -53,6 +53,7 @@ struct CLaunch {
     workers: i32,
     block_order: i32,
     poison_smem: i32,
+    smem_optin: i32,
 }
 
 /// Work the layer did (summed over launches).
@@ -386,21 +387,22 @@ impl SimDevice {
             _ => kernel.to_string(),
         };
         // SAFETY: the caller's contract
-        unsafe { self.launch_named(&name, kernel, dims, args, &cfg) }
+        unsafe { self.launch_named(&name, kernel, dims, args, &cfg, dims.smem > super::SMEM_NO_OPTIN) }
     }
 
     /// Launches any kernel of the layer by name (its own unit tests: the
-    /// `selftest_*` kernels), with the device's configuration.
+    /// `selftest_*` kernels), with the device's configuration (no opt-in
+    /// for more than 48 KiB of dynamic shared memory).
     ///
     /// # Safety
     /// As [`Self::launch_family`].
     pub unsafe fn launch(&self, kernel: &'static str, dims: LaunchDims, args: &[KArg]) -> Result<()> {
         let cfg = self.config();
         // SAFETY: the caller's contract
-        unsafe { self.launch_named(kernel, kernel, dims, args, &cfg) }
+        unsafe { self.launch_named(kernel, kernel, dims, args, &cfg, false) }
     }
 
-    unsafe fn launch_named(&self, name: &str, label: &'static str, dims: LaunchDims, args: &[KArg], cfg: &SimConfig) -> Result<()> {
+    unsafe fn launch_named(&self, name: &str, label: &'static str, dims: LaunchDims, args: &[KArg], cfg: &SimConfig, optin: bool) -> Result<()> {
         if let Ok(mut l) = self.launches.lock() {
             *l.entry(name.to_string()).or_default() += 1;
         }
@@ -412,7 +414,7 @@ impl SimDevice {
                 Self::restore(b);
             }
             // SAFETY: the caller's contract
-            unsafe { self.run_once(name, label, dims, args, cfg, sched, order) }?;
+            unsafe { self.run_once(name, label, dims, args, cfg, sched, order, optin) }?;
             if let Some(msg) = self.check_guards() {
                 return Err(sim_err(label, dims, format!("{name}: {msg}")));
             }
@@ -448,6 +450,7 @@ impl SimDevice {
         cfg: &SimConfig,
         sched: Schedule,
         order: BlockOrder,
+        optin: bool,
     ) -> Result<()> {
         #[repr(C, align(8))]
         #[derive(Clone, Copy)]
@@ -503,6 +506,7 @@ impl SimDevice {
             workers: i32::try_from(cfg.workers).unwrap_or(0),
             block_order,
             poison_smem: cfg.poison_smem as i32,
+            smem_optin: optin as i32,
         };
         let mut st = SimStats::default();
         let mut err = vec![0 as c_char; 2048];
