@@ -156,7 +156,9 @@ extern "C" __global__ void selftest_ldmatrix(uint32_t* plain, uint32_t* trans, u
 // in group 0, chunk t + 8 in group 1; chunk 5 with src-size 6 (bytes 6..15
 // zero-filled), chunk 13 with src-size 0 (all zero). out[0..32) is read after
 // wait_group 1 (group 0 has landed), out[32..64) after wait_group 0 (mode 0)
-// or with no wait for group 1 at all (mode 1: the copies have not landed).
+// or with no wait for group 1 at all (mode 1: the copies have not landed;
+// on the layer a thread's pending copies land when it exits, so every
+// thread waits at a last barrier before exiting).
 extern "C" __global__ void selftest_cp_async(float* out, const float* in, int mode) {
     __shared__ __align__(16) float sh[64];
     const int t = threadIdx.x;
@@ -170,6 +172,7 @@ extern "C" __global__ void selftest_cp_async(float* out, const float* in, int mo
     if (mode == 0) cp_async_wait<0>();
     __syncthreads();
     for (int i = 32 + t; i < 64; i += 8) out[i] = sh[i];
+    __syncthreads();  // no thread exits (which lands its copies) before every read is done
 }
 
 // log[k] = the k-th thread to pass a point (two barriers, so two rounds)

@@ -120,7 +120,7 @@ pub const RACE_SCHEDULES: [(Schedule, BlockOrder); 5] = [
     (Schedule::Random(0x5EED_0002), BlockOrder::Shuffled(0x5EED_0002)),
 ];
 
-/// Bugs planted in copies of three kernels (tests only): build.rs compiles
+/// Bugs planted in copies of four kernels (tests only): build.rs compiles
 /// the copy of the family's `.cu` with one exact edit under the names
 /// `planted:<tag>:<kernel>`; with a plant set, the device launches those
 /// instead of the family's kernels. The shipped `.cu` files are untouched.
@@ -132,16 +132,19 @@ pub enum Plant {
     CeBarrier,
     /// the tensor-core forward's P fragment has a1 and a2 swapped (a fragment layout)
     MmaFragment,
+    /// the v3 forward reads a K/V tile without waiting for its cp.async group
+    CpAsyncWait,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 3] = [Plant::GqaIndex, Plant::CeBarrier, Plant::MmaFragment];
+    pub const ALL: [Plant; 4] = [Plant::GqaIndex, Plant::CeBarrier, Plant::MmaFragment, Plant::CpAsyncWait];
     /// The tag in the planted kernels' names (build_sim.rs, PLANTS).
     pub fn tag(self) -> &'static str {
         match self {
             Plant::GqaIndex => "gqa_index",
             Plant::CeBarrier => "ce_barrier",
             Plant::MmaFragment => "mma_fragment",
+            Plant::CpAsyncWait => "cp_async_wait",
         }
     }
     /// The family whose kernels the plant replaces.
@@ -150,6 +153,7 @@ impl Plant {
             Plant::GqaIndex => Family::Attention,
             Plant::CeBarrier => Family::CrossEntropy,
             Plant::MmaFragment => Family::AttentionMma,
+            Plant::CpAsyncWait => Family::AttentionV3,
         }
     }
 }
