@@ -277,8 +277,11 @@ fn cuobjdump() -> std::path::PathBuf {
     "cuobjdump".into()
 }
 
-/// The SASS of every function of a cubin: name -> [(address, opcode, branch target)].
-fn sass(cubin: &std::path::Path) -> std::collections::BTreeMap<String, Vec<(u64, String, Option<u64>)>> {
+/// Function name -> its instructions: (address, opcode, branch target).
+type Sass = std::collections::BTreeMap<String, Vec<(u64, String, Option<u64>)>>;
+
+/// The SASS of every function of a cubin.
+fn sass(cubin: &std::path::Path) -> Sass {
     let out = std::process::Command::new(cuobjdump()).arg("-sass").arg(cubin).output().unwrap_or_else(|e| {
         panic!("running cuobjdump ({}): {e}; HINT: `bash tools/install-cuda.sh` installs it into .cuda-tools/ (or set CUOBJDUMP)", cuobjdump().display())
     });
@@ -315,7 +318,8 @@ fn sass(cubin: &std::path::Path) -> std::collections::BTreeMap<String, Vec<(u64,
 #[test]
 fn v3_attention_inner_loops_use_ldmatrix_and_cp_async() {
     let dir = keep_dir(Family::AttentionV3);
-    let cubins: Vec<_> = std::fs::read_dir(&dir).expect("keep dir").flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "cubin")).collect();
+    let cubins: Vec<_> =
+        std::fs::read_dir(&dir).expect("keep dir").flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "cubin")).collect();
     assert_eq!(cubins.len(), SASS_TARGETS);
     let tile_kernels: Vec<&str> = ENTRY_POINTS.iter().filter(|(f, n)| *f == Family::AttentionV3 && *n != attention::BWD_V3_DQ).map(|(_, n)| *n).collect();
     assert_eq!(tile_kernels.len(), 8);
@@ -329,11 +333,25 @@ fn v3_attention_inner_loops_use_ldmatrix_and_cp_async() {
                 ["LDSM", "LDGSTS", "HMMA"].iter().all(|want| ops.contains(want))
             });
             let count = |op: &str| code.iter().filter(|(_, o, _)| o == op).count();
-            println!("{} {k}: LDSM {} LDGSTS {} HMMA {} loops {}", c.file_name().and_then(|f| f.to_str()).unwrap_or("?"), count("LDSM"), count("LDGSTS"), count("HMMA"), loops.len());
+            println!(
+                "{} {k}: LDSM {} LDGSTS {} HMMA {} loops {}",
+                c.file_name().and_then(|f| f.to_str()).unwrap_or("?"),
+                count("LDSM"),
+                count("LDGSTS"),
+                count("HMMA"),
+                loops.len()
+            );
             assert!(found, "{k} in {}: no loop holds LDSM, LDGSTS and HMMA together", c.display());
         }
         // and the parser is not vacuous: v2 uses neither ldmatrix nor cp.async
-        let v2 = sass(&std::fs::read_dir(keep_dir(Family::AttentionMma)).expect("keep").flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "cubin")).expect("a v2 cubin"));
+        let v2 = sass(
+            &std::fs::read_dir(keep_dir(Family::AttentionMma))
+                .expect("keep")
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "cubin"))
+                .expect("a v2 cubin"),
+        );
         let fwd2 = &v2[attention::FWD_MMA_D128];
         assert!(fwd2.iter().any(|(_, o, _)| o == "HMMA") && !fwd2.iter().any(|(_, o, _)| o == "LDSM" || o == "LDGSTS"));
     }

@@ -141,6 +141,7 @@ pub fn run_sim(
 /// The CUDA libraries this process has actually mapped (driver, cuBLASLt,
 /// NVRTC), from `/proc/self/maps`: the files the dynamic loader picked,
 /// not the ones a search guessed. Empty where the file is unreadable.
+#[cfg(feature = "cuda")]
 pub fn loaded_cuda_libraries() -> Vec<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let mut libs: Vec<String> = maps

@@ -21,7 +21,9 @@
 //!   for reductions over many rows (F32_SUM).
 
 use super::compare::{compare, Row, Rule, F32_FLOOR};
-use super::reference::{attention_bwd_naive_bf16, attention_bwd_naive_bf16_ragged, attention_naive_bf16p, attention_naive_bf16p_ragged, bfr, normals, AttnBwdNaive};
+use super::reference::{
+    attention_bwd_naive_bf16, attention_bwd_naive_bf16_ragged, attention_naive_bf16p, attention_naive_bf16p_ragged, bfr, normals, AttnBwdNaive,
+};
 use llama2_runtime::kernels::attention::AttnShape;
 use llama2_runtime::kernels::rope::rope_table;
 use llama2_runtime::rng::Rng;

@@ -17,7 +17,8 @@ use llama2_train::step::{LmTrainer, MicroBatch};
 /// bf16 machine epsilon (8 bits of mantissa).
 const BF16_EPS: f64 = 1.0 / 128.0;
 /// Relative L2 error of each gradient tensor, GPU vs CPU. One bf16 op lands
-/// between 1e-3 and 1e-2 from an f32 reference (METHOD.md); a gradient of
+/// between 1e-3 and 1e-2 from an f32 reference (8 bits of mantissa, rounding
+/// and order effects of a reduction); a gradient of
 /// this 2-layer model passes through about a dozen bf16-stored activations
 /// (norms, projections, attention, SwiGLU, each forward and backward), whose
 /// independent rounding errors add in quadrature: 4·BF16_EPS = 3.1e-2.

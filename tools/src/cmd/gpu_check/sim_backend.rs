@@ -49,7 +49,6 @@ pub struct SimBackend {
     attn: std::sync::Mutex<AttnImpl>,
 }
 
-
 fn bits(x: &[f32]) -> Vec<u16> {
     x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()
 }
