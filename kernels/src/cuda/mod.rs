@@ -441,7 +441,9 @@ impl Target<'_> {
                         grid: dims.grid,
                         block: dims.block,
                         smem: dims.smem,
-                        msg: format!("raising the dynamic shared memory limit to {bytes} bytes: {e}; HINT: the GPU must allow that much per block (sm_80 and later)"),
+                        msg: format!(
+                            "raising the dynamic shared memory limit to {bytes} bytes: {e}; HINT: the GPU must allow that much per block (sm_80 and later)"
+                        ),
                     })?;
                 }
                 let mut b = stream.launch_builder(&func);

@@ -179,7 +179,11 @@ impl CudaBackend {
         let mut threshold: u64 = u64::MAX;
         // SAFETY: a valid pool; RELEASE_THRESHOLD takes a cuuint64_t.
         unsafe {
-            result::mem_pool::set_attribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &mut threshold as *mut u64 as *mut std::ffi::c_void)
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            )
         }
         .map_err(|e| cu_err("cuMemPoolSetAttribute(RELEASE_THRESHOLD)", e))?;
         Ok("cuMemAllocAsync from the device's default memory pool, release threshold raised to the maximum (freed memory stays in the pool)".into())
