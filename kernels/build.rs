@@ -2,8 +2,9 @@
 //!
 //! Without the `cuda` feature nothing CUDA is built. With it, every
 //! `cu/<family>.cu` is compiled by nvcc into one fatbin holding sm_90a
-//! (H100/H200: wgmma, setmaxnreg), sm_80 (A100) and compute_80 PTX (any
-//! later GPU, compiled by the driver at load), written to
+//! (H100/H200; the `a` target would allow wgmma and setmaxnreg, which no
+//! kernel uses yet), sm_80 (A100) and compute_80 PTX (any later GPU,
+//! compiled by the driver at load), written to
 //! `$OUT_DIR/<family>.fatbin` and embedded by `src/cuda/mod.rs`.
 //!
 //! - nvcc is found from env `CUDA_NVCC`, then `nvcc` on PATH, then

@@ -8,8 +8,9 @@
 //   attention_bwd_dkdv_mma_d{64,128}_bf16  dk, dv (=), the GQA sum inside
 //   (delta = rowsum(dout ⊙ out) from attention.cu's attention_bwd_pre)
 //
-// mma.sync m16n8k16 bf16 with f32 accumulation (sm_80 and up; on Hopper
-// wgmma would be faster: HOPPER.md). Dao 2023, FlashAttention-2.
+// mma.sync m16n8k16 bf16 with f32 accumulation (sm_80 and up).
+// Dao 2023, FlashAttention-2. v3 (attention_v3.cu) adds ldmatrix, cp.async
+// stages and a single-pass backward.
 #include "attention.cuh"
 #include "mma.cuh"
 

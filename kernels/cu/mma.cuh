@@ -7,7 +7,16 @@
 //                            ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16:
 //                            r gets 1, 2 or 4 words; lanes 8i..8i+7 pass the row
 //                            addresses of matrix i (16-byte rows in shared memory).
-//                            Not used by a kernel yet; checked on the CPU layer only.
+//                            (attention_v3.cu; `.trans` gives the B operand of P·V
+//                            from V stored key-major)
+//   cp_async16(dst, src, n)  cp.async.cg.shared.global [dst], [src], 16, n: an
+//                            asynchronous 16-byte global -> shared copy, bytes n..15
+//                            zero-filled (n = 0: nothing is read); both 16-byte aligned
+//   cp_async_commit()        cp.async.commit_group: the copies issued since the last
+//                            commit form a group
+//   cp_async_wait<N>()       cp.async.wait_group N: every group but the N most recent
+//                            has landed (for this thread; other threads see the data
+//                            after a barrier)
 //
 // On the GPU each wrapper is its PTX instruction (inline asm). The CPU layer
 // (kernels/sim, which defines CUDA_SIM) provides the same names, emulated
@@ -51,5 +60,15 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(s));
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 #endif

@@ -49,6 +49,13 @@ pub const PLANTS: &[(&str, &str, &str, &str, &str)] = &[
         "            pa[1] = pack_bf16(sacc[2 * js + 1][0], sacc[2 * js + 1][1]);  // PLANTED: a1 and a2 swapped\n            pa[2] = pack_bf16(sacc[2 * js][2], sacc[2 * js][3]);\n",
         "a wrong fragment layout: the forward's P, reused from two C fragments as the A operand of P·V, has a1 and a2 swapped",
     ),
+    (
+        "cp_async_wait",
+        "attention_v3",
+        "        cp_async_wait<NS - 2>();  // this tile's group has landed (for this thread) ...\n",
+        "        // PLANTED: the wait for this tile's cp.async group is gone\n",
+        "a missing cp.async wait: the v3 forward reads a K/V tile before its copies have landed",
+    ),
 ];
 
 struct Kernel {

@@ -140,6 +140,8 @@ constexpr uint32_t FULL = 0xffffffffu;
 // Dynamic shared memory a launch may ask for without the GPU's opt-in
 // (cudaFuncAttributeMaxDynamicSharedMemorySize): 48 KiB.
 constexpr uint32_t MAX_DYN_SMEM = 48 * 1024;
+// With the opt-in: the most one block may have on sm_90 (227 KiB; sm_80: 163 KiB).
+constexpr uint32_t MAX_DYN_SMEM_OPTIN = 227 * 1024;
 #ifdef CUDA_SIM_TSAN
 constexpr size_t STACK_BYTES = 512 * 1024;  // instrumented frames are larger
 #else
@@ -172,6 +174,14 @@ const char* base(const char* f) {
     return s ? s + 1 : f;
 }
 
+// One cp.async of a thread that has not landed yet.
+struct CpAsync {
+    void* dst;
+    const void* src;
+    int src_bytes;
+    int group;  // the commit group it belongs to (-1: not committed yet)
+};
+
 struct Fiber {
     void* sp = nullptr;  // saved stack pointer (asm switch)
 #ifndef CUDA_SIM_ASM_SWITCH
@@ -187,6 +197,8 @@ struct Fiber {
     unsigned wmask = 0;
     uint64_t out64 = 0;   // result of a shuffle, vote or barrier
     uint32_t out[4] = {}; // result of an mma (as f32 bits) or ldmatrix
+    std::vector<CpAsync> cp_pending;  // this thread's cp.async copies that have not landed
+    int cp_groups = 0;                // commit groups closed so far
     char* stack_lo = nullptr;  // lowest usable byte (a guard page below)
     char* stack_hi = nullptr;  // one past the highest, 16-byte aligned
     void* tsan = nullptr;
@@ -653,10 +665,18 @@ void collective(int kind, int sub, unsigned mask, const char* file, int line, co
 
 // ---- one block -----------------------------------------------------------------------
 
+void land(const CpAsync& c) {
+    if (c.src_bytes > 0) memcpy(c.dst, c.src, (size_t)c.src_bytes);
+    if (c.src_bytes < 16) memset((char*)c.dst + c.src_bytes, 0, (size_t)(16 - c.src_bytes));
+}
+
 void fiber_main(Fiber* f) {
     Worker& w = *tl_worker;
     TSAN_ACQUIRE(&w.sync_block_start);
     w.L->k->call(w.L->k->fn, w.L->params);
+    // copies still in flight land (the hardware completes them after the thread exits)
+    for (const CpAsync& c : f->cp_pending) land(c);
+    f->cp_pending.clear();
     // the thread has exited
     TSAN_RELEASE(&w.sync_block_end);
     f->state = F_EXITED;
@@ -744,6 +764,8 @@ void run_block(Worker& w, Launch& L, uint32_t lb) {
         f.tid = (uint32_t)i;
         f.ctx.thread_idx = uint3{i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)};
         f.wait = W_NONE;
+        f.cp_pending.clear();
+        f.cp_groups = 0;
         arm(f);
         set_ready(w, i);
     }
@@ -873,6 +895,39 @@ void ldmatrix(uint32_t* r, int nmat, int trans, const uint32_t* row, const char*
     memcpy(r, tl_fiber->out, 4 * (size_t)nmat);
 }
 
+void cp_async(void* dst, const void* src, int src_bytes, const char* file, int line) {
+    Worker& w = *tl_worker;
+    Fiber& f = *tl_fiber;
+    if (((uintptr_t)dst & 15) || ((uintptr_t)src & 15))
+        fail(w, f, fmt("cp.async at %s:%d: a 16-byte copy needs 16-byte aligned addresses (dst %p, src %p)", base(file), line, dst, src));
+    if (src_bytes < 0 || src_bytes > 16) fail(w, f, fmt("cp.async at %s:%d: src-size %d is not in 0..16", base(file), line, src_bytes));
+    memset(dst, 0xff, 16);  // undefined until the copy lands: NaN for whoever reads it too early
+    f.cp_pending.push_back(CpAsync{dst, src, src_bytes, -1});
+}
+
+void cp_async_commit() {
+    Fiber& f = *tl_fiber;
+    for (CpAsync& c : f.cp_pending)
+        if (c.group < 0) c.group = f.cp_groups;
+    f.cp_groups++;
+}
+
+void cp_async_wait(int n, const char* file, int line) {
+    Fiber& f = *tl_fiber;
+    if (n < 0) fail(*tl_worker, f, fmt("cp.async.wait_group at %s:%d: negative count %d", base(file), line, n));
+    // every committed group but the n most recent lands
+    const int limit = f.cp_groups - n;
+    size_t keep = 0;
+    for (size_t i = 0; i < f.cp_pending.size(); i++) {
+        const CpAsync& c = f.cp_pending[i];
+        if (c.group >= 0 && c.group < limit)
+            land(c);
+        else
+            f.cp_pending[keep++] = c;
+    }
+    f.cp_pending.resize(keep);
+}
+
 unsigned activemask() {
     const Worker& w = *tl_worker;
     const int warp = (int)(tl_fiber->tid >> 5);
@@ -938,7 +993,9 @@ extern "C" int cuda_sim_launch(const CudaSimLaunch* req, CudaSimStats* stats, ch
         return refuse(fmt("block (%u,%u,%u) exceeds the CUDA limits", block.x, block.y, block.z));
     if (k->max_threads > 0 && nthreads > (uint64_t)k->max_threads)
         return refuse(fmt("`%s`: %llu threads per block exceed its __launch_bounds__(%d)", k->name, (unsigned long long)nthreads, k->max_threads));
-    if (req->smem > MAX_DYN_SMEM) return refuse(fmt("%u bytes of dynamic shared memory exceed the %u a launch may use without opt-in", req->smem, MAX_DYN_SMEM));
+    if (!req->smem_optin && req->smem > MAX_DYN_SMEM)
+        return refuse(fmt("%u bytes of dynamic shared memory exceed the %u a launch may use without opt-in", req->smem, MAX_DYN_SMEM));
+    if (req->smem > MAX_DYN_SMEM_OPTIN) return refuse(fmt("%u bytes of dynamic shared memory exceed the %u of a block on sm_90", req->smem, MAX_DYN_SMEM_OPTIN));
     const uint64_t nblocks = (uint64_t)grid.x * grid.y * grid.z;
     if (nblocks > 0xffffffffull) return refuse("too many blocks for the CPU layer");
 

@@ -11,6 +11,8 @@
 //   selftest_atomics       atomicAdd (int, f32), atomicMax across blocks
 //   selftest_mma           one mma.m16n8k16 from fragments loaded per the PTX layouts
 //   selftest_ldmatrix      ldmatrix x4 (and .trans) of a 16x16 tile vs the A-fragment loads
+//   selftest_cp_async      cp.async in two commit groups (zero-fill too): a group lands at
+//                          its wait_group, not before (mode 1 reads a group it never waited for)
 //   selftest_order         the order in which threads pass two barriers (the schedule)
 //   selftest_err_*         a divergent barrier, a deadlock, an exited lane, a lane
 //                          read outside the mask, lanes meeting at different shuffles
@@ -148,6 +150,29 @@ extern "C" __global__ void selftest_ldmatrix(uint32_t* plain, uint32_t* trans, u
         trans[lane * 4 + k] = t[k];
         frag[lane * 4 + k] = f[k];
     }
+}
+
+// 8 threads copy 16 chunks of 16 bytes from `in` into shared memory: chunk t
+// in group 0, chunk t + 8 in group 1; chunk 5 with src-size 6 (bytes 6..15
+// zero-filled), chunk 13 with src-size 0 (all zero). out[0..32) is read after
+// wait_group 1 (group 0 has landed), out[32..64) after wait_group 0 (mode 0)
+// or with no wait for group 1 at all (mode 1: the copies have not landed;
+// on the layer a thread's pending copies land when it exits, so every
+// thread waits at a last barrier before exiting).
+extern "C" __global__ void selftest_cp_async(float* out, const float* in, int mode) {
+    __shared__ __align__(16) float sh[64];
+    const int t = threadIdx.x;
+    cp_async16(sh + 4 * t, in + 4 * t, t == 5 ? 6 : 16);
+    cp_async_commit();
+    cp_async16(sh + 4 * (t + 8), in + 4 * (t + 8), t == 5 ? 0 : 16);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    for (int i = t; i < 32; i += 8) out[i] = sh[i];
+    if (mode == 0) cp_async_wait<0>();
+    __syncthreads();
+    for (int i = 32 + t; i < 64; i += 8) out[i] = sh[i];
+    __syncthreads();  // no thread exits (which lands its copies) before every read is done
 }
 
 // log[k] = the k-th thread to pass a point (two barriers, so two rounds)

@@ -235,7 +235,124 @@ fn launcher_block_sizes_match_the_kernel_sources() {
     assert_eq!(define(&cu("cross_entropy.cu"), "CE_THREADS"), cross_entropy::THREADS);
     assert_eq!(define(&cu("attention.cu"), "ATT_WARPS") as usize, attention::WARPS);
     assert_eq!(define(&cu("attention_mma.cu"), "MMA_BQ") as usize, attention::MMA_ROWS);
+    let v3 = cu("attention_v3.cu");
+    assert_eq!(define(&v3, "V3_BQ") as usize, attention::V3_ROWS);
+    assert_eq!(define(&v3, "V3_BK") as usize, attention::V3_KEYS);
+    assert_eq!(define(&v3, "V3_FWD_WARPS") * 32, attention::V3_FWD_THREADS);
+    assert_eq!(define(&v3, "V3_BWD_BK") as usize, attention::V3_BWD_KEYS);
+    assert_eq!(define(&v3, "V3_BWD_BQ") as usize, attention::V3_BWD_ROWS);
+    assert_eq!(define(&v3, "V3_BWD_WARPS") * 32, attention::V3_BWD_THREADS);
+    assert_eq!(define(&v3, "V3_DQ_THREADS"), attention::V3_DQ_THREADS);
     // the tensor-core kernels are bounded at 4 warps, as the launcher uses
     assert!(cu("attention_mma.cu").contains("__launch_bounds__(4 * WARP)"));
     assert_eq!(attention::WARPS, 4);
+}
+
+#[test]
+fn v3_shared_memory_fits_one_block_of_an_a100_and_two_of_an_h100() {
+    // the launchers' sizes (V3Fwd/V3Bwd<HD>::SMEM in the .cu): sm_80 allows
+    // 163 KiB per block, sm_90 227 KiB per block and 228 KiB per SM
+    for hd in attention::HEAD_DIMS {
+        for (what, b) in [("fwd", attention::fwd_v3_smem(hd)), ("bwd", attention::bwd_v3_smem(hd))] {
+            assert!(b <= 163 * 1024, "{what} hd {hd}: {b} bytes");
+            assert!(2 * b <= 228 * 1024, "{what} hd {hd}: {b} bytes, two blocks do not fit an SM");
+        }
+    }
+    assert_eq!(attention::fwd_v3_smem(128), (128 * 136 + 2 * 2 * 64 * 136) * 2);
+    assert_eq!(attention::bwd_v3_smem(64), (2 * 64 * 72 + 4 * 32 * 72 + 64 * 40) * 2 + 512 + 16);
+}
+
+/// cuobjdump (the PyPI package nvidia-cuda-cuobjdump, which
+/// tools/install-cuda.sh puts in .cuda-tools/): $CUOBJDUMP, then the
+/// project's copy, then PATH.
+fn cuobjdump() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("CUOBJDUMP") {
+        return p.into();
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let local = root.join(".cuda-tools/nvidia/cu13/bin/cuobjdump");
+    if local.is_file() {
+        return local;
+    }
+    "cuobjdump".into()
+}
+
+/// Function name -> its instructions: (address, opcode, branch target).
+type Sass = std::collections::BTreeMap<String, Vec<(u64, String, Option<u64>)>>;
+
+/// The SASS of every function of a cubin.
+fn sass(cubin: &std::path::Path) -> Sass {
+    let out = std::process::Command::new(cuobjdump()).arg("-sass").arg(cubin).output().unwrap_or_else(|e| {
+        panic!("running cuobjdump ({}): {e}; HINT: `bash tools/install-cuda.sh` installs it into .cuda-tools/ (or set CUOBJDUMP)", cuobjdump().display())
+    });
+    assert!(out.status.success(), "cuobjdump -sass {}: {}", cubin.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut funcs = std::collections::BTreeMap::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        if let Some(i) = line.find("Function : ") {
+            cur = Some(line[i + 11..].trim().to_string());
+            funcs.insert(cur.clone().unwrap_or_default(), Vec::new());
+            continue;
+        }
+        let (Some(name), Some(a0)) = (&cur, line.find("/*")) else { continue };
+        let rest = &line[a0 + 2..];
+        let Some(a1) = rest.find("*/") else { continue };
+        let Ok(addr) = u64::from_str_radix(rest[..a1].trim(), 16) else { continue };
+        let mut words = rest[a1 + 2..].split_whitespace().filter(|w| !w.starts_with('@'));
+        let Some(op) = words.next() else { continue };
+        let op = op.split('.').next().unwrap_or(op).to_string();
+        let target = if op == "BRA" { words.next().and_then(|w| u64::from_str_radix(w.trim_start_matches("0x").trim_end_matches(';'), 16).ok()) } else { None };
+        if let Some(v) = funcs.get_mut(name) {
+            v.push((addr, op, target));
+        }
+    }
+    funcs
+}
+
+/// The v3 attention kernels keep their tile loop on ldmatrix and cp.async:
+/// in the SASS of both targets, some loop (the instructions from a backward
+/// branch's target to the branch) holds LDSM (ldmatrix), LDGSTS (cp.async)
+/// and HMMA (mma.sync) together. A v3 kernel that fell back to 32-bit shared
+/// loads or synchronous copies fails here.
+#[test]
+fn v3_attention_inner_loops_use_ldmatrix_and_cp_async() {
+    let dir = keep_dir(Family::AttentionV3);
+    let cubins: Vec<_> =
+        std::fs::read_dir(&dir).expect("keep dir").flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "cubin")).collect();
+    assert_eq!(cubins.len(), SASS_TARGETS);
+    let tile_kernels: Vec<&str> = ENTRY_POINTS.iter().filter(|(f, n)| *f == Family::AttentionV3 && *n != attention::BWD_V3_DQ).map(|(_, n)| *n).collect();
+    assert_eq!(tile_kernels.len(), 8);
+    for c in &cubins {
+        let funcs = sass(c);
+        for k in &tile_kernels {
+            let code = funcs.get(*k).unwrap_or_else(|| panic!("{k} not in the SASS of {}", c.display()));
+            let loops: Vec<(u64, u64)> = code.iter().filter_map(|(a, _, t)| t.filter(|t| t < a).map(|t| (t, *a))).collect();
+            let found = loops.iter().any(|&(lo, hi)| {
+                let ops: Vec<&str> = code.iter().filter(|(a, _, _)| (lo..=hi).contains(a)).map(|(_, o, _)| o.as_str()).collect();
+                ["LDSM", "LDGSTS", "HMMA"].iter().all(|want| ops.contains(want))
+            });
+            let count = |op: &str| code.iter().filter(|(_, o, _)| o == op).count();
+            println!(
+                "{} {k}: LDSM {} LDGSTS {} HMMA {} loops {}",
+                c.file_name().and_then(|f| f.to_str()).unwrap_or("?"),
+                count("LDSM"),
+                count("LDGSTS"),
+                count("HMMA"),
+                loops.len()
+            );
+            assert!(found, "{k} in {}: no loop holds LDSM, LDGSTS and HMMA together", c.display());
+        }
+        // and the parser is not vacuous: v2 uses neither ldmatrix nor cp.async
+        let v2 = sass(
+            &std::fs::read_dir(keep_dir(Family::AttentionMma))
+                .expect("keep")
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "cubin"))
+                .expect("a v2 cubin"),
+        );
+        let fwd2 = &v2[attention::FWD_MMA_D128];
+        assert!(fwd2.iter().any(|(_, o, _)| o == "HMMA") && !fwd2.iter().any(|(_, o, _)| o == "LDSM" || o == "LDGSTS"));
+    }
 }

@@ -293,6 +293,30 @@ fn ldmatrix_x4_gives_the_mma_a_fragment_and_trans_its_transpose() {
 }
 
 #[test]
+fn cp_async_lands_at_its_wait_group_with_the_zero_fill() {
+    let d = dev();
+    let input: Vec<f32> = (0..64).map(|i| 1.0 + i as f32 * 0.37).collect();
+    let im = mem(&d, &input);
+    // the bytes each chunk should hold: chunk 5 keeps its first 6 bytes, chunk 13 none
+    let src: Vec<u8> = bytemuck::cast_slice(&input).to_vec();
+    let mut want = src.clone();
+    want[5 * 16 + 6..6 * 16].fill(0);
+    want[13 * 16..14 * 16].fill(0);
+    for sched in [Schedule::RoundRobin, Schedule::HighestFirst, Schedule::Random(9)] {
+        d.set_config(SimConfig { schedule: sched, ..SimConfig::default() });
+        let out = d.alloc(64 * 4).expect("a");
+        run(&d, "selftest_cp_async", dims(1, 8), &[p(&out), p(&im), KArg::I32(0)]).expect("cp.async");
+        assert_eq!(get::<u8>(&out, 256), want, "{sched:?}");
+        // without the wait for group 1 its destination holds no data yet (0xff: NaN)
+        let out = d.alloc(64 * 4).expect("a");
+        run(&d, "selftest_cp_async", dims(1, 8), &[p(&out), p(&im), KArg::I32(1)]).expect("runs");
+        let got = get::<u8>(&out, 256);
+        assert_eq!(got[..128], want[..128], "group 0 waited for: {sched:?}");
+        assert!(got[128..].iter().all(|&b| b == 0xff), "group 1 read before it landed must be the poison: {sched:?}");
+    }
+}
+
+#[test]
 fn the_schedules_interleave_threads_differently() {
     let orders: Vec<Vec<u32>> = [Schedule::RoundRobin, Schedule::LowestFirst, Schedule::HighestFirst, Schedule::Random(1), Schedule::Random(2)]
         .iter()

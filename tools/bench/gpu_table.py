@@ -2,7 +2,10 @@
 """Joins gpu-check's results (check JSON, our timings) with the PyTorch
 peer's timings into the table tools/device-check.sh prints last.
 
-Usage: table.py CHECK_JSON OURS_JSON PEER_JSON [STEP_JSON]
+Usage: table.py CHECK_JSON[,CHECK_JSON...] OURS_JSON PEER_JSON [STEP_JSON]
+
+Several check files (tools/device-check.sh: the smoke test, the checks, the
+loss curve) are joined; each gets its own passed/failed line.
 
 ratio = peer ms / our ms (above 1: we are faster). For memory-bound kernels
 the rate is GB/s of bytes read + written once, also as a fraction of the
@@ -26,12 +29,16 @@ CHECK_PREFIX = {
     "adamw_2^28": "adamw",
     "matmul_8192_bf16": "matmul",
     "matmul_linear_16384x11008x4096": "matmul",
-    "attention_fwd_t4096_d128_kv32": "attention b=1 t=4096 hd=128 h=16 kv=16 fwd Mma",
-    "attention_fwd_t4096_d128_kv8": "attention b=1 t=4096 hd=128 h=16 kv=8 fwd Mma",
-    "attention_bwd_t4096_d128_kv32": "attention b=1 t=4096 hd=128 h=16 kv=16 bwd Mma",
-    "attention_bwd_t4096_d128_kv8": "attention b=1 t=4096 hd=128 h=16 kv=8 bwd Mma",
-    "attention_fwd_t4096_d128_kv32_v1": "attention b=1 t=4096 hd=128 h=16 kv=16 fwd Simple",
-    "attention_bwd_t4096_d128_kv32_v1": "attention b=1 t=4096 hd=128 h=16 kv=16 bwd Simple",
+    # gpu-check keeps one T = 4096 configuration (hd 128, 16 heads, 8 KV heads):
+    # its rows stand for the timed 32-head shapes of the same kernels
+    "attention_fwd_t4096_d128_kv32": "attention b=1 t=4096 hd=128 h=16 kv=8 fwd V3",
+    "attention_fwd_t4096_d128_kv8": "attention b=1 t=4096 hd=128 h=16 kv=8 fwd V3",
+    "attention_bwd_t4096_d128_kv32": "attention b=1 t=4096 hd=128 h=16 kv=8 bwd V3",
+    "attention_bwd_t4096_d128_kv8": "attention b=1 t=4096 hd=128 h=16 kv=8 bwd V3",
+    "attention_fwd_t4096_d128_kv32_v2": "attention b=1 t=4096 hd=128 h=16 kv=8 fwd Mma",
+    "attention_bwd_t4096_d128_kv32_v2": "attention b=1 t=4096 hd=128 h=16 kv=8 bwd Mma",
+    "attention_fwd_t4096_d128_kv32_v1": "attention b=1 t=4096 hd=128 h=16 kv=8 fwd Simple",
+    "attention_bwd_t4096_d128_kv32_v1": "attention b=1 t=4096 hd=128 h=16 kv=8 bwd Simple",
     "attention_decode_b8_t4096_d128": "attention decode",
 }
 
@@ -63,7 +70,10 @@ def load(p):
 
 
 def main():
-    checks, ours, peer = (load(p) for p in sys.argv[1:4])
+    check_files = sys.argv[1].split(",")
+    per_file = [(p, load(p)) for p in check_files]
+    checks = [c for _, rows in per_file for c in rows]
+    ours, peer = (load(p) for p in sys.argv[2:4])
     step = None
     if len(sys.argv) > 4:
         try:
@@ -90,7 +100,7 @@ def main():
         err = max((num(c["max_abs_err"]) for c in rows), default=float("nan"))
         used = max((num(c["tol_used"]) for c in rows), default=float("nan"))
         bad = any(not c["ok"] for c in rows)
-        p = peer_by.get(key[:-3] if key.endswith("_v1") else key)
+        p = peer_by.get(key[:-3] if key.endswith(("_v1", "_v2")) else key)
         pms = p["ms"] if p else float("nan")
         ratio = pms / r["ms"] if p else float("nan")
         if r.get("bytes"):
@@ -118,11 +128,12 @@ def main():
         # H100/H200 SXM datasheet dense bf16 rate (989 TFLOP/s)
         print(f"training step 1B (B=4, T=2048): {step['step_ms_median']:.1f} ms, {step['tokens_per_s']:.0f} tokens/s, "
               f"{tf:.0f} TFLOP/s = MFU {tf / mm_tfs:.0%} of measured matmul, {tf / 989:.0%} of 989 TFLOP/s")
-    failed = sum(1 for c in checks if not c["ok"])
-    if checks:
-        print(f"gpu-check: {len(checks) - failed} passed, {failed} failed")
-    else:
-        print("gpu-check: NO RESULTS (its JSON is missing: it did not finish; see gpu-check.log)")
+    for path, rows in per_file:
+        failed = sum(1 for c in rows if not c["ok"])
+        if rows:
+            print(f"{path.rsplit('/', 1)[-1]}: {len(rows) - failed} passed, {failed} failed")
+        else:
+            print(f"{path.rsplit('/', 1)[-1]}: NO RESULTS (missing: that step did not finish; see device.log)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@
 #define CUDA_SIM 1
 
 #include <math.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -126,6 +127,15 @@ void mma_m16n8k16_bf16_f32(float* d, const uint32_t* a, uint32_t b0, uint32_t b1
 void ldmatrix(uint32_t* r, int nmat, int trans, const uint32_t* row, const char* file, int line);
 // mask of the lanes of the caller's warp that have not exited
 unsigned activemask();
+// cp.async.cg.shared.global (16 bytes, bytes past src_bytes zero-filled),
+// cp.async.commit_group and cp.async.wait_group n, per the PTX ISA: a copy
+// lands only when its issuing thread waits for its group (the destination
+// is filled with 0xff bytes, NaN, when the copy is issued: a read before the
+// wait, or by another thread before the barrier after it, sees NaN); the
+// copies still pending when a thread exits land then.
+void cp_async(void* dst, const void* src, int src_bytes, const char* file, int line);
+void cp_async_commit();
+void cp_async_wait(int n, const char* file, int line);
 
 // A call site (file, line), so collectives can check that the lanes of a
 // mask meet at the same intrinsic, and deadlock reports can say where.
@@ -197,8 +207,19 @@ inline unsigned __activemask() { return ::cuda_sim::activemask(); }
 #define ldmatrix_x1_trans(r, p) CUDA_SIM_AT.ldm(r, 1, 1, p)
 #define ldmatrix_x2_trans(r, p) CUDA_SIM_AT.ldm(r, 2, 1, p)
 #define ldmatrix_x4_trans(r, p) CUDA_SIM_AT.ldm(r, 4, 1, p)
+#define cp_async16(dst, src, n) ::cuda_sim::cp_async(dst, src, n, __FILE__, __LINE__)
+inline void cp_async_commit() { ::cuda_sim::cp_async_commit(); }
+template <int N>
+inline void cp_async_wait() { ::cuda_sim::cp_async_wait(N, __FILE__, __LINE__); }
 
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+// a pause in a spin loop (the GPU sleeps about ns nanoseconds; here the OS thread yields)
+inline void __nanosleep(unsigned) { sched_yield(); }
+// loads and stores that bypass L1 (coherent at L2): plain accesses here
+template <class T>
+inline T __ldcg(const T* p) { return *p; }
+template <class T>
+inline void __stcg(T* p, T v) { *p = v; }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 // ---- bf16 (cuda_bf16.h) -----------------------------------------------------

@@ -23,6 +23,8 @@ struct CudaSimLaunch {
     int32_t workers;      // OS threads (0: all cores)
     int32_t block_order;  // 0 in order, 1 reversed, 2 shuffled
     int32_t poison_smem;  // fill dynamic shared memory with 0xff at every block start
+    int32_t smem_optin;   // the launch raised the kernel's dynamic shared memory limit
+                          // (cuFuncSetAttribute MAX_DYNAMIC_SHARED_SIZE_BYTES on the GPU)
 };
 struct CudaSimStats {
     uint64_t blocks, threads, switches, barriers, collectives, mma;

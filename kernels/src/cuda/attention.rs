@@ -354,3 +354,157 @@ pub fn attention_bwd_ragged_bf16(tg: Target<'_>, p: &AttnBwdParams, r: RaggedPtr
     // read are < len <= t; key rows past len get their zero row.
     unsafe { launch!(tg, Family::Attention, name, d, [dkp, dvp, dp, qp, kp, vp, lsp, dl, lp, b, t, nh, nkv]) }
 }
+
+// ---- v3 (`cu/attention_v3.cu`): ldmatrix, cp.async stages, 128-row forward
+// tiles (heaviest first), one backward kernel with dQ summed in key-tile order
+
+pub const FWD_V3_D64: &str = "attention_fwd_v3_d64_bf16";
+pub const FWD_V3_D128: &str = "attention_fwd_v3_d128_bf16";
+pub const FWD_V3_RAGGED_D64: &str = "attention_fwd_v3_ragged_d64_bf16";
+pub const FWD_V3_RAGGED_D128: &str = "attention_fwd_v3_ragged_d128_bf16";
+pub const BWD_V3_D64: &str = "attention_bwd_v3_d64_bf16";
+pub const BWD_V3_D128: &str = "attention_bwd_v3_d128_bf16";
+pub const BWD_V3_RAGGED_D64: &str = "attention_bwd_v3_ragged_d64_bf16";
+pub const BWD_V3_RAGGED_D128: &str = "attention_bwd_v3_ragged_d128_bf16";
+pub const BWD_V3_DQ: &str = "attention_bwd_v3_dq_bf16";
+
+/// Query rows per block of the v3 forward (V3_BQ in the .cu), 8 warps.
+pub const V3_ROWS: usize = 128;
+/// Keys per K/V tile of the v3 forward (V3_BK).
+pub const V3_KEYS: usize = 64;
+/// Threads of a v3 forward block (V3_FWD_WARPS warps).
+pub const V3_FWD_THREADS: u32 = 256;
+/// Keys per block of the v3 backward (V3_BWD_BK), 4 warps.
+pub const V3_BWD_KEYS: usize = 64;
+/// Query rows per step of the v3 backward (V3_BWD_BQ).
+pub const V3_BWD_ROWS: usize = 32;
+/// Threads of a v3 backward block (V3_BWD_WARPS warps).
+pub const V3_BWD_THREADS: u32 = 128;
+/// Threads of the dq conversion (V3_DQ_THREADS).
+pub const V3_DQ_THREADS: u32 = 256;
+/// Padding of a shared row in bf16 (V3_PAD).
+const V3_PAD: usize = 8;
+
+/// Dynamic shared memory of the v3 forward (V3Fwd<HD>::SMEM): the Q tile
+/// and 3 (hd 64) or 2 (hd 128) stages of K and V tiles.
+pub fn fwd_v3_smem(hd: usize) -> usize {
+    let ld = hd + V3_PAD;
+    let stages = if hd == 64 { 3 } else { 2 };
+    (V3_ROWS * ld + 2 * stages * V3_KEYS * ld) * 2
+}
+
+/// Dynamic shared memory of the v3 backward (V3Bwd<HD>::SMEM): K, V, two
+/// stages of Q and dO, dSᵀ, two stages of lse and delta, the ticket.
+pub fn bwd_v3_smem(hd: usize) -> usize {
+    let ld = hd + V3_PAD;
+    let lds = V3_BWD_ROWS + V3_PAD;
+    (2 * V3_BWD_KEYS * ld + 2 * 2 * V3_BWD_ROWS * ld + V3_BWD_KEYS * lds) * 2 + 2 * 2 * V3_BWD_ROWS * 4 + 16
+}
+
+/// Checks of the v3 forward (same buffers and alignment as [`check_fwd`]);
+/// the grid is (heads, batch, query tiles of 128), the tiles taken last
+/// row first. `ragged` picks the ragged entry point.
+pub fn check_fwd_v3(p: &AttnFwdParams, ragged: bool) -> Result<(&'static str, LaunchDims)> {
+    const OP: &str = "attention_fwd_v3";
+    check_fwd(p)?;
+    let s = &p.shape;
+    let name = if ragged { pick(OP, s.hd, FWD_V3_RAGGED_D64, FWD_V3_RAGGED_D128)? } else { pick(OP, s.hd, FWD_V3_D64, FWD_V3_D128)? };
+    let tiles = s.tq.div_ceil(V3_ROWS);
+    if s.b > MAX_GRID_YZ || tiles > MAX_GRID_YZ {
+        return arg_err(OP, format!("batch {} and query tiles {tiles} must be <= {MAX_GRID_YZ}", s.b));
+    }
+    let grid = (to_u32(OP, "grid.x", s.n_head)?, to_u32(OP, "grid.y", s.b)?, to_u32(OP, "grid.z", tiles)?);
+    Ok((name, LaunchDims { grid, block: V3_FWD_THREADS, smem: to_u32(OP, "smem", fwd_v3_smem(s.hd))? }))
+}
+
+/// The v3 forward: same contract as [`attention_fwd_bf16`] (P rounded to
+/// bf16 for P·V, as v2).
+pub fn attention_fwd_v3_bf16(tg: Target<'_>, p: &AttnFwdParams) -> Result<()> {
+    let (name, d) = check_fwd_v3(p, false)?;
+    let (o, l, qp, kp, vp) = (p.out.addr, p.lse.addr, p.q.addr, p.k.addr, p.v.addr);
+    let I32Shape { b, tq, tkv, cap, nh, nkv } = I32Shape::of(name, &p.shape)?;
+    // SAFETY: check_fwd: every buffer covers the shape; K/V rows >= tkv are
+    // zero-filled by cp.async without a read; rows past tq are not written.
+    unsafe { launch!(tg, Family::AttentionV3, name, d, [o, l, qp, kp, vp, b, tq, tkv, cap, nh, nkv]) }
+}
+
+/// The v3 forward of a ragged batch: same contract as
+/// [`attention_fwd_ragged_bf16`].
+pub fn attention_fwd_v3_ragged_bf16(tg: Target<'_>, p: &AttnFwdParams, r: RaggedPtrs) -> Result<()> {
+    let (name, d) = check_fwd_v3(p, true)?;
+    let s = &p.shape;
+    check_ragged_ptrs("attention_fwd_v3_ragged", s, &r)?;
+    let (o, l, qp, kp, vp, pp, lp) = (p.out.addr, p.lse.addr, p.q.addr, p.k.addr, p.v.addr, r.pos0.addr, r.len.addr);
+    let I32Shape { b, tq, cap, nh, nkv, .. } = I32Shape::of(name, s)?;
+    // SAFETY: check_fwd covers every buffer; the host checked pos0 + len <= cap,
+    // so the keys read (rows < pos0 + len) are inside k/v; rows past tq are not written.
+    unsafe { launch!(tg, Family::AttentionV3, name, d, [o, l, qp, kp, vp, pp, lp, b, tq, cap, nh, nkv]) }
+}
+
+/// Scratch of the v3 backward, zeroed by the caller before the call:
+/// `dq_acc` (b, t, n_head, hd) f32, the dQ sums; `sync` [`bwd_v3_sync_len`]
+/// i32, the ticket counter and one counter per (batch, head, query tile).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnBwdV3Scratch {
+    pub dq_acc: DPtr<f32>,
+    pub sync: DPtr<i32>,
+}
+
+/// Length of [`AttnBwdV3Scratch::sync`] for a shape.
+pub fn bwd_v3_sync_len(s: &AttnShape) -> usize {
+    1 + s.b * s.n_head * s.tq.div_ceil(V3_BWD_ROWS)
+}
+
+/// Checks of the v3 backward: [`check_bwd`] and the scratch; returns the
+/// main kernel's name and launch (one block per (key tile, KV head, batch)).
+pub fn check_bwd_v3(p: &AttnBwdParams, sc: &AttnBwdV3Scratch, ragged: bool) -> Result<(&'static str, LaunchDims)> {
+    const OP: &str = "attention_bwd_v3";
+    check_bwd(p)?;
+    let s = &p.shape;
+    check_ptr(OP, "dq_acc", sc.dq_acc, s.b * s.tq * s.n_head * s.hd)?;
+    check_align(OP, "dq_acc", sc.dq_acc, 16)?;
+    check_ptr(OP, "sync", sc.sync, bwd_v3_sync_len(s))?;
+    let name = if ragged { pick(OP, s.hd, BWD_V3_RAGGED_D64, BWD_V3_RAGGED_D128)? } else { pick(OP, s.hd, BWD_V3_D64, BWD_V3_D128)? };
+    let blocks = s.tq.div_ceil(V3_BWD_KEYS) * s.n_kv_head * s.b;
+    // tickets and counters are ints in the kernel
+    to_i32(OP, "blocks", blocks)?;
+    to_i32(OP, "sync", bwd_v3_sync_len(s))?;
+    Ok((name, LaunchDims { grid: (to_u32(OP, "grid.x", blocks)?, 1, 1), block: V3_BWD_THREADS, smem: to_u32(OP, "smem", bwd_v3_smem(s.hd))? }))
+}
+
+/// The v3 backward: delta (the v1 pre kernel), the main kernel (dk, dv
+/// overwritten, dq_acc summed), then dq = bf16(dq_acc·scale). `sc` must be
+/// zero. With `r`, a ragged training batch (every pos0 0): padding rows are
+/// read by none of the kernels and get zero gradients.
+pub fn attention_bwd_v3_bf16(tg: Target<'_>, p: &AttnBwdParams, sc: &AttnBwdV3Scratch, r: Option<RaggedPtrs>) -> Result<()> {
+    let (name, d) = check_bwd_v3(p, sc, r.is_some())?;
+    let s = &p.shape;
+    let I32Shape { b, tq: t, nh, nkv, .. } = I32Shape::of(name, s)?;
+    let (dkp, dvp, dqa, syn, dp, qp, kp, vp, lsp, dl) =
+        (p.dk.addr, p.dv.addr, sc.dq_acc.addr, sc.sync.addr, p.dout.addr, p.q.addr, p.k.addr, p.v.addr, p.lse.addr, p.delta.addr);
+    match r {
+        None => {
+            attention_bwd_pre_bf16(tg, p)?;
+            // SAFETY: check_bwd_v3 covers every buffer and the scratch for the
+            // training shape; rows past t are neither read nor written.
+            unsafe { launch!(tg, Family::AttentionV3, name, d, [dkp, dvp, dqa, syn, dp, qp, kp, vp, lsp, dl, b, t, nh, nkv])? };
+        }
+        Some(r) => {
+            check_ragged_ptrs("attention_bwd_v3_ragged", s, &r)?;
+            let lp = r.len.addr;
+            let pre = pick("attention_bwd_pre_ragged", s.hd, BWD_PRE_RAGGED_D64, BWD_PRE_RAGGED_D128)?;
+            let pd = dims(pre, s.tq, s.n_head, s.b)?;
+            let op = p.out.addr;
+            // SAFETY: check_bwd: dout/out cover b*t*n_head*hd, delta b*n_head*t; len b entries.
+            unsafe { launch!(tg, Family::Attention, pre, pd, [dl, dp, op, lp, b, t, nh])? };
+            // SAFETY: as the dense launch; rows at or past len are not read.
+            unsafe { launch!(tg, Family::AttentionV3, name, d, [dkp, dvp, dqa, syn, dp, qp, kp, vp, lsp, dl, lp, b, t, nh, nkv])? };
+        }
+    }
+    let n = s.b * s.tq * s.n_head * s.hd;
+    let nd = LaunchDims { grid: (super::stride_blocks(BWD_V3_DQ, n, 8 * V3_DQ_THREADS as usize, 4096)?, 1, 1), block: V3_DQ_THREADS, smem: 0 };
+    let (dqp, n64, scale) = (p.dq.addr, super::to_i64(BWD_V3_DQ, "n", n)?, 1.0f32 / (s.hd as f32).sqrt());
+    // SAFETY: dq and dq_acc cover n = b*t*n_head*hd elements (checked), n is a
+    // multiple of 8 (hd is 64 or 128) and both are 16-byte aligned.
+    unsafe { launch!(tg, Family::AttentionV3, BWD_V3_DQ, nd, [dqp, dqa, n64, scale]) }
+}

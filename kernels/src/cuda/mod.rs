@@ -117,10 +117,11 @@ pub enum Family {
     Adamw,
     Attention,
     AttentionMma,
+    AttentionV3,
 }
 
 impl Family {
-    pub const ALL: [Family; 9] = [
+    pub const ALL: [Family; 10] = [
         Family::Elementwise,
         Family::Rmsnorm,
         Family::Rope,
@@ -130,6 +131,7 @@ impl Family {
         Family::Adamw,
         Family::Attention,
         Family::AttentionMma,
+        Family::AttentionV3,
     ];
     /// The file stem of the family's `.cu` source.
     pub fn name(self) -> &'static str {
@@ -143,6 +145,7 @@ impl Family {
             Family::Adamw => "adamw",
             Family::Attention => "attention",
             Family::AttentionMma => "attention_mma",
+            Family::AttentionV3 => "attention_v3",
         }
     }
     fn index(self) -> usize {
@@ -173,6 +176,7 @@ pub fn fatbin(f: Family) -> &'static [u8] {
         Family::Adamw => out_file!("adamw"),
         Family::Attention => out_file!("attention"),
         Family::AttentionMma => out_file!("attention_mma"),
+        Family::AttentionV3 => out_file!("attention_v3"),
     }
 }
 
@@ -188,6 +192,7 @@ pub fn ptxas_report(f: Family) -> &'static str {
         Family::Adamw => out_text!("adamw"),
         Family::Attention => out_text!("attention"),
         Family::AttentionMma => out_text!("attention_mma"),
+        Family::AttentionV3 => out_text!("attention_v3"),
     }
 }
 
@@ -253,13 +258,22 @@ pub const ENTRY_POINTS: &[(Family, &str)] = &[
     (Family::Attention, attention::BWD_DQ_RAGGED_D128),
     (Family::Attention, attention::BWD_DKDV_RAGGED_D64),
     (Family::Attention, attention::BWD_DKDV_RAGGED_D128),
+    (Family::AttentionV3, attention::FWD_V3_D64),
+    (Family::AttentionV3, attention::FWD_V3_D128),
+    (Family::AttentionV3, attention::FWD_V3_RAGGED_D64),
+    (Family::AttentionV3, attention::FWD_V3_RAGGED_D128),
+    (Family::AttentionV3, attention::BWD_V3_D64),
+    (Family::AttentionV3, attention::BWD_V3_D128),
+    (Family::AttentionV3, attention::BWD_V3_RAGGED_D64),
+    (Family::AttentionV3, attention::BWD_V3_RAGGED_D128),
+    (Family::AttentionV3, attention::BWD_V3_DQ),
 ];
 
 /// The modules of one device, each loaded on first use, and the functions
 /// looked up in them, cached by name (candle's `ModuleStore`).
 pub struct KernelStore {
     ctx: Arc<CudaContext>,
-    modules: [OnceLock<Arc<CudaModule>>; 9],
+    modules: [OnceLock<Arc<CudaModule>>; 10],
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
 }
 
@@ -400,6 +414,12 @@ impl From<f32> for KArg {
     }
 }
 
+/// Dynamic shared memory a launch may use without raising the kernel's
+/// limit (48 KiB); a launch that asks for more opts in first
+/// (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`; the CPU layer checks
+/// it against the sm_90 maximum of 227 KiB).
+pub const SMEM_NO_OPTIN: u32 = 48 * 1024;
+
 impl Target<'_> {
     /// Launches `kernel` of `family` with `dims` and `args` and checks the
     /// launch error (on the CPU layer the launch also runs to completion).
@@ -413,6 +433,19 @@ impl Target<'_> {
             Target::Cuda { ks, stream } => {
                 use cudarc::driver::PushKernelArg as _;
                 let func = ks.func(family, kernel)?;
+                if dims.smem > SMEM_NO_OPTIN {
+                    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
+                    let bytes = i32::try_from(dims.smem).map_err(|_| KernelError::Arg { op: kernel, msg: format!("{} bytes of shared memory", dims.smem) })?;
+                    func.set_attribute(MAX_DYN, bytes).map_err(|e| KernelError::Launch {
+                        kernel,
+                        grid: dims.grid,
+                        block: dims.block,
+                        smem: dims.smem,
+                        msg: format!(
+                            "raising the dynamic shared memory limit to {bytes} bytes: {e}; HINT: the GPU must allow that much per block (sm_80 and later)"
+                        ),
+                    })?;
+                }
                 let mut b = stream.launch_builder(&func);
                 for a in args {
                     match a {

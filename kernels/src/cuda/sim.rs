@@ -53,6 +53,7 @@ struct CLaunch {
     workers: i32,
     block_order: i32,
     poison_smem: i32,
+    smem_optin: i32,
 }
 
 /// Work the layer did (summed over launches).
@@ -119,7 +120,7 @@ pub const RACE_SCHEDULES: [(Schedule, BlockOrder); 5] = [
     (Schedule::Random(0x5EED_0002), BlockOrder::Shuffled(0x5EED_0002)),
 ];
 
-/// Bugs planted in copies of three kernels (tests only): build.rs compiles
+/// Bugs planted in copies of four kernels (tests only): build.rs compiles
 /// the copy of the family's `.cu` with one exact edit under the names
 /// `planted:<tag>:<kernel>`; with a plant set, the device launches those
 /// instead of the family's kernels. The shipped `.cu` files are untouched.
@@ -131,16 +132,19 @@ pub enum Plant {
     CeBarrier,
     /// the tensor-core forward's P fragment has a1 and a2 swapped (a fragment layout)
     MmaFragment,
+    /// the v3 forward reads a K/V tile without waiting for its cp.async group
+    CpAsyncWait,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 3] = [Plant::GqaIndex, Plant::CeBarrier, Plant::MmaFragment];
+    pub const ALL: [Plant; 4] = [Plant::GqaIndex, Plant::CeBarrier, Plant::MmaFragment, Plant::CpAsyncWait];
     /// The tag in the planted kernels' names (build_sim.rs, PLANTS).
     pub fn tag(self) -> &'static str {
         match self {
             Plant::GqaIndex => "gqa_index",
             Plant::CeBarrier => "ce_barrier",
             Plant::MmaFragment => "mma_fragment",
+            Plant::CpAsyncWait => "cp_async_wait",
         }
     }
     /// The family whose kernels the plant replaces.
@@ -149,6 +153,7 @@ impl Plant {
             Plant::GqaIndex => Family::Attention,
             Plant::CeBarrier => Family::CrossEntropy,
             Plant::MmaFragment => Family::AttentionMma,
+            Plant::CpAsyncWait => Family::AttentionV3,
         }
     }
 }
@@ -386,21 +391,22 @@ impl SimDevice {
             _ => kernel.to_string(),
         };
         // SAFETY: the caller's contract
-        unsafe { self.launch_named(&name, kernel, dims, args, &cfg) }
+        unsafe { self.launch_named(&name, kernel, dims, args, &cfg, dims.smem > super::SMEM_NO_OPTIN) }
     }
 
     /// Launches any kernel of the layer by name (its own unit tests: the
-    /// `selftest_*` kernels), with the device's configuration.
+    /// `selftest_*` kernels), with the device's configuration (no opt-in
+    /// for more than 48 KiB of dynamic shared memory).
     ///
     /// # Safety
     /// As [`Self::launch_family`].
     pub unsafe fn launch(&self, kernel: &'static str, dims: LaunchDims, args: &[KArg]) -> Result<()> {
         let cfg = self.config();
         // SAFETY: the caller's contract
-        unsafe { self.launch_named(kernel, kernel, dims, args, &cfg) }
+        unsafe { self.launch_named(kernel, kernel, dims, args, &cfg, false) }
     }
 
-    unsafe fn launch_named(&self, name: &str, label: &'static str, dims: LaunchDims, args: &[KArg], cfg: &SimConfig) -> Result<()> {
+    unsafe fn launch_named(&self, name: &str, label: &'static str, dims: LaunchDims, args: &[KArg], cfg: &SimConfig, optin: bool) -> Result<()> {
         if let Ok(mut l) = self.launches.lock() {
             *l.entry(name.to_string()).or_default() += 1;
         }
@@ -412,7 +418,7 @@ impl SimDevice {
                 Self::restore(b);
             }
             // SAFETY: the caller's contract
-            unsafe { self.run_once(name, label, dims, args, cfg, sched, order) }?;
+            unsafe { self.run_once(name, label, dims, args, cfg, sched, order, optin) }?;
             if let Some(msg) = self.check_guards() {
                 return Err(sim_err(label, dims, format!("{name}: {msg}")));
             }
@@ -448,6 +454,7 @@ impl SimDevice {
         cfg: &SimConfig,
         sched: Schedule,
         order: BlockOrder,
+        optin: bool,
     ) -> Result<()> {
         #[repr(C, align(8))]
         #[derive(Clone, Copy)]
@@ -503,6 +510,7 @@ impl SimDevice {
             workers: i32::try_from(cfg.workers).unwrap_or(0),
             block_order,
             poison_smem: cfg.poison_smem as i32,
+            smem_optin: optin as i32,
         };
         let mut st = SimStats::default();
         let mut err = vec![0 as c_char; 2048];

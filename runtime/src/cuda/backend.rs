@@ -48,19 +48,49 @@ impl Buffer for CudaBuf {
 }
 
 /// Which attention kernels (forward and backward) the backend launches.
+///
+/// `Auto` is a fixed rule by shape, not a measurement: v3 for tq >=
+/// [`MMA_MIN_TQ`] (the kernels written to be the fastest: ldmatrix,
+/// cp.async stages, one backward pass), v1 below (decoding: a 128-row
+/// tensor-core block would idle most of its rows). No GPU has timed the
+/// three yet; gpu-check checks all three and its bench times them, so the
+/// first GPU run shows whether the rule holds. `LLAMA2_ATTN=simple|mma|v3|auto`
+/// overrides it at start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttnImpl {
-    /// tensor cores (v2) for tq >= MMA_MIN_TQ, the warp-per-row v1 below
+    /// v3 for tq >= MMA_MIN_TQ, the warp-per-row v1 below
     Auto,
     /// the warp-per-row f32 kernels (v1, the reference GPU path)
     Simple,
-    /// the tensor-core kernels (v2) at every shape
+    /// the tensor-core kernels (v2) at every shape (ragged batches: v1)
     Mma,
+    /// the v3 tensor-core kernels at every shape, ragged batches included
+    V3,
 }
 
-/// Below this many query rows (decoding) the warp-per-row kernel is used:
-/// a 64-row tensor-core block would idle most of its rows.
-const MMA_MIN_TQ: usize = 16;
+/// Below this many query rows (decoding) `Auto` uses the warp-per-row kernel.
+pub const MMA_MIN_TQ: usize = 16;
+
+impl AttnImpl {
+    /// The kernels a call with `tq` query rows runs under this choice
+    /// (never `Auto`).
+    pub fn resolve(self, tq: usize) -> AttnImpl {
+        match self {
+            AttnImpl::Auto if tq >= MMA_MIN_TQ => AttnImpl::V3,
+            AttnImpl::Auto => AttnImpl::Simple,
+            x => x,
+        }
+    }
+    /// `LLAMA2_ATTN` (simple, mma, v3, auto); unset or anything else: `Auto`.
+    pub fn from_env() -> AttnImpl {
+        match std::env::var("LLAMA2_ATTN").as_deref() {
+            Ok("simple") => AttnImpl::Simple,
+            Ok("mma") => AttnImpl::Mma,
+            Ok("v3") => AttnImpl::V3,
+            _ => AttnImpl::Auto,
+        }
+    }
+}
 
 /// The CUDA backend on one device.
 pub struct CudaBackend {
@@ -69,6 +99,8 @@ pub struct CudaBackend {
     ks: KernelStore,
     blas: Blas,
     attn: std::sync::Mutex<AttnImpl>,
+    /// how device memory is allocated, in words
+    allocator: String,
 }
 
 #[track_caller]
@@ -114,6 +146,7 @@ impl CudaBackend {
             return Err(RtError::NoDevice(format!("device {ordinal} requested, {count} present")));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| cu_err("creating the context", e))?;
+        let allocator = Self::keep_pool_memory(&ctx)?;
         // One stream: ordering is the stream's, no per-buffer events needed.
         // SAFETY: no buffer of this context exists yet.
         unsafe { ctx.disable_event_tracking() };
@@ -121,13 +154,44 @@ impl CudaBackend {
         let ks = KernelStore::new(ctx.clone());
         ks.load_all()?;
         let blas = Blas::new(&stream)?;
-        // LLAMA2_ATTN=simple|mma|auto overrides the kernel choice
-        let attn = match std::env::var("LLAMA2_ATTN").as_deref() {
-            Ok("simple") => AttnImpl::Simple,
-            Ok("mma") => AttnImpl::Mma,
-            _ => AttnImpl::Auto,
-        };
-        Ok(CudaBackend { ctx, stream, ks, blas, attn: std::sync::Mutex::new(attn) })
+        // LLAMA2_ATTN=simple|mma|v3|auto overrides the kernel choice
+        let attn = AttnImpl::from_env();
+        Ok(CudaBackend { ctx, stream, ks, blas, attn: std::sync::Mutex::new(attn), allocator })
+    }
+
+    /// cudarc allocates with `cuMemAllocAsync` from the device's default
+    /// stream-ordered pool where the device supports pools
+    /// (`CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED`), and with plain
+    /// `cuMemAlloc` / `cuMemFree` (a synchronize before each free) where it
+    /// does not. A pool's release threshold is 0 by default: at every
+    /// synchronisation the pool hands its free memory back to the driver, and
+    /// the next step allocates it again. The threshold is raised to the
+    /// maximum, so freed blocks stay in the pool for reuse. Returns the
+    /// choice, in words (gpu-check prints it).
+    fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<String> {
+        if !ctx.has_async_alloc() {
+            return Ok("cuMemAlloc/cuMemFree (the device has no stream-ordered memory pools; cudarc falls back to them)".into());
+        }
+        use cudarc::driver::{result, sys};
+        ctx.bind_to_thread().map_err(|e| cu_err("binding the context", e))?;
+        // SAFETY: cu_device() is the context's device, from cuDeviceGet.
+        let pool = unsafe { result::device::get_default_mem_pool(ctx.cu_device()) }.map_err(|e| cu_err("cuDeviceGetDefaultMemPool", e))?;
+        let mut threshold: u64 = u64::MAX;
+        // SAFETY: a valid pool; RELEASE_THRESHOLD takes a cuuint64_t.
+        unsafe {
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            )
+        }
+        .map_err(|e| cu_err("cuMemPoolSetAttribute(RELEASE_THRESHOLD)", e))?;
+        Ok("cuMemAllocAsync from the device's default memory pool, release threshold raised to the maximum (freed memory stays in the pool)".into())
+    }
+
+    /// How device memory is allocated ([`Self::keep_pool_memory`]).
+    pub fn allocator(&self) -> &str {
+        &self.allocator
     }
 
     /// Chooses the attention kernels (gpu-check runs each).
@@ -143,12 +207,17 @@ impl CudaBackend {
         self.attn.lock().map(|g| *g).unwrap_or(AttnImpl::Auto)
     }
 
-    fn use_mma(&self, tq: usize) -> bool {
-        match self.attention_impl() {
-            AttnImpl::Auto => tq >= MMA_MIN_TQ,
-            AttnImpl::Simple => false,
-            AttnImpl::Mma => true,
-        }
+    /// The attention kernels a call with `tq` query rows runs.
+    fn attn_for(&self, tq: usize) -> AttnImpl {
+        self.attention_impl().resolve(tq)
+    }
+
+    /// The zeroed scratch of the v3 backward ([`kc::attention::AttnBwdV3Scratch`]).
+    fn v3_scratch(&self, s: &AttnShape) -> Result<(CudaSlice<f32>, CudaSlice<i32>)> {
+        let e = |e| cu_err("attention scratch", e);
+        let acc = self.stream.alloc_zeros::<f32>(s.b * s.tq * s.n_head * s.hd).map_err(e)?;
+        let sync = self.stream.alloc_zeros::<i32>(kc::attention::bwd_v3_sync_len(s)).map_err(e)?;
+        Ok((acc, sync))
     }
 
     /// Where the launchers run this backend's kernels: its device and stream.
@@ -649,10 +718,10 @@ impl Backend for CudaBackend {
         let o = self.out_bf16(out, false)?;
         let l = self.out_f32(lse, false)?;
         let p = kc::attention::AttnFwdParams { out: o.ptr, lse: l.ptr, q: qp, k: kp, v: vp, shape: s };
-        if self.use_mma(s.tq) {
-            kc::attention::attention_fwd_mma_bf16(self.target(), &p)?;
-        } else {
-            kc::attention::attention_fwd_bf16(self.target(), &p)?;
+        match self.attn_for(s.tq) {
+            AttnImpl::V3 => kc::attention::attention_fwd_v3_bf16(self.target(), &p)?,
+            AttnImpl::Mma => kc::attention::attention_fwd_mma_bf16(self.target(), &p)?,
+            _ => kc::attention::attention_fwd_bf16(self.target(), &p)?,
         }
         self.finish_bf16(o)?;
         self.finish_f32(l)
@@ -692,10 +761,14 @@ impl Backend for CudaBackend {
         let dv = self.out_bf16(dv, false)?;
         let dl = self.dp_f32(&delta, 0, nd);
         let p = kc::attention::AttnBwdParams { dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, delta: dl, dout: dop, q: qp, k: kp, v: vp, out: op, lse: lp, shape: s };
-        if self.use_mma(s.tq) {
-            kc::attention::attention_bwd_mma_bf16(self.target(), &p)?;
-        } else {
-            kc::attention::attention_bwd_bf16(self.target(), &p)?;
+        match self.attn_for(s.tq) {
+            AttnImpl::V3 => {
+                let (acc, sync) = self.v3_scratch(&s)?;
+                let sc = kc::attention::AttnBwdV3Scratch { dq_acc: self.dp_f32(&acc, 0, acc.len()), sync: DPtr::new(addr(&sync, &self.stream), sync.len()) };
+                kc::attention::attention_bwd_v3_bf16(self.target(), &p, &sc, None)?;
+            }
+            AttnImpl::Mma => kc::attention::attention_bwd_mma_bf16(self.target(), &p)?,
+            _ => kc::attention::attention_bwd_bf16(self.target(), &p)?,
         }
         self.finish_bf16(dq)?;
         self.finish_bf16(dk)?;
@@ -934,7 +1007,8 @@ impl Backend for CudaBackend {
     // ---- ragged batches and per-token statistics --------------------------
     // The per-sequence positions and lengths are checked on the host
     // (`Ragged::check`) and uploaded as i32; the kernels read them as
-    // `RaggedPtrs`. Attention on ragged batches runs on the v1 kernels.
+    // `RaggedPtrs`. Attention on ragged batches runs on the v3 kernels (v1
+    // under `LLAMA2_ATTN=simple|mma`: v2 has no ragged form).
 
     fn rope_fwd_ragged(&self, x: ViewMut<Self>, table: View<Self>, s: RopeShape, r: Ragged) -> Result<()> {
         self.rope_ragged(x, table, s, r, false)
@@ -960,7 +1034,12 @@ impl Backend for CudaBackend {
         let o = self.out_bf16(out, false)?;
         let l = self.out_f32(lse, false)?;
         let p = kc::attention::AttnFwdParams { out: o.ptr, lse: l.ptr, q: qp, k: kp, v: vp, shape: s };
-        kc::attention::attention_fwd_ragged_bf16(self.target(), &p, self.ragged_ptrs(&rp, &rl, s.b))?;
+        let rg = self.ragged_ptrs(&rp, &rl, s.b);
+        match self.attn_for(s.tq) {
+            AttnImpl::V3 => kc::attention::attention_fwd_v3_ragged_bf16(self.target(), &p, rg)?,
+            // v2 has no ragged form
+            _ => kc::attention::attention_fwd_ragged_bf16(self.target(), &p, rg)?,
+        }
         self.finish_bf16(o)?;
         self.finish_f32(l)
     }
@@ -1005,7 +1084,15 @@ impl Backend for CudaBackend {
         let dv = self.out_bf16(dv, false)?;
         let dl = self.dp_f32(&delta, 0, nd);
         let p = kc::attention::AttnBwdParams { dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, delta: dl, dout: dop, q: qp, k: kp, v: vp, out: op, lse: lp, shape: s };
-        kc::attention::attention_bwd_ragged_bf16(self.target(), &p, self.ragged_ptrs(&rp, &rl, s.b))?;
+        let rg = self.ragged_ptrs(&rp, &rl, s.b);
+        match self.attn_for(s.tq) {
+            AttnImpl::V3 => {
+                let (acc, sync) = self.v3_scratch(&s)?;
+                let sc = kc::attention::AttnBwdV3Scratch { dq_acc: self.dp_f32(&acc, 0, acc.len()), sync: DPtr::new(addr(&sync, &self.stream), sync.len()) };
+                kc::attention::attention_bwd_v3_bf16(self.target(), &p, &sc, Some(rg))?;
+            }
+            _ => kc::attention::attention_bwd_ragged_bf16(self.target(), &p, rg)?,
+        }
         self.finish_bf16(dq)?;
         self.finish_bf16(dk)?;
         self.finish_bf16(dv)

@@ -68,6 +68,13 @@ pub struct GpuCheckArgs {
     /// Only the kernel checks (skip the training step and the 200-step run)
     #[arg(long)]
     pub kernels_only: bool,
+    /// Skip the 200-step loss-curve run (the kernel rows and the single
+    /// training step still run; tools/device-check.sh runs the curve last)
+    #[arg(long, conflicts_with = "kernels_only")]
+    pub no_curve: bool,
+    /// Only the 200-step loss-curve run (no kernel rows, no single step)
+    #[arg(long, conflicts_with_all = ["kernels_only", "no_curve", "no_check", "quick"])]
+    pub curve_only: bool,
     /// Skip the correctness checks (with --bench-json: timings only)
     #[arg(long)]
     pub no_check: bool,
@@ -135,6 +142,23 @@ pub fn run_sim(
     Ok(c)
 }
 
+/// The CUDA libraries this process has actually mapped (driver, cuBLASLt,
+/// NVRTC), from `/proc/self/maps`: the files the dynamic loader picked,
+/// not the ones a search guessed. Empty where the file is unreadable.
+#[cfg(feature = "cuda")]
+pub fn loaded_cuda_libraries() -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut libs: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| ["libcuda.so", "libcublas", "libnvrtc", "libnvidia"].iter().any(|n| p.contains(n)))
+        .map(String::from)
+        .collect();
+    libs.sort();
+    libs.dedup();
+    libs
+}
+
 #[cfg(feature = "cuda")]
 pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -155,7 +179,33 @@ pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
     let gpu = llama2_runtime::CudaBackend::new(a.device).context("starting the CUDA backend")?;
     let cpu = llama2_runtime::CpuBackend::new(0).context("starting the CPU backend")?;
     println!("gpu-check on {} ({}), seed {}, {} shapes", gpu.device_name(), llama2_runtime::Backend::name(&gpu), a.seed, if a.quick { "quick" } else { "all" });
+    println!("allocator: {}", gpu.allocator());
+    println!("attention kernels: {:?} (LLAMA2_ATTN=simple|mma|v3|auto)", gpu.attention_impl());
+    for lib in loaded_cuda_libraries() {
+        println!("loaded: {lib}");
+    }
     let mut failed = 0;
+    if a.curve_only {
+        let mut c = checks::Checker::new(cpu, gpu, a.seed, checks::Shapes::Quick);
+        c.set_json_path(a.json.clone());
+        let (cpu, gpu) = c.backends();
+        let mut rows = Vec::new();
+        let res = model_check::compare(cpu, gpu, a.seed, model_check::Part::Curve, &mut |n, e, l| rows.push((n, e, l)));
+        for (n, e, l) in rows {
+            c.record(n, e, l);
+        }
+        if let Err(e) = res {
+            c.record(format!("model-level loss curve: error {e:#}"), f64::INFINITY, 0.0);
+        }
+        let failed = c.report();
+        if let Some(p) = &a.json {
+            std::fs::write(p, c.json()).with_context(|| format!("writing {}", p.display()))?;
+        }
+        if failed > 0 {
+            anyhow::bail!("gpu-check --curve-only: {failed} check(s) failed");
+        }
+        return Ok(());
+    }
     let gpu = if a.no_check {
         gpu
     } else {
@@ -166,7 +216,8 @@ pub fn run(a: GpuCheckArgs) -> anyhow::Result<()> {
         if !a.kernels_only {
             let (cpu, gpu) = c.backends();
             let mut rows = Vec::new();
-            let res = model_check::compare(cpu, gpu, a.seed, &mut |n, e, l| rows.push((n, e, l)));
+            let part = if a.no_curve { model_check::Part::Step } else { model_check::Part::Both };
+            let res = model_check::compare(cpu, gpu, a.seed, part, &mut |n, e, l| rows.push((n, e, l)));
             let rm_res = rm_check::compare(cpu, gpu, a.seed, &mut |n, e, l| rows.push((n, e, l)));
             for (n, e, l) in rows {
                 c.record(n, e, l);

@@ -281,7 +281,8 @@ mod tests {
         let cpu = CpuBackend::new(0).expect("cpu");
         let sim = Bf16Sim::new(0).expect("sim");
         let mut rows = Vec::new();
-        super::super::model_check::compare(&cpu, &sim, 11, &mut |name, err, limit| rows.push((name, err, limit))).expect("runs");
+        super::super::model_check::compare(&cpu, &sim, 11, super::super::model_check::Part::Both, &mut |name, err, limit| rows.push((name, err, limit)))
+            .expect("runs");
         for (name, err, limit) in &rows {
             println!("{:5.1}% of tolerance: {name} ({err:.3e} vs {limit:.3e})", 100.0 * err / limit);
         }

@@ -21,7 +21,9 @@
 //!   for reductions over many rows (F32_SUM).
 
 use super::compare::{compare, Row, Rule, F32_FLOOR};
-use super::reference::{attention_bwd_naive_bf16, attention_naive_bf16p, bfr, normals, AttnBwdNaive};
+use super::reference::{
+    attention_bwd_naive_bf16, attention_bwd_naive_bf16_ragged, attention_naive_bf16p, attention_naive_bf16p_ragged, bfr, normals, AttnBwdNaive,
+};
 use llama2_runtime::kernels::attention::AttnShape;
 use llama2_runtime::kernels::rope::rope_table;
 use llama2_runtime::rng::Rng;
@@ -53,6 +55,12 @@ const FA_BWD: f64 = 3.0;
 const RTOL_ADAMW: f64 = 1.2e-7;
 
 const BF: Rule = Rule::Elem { rtol: RTOL_BF16, atol: ATOL_BF16 };
+
+/// The attention kernels every attention row runs: v1 (warp per row), v2
+/// (tensor cores), v3 (ldmatrix, cp.async stages, one backward pass).
+const ATTN_IMPLS: [AttnImpl; 3] = [AttnImpl::Simple, AttnImpl::Mma, AttnImpl::V3];
+/// The kernels with a ragged form (v2 has none).
+const RAGGED_IMPLS: [AttnImpl; 2] = [AttnImpl::Simple, AttnImpl::V3];
 const F32: Rule = Rule::Elem { rtol: RTOL_F32, atol: ATOL_F32 };
 
 /// What gpu-check needs of the device under test beyond [`Backend`].
@@ -308,6 +316,11 @@ impl<G: Dut> Checker<G> {
         for &t in ts {
             for hd in [64, 128] {
                 for nkv in [16, 8, 1] {
+                    // T = 4096: one configuration (the bench's: hd 128, GQA); its
+                    // CPU references cost about 4·T²·hd·H/2 flops each
+                    if t == 4096 && (hd, nkv) != (128, 8) {
+                        continue;
+                    }
                     let b = if t <= 97 { 3 } else { 1 };
                     // named as the rows it records, so the table finds its error row
                     self.guard(&format!("attention b={b} t={t} hd={hd} h=16 kv={nkv}"), |s| s.attention(AttnShape::causal(b, t, 16, nkv, hd)));
@@ -606,7 +619,7 @@ impl<G: Dut> Checker<G> {
         let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
         // the tensor-core kernel rounds P to bf16: its naive reference does too
         let naive_p = attention_naive_bf16p(&q, &k, &vv, s);
-        for imp in [AttnImpl::Simple, AttnImpl::Mma] {
+        for imp in ATTN_IMPLS {
             self.gpu.set_attention_impl(imp);
             let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
             let mut gl = nan_buf(&self.gpu, b * nh * t, BufKind::F32)?;
@@ -614,7 +627,7 @@ impl<G: Dut> Checker<G> {
             let g = get(&self.gpu, &go)?;
             let name = format!("{tag} fwd {imp:?}: out");
             match imp {
-                AttnImpl::Mma => self.cmp_naive(name, &g, &out_ref, &naive_p, FA_FWD),
+                AttnImpl::Mma | AttnImpl::V3 => self.cmp_naive(name, &g, &out_ref, &naive_p, FA_FWD),
                 _ => self.cmp(name, &g, &out_ref, Rule::FlashAttn { factor: FA_FWD }),
             }
             self.cmp(format!("{tag} fwd {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
@@ -632,7 +645,7 @@ impl<G: Dut> Checker<G> {
         let refs = [get(&self.cpu, &cdq)?, get(&self.cpu, &cdk)?, get(&self.cpu, &cdv)?];
         // the tensor-core backward rounds P and dS to bf16: its naive reference does too
         let naive: AttnBwdNaive = attention_bwd_naive_bf16(&q, &k, &vv, &dout, &out_bf, &lse_ref, s);
-        for imp in [AttnImpl::Simple, AttnImpl::Mma] {
+        for imp in ATTN_IMPLS {
             self.gpu.set_attention_impl(imp);
             let mut gdq = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
             let mut gdk = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
@@ -644,7 +657,7 @@ impl<G: Dut> Checker<G> {
                 // flash-attn's rule plus the f32 noise of dS (0 where nothing cancels)
                 let noise = naive.noise[ix];
                 match imp {
-                    AttnImpl::Mma => self.cmp_naive_plus(label, &x, &refs[ix], &naive.grads[ix], FA_BWD, noise),
+                    AttnImpl::Mma | AttnImpl::V3 => self.cmp_naive_plus(label, &x, &refs[ix], &naive.grads[ix], FA_BWD, noise),
                     _ => {
                         let rounded: Vec<f32> = refs[ix].iter().map(|&e| bfr(e)).collect();
                         self.cmp_naive_plus(label, &x, &refs[ix], &rounded, FA_BWD, noise)
@@ -717,11 +730,12 @@ impl<G: Dut> Checker<G> {
         Ok(())
     }
 
-    /// Attention of ragged batches on the v1 kernels: a training batch
-    /// (forward and backward; padding rows of `dout` hold values that must
-    /// be ignored), and decode / prefill steps against a cache with one
-    /// length per sequence whose rows past it hold garbage (1e4 keys, NaN
-    /// values) that must not be read.
+    /// Attention of ragged batches on the v1 and v3 kernels (v2 has no
+    /// ragged form): a training batch (forward and backward; padding rows of
+    /// `dout` hold values that must be ignored), and decode / prefill steps
+    /// against a cache with one length per sequence whose rows past it hold
+    /// garbage (1e4 keys, NaN values) that must not be read. v3 rounds P and
+    /// dS to bf16 as mma operands: its naive references round there too.
     pub(super) fn attention_ragged(&mut self, hd: usize) -> anyhow::Result<()> {
         let (nh, nkv) = (8, 2);
         // training shape
@@ -740,11 +754,20 @@ impl<G: Dut> Checker<G> {
         let mut cl = put(&self.cpu, &vec![0.0; b * nh * t], BufKind::F32)?;
         self.cpu.attention_fwd_ragged(vm(&mut co), vm(&mut cl), v(&cq), v(&ck), v(&cv), s, r)?;
         let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
-        let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
-        let mut gl = nan_buf(&self.gpu, b * nh * t, BufKind::F32)?;
-        self.gpu.attention_fwd_ragged(vm(&mut go), vm(&mut gl), v(&gq), v(&gk), v(&gv), s, r)?;
-        self.cmp(format!("{tag} fwd: out"), &get(&self.gpu, &go)?, &out_ref, Rule::FlashAttn { factor: FA_FWD });
-        self.cmp(format!("{tag} fwd: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
+        let naive_p = attention_naive_bf16p_ragged(&q, &k, &vv, s, Some((&zeros, &lens)));
+        for imp in RAGGED_IMPLS {
+            self.gpu.set_attention_impl(imp);
+            let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
+            let mut gl = nan_buf(&self.gpu, b * nh * t, BufKind::F32)?;
+            self.gpu.attention_fwd_ragged(vm(&mut go), vm(&mut gl), v(&gq), v(&gk), v(&gv), s, r)?;
+            let g = get(&self.gpu, &go)?;
+            match imp {
+                AttnImpl::V3 => self.cmp_naive(format!("{tag} fwd {imp:?}: out"), &g, &out_ref, &naive_p, FA_FWD),
+                _ => self.cmp(format!("{tag} fwd {imp:?}: out"), &g, &out_ref, Rule::FlashAttn { factor: FA_FWD }),
+            }
+            self.cmp(format!("{tag} fwd {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
+        }
+        self.gpu.set_attention_impl(self.attn0);
         let out_bf: Vec<f32> = out_ref.iter().map(|&x| bfr(x)).collect();
         let (cout, gout) = (put(&self.cpu, &out_bf, BufKind::Act)?, put(&self.gpu, &out_bf, BufKind::Act)?);
         let (clse, glse) = (put(&self.cpu, &lse_ref, BufKind::F32)?, put(&self.gpu, &lse_ref, BufKind::F32)?);
@@ -753,19 +776,31 @@ impl<G: Dut> Checker<G> {
         let mut cdk = put(&self.cpu, &vec![0.0; k.len()], BufKind::Act)?;
         let mut cdv = put(&self.cpu, &vec![0.0; k.len()], BufKind::Act)?;
         self.cpu.attention_bwd_ragged(vm(&mut cdq), vm(&mut cdk), vm(&mut cdv), v(&cd), v(&cq), v(&ck), v(&cv), v(&cout), v(&clse), s, r)?;
-        let mut gdq = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
-        let mut gdk = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
-        let mut gdv = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
-        self.gpu.attention_bwd_ragged(vm(&mut gdq), vm(&mut gdk), vm(&mut gdv), v(&gd), v(&gq), v(&gk), v(&gv), v(&gout), v(&glse), s, r)?;
-        for (name, c, g) in [("dq", &cdq, &gdq), ("dk", &cdk, &gdk), ("dv", &cdv, &gdv)] {
-            let (x, rf) = (get(&self.gpu, g)?, get(&self.cpu, c)?);
-            // flash-attn's rule against the reference rounded once to bf16 (the v1
-            // kernels compute in f32); the many rows of each tensor set the scale
-            let rounded: Vec<f32> = rf.iter().map(|&e| bfr(e)).collect();
-            self.cmp_naive(format!("{tag} bwd: {name}"), &x, &rf, &rounded, FA_BWD);
+        let refs = [get(&self.cpu, &cdq)?, get(&self.cpu, &cdk)?, get(&self.cpu, &cdv)?];
+        let naive = attention_bwd_naive_bf16_ragged(&q, &k, &vv, &dout, &out_bf, &lse_ref, s, Some(&lens));
+        for imp in RAGGED_IMPLS {
+            self.gpu.set_attention_impl(imp);
+            let mut gdq = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
+            let mut gdk = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
+            let mut gdv = nan_buf(&self.gpu, k.len(), BufKind::Act)?;
+            self.gpu.attention_bwd_ragged(vm(&mut gdq), vm(&mut gdk), vm(&mut gdv), v(&gd), v(&gq), v(&gk), v(&gv), v(&gout), v(&glse), s, r)?;
+            for (ix, (name, g)) in [("dq", &gdq), ("dk", &gdk), ("dv", &gdv)].into_iter().enumerate() {
+                let x = get(&self.gpu, g)?;
+                let label = format!("{tag} bwd {imp:?}: {name}");
+                match imp {
+                    AttnImpl::V3 => self.cmp_naive_plus(label, &x, &refs[ix], &naive.grads[ix], FA_BWD, naive.noise[ix]),
+                    _ => {
+                        // flash-attn's rule against the reference rounded once to bf16 (the v1
+                        // kernels compute in f32); the many rows of each tensor set the scale
+                        let rounded: Vec<f32> = refs[ix].iter().map(|&e| bfr(e)).collect();
+                        self.cmp_naive(label, &x, &refs[ix], &rounded, FA_BWD)
+                    }
+                }
+            }
         }
+        self.gpu.set_attention_impl(self.attn0);
         // decode and prefill against a cache with one length per sequence
-        for (tq, pos0, len, cap) in [(1usize, [96u32, 40, 3], [1u32, 1, 0], 128usize), (9, [0, 30, 50], [9, 4, 2], 64)] {
+        for (tq, pos0, len, cap) in [(1usize, [96u32, 40, 3], [1u32, 1, 0], 128usize), (9, [0, 30, 50], [9, 4, 2], 64), (40, [0, 30, 70], [40, 17, 3], 128)] {
             let s = AttnShape { b, tq, tkv: cap, cap, n_head: nh, n_kv_head: nkv, hd };
             let r = Ragged { pos0: &pos0, len: &len };
             let tag = format!("attention ragged cache tq={tq} pos0={pos0:?} len={len:?} cap={cap} hd={hd}");
@@ -784,11 +819,21 @@ impl<G: Dut> Checker<G> {
             let mut co = put(&self.cpu, &vec![0.0; q.len()], BufKind::Act)?;
             let mut cl = put(&self.cpu, &vec![0.0; b * nh * tq], BufKind::F32)?;
             self.cpu.attention_fwd_ragged(vm(&mut co), vm(&mut cl), v(&cq), v(&ck), v(&cv), s, r)?;
-            let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
-            let mut gl = nan_buf(&self.gpu, b * nh * tq, BufKind::F32)?;
-            self.gpu.attention_fwd_ragged(vm(&mut go), vm(&mut gl), v(&gq), v(&gk), v(&gv), s, r)?;
-            self.cmp(format!("{tag}: out"), &get(&self.gpu, &go)?, &get(&self.cpu, &co)?, Rule::FlashAttn { factor: FA_FWD });
-            self.cmp(format!("{tag}: lse"), &get(&self.gpu, &gl)?, &get(&self.cpu, &cl)?, F32);
+            let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
+            let naive_p = attention_naive_bf16p_ragged(&q, &k, &vv, s, Some((&pos0, &len)));
+            for imp in RAGGED_IMPLS {
+                self.gpu.set_attention_impl(imp);
+                let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
+                let mut gl = nan_buf(&self.gpu, b * nh * tq, BufKind::F32)?;
+                self.gpu.attention_fwd_ragged(vm(&mut go), vm(&mut gl), v(&gq), v(&gk), v(&gv), s, r)?;
+                let g = get(&self.gpu, &go)?;
+                match imp {
+                    AttnImpl::V3 => self.cmp_naive(format!("{tag} {imp:?}: out"), &g, &out_ref, &naive_p, FA_FWD),
+                    _ => self.cmp(format!("{tag} {imp:?}: out"), &g, &out_ref, Rule::FlashAttn { factor: FA_FWD }),
+                }
+                self.cmp(format!("{tag} {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);
+            }
+            self.gpu.set_attention_impl(self.attn0);
         }
         Ok(())
     }
@@ -814,14 +859,14 @@ impl<G: Dut> Checker<G> {
         self.cpu.attention_fwd(vm(&mut co), vm(&mut cl), v(&cq), v(&ck), v(&cv), s)?;
         let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
         let naive_p = attention_naive_bf16p(&q, &k, &vv, s);
-        for imp in [AttnImpl::Simple, AttnImpl::Mma] {
+        for imp in ATTN_IMPLS {
             self.gpu.set_attention_impl(imp);
             let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
             let mut gl = nan_buf(&self.gpu, b * nh * tq, BufKind::F32)?;
             self.gpu.attention_fwd(vm(&mut go), vm(&mut gl), v(&gq), v(&gk), v(&gv), s)?;
             let g = get(&self.gpu, &go)?;
             match imp {
-                AttnImpl::Mma => self.cmp_naive(format!("{tag} {imp:?}: out"), &g, &out_ref, &naive_p, FA_FWD),
+                AttnImpl::Mma | AttnImpl::V3 => self.cmp_naive(format!("{tag} {imp:?}: out"), &g, &out_ref, &naive_p, FA_FWD),
                 _ => self.cmp(format!("{tag} {imp:?}: out"), &g, &out_ref, Rule::FlashAttn { factor: FA_FWD }),
             }
             self.cmp(format!("{tag} {imp:?}: lse"), &get(&self.gpu, &gl)?, &lse_ref, F32);

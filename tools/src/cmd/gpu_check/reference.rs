@@ -2,7 +2,8 @@
 //! kernels (gpu-check compares those kernels against flash-attn's rule with
 //! these as the "naive bf16 reference"), and their CPU tests.
 //!
-//! Public items: [`bfr`], [`normals`], [`attention_naive_bf16p`],
+//! Public items: [`bfr`], [`dot8`], [`normals`], [`attention_naive_bf16p`],
+//! [`attention_naive_bf16p_ragged`], [`attention_bwd_naive_bf16_ragged`],
 //! [`attention_bwd_naive_bf16`], [`AttnBwdNaive`], [`F32_UNIT`].
 
 use half::bf16;
@@ -12,6 +13,35 @@ use llama2_runtime::rng::Rng;
 /// Rounds to the nearest bf16 (ties to even), as the GPU stores it.
 pub fn bfr(x: f32) -> f32 {
     bf16::from_f32(x).to_f32()
+}
+
+/// The f32 dot product of two rows with 8 independent accumulators (the
+/// compiler keeps them in one vector register, so the T = 4096 references
+/// run at the CPU's vector rate instead of one dependent add a cycle),
+/// summed pairwise at the end.
+pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Σ|a_i·b_i| in f64, with 4 independent accumulators (as [`dot8`]).
+fn abs_dot4(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..4 {
+            acc[i] += (x[i] as f64 * y[i] as f64).abs();
+        }
+    }
+    (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
 }
 
 /// Elements per independent random stream of [`normals`].
@@ -38,6 +68,13 @@ pub fn normals(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 /// kernel: scores and softmax in f32, P rounded to bf16 for P·V (row sums
 /// from the f32 P), the output rounded to bf16. Rows in parallel.
 pub fn attention_naive_bf16p(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32> {
+    attention_naive_bf16p_ragged(q, k, v, s, None)
+}
+
+/// [`attention_naive_bf16p`] of a ragged batch (`Some((pos0, len))`: row i
+/// of sequence s sits at position pos0[s] + i and sees keys 0 ..= pos0[s] + i;
+/// rows at or past len[s] are 0, as the kernels write them).
+pub fn attention_naive_bf16p_ragged(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, ragged: Option<(&[u32], &[u32])>) -> Vec<f32> {
     use rayon::prelude::*;
     let AttnShape { b, tq, tkv, cap, n_head: nh, n_kv_head: nkv, hd } = s;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -48,11 +85,18 @@ pub fn attention_naive_bf16p(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> V
         let bi = row / (nh * tq);
         let g = h / (nh / nkv);
         let qr = &q[row * hd..(row + 1) * hd];
-        let vis = tkv - tq + i + 1;
+        let vis = match ragged {
+            None => tkv - tq + i + 1,
+            Some((_, len)) if i >= len[bi] as usize => {
+                o.fill(0.0);
+                return;
+            }
+            Some((pos0, _)) => pos0[bi] as usize + i + 1,
+        };
         let sc: Vec<f32> = (0..vis)
             .map(|j| {
                 let kr = &k[((bi * cap + j) * nkv + g) * hd..][..hd];
-                qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale
+                dot8(qr, kr) * scale
             })
             .collect();
         let m = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -105,13 +149,28 @@ pub struct AttnBwdNaive {
 /// of a group in head order.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_bwd_naive_bf16(q: &[f32], k: &[f32], v: &[f32], dout: &[f32], out: &[f32], lse: &[f32], s: AttnShape) -> AttnBwdNaive {
+    attention_bwd_naive_bf16_ragged(q, k, v, dout, out, lse, s, None)
+}
+
+/// [`attention_bwd_naive_bf16`] of a ragged training batch: sequence s has
+/// `lens[s]` valid rows; padding rows are neither read nor given gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd_naive_bf16_ragged(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    s: AttnShape,
+    lens: Option<&[u32]>,
+) -> AttnBwdNaive {
     use rayon::prelude::*;
     let AttnShape { b, tq: t, n_head: nh, n_kv_head: nkv, hd, .. } = s;
     let group = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
     let gamma = hd as f64 * F32_UNIT / (1.0 - hd as f64 * F32_UNIT);
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-    let abs_dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum::<f64>();
+    let (dot, abs_dot) = (dot8, abs_dot4);
     // per (b, h): dq rows (t, hd), dk and dv partials (t, hd), the dq noise
     // bound (max over its elements) and dk's per-element noise partials
     type Part = (Vec<f32>, Vec<f32>, Vec<f32>, f64, Vec<f64>);
@@ -130,7 +189,8 @@ pub fn attention_bwd_naive_bf16(q: &[f32], k: &[f32], v: &[f32], dout: &[f32], o
             let mut nk = vec![0f64; t * hd];
             let mut nq_max = 0f64;
             let mut nq = vec![0f64; hd];
-            for i in 0..t {
+            let valid = lens.map_or(t, |l| l[bi] as usize);
+            for i in 0..valid {
                 let (qi, oi) = (&q[row("q", i)..][..hd], &dout[row("q", i)..][..hd]);
                 let outi = &out[row("q", i)..][..hd];
                 let d = dot(oi, outi);
@@ -248,6 +308,19 @@ mod tests {
                 }
             }
             assert_eq!(n.noise[2], 0.0);
+        }
+    }
+
+    #[test]
+    fn dot8_is_the_dot_product() {
+        let mut r = Rng::new(11);
+        for n in [0usize, 1, 7, 8, 9, 64, 131] {
+            let a: Vec<f32> = (0..n).map(|_| r.normal()).collect();
+            let b: Vec<f32> = (0..n).map(|_| r.normal()).collect();
+            let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let bound: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum::<f64>() * n as f64 * F32_UNIT * 2.0;
+            assert!((dot8(&a, &b) as f64 - exact).abs() <= bound, "n {n}");
+            assert!((abs_dot4(&a, &b) - a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum::<f64>()).abs() < 1e-9 * (1.0 + exact.abs()));
         }
     }
 

@@ -49,9 +49,6 @@ pub struct SimBackend {
     attn: std::sync::Mutex<AttnImpl>,
 }
 
-/// Below this many query rows the warp-per-row kernel is used (as the CUDA backend).
-const MMA_MIN_TQ: usize = 16;
-
 fn bits(x: &[f32]) -> Vec<u16> {
     x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()
 }
@@ -89,7 +86,7 @@ fn check_ids(op: &'static str, ids: &[u32], bound: usize, what: &str) -> Result<
 
 impl SimBackend {
     pub fn new(cfg: SimConfig) -> Self {
-        SimBackend { dev: SimDevice::new(cfg), attn: std::sync::Mutex::new(AttnImpl::Auto) }
+        SimBackend { dev: SimDevice::new(cfg), attn: std::sync::Mutex::new(AttnImpl::from_env()) }
     }
     /// The CPU layer's device (its configuration, plants and work counters).
     pub fn device(&self) -> &SimDevice {
@@ -106,12 +103,17 @@ impl SimBackend {
     pub fn attention_impl(&self) -> AttnImpl {
         self.attn.lock().map(|g| *g).unwrap_or(AttnImpl::Auto)
     }
-    fn use_mma(&self, tq: usize) -> bool {
-        match self.attention_impl() {
-            AttnImpl::Auto => tq >= MMA_MIN_TQ,
-            AttnImpl::Simple => false,
-            AttnImpl::Mma => true,
-        }
+    /// The attention kernels a call with `tq` query rows runs (as the CUDA backend).
+    fn attn_for(&self, tq: usize) -> AttnImpl {
+        self.attention_impl().resolve(tq)
+    }
+
+    /// The zeroed scratch of the v3 backward, and its pointers.
+    fn v3_scratch(&self, s: &AttnShape) -> Result<(SimMem, SimMem, kc::attention::AttnBwdV3Scratch)> {
+        let (na, ns) = (s.b * s.tq * s.n_head * s.hd, kc::attention::bwd_v3_sync_len(s));
+        let (acc, sync) = (self.dev.alloc(4 * na)?, self.dev.alloc(4 * ns)?);
+        let sc = kc::attention::AttnBwdV3Scratch { dq_acc: dp_f32(&acc, 0, na), sync: DPtr::new(sync.addr(), ns) };
+        Ok((acc, sync, sc))
     }
 
     /// The bf16 working copy of a `Param` window, as f32.
@@ -469,10 +471,10 @@ impl Backend for SimBackend {
         let o = self.out_bf16(out, false)?;
         let l = self.out_f32(lse, false)?;
         let p = kc::attention::AttnFwdParams { out: o.ptr, lse: l.ptr, q: qp, k: kp, v: vp, shape: s };
-        if self.use_mma(s.tq) {
-            kc::attention::attention_fwd_mma_bf16(self.target(), &p)?;
-        } else {
-            kc::attention::attention_fwd_bf16(self.target(), &p)?;
+        match self.attn_for(s.tq) {
+            AttnImpl::V3 => kc::attention::attention_fwd_v3_bf16(self.target(), &p)?,
+            AttnImpl::Mma => kc::attention::attention_fwd_mma_bf16(self.target(), &p)?,
+            _ => kc::attention::attention_fwd_bf16(self.target(), &p)?,
         }
         self.finish_bf16(o)?;
         self.finish_f32(l)
@@ -523,10 +525,13 @@ impl Backend for SimBackend {
             lse: lp,
             shape: s,
         };
-        if self.use_mma(s.tq) {
-            kc::attention::attention_bwd_mma_bf16(self.target(), &p)?;
-        } else {
-            kc::attention::attention_bwd_bf16(self.target(), &p)?;
+        match self.attn_for(s.tq) {
+            AttnImpl::V3 => {
+                let (_acc, _sync, sc) = self.v3_scratch(&s)?;
+                kc::attention::attention_bwd_v3_bf16(self.target(), &p, &sc, None)?;
+            }
+            AttnImpl::Mma => kc::attention::attention_bwd_mma_bf16(self.target(), &p)?,
+            _ => kc::attention::attention_bwd_bf16(self.target(), &p)?,
         }
         self.finish_bf16(dq)?;
         self.finish_bf16(dk)?;
@@ -784,7 +789,11 @@ impl Backend for SimBackend {
         let o = self.out_bf16(out, false)?;
         let l = self.out_f32(lse, false)?;
         let p = kc::attention::AttnFwdParams { out: o.ptr, lse: l.ptr, q: qp, k: kp, v: vp, shape: s };
-        kc::attention::attention_fwd_ragged_bf16(self.target(), &p, ragged_ptrs(&rp, &rl, s.b))?;
+        let rg = ragged_ptrs(&rp, &rl, s.b);
+        match self.attn_for(s.tq) {
+            AttnImpl::V3 => kc::attention::attention_fwd_v3_ragged_bf16(self.target(), &p, rg)?,
+            _ => kc::attention::attention_fwd_ragged_bf16(self.target(), &p, rg)?,
+        }
         self.finish_bf16(o)?;
         self.finish_f32(l)
     }
@@ -840,7 +849,14 @@ impl Backend for SimBackend {
             lse: lp,
             shape: s,
         };
-        kc::attention::attention_bwd_ragged_bf16(self.target(), &p, ragged_ptrs(&rp, &rl, s.b))?;
+        let rg = ragged_ptrs(&rp, &rl, s.b);
+        match self.attn_for(s.tq) {
+            AttnImpl::V3 => {
+                let (_acc, _sync, sc) = self.v3_scratch(&s)?;
+                kc::attention::attention_bwd_v3_bf16(self.target(), &p, &sc, Some(rg))?;
+            }
+            _ => kc::attention::attention_bwd_ragged_bf16(self.target(), &p, rg)?,
+        }
         self.finish_bf16(dq)?;
         self.finish_bf16(dk)?;
         self.finish_bf16(dv)

@@ -1,8 +1,8 @@
 //! gpu-check on the CPU layer as cargo tests (feature `cuda-sim`): every
 //! kernel row passes with every CUDA kernel run from its own `.cu` source on
 //! the CPU, every kernel the launchers name is launched, and a bug planted
-//! in a copy of each of three kernels (an index, a barrier, a fragment
-//! layout) makes its rows fail.
+//! in a copy of each of four kernels (an index, a barrier, a fragment
+//! layout, a missing cp.async wait) makes its rows fail.
 
 use super::checks::{Checker, Shapes};
 use super::compare::Row;
@@ -40,6 +40,9 @@ fn every_kernel_row_passes_on_the_cpu_layer() {
         "fwd Mma",
         "bwd Simple",
         "bwd Mma",
+        "fwd V3",
+        "bwd V3",
+        "ragged b=3 t=37 lens=[37, 20, 6] hd=128 h=8 kv=2 bwd V3",
         "kv=1",
         "kv=8",
         "kv=16",
@@ -104,6 +107,29 @@ fn a_planted_fragment_layout_bug_fails_the_tensor_core_rows() {
 }
 
 #[test]
+fn a_planted_missing_cp_async_wait_fails_the_v3_forward_rows() {
+    // the v3 forward computes on a K/V stage whose cp.async copies have not
+    // landed: on the layer their destination holds NaN until the wait
+    let mut c = checker(SimConfig { plant: Some(Plant::CpAsyncWait), ..SimConfig::default() });
+    c.guard("attention", |s| s.attention(AttnShape::causal(2, 97, 4, 2, 64)));
+    let bad = failed(c.rows());
+    assert!(bad.contains(&"attention b=2 t=97 hd=64 h=4 kv=2 fwd V3: out"), "{bad:?}");
+    assert!(bad.iter().all(|n| n.contains("fwd V3")), "only the planted kernel's rows fail: {bad:?}");
+}
+
+#[test]
+fn the_v3_backward_sums_dq_in_the_same_order_under_every_schedule() {
+    // race mode on the v3 backward at a shape with several key tiles per
+    // query tile (t = 150: 3 key tiles, 5 query tiles) and GQA: the ordered
+    // dq_acc adds (blocks waiting on each other's counters) leave the same
+    // bytes whatever order the blocks and threads run in
+    let mut c = checker(SimConfig { race: true, workers: 2, ..SimConfig::default() });
+    c.guard("attention", |s| s.attention(AttnShape::causal(1, 150, 4, 2, 64)));
+    let bad: Vec<String> = c.rows().iter().filter(|r| !r.ok).map(|r| format!("{} {}", r.name, r.first_bad)).collect();
+    assert!(bad.is_empty(), "{bad:?}");
+}
+
+#[test]
 fn the_shipped_kernels_do_not_depend_on_the_schedule() {
     // race mode on the kernels that share memory or shuffle, at shapes that
     // take every path (several K/V tiles, GQA, decode, strided rmsnorm rows):
@@ -114,7 +140,7 @@ fn the_shipped_kernels_do_not_depend_on_the_schedule() {
     c.guard("attention", |s| s.attention(AttnShape::causal(1, 70, 4, 2, 64)));
     c.guard("attention decode", |s| s.attention_decode(AttnShape { b: 1, tq: 3, tkv: 70, cap: 80, n_head: 4, n_kv_head: 2, hd: 128 }));
     let rows = c.rows();
-    assert_eq!(rows.len(), 26, "rmsnorm 6, cross-entropy 6, attention 10, decode 4");
+    assert_eq!(rows.len(), 33, "rmsnorm 6, cross-entropy 6, attention 15 (v1, v2, v3), decode 6");
     let bad: Vec<String> = rows.iter().filter(|r| !r.ok).map(|r| format!("{} {}", r.name, r.first_bad)).collect();
     assert!(bad.is_empty(), "{bad:?}");
 }
