@@ -60,7 +60,10 @@ fn check_vocab(name: &str) {
     }
     let n = texts.len();
     assert!(bad.is_empty(), "{name}: {} of {n} texts / 100 random sequences differ from tokenizers:\n{}", bad.len(), bad[..bad.len().min(10)].join("\n"));
-    eprintln!("{name} ({}): {n} texts encode and decode as tokenizers, 100 random id sequences decode as tokenizers", tok.info().pre_tokenizer.unwrap_or_default());
+    eprintln!(
+        "{name} ({}): {n} texts encode and decode as tokenizers, 100 random id sequences decode as tokenizers",
+        tok.info().pre_tokenizer.unwrap_or_default()
+    );
 }
 
 #[test]

@@ -20,11 +20,7 @@ fn data(p: &str) -> PathBuf {
 }
 
 fn dialog(v: &Value) -> Vec<Message> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| Message::new(Role::parse(m["role"].as_str().unwrap()).unwrap(), m["content"].as_str().unwrap()))
-        .collect()
+    v.as_array().unwrap().iter().map(|m| Message::new(Role::parse(m["role"].as_str().unwrap()).unwrap(), m["content"].as_str().unwrap())).collect()
 }
 
 fn tokenizer(spec: &str) -> Tokenizer {
@@ -114,7 +110,10 @@ fn a_gguf_carries_its_template_and_stop_token() {
     let im_end = tok.piece_to_id("<|im_end|>").unwrap();
     assert!(fmt.stop_ids(&tok).contains(&im_end));
     let prompt = fmt.encode_prompt(&tok, &[Message::new(Role::User, "Hi")]).unwrap();
-    assert_eq!(tok.decode_with(&prompt, llama2::model::tokenizer::DecodeOptions { keep_control: true, strip_dummy_prefix: false }).unwrap(), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(
+        tok.decode_with(&prompt, llama2::model::tokenizer::DecodeOptions { keep_control: true, strip_dummy_prefix: false }).unwrap(),
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
     // a tokenizer without a template keeps the built-in Llama-2-chat format
     let spm = Tokenizer::load(data("tokenizer/ggml-vocab-llama-spm.gguf")).unwrap();
     assert!(matches!(ChatFormat::for_tokenizer(&spm).unwrap(), ChatFormat::Llama2));

@@ -5,6 +5,11 @@
 // (shuffles, votes, __syncwarp) and the tensor-core instructions
 // (mma.m16n8k16 bf16 -> f32, ldmatrix) with CUDA's semantics.
 //
+// Why one file of ~1000 lines: the fiber scheduler, the barrier and the warp
+// collectives share the scheduler's private state (the block's fiber table,
+// the wait queues); splitting them would put that state in a header for
+// every kernel translation unit to see.
+//
 // Execution model
 // - A launch hands its blocks to W workers (OS threads; the calling thread is
 //   worker 0). A worker runs one block at a time: one fiber per thread, all on

@@ -385,7 +385,7 @@ pub const V3_DQ_THREADS: u32 = 256;
 /// Padding of a shared row in bf16 (V3_PAD).
 const V3_PAD: usize = 8;
 
-/// Dynamic shared memory of the v3 forward (V3Fwd<HD>::SMEM): the Q tile
+/// Dynamic shared memory of the v3 forward (`V3Fwd<HD>::SMEM`): the Q tile
 /// and 3 (hd 64) or 2 (hd 128) stages of K and V tiles.
 pub fn fwd_v3_smem(hd: usize) -> usize {
     let ld = hd + V3_PAD;
@@ -393,7 +393,7 @@ pub fn fwd_v3_smem(hd: usize) -> usize {
     (V3_ROWS * ld + 2 * stages * V3_KEYS * ld) * 2
 }
 
-/// Dynamic shared memory of the v3 backward (V3Bwd<HD>::SMEM): K, V, two
+/// Dynamic shared memory of the v3 backward (`V3Bwd<HD>::SMEM`): K, V, two
 /// stages of Q and dO, dSᵀ, two stages of lse and delta, the ticket.
 pub fn bwd_v3_smem(hd: usize) -> usize {
     let ld = hd + V3_PAD;

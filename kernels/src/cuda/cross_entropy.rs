@@ -1,5 +1,5 @@
 //! Launcher of `cu/cross_entropy.cu`. CPU counterpart:
-//! `crate::cross_entropy::cross_entropy_cpu` (same [`CeGrad`] modes).
+//! `crate::cross_entropy::cross_entropy_cpu` (same `CeGrad` modes).
 
 use super::{check_ptr, launch, to_i32, to_u32, Bf16, DPtr, Family, LaunchDims, Target};
 use crate::{arg_err, Result};
@@ -16,7 +16,7 @@ pub enum CeMode {
     LossOnly,
     /// logits := scale · (softmax − onehot)
     Uniform(f32),
-    /// logits[i] := coef[i] · (softmax − onehot), coef (n) f32 on the device
+    /// `logits[i] := coef[i] · (softmax − onehot)`, coef (n) f32 on the device
     PerRow(DPtr<f32>),
 }
 

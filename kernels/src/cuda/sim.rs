@@ -399,7 +399,7 @@ impl SimDevice {
     /// for more than 48 KiB of dynamic shared memory).
     ///
     /// # Safety
-    /// As [`Self::launch_family`].
+    /// As `launch_family`.
     pub unsafe fn launch(&self, kernel: &'static str, dims: LaunchDims, args: &[KArg]) -> Result<()> {
         let cfg = self.config();
         // SAFETY: the caller's contract

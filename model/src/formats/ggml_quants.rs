@@ -15,16 +15,16 @@
 //!
 //! | type | elems | bytes | fields |
 //! |---|---|---|---|
-//! | Q4_0 | 32 | 18 | d f16, qs[16] (low nibbles: 0..16, high: 16..32) |
-//! | Q4_1 | 32 | 20 | d f16, m f16, qs[16] |
-//! | Q5_0 | 32 | 22 | d f16, qh u32 (bit j = 5th bit of element j), qs[16] |
-//! | Q5_1 | 32 | 24 | d f16, m f16, qh u32, qs[16] |
-//! | Q8_0 | 32 | 34 | d f16, qs[32] i8 |
-//! | Q2_K | 256 | 84 | scales[16] (lo: scale, hi: min), qs[64], d f16, dmin f16 |
-//! | Q3_K | 256 | 110 | hmask[32], qs[64], scales[12] (6-bit, packed), d f16 |
-//! | Q4_K | 256 | 144 | d f16, dmin f16, scales[12] (6-bit scale and min per 32), qs[128] |
-//! | Q5_K | 256 | 176 | d f16, dmin f16, scales[12], qh[32], qs[128] |
-//! | Q6_K | 256 | 210 | ql[128], qh[64], scales[16] i8, d f16 |
+//! | Q4_0 | 32 | 18 | `d f16, qs[16] (low nibbles: 0..16, high: 16..32)` |
+//! | Q4_1 | 32 | 20 | `d f16, m f16, qs[16]` |
+//! | Q5_0 | 32 | 22 | `d f16, qh u32 (bit j = 5th bit of element j), qs[16]` |
+//! | Q5_1 | 32 | 24 | `d f16, m f16, qh u32, qs[16]` |
+//! | Q8_0 | 32 | 34 | `d f16, qs[32] i8` |
+//! | Q2_K | 256 | 84 | `scales[16] (lo: scale, hi: min), qs[64], d f16, dmin f16` |
+//! | Q3_K | 256 | 110 | `hmask[32], qs[64], scales[12] (6-bit, packed), d f16` |
+//! | Q4_K | 256 | 144 | `d f16, dmin f16, scales[12] (6-bit scale and min per 32), qs[128]` |
+//! | Q5_K | 256 | 176 | `d f16, dmin f16, scales[12], qh[32], qs[128]` |
+//! | Q6_K | 256 | 210 | `ql[128], qh[64], scales[16] i8, d f16` |
 //!
 //! Public items: [`GgmlType`], [`dequantize`], [`quantize`], [`type_name`].
 
@@ -317,7 +317,8 @@ fn k_scale_min(s: &[u8]) -> ([u8; 8], [u8; 8]) {
 /// as ggml's `quantize_row_q8_0_ref` (d = max|x| / 127, q = roundf(x / d)).
 /// Other types are not written (Err).
 pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(ty.bytes_for(src.len() as u64).ok_or_else(|| format!("{} values are not whole {} blocks", src.len(), ty.name()))? as usize);
+    let mut out =
+        Vec::with_capacity(ty.bytes_for(src.len() as u64).ok_or_else(|| format!("{} values are not whole {} blocks", src.len(), ty.name()))? as usize);
     match ty {
         GgmlType::F32 => src.iter().for_each(|x| out.extend(x.to_le_bytes())),
         GgmlType::F16 => src.iter().for_each(|&x| out.extend(half::f16::from_f32(x).to_le_bytes())),

@@ -89,7 +89,10 @@ pub enum GgufValue {
 
 /// The GGUF value type names, by code.
 fn value_type_name(t: u32) -> &'static str {
-    ["uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "bool", "string", "array", "uint64", "int64", "float64"].get(t as usize).copied().unwrap_or("unknown")
+    ["uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "bool", "string", "array", "uint64", "int64", "float64"]
+        .get(t as usize)
+        .copied()
+        .unwrap_or("unknown")
 }
 
 impl GgufValue {
@@ -353,7 +356,9 @@ impl GgufFile {
 
     /// A required unsigned integer key.
     pub fn req_usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| self.key_err(key, "missing".into(), "the file lacks the model's hyper-parameters; re-convert it with llama.cpp's convert_hf_to_gguf.py"))
+        self.opt_usize(key)?.ok_or_else(|| {
+            self.key_err(key, "missing".into(), "the file lacks the model's hyper-parameters; re-convert it with llama.cpp's convert_hf_to_gguf.py")
+        })
     }
 
     /// An optional unsigned integer key.
@@ -362,7 +367,11 @@ impl GgufFile {
             None => Ok(None),
             Some(v) => match v.as_i64() {
                 Some(x) if x >= 0 => Ok(Some(x as usize)),
-                _ => Err(self.key_err(key, format!("is {}, expected a non-negative integer", v.describe()), "a per-layer or non-integer value is not a plain Llama")),
+                _ => Err(self.key_err(
+                    key,
+                    format!("is {}, expected a non-negative integer", v.describe()),
+                    "a per-layer or non-integer value is not a plain Llama",
+                )),
             },
         }
     }
@@ -390,7 +399,8 @@ impl GgufFile {
             what: format!("tensor `{}` of ggml type {}", t.name, ggml_quants::type_name(t.type_code)),
             hint: "we read F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K..Q6_K; re-quantize with llama-quantize to one of those".into(),
         })?;
-        let bytes = self.tensor_bytes(t).ok_or_else(|| GgufError::Format { path: self.path.clone(), msg: format!("tensor `{}` lies outside the file", t.name) })?;
+        let bytes =
+            self.tensor_bytes(t).ok_or_else(|| GgufError::Format { path: self.path.clone(), msg: format!("tensor `{}` lies outside the file", t.name) })?;
         if dst.len() as u64 != t.n_elems() {
             return Err(self.tensor_err(&t.name, format!("{} elements, destination holds {}", t.n_elems(), dst.len()), "the file does not match its metadata"));
         }
@@ -544,7 +554,11 @@ impl LlamaGguf {
             let t = f.tensor(&name).ok_or_else(|| f.tensor_err(&name, "missing".into(), "the file is not a complete llama.cpp Llama model"))?;
             let want = id.hf_shape(c);
             if t.shape() != want {
-                return Err(f.tensor_err(&name, format!("shape {:?}, the metadata implies {want:?}", t.shape()), "the tensors do not match the llama.* metadata"));
+                return Err(f.tensor_err(
+                    &name,
+                    format!("shape {:?}, the metadata implies {want:?}", t.shape()),
+                    "the tensors do not match the llama.* metadata",
+                ));
             }
             let (o, n) = layout.range(id, l);
             let out = &mut dst[o..o + n];
@@ -564,7 +578,9 @@ impl LlamaGguf {
 
 /// The config of a Llama GGUF (see the module header for the keys).
 fn llama_config(f: &GgufFile) -> Result<Config> {
-    let arch = f.opt_str("general.architecture")?.ok_or_else(|| f.key_err("general.architecture", "missing".into(), "not a llama.cpp model file (a vocabulary-only GGUF has no weights)"))?;
+    let arch = f
+        .opt_str("general.architecture")?
+        .ok_or_else(|| f.key_err("general.architecture", "missing".into(), "not a llama.cpp model file (a vocabulary-only GGUF has no weights)"))?;
     if arch != "llama" {
         return Err(GgufError::Unsupported { path: f.path.clone(), what: format!("general.architecture `{arch}`"), hint: HINT_ARCH.into() });
     }
@@ -574,7 +590,11 @@ fn llama_config(f: &GgufFile) -> Result<Config> {
     }
     if let Some(s) = f.opt_str(&k("rope.scaling.type"))? {
         if s != "none" {
-            return Err(GgufError::Unsupported { path: f.path.clone(), what: format!("llama.rope.scaling.type `{s}`"), hint: "only the default RoPE is implemented".into() });
+            return Err(GgufError::Unsupported {
+                path: f.path.clone(),
+                what: format!("llama.rope.scaling.type `{s}`"),
+                hint: "only the default RoPE is implemented".into(),
+            });
         }
     }
     let hidden = f.req_usize(&k("embedding_length"))?;
@@ -583,12 +603,20 @@ fn llama_config(f: &GgufFile) -> Result<Config> {
     let head_dim = f.opt_usize(&k("attention.key_length"))?.unwrap_or(hidden.checked_div(n_heads).unwrap_or(0));
     if let Some(v) = f.opt_usize(&k("attention.value_length"))? {
         if v != head_dim {
-            return Err(GgufError::Unsupported { path: f.path.clone(), what: format!("llama.attention.value_length {v} != key_length {head_dim}"), hint: HINT_ARCH.into() });
+            return Err(GgufError::Unsupported {
+                path: f.path.clone(),
+                what: format!("llama.attention.value_length {v} != key_length {head_dim}"),
+                hint: HINT_ARCH.into(),
+            });
         }
     }
     if let Some(r) = f.opt_usize(&k("rope.dimension_count"))? {
         if r != head_dim {
-            return Err(GgufError::Unsupported { path: f.path.clone(), what: format!("partial RoPE (llama.rope.dimension_count {r}, head dim {head_dim})"), hint: HINT_ARCH.into() });
+            return Err(GgufError::Unsupported {
+                path: f.path.clone(),
+                what: format!("partial RoPE (llama.rope.dimension_count {r}, head dim {head_dim})"),
+                hint: HINT_ARCH.into(),
+            });
         }
     }
     let embd = f.tensor("token_embd.weight").ok_or_else(|| f.tensor_err("token_embd.weight", "missing".into(), "not a complete llama.cpp model"))?;
@@ -605,7 +633,11 @@ fn llama_config(f: &GgufFile) -> Result<Config> {
                 && ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"].contains(&parts[2])
         };
         if !known {
-            let what = if t.name == "rope_freqs.weight" { "RoPE frequency factors (tensor `rope_freqs.weight`, Llama 3.1 rope scaling)".to_string() } else { format!("tensor `{}`", t.name) };
+            let what = if t.name == "rope_freqs.weight" {
+                "RoPE frequency factors (tensor `rope_freqs.weight`, Llama 3.1 rope scaling)".to_string()
+            } else {
+                format!("tensor `{}`", t.name)
+            };
             return Err(GgufError::Unsupported { path: f.path.clone(), what, hint: HINT_ARCH.into() });
         }
     }
@@ -627,9 +659,21 @@ fn llama_config(f: &GgufFile) -> Result<Config> {
         pad_id: f.opt_usize("tokenizer.ggml.padding_token_id")?.map(|x| x as u32),
         head: crate::config::Head::Lm,
     };
-    cfg.validate().map_err(|e| GgufError::Unsupported { path: f.path.clone(), what: format!("the config of the llama.* keys ({e})"), hint: HINT_ARCH.into() })?;
-    if f.tensors.iter().filter(|t| t.name.starts_with("blk.")).any(|t| t.name.split('.').nth(1).and_then(|l| l.parse::<usize>().ok()).is_none_or(|l| l >= cfg.n_layers)) {
-        return Err(f.key_err(&k("block_count"), format!("{} blocks, but the file has tensors of other blocks", cfg.n_layers), "the file is inconsistent; re-convert it"));
+    cfg.validate().map_err(|e| GgufError::Unsupported {
+        path: f.path.clone(),
+        what: format!("the config of the llama.* keys ({e})"),
+        hint: HINT_ARCH.into(),
+    })?;
+    if f.tensors
+        .iter()
+        .filter(|t| t.name.starts_with("blk."))
+        .any(|t| t.name.split('.').nth(1).and_then(|l| l.parse::<usize>().ok()).is_none_or(|l| l >= cfg.n_layers))
+    {
+        return Err(f.key_err(
+            &k("block_count"),
+            format!("{} blocks, but the file has tensors of other blocks", cfg.n_layers),
+            "the file is inconsistent; re-convert it",
+        ));
     }
     Ok(cfg)
 }

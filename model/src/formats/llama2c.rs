@@ -2,6 +2,10 @@
 //! [`Config`] plus [`HostWeights`] under Hugging Face tensor names, in HF's
 //! rotate-half q/k layout.
 //!
+//! Why one file of ~880 lines: reader and writer of three layouts share the
+//! header and tensor-order tables, and each layout is read and written side
+//! by side so that a change to one is seen beside the other.
+//!
 //! The formats are described byte by byte in `docs/llama2c-formats.md`
 //! (sources: karpathy/llama2.c `export.py` `legacy_export` /
 //! `version1_export`, its `run.c`, and the early `run.c` packaged as

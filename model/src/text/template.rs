@@ -32,7 +32,9 @@ use minijinja::{Environment, ErrorKind, Value};
 /// Errors of chat templates; each says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    #[error("chat template of {source_name}: {msg}; HINT: the template uses Jinja that minijinja does not accept; fix the template or pass --chat-format llama2")]
+    #[error(
+        "chat template of {source_name}: {msg}; HINT: the template uses Jinja that minijinja does not accept; fix the template or pass --chat-format llama2"
+    )]
     Syntax { source_name: String, msg: String },
     #[error("chat template of {source_name}: rendering failed: {msg}; HINT: check the dialog's roles and order against what the template expects")]
     Render { source_name: String, msg: String },
@@ -121,14 +123,17 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> { Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg)) });
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
         env.add_filter("tojson", |v: Value| -> std::result::Result<Value, minijinja::Error> {
             let mut s = String::new();
             py_json(&v, &mut s)?;
             Ok(Value::from_safe_string(s))
         });
         // transformers' AssistantTracker markers carry no text
-        let re = fancy_regex::Regex::new(r"\{%-?\s*(end)?generation\s*-?%\}").map_err(|e| TemplateError::Syntax { source_name: source_name.into(), msg: e.to_string() })?;
+        let re = fancy_regex::Regex::new(r"\{%-?\s*(end)?generation\s*-?%\}")
+            .map_err(|e| TemplateError::Syntax { source_name: source_name.into(), msg: e.to_string() })?;
         let src = re.replace_all(source, "").into_owned();
         env.add_template_owned("chat", src).map_err(|e| TemplateError::Syntax { source_name: source_name.into(), msg: format!("{e:#}") })?;
         Ok(ChatTemplate { env, source_name: source_name.into(), bos_token: bos_token.into(), eos_token: eos_token.into(), unk_token: None, pad_token: None })
@@ -137,10 +142,7 @@ impl ChatTemplate {
     /// Renders `messages` as transformers' `apply_chat_template(...,
     /// tokenize=False, add_generation_prompt=...)`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let msgs: Vec<Value> = messages
-            .iter()
-            .map(|m| Value::from_serialize(serde_json::json!({"role": role_name(m.role), "content": m.content})))
-            .collect();
+        let msgs: Vec<Value> = messages.iter().map(|m| Value::from_serialize(serde_json::json!({"role": role_name(m.role), "content": m.content}))).collect();
         let t = self.env.get_template("chat").map_err(|e| TemplateError::Syntax { source_name: self.source_name.clone(), msg: e.to_string() })?;
         let ctx = minijinja::context! {
             messages => msgs,
@@ -202,7 +204,8 @@ mod tests {
 
     #[test]
     fn raise_exception_and_syntax_errors_are_clear() {
-        let t = ChatTemplate::new("{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok", "t", "", "").unwrap();
+        let t = ChatTemplate::new("{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok", "t", "", "")
+            .unwrap();
         let e = t.render(&[Message::new(Role::Assistant, "x")], false).unwrap_err().to_string();
         assert!(e.contains("Conversation must start with user"), "{e}");
         let e = ChatTemplate::new("{% for %}", "bad.json", "", "").err().unwrap().to_string();

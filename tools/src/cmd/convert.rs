@@ -147,7 +147,13 @@ fn hf_to_gguf(src: &Path, dst: &Path, dtype: WriteDtype) -> Result<()> {
     }
     let w = gguf::hf_dir_to_gguf(src, dst, dtype).with_context(|| format!("converting {} to GGUF", src.display()))?;
     print_config(&w.cfg);
-    println!("wrote {} ({dtype:?} matrices, {} bytes{}) from {}", dst.display(), w.bytes, if w.with_tokenizer { ", with its tokenizer" } else { "" }, src.display());
+    println!(
+        "wrote {} ({dtype:?} matrices, {} bytes{}) from {}",
+        dst.display(),
+        w.bytes,
+        if w.with_tokenizer { ", with its tokenizer" } else { "" },
+        src.display()
+    );
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! device timings of every kernel at Llama-2 7B shapes for
 //! tools/device-check.sh.
 //!
-//! Checks ([`checks`]): casts, element-wise ops, sum of squares, row
+//! Checks (`checks`): casts, element-wise ops, sum of squares, row
 //! gather/scatter, KV-cache writes, embedding fwd/bwd, RMSNorm fwd/bwd,
 //! RoPE fwd/bwd, SwiGLU fwd/bwd, fused cross-entropy, AdamW (master, moments
 //! and the bf16 copy), cuBLASLt matmul in every transpose, attention
@@ -12,14 +12,14 @@
 //! decode against a cache, and backward. Outputs are poisoned with NaN
 //! before each GPU op, so an element the kernel fails to write fails.
 //!
-//! Model-level checks ([`model_check`]): a whole training step of a small
+//! Model-level checks (`model_check`): a whole training step of a small
 //! Llama on GPU vs CPU (the loss and every gradient), and 200 steps of
 //! training whose loss curve (20-step means) must track the CPU one.
-//! Reward-model checks ([`rm_check`]): scores, ranking loss and every
+//! Reward-model checks (`rm_check`): scores, ranking loss and every
 //! gradient of a batch of pairs, dense and ragged, GPU vs CPU.
 //!
-//! The comparison rules are in [`compare`], the naive references and the
-//! input generator in [`reference`]; both, and the model-level checks, are
+//! The comparison rules are in `compare`, the naive references and the
+//! input generator in `reference`; both, and the model-level checks, are
 //! tested on the CPU, the latter against `bf16_sim` (tests only: the CPU
 //! backend storing activations in bf16, as the CUDA backend does).
 //!
@@ -27,7 +27,7 @@
 //! every CUDA kernel executed on the CPU layer (`sim_backend`: the kernels'
 //! own `.cu` sources compiled as C++, every CUDA thread a fiber, launched by
 //! the same launchers), compared with the same rules and tolerances, on the
-//! CPU layer's shape set ([`checks::Shapes::Sim`]). No GPU is needed; the
+//! CPU layer's shape set (`checks::Shapes::Sim`). No GPU is needed; the
 //! matmul rows (cuBLASLt) and the model-level checks are not run.
 //! `--sim-race` runs every launch under several thread schedules and fails
 //! on any difference in memory (docs/kernels.md, "The CPU layer").
@@ -47,12 +47,12 @@ pub mod compare;
 pub mod model_check;
 #[cfg(any(feature = "cuda", test))]
 pub mod reference;
+#[cfg(any(feature = "cuda", test))]
+pub mod rm_check;
 #[cfg(feature = "cuda-sim")]
 pub mod sim_backend;
 #[cfg(all(test, feature = "cuda-sim"))]
 mod sim_tests;
-#[cfg(any(feature = "cuda", test))]
-pub mod rm_check;
 
 #[derive(Args)]
 pub struct GpuCheckArgs {

@@ -136,7 +136,7 @@ pub struct GradsArgs {
     /// Rollouts, one JSON line each; all form one rollout batch and one mini-batch
     #[arg(long)]
     pub rollouts: PathBuf,
-    /// Output safetensors: policy.<HF name> and value.<HF name>, f32
+    /// Output safetensors: `policy.<HF name>` and `value.<HF name>`, f32
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]

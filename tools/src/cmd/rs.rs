@@ -34,8 +34,8 @@ use llama2_model::weights::write_atomic;
 use llama2_model::Model;
 use llama2_runtime::rng::Rng;
 use llama2_runtime::Backend;
-use llama2_train::metrics::Progress;
 use llama2_tools::plot::{save_png, LineChart, Series};
+use llama2_train::metrics::Progress;
 use llama2_train::rejection::{
     best_of_n, best_per_prompt, distribution, load_prompts, mean_reward, read_answers, rewards_by_prompt, sample_and_score, training_examples, update_pool,
     write_answers, Answer, BestOfN, PoolMode, Rewarders, RsPrompt,

@@ -14,9 +14,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use llama2_model::chat::{ChatFormat, Message, Role};
 use llama2_model::shards::ShardWriter;
 use llama2_model::tokenizer::train::{TrainConfig, Trainer};
-use llama2_model::chat::{ChatFormat, Message, Role};
 use llama2_model::tokenizer::{DecodeOptions, EncodeCache, EncodeOptions, Tokenizer};
 use rayon::prelude::*;
 use serde_json::{json, Value};
@@ -348,7 +348,8 @@ const ENCODE_BATCH_LINES: usize = 4096;
 
 /// The dialog of a {"messages": [...]} line, if the line is one.
 fn messages_field(line: &str, path: &Path, n: usize) -> Result<Option<Vec<Message>>> {
-    let v: Value = serde_json::from_str(line).with_context(|| format!("{}:{n}: not valid JSON; HINT: each line is one JSON object: {{\"text\": ...}} or {{\"messages\": [...]}}", path.display()))?;
+    let v: Value = serde_json::from_str(line)
+        .with_context(|| format!("{}:{n}: not valid JSON; HINT: each line is one JSON object: {{\"text\": ...}} or {{\"messages\": [...]}}", path.display()))?;
     let Some(m) = v.get("messages") else { return Ok(None) };
     let hint = "HINT: \"messages\" is [{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": \"...\"}, ...]";
     let arr = m.as_array().with_context(|| format!("{}:{n}: \"messages\" is not an array; {hint}", path.display()))?;

@@ -21,7 +21,7 @@
 //! All text generation goes through [`sample::generate_answers`].
 //!
 //! Public items: the modules [`instructions`], [`checks`], [`dialogs`],
-//! [`build`], [`eval`], [`sample`], and the re-exports below.
+//! [`build`](mod@build), [`eval`], [`sample`], and the re-exports below.
 
 pub mod build;
 pub mod checks;

@@ -75,7 +75,11 @@ pub fn write_llama(path: &Path, cfg: &Config, params: &[f32], dtype: WriteDtype,
         return Err(terr("(arena)", format!("{} values for a layout of {}", params.len(), layout.total), "internal"));
     }
     if cfg.head != crate::config::Head::Lm {
-        return Err(terr("score.weight", "a reward/value model (score head) has no llama.cpp form".into(), "GGUF `llama` files hold causal language models only"));
+        return Err(terr(
+            "score.weight",
+            "a reward/value model (score head) has no llama.cpp form".into(),
+            "GGUF `llama` files hold causal language models only",
+        ));
     }
     let mut kv: Vec<(String, GgufValue)> = vec![
         ("general.architecture".into(), GgufValue::Str("llama".into())),
@@ -110,7 +114,11 @@ pub fn write_llama(path: &Path, cfg: &Config, params: &[f32], dtype: WriteDtype,
         let ty = if shape.len() == 1 { GgmlType::F32 } else { dtype.ggml() };
         let cols = shape[shape.len() - 1];
         if !cols.is_multiple_of(ty.block_elems()) {
-            return Err(terr(&tensor_name(id, l), format!("rows of {cols} values are not whole {} blocks of {}", ty.name(), ty.block_elems()), "write f16, bf16 or f32 instead"));
+            return Err(terr(
+                &tensor_name(id, l),
+                format!("rows of {cols} values are not whole {} blocks of {}", ty.name(), ty.block_elems()),
+                "write f16, bf16 or f32 instead",
+            ));
         }
         tensors.push((tensor_name(id, l), id, l, ty, shape));
     }
@@ -232,4 +240,3 @@ pub fn gguf_to_hf_dir(src: &Path, dst: &Path) -> crate::Result<(Config, Option<P
     let tok_file = if f.get("tokenizer.ggml.model").is_some() { Some(crate::tokenizer::Tokenizer::from_gguf_file(src)?.save_beside(dst)?) } else { None };
     Ok((cfg, tok_file))
 }
-

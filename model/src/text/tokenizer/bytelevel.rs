@@ -219,7 +219,14 @@ type Cand = Reverse<(u32, usize)>;
 impl ByteLevel {
     /// `tokens[id]` in stand-in characters; `merges` as (left, right) texts
     /// in rank order; `added` the added tokens (cut out of text first).
-    pub fn new(pre: PreTok, tokens: &[String], merges: &[(String, String)], added: Vec<Added>, ignore_merges: bool, unk_id: Option<u32>) -> Result<ByteLevel, String> {
+    pub fn new(
+        pre: PreTok,
+        tokens: &[String],
+        merges: &[(String, String)],
+        added: Vec<Added>,
+        ignore_merges: bool,
+        unk_id: Option<u32>,
+    ) -> Result<ByteLevel, String> {
         let mut vocab = FxHashMap::default();
         for (i, t) in tokens.iter().enumerate() {
             vocab.entry(t.clone()).or_insert(i as u32);

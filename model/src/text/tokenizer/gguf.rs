@@ -48,7 +48,9 @@ fn wrong(k: &str, v: &GgufValue, want: &str) -> String {
 fn strings(f: &GgufFile, k: &str) -> Result<Option<Vec<String>>, String> {
     match f.get(k) {
         None => Ok(None),
-        Some(v @ GgufValue::Array(8, items)) => items.iter().map(|s| s.as_str().map(String::from).ok_or_else(|| wrong(k, v, "an array of string"))).collect::<Result<_, _>>().map(Some),
+        Some(v @ GgufValue::Array(8, items)) => {
+            items.iter().map(|s| s.as_str().map(String::from).ok_or_else(|| wrong(k, v, "an array of string"))).collect::<Result<_, _>>().map(Some)
+        }
         Some(v) => Err(wrong(k, v, "an array of string")),
     }
 }
@@ -73,7 +75,11 @@ pub fn read_vocab(f: &GgufFile) -> Result<GgufVocab, String> {
         Some(v @ GgufValue::Array(_, items)) => {
             out.token_types = items
                 .iter()
-                .map(|x| x.as_i64().ok_or_else(|| wrong("tokenizer.ggml.token_type", v, "an array of int32")).and_then(|x| i32::try_from(x).map_err(|_| format!("token type {x} out of range"))))
+                .map(|x| {
+                    x.as_i64()
+                        .ok_or_else(|| wrong("tokenizer.ggml.token_type", v, "an array of int32"))
+                        .and_then(|x| i32::try_from(x).map_err(|_| format!("token type {x} out of range")))
+                })
                 .collect::<Result<_, _>>()?
         }
         Some(v) => return Err(wrong("tokenizer.ggml.token_type", v, "an array of int32")),

@@ -164,7 +164,11 @@ fn apply_config(path: &Path, t: &mut Tokenizer) -> Result<()> {
 /// Byte-level BPE from a tokenizer.json value.
 fn load_byte_level(path: &Path, v: Value) -> Result<Tokenizer> {
     use super::bytelevel::{compile, Added, ByteLevel, PreStep, PreTok};
-    let unsupported = |what: String| TokenizerError::Unsupported { path: path.into(), what, hint: "byte-level tokenizer.json files with ByteLevel / Split(regex) / Digits pre-tokenizers and no normaliser are supported" };
+    let unsupported = |what: String| TokenizerError::Unsupported {
+        path: path.into(),
+        what,
+        hint: "byte-level tokenizer.json files with ByteLevel / Split(regex) / Digits pre-tokenizers and no normaliser are supported",
+    };
     let model = v.get("model").ok_or_else(|| bad(path, "no \"model\""))?;
     if type_of(model) != "BPE" {
         return Err(unsupported(format!("model.type {:?}", type_of(model))));
@@ -270,9 +274,23 @@ fn load_byte_level(path: &Path, v: Value) -> Result<Tokenizer> {
     // BOS: the first special token of a TemplateProcessing post-processor (Llama 3)
     let bos = v
         .get("post_processor")
-        .and_then(|p| if type_of(p) == "Sequence" { p.get("processors").and_then(Value::as_array).and_then(|a| a.iter().find(|x| type_of(x) == "TemplateProcessing")).cloned() } else { Some(p.clone()) })
+        .and_then(|p| {
+            if type_of(p) == "Sequence" {
+                p.get("processors").and_then(Value::as_array).and_then(|a| a.iter().find(|x| type_of(x) == "TemplateProcessing")).cloned()
+            } else {
+                Some(p.clone())
+            }
+        })
         .filter(|p| type_of(p) == "TemplateProcessing")
-        .and_then(|p| p.get("single").and_then(Value::as_array).and_then(|s| s.first()).and_then(|x| x.get("SpecialToken")).and_then(|x| x.get("id")).and_then(Value::as_str).map(String::from));
+        .and_then(|p| {
+            p.get("single")
+                .and_then(Value::as_array)
+                .and_then(|s| s.first())
+                .and_then(|x| x.get("SpecialToken"))
+                .and_then(|x| x.get("id"))
+                .and_then(Value::as_str)
+                .map(String::from)
+        });
     let bos_id = bos.as_deref().and_then(|b| tokens.iter().position(|t| t == b)).map(|i| i as u32);
     let mut t = Tokenizer::from_byte_level(pieces, bl, bos_id, None, path, SourceFormat::HfJson, v)?;
     t.add_bos_default = bos_id.is_some();

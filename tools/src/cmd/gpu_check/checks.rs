@@ -19,6 +19,11 @@
 //! - f32 outputs (rstd, lse, losses, weight gradients, optimizer state):
 //!   per element with RTOL_F32/ATOL_F32, or relative to the tensor's max
 //!   for reductions over many rows (F32_SUM).
+//!
+//! Why one file of ~880 lines: it is the table of kernel rows, one method
+//! per op in one `Checker`, read top to bottom as the list of what
+//! gpu-check covers; the comparison rules and naive references are already
+//! their own modules.
 
 use super::compare::{compare, Row, Rule, F32_FLOOR};
 use super::reference::{

@@ -72,8 +72,8 @@ pub fn attention_naive_bf16p(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> V
 }
 
 /// [`attention_naive_bf16p`] of a ragged batch (`Some((pos0, len))`: row i
-/// of sequence s sits at position pos0[s] + i and sees keys 0 ..= pos0[s] + i;
-/// rows at or past len[s] are 0, as the kernels write them).
+/// of sequence s sits at position `pos0[s] + i` and sees keys `0 ..= pos0[s] + i`;
+/// rows at or past `len[s]` are 0, as the kernels write them).
 pub fn attention_naive_bf16p_ragged(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, ragged: Option<(&[u32], &[u32])>) -> Vec<f32> {
     use rayon::prelude::*;
     let AttnShape { b, tq, tkv, cap, n_head: nh, n_kv_head: nkv, hd } = s;

@@ -12,6 +12,9 @@
 //! copies instead of driver memcpys. Not here: cuBLASLt (matmul is refused:
 //! it is not our kernel and has no CPU layer) and timing.
 //!
+//! Why one file of ~900 lines: it is one `impl Backend` (a trait impl
+//! cannot be split across files) kept op for op beside the CUDA backend's.
+//!
 //! Public items: [`SimBackend`], [`SimBuf`].
 
 use llama2_runtime::kernels::cuda::sim::{SimConfig, SimDevice, SimMem};
