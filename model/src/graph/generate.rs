@@ -336,12 +336,17 @@ pub struct BatchOptions {
     pub batch: usize,
     /// padded prompt tokens per prefill forward (at least one prompt)
     pub prefill_tokens: usize,
+    /// the stream index of each prompt (default: its position in the
+    /// input): a caller that generates part of a larger batch (a rank of a
+    /// data-parallel job) passes the prompts' positions in the whole batch,
+    /// so each answer is the one a single process would draw
+    pub streams: Option<Vec<usize>>,
 }
 
 impl BatchOptions {
     /// One answer per prompt, stopping at EOS, 16 rows, 4096-token prefills.
     pub fn new(max_new: usize, sampling: Sampling, seed: u64) -> Self {
-        BatchOptions { max_new, samples: 1, sampling, seed, stop_at_eos: true, logprobs: false, batch: 16, prefill_tokens: DEFAULT_PREFILL_TOKENS }
+        BatchOptions { max_new, samples: 1, sampling, seed, stop_at_eos: true, logprobs: false, batch: 16, prefill_tokens: DEFAULT_PREFILL_TOKENS, streams: None }
     }
 }
 
@@ -449,6 +454,11 @@ fn check_batch<B: Backend>(model: &Model<B>, prompts: &[Vec<u32>], o: &BatchOpti
     }
     if o.samples == 0 {
         return bad("generate: 0 samples per prompt; HINT: ask for at least 1".into());
+    }
+    if let Some(st) = &o.streams {
+        if st.len() != prompts.len() {
+            return bad(format!("generate: {} stream indices for {} prompts", st.len(), prompts.len()));
+        }
     }
     if o.batch == 0 || o.max_new == 0 || o.prefill_tokens == 0 {
         return bad(format!("generate: batch {}, max_new {} and prefill_tokens {} must be >= 1", o.batch, o.max_new, o.prefill_tokens));
@@ -643,7 +653,7 @@ impl<'a, B: Backend> BatchRun<'a, B> {
                 }
                 self.cache.lens[slot] = len;
                 let limit = self.o.max_new.min(model.rope_len - len);
-                let mut row = Row { prompt: *p, sample: s, limit, ids: Vec::with_capacity(limit), lps: Vec::new(), rng: sample_rng(self.o.seed, *p, s) };
+                let mut row = Row { prompt: *p, sample: s, limit, ids: Vec::with_capacity(limit), lps: Vec::new(), rng: sample_rng(self.o.seed, self.o.streams.as_ref().map_or(*p, |x| x[*p]), s) };
                 self.stats.generated += 1;
                 match row.push(&self.logits[j * vocab..(j + 1) * vocab], self.o, eos) {
                     Some(f) => self.emit(row, f, sink)?,

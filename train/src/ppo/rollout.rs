@@ -3,17 +3,18 @@
 //! per-token log-probabilities and values. Every function works in ragged
 //! batches of at most `batch` sequences (right padding, never attended).
 //!
-//! Sampling draws each answer from its own seeded stream (one per
-//! iteration and prompt), so an answer never depends on which other
-//! prompts share its batch.
+//! Sampling runs the batched decoder ([`generate_all`]: many prompts in
+//! one KV cache) and draws each answer from its own seeded stream (one per
+//! tag and batch position), so an answer never depends on which other
+//! prompts share its batch, nor on how a batch is spread over ranks.
 //!
-//! Public items: [`Answer`], [`sample_answers`], [`sample_answers_at`], [`score_sequences`],
+//! Public items: [`Answer`], [`sample_answers`], [`sample_answers_at`], [`SAMPLE_BATCH`], [`score_sequences`],
 //! [`answer_logprobs`], [`answer_values`].
 
 use super::objective::{pack_pairs, Workspace};
 use crate::error::{Result, TrainError};
 use llama2_model::config::Head;
-use llama2_model::generate::{Generator, Sampling};
+use llama2_model::generate::{generate_all, BatchOptions, Finish, Sampling};
 use llama2_model::Model;
 use llama2_runtime::rng::Rng;
 use llama2_runtime::Backend;
@@ -30,18 +31,23 @@ pub struct Answer {
     pub eos: bool,
 }
 
-/// Samples one answer per prompt with `s`, each from the stream
-/// `Rng::derive(seed, "<tag>/<prompt index>")`.
-#[allow(clippy::too_many_arguments)]
+/// Samples one answer per prompt with `s`, prompt `i` from the stream of
+/// batch position `i` under `tag` (see [`sample_answers_at`]).
 pub fn sample_answers<B: Backend>(be: &B, policy: &Model<B>, prompts: &[Vec<u32>], max_new: usize, s: &Sampling, seed: u64, tag: &str) -> Result<Vec<Answer>> {
     let at: Vec<usize> = (0..prompts.len()).collect();
     sample_answers_at(be, policy, prompts, &at, max_new, s, seed, tag)
 }
 
+/// Sequences the batched decoder keeps in its KV cache when sampling
+/// rollouts and evaluation answers.
+pub const SAMPLE_BATCH: usize = 16;
+
 /// [`sample_answers`] for a share of a batch: `prompts[j]` is prompt
-/// `at[j]` of the whole batch and draws from the stream
-/// `"<tag>/<at[j]>"`, so a rank that samples part of a batch (data
-/// parallelism) draws what one process sampling all of it draws.
+/// `at[j]` of the whole batch and draws from that position's stream
+/// (`generate::sample_rng(Rng::derive(seed, tag), at[j], 0)`), so a rank
+/// that samples part of a batch (data parallelism) draws what one process
+/// sampling all of it draws. Answers stop at EOS or after `max_new` tokens
+/// (fewer where the context ends first).
 #[allow(clippy::too_many_arguments)]
 pub fn sample_answers_at<B: Backend>(
     be: &B,
@@ -56,22 +62,22 @@ pub fn sample_answers_at<B: Backend>(
     if at.len() != prompts.len() {
         return Err(TrainError::Invalid(format!("{} prompts with {} batch positions", prompts.len(), at.len())));
     }
-    let mut out = Vec::with_capacity(prompts.len());
-    for (&i, p) in at.iter().zip(prompts) {
-        let new = max_new.min(policy.rope_len.saturating_sub(p.len()));
-        if new == 0 {
-            return Err(TrainError::Invalid(format!(
-                "prompt {i} ({} tokens) leaves no room to answer in the context of {}; HINT: drop long prompts",
-                p.len(),
-                policy.rope_len
-            )));
-        }
-        let mut rng = Rng::derive(seed, &format!("{tag}/{i}"));
-        let mut gen = Generator::new(be, policy, 1, p.len() + new)?;
-        let g = gen.generate(be, policy, std::slice::from_ref(p), new, s, &mut rng, true)?;
-        out.push(Answer { ids: g.ids[0].clone(), eos: g.ended[0] });
+    if let Some((j, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() >= policy.rope_len) {
+        return Err(TrainError::Invalid(format!(
+            "prompt {} ({} tokens) leaves no room to answer in the context of {}; HINT: drop long prompts",
+            at[j],
+            p.len(),
+            policy.rope_len
+        )));
     }
-    Ok(out)
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut o = BatchOptions::new(max_new, *s, Rng::derive(seed, tag).next_u64());
+    o.batch = SAMPLE_BATCH;
+    o.streams = Some(at.to_vec());
+    let (done, _) = generate_all(be, policy, prompts, &o)?;
+    Ok(done.into_iter().map(|c| Answer { eos: c.finish == Finish::Eos, ids: c.ids }).collect())
 }
 
 /// Reward-model scores (raw, the score head at each sequence's last token).
