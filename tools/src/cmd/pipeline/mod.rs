@@ -149,11 +149,14 @@ pub struct PipelineArgs {
     /// Preference pairs: the two temperatures of the SFT model's answers
     #[arg(long, value_delimiter = ',', default_value = "0.7,1.2", value_parser = crate::flags::parse_temperature)]
     pub pref_temperatures: Vec<f32>,
-    /// Share of the labelled pairs held out to measure the reward models
+    /// Preference pairs per RLHF prompt (each from its own random streams)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub pref_pairs_per_prompt: u32,
+    /// Share of the RLHF prompts whose labelled pairs are held out to measure the reward models
     #[arg(long, default_value_t = 0.2, value_parser = crate::cmd::evaluate::parse_fraction)]
     pub rm_val_fraction: f64,
     /// Reward-model epochs
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub rm_epochs: u32,
     /// Reward-model peak learning rate (the paper's 1e-5 is for 7B; a tiny model takes more)
     #[arg(long, default_value_t = 3e-4, value_parser = crate::flags::parse_lr)]

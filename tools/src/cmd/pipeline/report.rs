@@ -231,7 +231,8 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     writeln!(r, "## Preference data\n")?;
     writeln!(
         r,
-        "Two answers per RLHF prompt from {} (up to {} tokens), labelled by the synthetic annotator (Bradley-Terry noise, rating from the gold gap; unsafe and borderline prompts get safety annotation): {} pairs ({} helpfulness, {} safety); {} identical pairs dropped; {:.1}% of the labels agree with the gold gap's sign. Held out for the RM evaluation: {} of the helpfulness pairs, {} of the safety pairs.\n",
+        "{} pairs of answers per RLHF prompt, from {} (up to {} tokens), labelled by the synthetic annotator (Bradley-Terry noise, rating from the gold gap; unsafe and borderline prompts get safety annotation): {} pairs ({} helpfulness, {} safety); {} identical pairs dropped; {:.1}% of the labels agree with the gold gap's sign. Held out for the RM evaluation (all pairs of a seeded {}% of the prompts, so no held-out prompt is trained on): {} of the helpfulness pairs, {} of the safety pairs.\n",
+        pref["pairs_per_prompt"],
         pref["variants"].as_array().map(|v| v.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" and ")).unwrap_or_default(),
         a.max_new_tokens,
         rep["pairs"],
@@ -239,6 +240,7 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
         rep["safety_pairs"],
         rep["dropped_identical"],
         100.0 * rep["agreement_with_gold"].as_f64().unwrap_or(0.0),
+        100.0 * a.rm_val_fraction,
         pref["split"]["helpful"]["held_out"],
         pref["split"]["safety"]["held_out"]
     )?;

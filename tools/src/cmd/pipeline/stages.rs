@@ -277,17 +277,26 @@ fn sft(ctx: &Ctx) -> Result<Value> {
     }))
 }
 
-/// Splits records into (train, held out): a seeded shuffle, the last
-/// `round(fraction · n)` held out (at least one when there are two).
-fn split_records(mut v: Vec<Value>, fraction: f64, seed: u64) -> (Vec<Value>, Vec<Value>) {
-    Rng::derive(seed, "pipeline/pair-split").shuffle(&mut v);
-    let n = v.len();
+/// Splits records into (train, held out) by prompt, so no held-out pair
+/// shares its prompt with a training pair: the distinct prompts in a seeded
+/// order, the last `round(fraction · prompts)` held out (at least one when
+/// there are two).
+fn split_records(v: Vec<Value>, fraction: f64, seed: u64) -> (Vec<Value>, Vec<Value>) {
+    let mut prompts: Vec<String> = Vec::new();
+    for r in &v {
+        let p = r["prompt"].as_str().unwrap_or("").to_string();
+        if !prompts.contains(&p) {
+            prompts.push(p);
+        }
+    }
+    Rng::derive(seed, "pipeline/pair-split").shuffle(&mut prompts);
+    let n = prompts.len();
     let mut k = (fraction * n as f64).round() as usize;
     if fraction > 0.0 && n >= 2 {
         k = k.clamp(1, n - 1);
     }
-    let held = v.split_off(n - k.min(n));
-    (v, held)
+    let held: std::collections::HashSet<String> = prompts.split_off(n - k.min(n)).into_iter().collect();
+    v.into_iter().partition(|r| !held.contains(r["prompt"].as_str().unwrap_or("")))
 }
 
 /// 4. preference collection.
@@ -297,7 +306,9 @@ impl Job for PrefJob<'_> {
     type Out = Value;
     fn run<B: Backend>(self, be: &B) -> Result<Value> {
         let (ctx, a) = (self.0, &self.0.a);
-        let prompts = read_prompts(&ctx.data("rlhf_prompts.jsonl"))?;
+        let once = read_prompts(&ctx.data("rlhf_prompts.jsonl"))?;
+        // every prompt `pairs_per_prompt` times: each copy is answered from its own streams
+        let prompts: Vec<EvalPrompt> = (0..a.pref_pairs_per_prompt).flat_map(|_| once.iter().cloned()).collect();
         let sft_dir = model_dir(ctx, "sft");
         let (sft, tok) = load_policy(be, &sft_dir, &Some(ctx.tokenizer()))?;
         let variants: Vec<Variant<B>> = a
@@ -322,7 +333,7 @@ impl Job for PrefJob<'_> {
             counts.insert(name.into(), json!({"train": tr.len(), "held_out": va.len()}));
         }
         let variants: Vec<String> = variants.iter().map(|v| v.name.clone()).collect();
-        let j = json!({"variants": variants, "prompts": prompts.len(), "report": set.report, "split": counts});
+        let j = json!({"variants": variants, "prompts": once.len(), "pairs_per_prompt": a.pref_pairs_per_prompt, "report": set.report, "split": counts});
         write_atomic(&dir.join("annotation.json"), serde_json::to_string_pretty(&j)?.as_bytes())?;
         eprintln!(
             "[pipeline] preferences: {} pairs ({} helpfulness, {} safety), {:.1}% of the labels agree with the gold gap",
