@@ -122,7 +122,7 @@ fn sub_seed(seed: u64, what: &str) -> u64 {
     Rng::derive(seed, &format!("pipeline/{what}")).next_u64()
 }
 
-/// 1. the vocabulary and the token shards.
+/// Stage 1: the vocabulary and the token shards.
 fn tokenizer(ctx: &Ctx) -> Result<Value> {
     let files = text_files(&ctx.corpus)?;
     let mut docs: Vec<String> = Vec::new();
@@ -157,7 +157,7 @@ fn tokenizer(ctx: &Ctx) -> Result<Value> {
     Ok(json!({"vocab": tok.vocab_size(), "paragraphs": docs.len(), "bytes": bytes, "train_tokens": n_train, "val_tokens": n_val}))
 }
 
-/// 2. pretraining.
+/// Stage 2: pretraining.
 fn pretrain(ctx: &Ctx) -> Result<Value> {
     let a = &ctx.a;
     let tok = Tokenizer::load(ctx.tokenizer()).with_context(|| format!("loading {}; HINT: run the tokenizer stage", ctx.tokenizer().display()))?;
@@ -189,7 +189,7 @@ fn first_user(d: &[llama2_model::chat::Message]) -> Option<String> {
     d.iter().find(|m| m.role == Role::User).map(|m| m.content.clone())
 }
 
-/// 3. SFT: short dialogs (minus the held-out evaluation prompts) and the
+/// Stage 3: SFT: short dialogs (minus the held-out evaluation prompts) and the
 /// safety demonstrations; also writes the prompt files of the later stages.
 fn sft(ctx: &Ctx) -> Result<Value> {
     let a = &ctx.a;
@@ -299,7 +299,7 @@ fn split_records(v: Vec<Value>, fraction: f64, seed: u64) -> (Vec<Value>, Vec<Va
     v.into_iter().partition(|r| !held.contains(r["prompt"].as_str().unwrap_or("")))
 }
 
-/// 4. preference collection.
+/// Stage 4: preference collection.
 struct PrefJob<'a>(&'a Ctx);
 
 impl Job for PrefJob<'_> {
@@ -346,7 +346,7 @@ impl Job for PrefJob<'_> {
     }
 }
 
-/// 5. the helpfulness and the safety reward model, each measured on its held-out pairs.
+/// Stage 5: the helpfulness and the safety reward model, each measured on its held-out pairs.
 fn reward_models(ctx: &Ctx) -> Result<Value> {
     use crate::cmd::rm::{EvalArgs, MarginArg, MixArg, RmArgs, RmCmd, TrainArgs};
     let a = &ctx.a;
@@ -401,7 +401,7 @@ fn reward_models(ctx: &Ctx) -> Result<Value> {
     Ok(Value::Object(out))
 }
 
-/// 6. rejection sampling from the SFT model, iterations pooled.
+/// Stage 6: rejection sampling from the SFT model, iterations pooled.
 fn rejection_sampling(ctx: &Ctx) -> Result<Value> {
     let a = &ctx.a;
     let out = ctx.dir("rs");
@@ -455,7 +455,7 @@ fn rejection_sampling(ctx: &Ctx) -> Result<Value> {
     Ok(json!({"iterations": iters, "figure7": fig7}))
 }
 
-/// 7. PPO on top of the RS model.
+/// Stage 7: PPO on top of the RS model.
 fn ppo(ctx: &Ctx) -> Result<Value> {
     use crate::cmd::ppo::{PpoArgs, PpoMathFlags, TransformFlag};
     let a = &ctx.a;
@@ -506,7 +506,7 @@ fn ppo(ctx: &Ctx) -> Result<Value> {
     Ok(json!({"iterations": recs.len(), "score_raw": pick("score_raw"), "kl": pick("kl")}))
 }
 
-/// 8. Ghost Attention from the PPO model.
+/// Stage 8: Ghost Attention from the PPO model.
 fn gatt(ctx: &Ctx) -> Result<Value> {
     use crate::cmd::gatt::{ExamplesArg, GattStageArgs, InstructionFlags};
     let a = &ctx.a;
@@ -560,7 +560,7 @@ fn stage_numbers(e: &llama2_train::eval::models::ModelEval, bleu: &llama2_train:
     })
 }
 
-/// 9. every model on the held-out prompts, judged by the annotator.
+/// Stage 9: every model on the held-out prompts, judged by the annotator.
 struct EvalJob<'a>(&'a Ctx);
 
 impl Job for EvalJob<'_> {
