@@ -346,7 +346,17 @@ pub struct BatchOptions {
 impl BatchOptions {
     /// One answer per prompt, stopping at EOS, 16 rows, 4096-token prefills.
     pub fn new(max_new: usize, sampling: Sampling, seed: u64) -> Self {
-        BatchOptions { max_new, samples: 1, sampling, seed, stop_at_eos: true, logprobs: false, batch: 16, prefill_tokens: DEFAULT_PREFILL_TOKENS, streams: None }
+        BatchOptions {
+            max_new,
+            samples: 1,
+            sampling,
+            seed,
+            stop_at_eos: true,
+            logprobs: false,
+            batch: 16,
+            prefill_tokens: DEFAULT_PREFILL_TOKENS,
+            streams: None,
+        }
     }
 }
 
@@ -653,7 +663,14 @@ impl<'a, B: Backend> BatchRun<'a, B> {
                 }
                 self.cache.lens[slot] = len;
                 let limit = self.o.max_new.min(model.rope_len - len);
-                let mut row = Row { prompt: *p, sample: s, limit, ids: Vec::with_capacity(limit), lps: Vec::new(), rng: sample_rng(self.o.seed, self.o.streams.as_ref().map_or(*p, |x| x[*p]), s) };
+                let mut row = Row {
+                    prompt: *p,
+                    sample: s,
+                    limit,
+                    ids: Vec::with_capacity(limit),
+                    lps: Vec::new(),
+                    rng: sample_rng(self.o.seed, self.o.streams.as_ref().map_or(*p, |x| x[*p]), s),
+                };
                 self.stats.generated += 1;
                 match row.push(&self.logits[j * vocab..(j + 1) * vocab], self.o, eos) {
                     Some(f) => self.emit(row, f, sink)?,
