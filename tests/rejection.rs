@@ -112,7 +112,7 @@ fn the_reward_model_scores_the_fraction_of_good_tokens() {
 fn the_safety_model_decides_where_the_paper_says() {
     let be = CpuBackend::new(1).unwrap();
     let (help, safety) = (hand_made_rm(&be), hand_made_rm_scaled(&be, -3.0));
-    let rw = Rewarders { helpfulness: &help, safety: Some(&safety), batch_tokens: 4096 };
+    let rw = Rewarders { helpfulness: &help, safety: Some(&safety), batch_tokens: 4096, safety_threshold: llama2::train::score::SAFETY_THRESHOLD };
     let mut cfg = Config::new(V, 32, 64, 1, 2, 1);
     cfg.max_seq_len = 64;
     let policy = Model::init_random(&be, cfg, 4).unwrap();
@@ -145,7 +145,7 @@ fn the_safety_model_decides_where_the_paper_says() {
 fn one_iteration_improves_the_policy_on_held_out_prompts() {
     let be = CpuBackend::new(2).unwrap();
     let rm = hand_made_rm(&be);
-    let rw = Rewarders { helpfulness: &rm, safety: None, batch_tokens: 4096 };
+    let rw = Rewarders { helpfulness: &rm, safety: None, batch_tokens: 4096, safety_threshold: llama2::train::score::SAFETY_THRESHOLD };
     let mut cfg = Config::new(V, 32, 64, 2, 4, 2);
     cfg.max_seq_len = 64;
     let policy = Model::init_random(&be, cfg, 11).unwrap();

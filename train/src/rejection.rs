@@ -111,6 +111,9 @@ pub struct Rewarders<'a, B: Backend> {
     pub safety: Option<&'a Model<B>>,
     /// padded tokens per scoring forward
     pub batch_tokens: usize,
+    /// the safety reward decides where `sigmoid(safety)` is below this (the
+    /// paper's 0.15, [`crate::score::SAFETY_THRESHOLD`]) or the prompt is tagged unsafe
+    pub safety_threshold: f32,
 }
 
 /// A scored answer, as written in `samples.jsonl` and `pool.jsonl`.
@@ -152,7 +155,7 @@ pub fn score_answers<B: Backend>(be: &B, rw: &Rewarders<B>, prompts: &[RsPrompt]
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let r = combine(h[i], s.as_ref().map(|s| s[i]), prompts[c.prompt].unsafe_tag);
+            let r = combine(h[i], s.as_ref().map(|s| s[i]), prompts[c.prompt].unsafe_tag, rw.safety_threshold);
             Answer {
                 prompt_index: c.prompt,
                 iteration,

@@ -12,8 +12,8 @@
 //! The reward of an answer is a probability: `sigmoid(score)` of the reward
 //! model's output. With a safety reward model, the paper's rule (PPO,
 //! section 3.2.3): the safety reward is used where the prompt is tagged
-//! unsafe or the safety reward is below [`SAFETY_THRESHOLD`], the
-//! helpfulness reward elsewhere.
+//! unsafe or the safety reward is below a threshold (the paper's
+//! [`SAFETY_THRESHOLD`], 0.15), the helpfulness reward elsewhere.
 //!
 //! Public items: [`check_reward_model`], [`score_sequences`],
 //! [`RewardSource`], [`Reward`], [`combine`], [`sigmoid`],
@@ -127,10 +127,11 @@ pub struct Reward {
 }
 
 /// The paper's rule: the safety reward where the prompt is tagged unsafe or
-/// `sigmoid(safety) < SAFETY_THRESHOLD`, else the helpfulness reward.
-pub fn combine(helpfulness: f32, safety: Option<f32>, tagged_unsafe: bool) -> Reward {
+/// `sigmoid(safety) < threshold` (the paper: [`SAFETY_THRESHOLD`]), else the
+/// helpfulness reward.
+pub fn combine(helpfulness: f32, safety: Option<f32>, tagged_unsafe: bool, threshold: f32) -> Reward {
     match safety {
-        Some(s) if tagged_unsafe || sigmoid(s) < SAFETY_THRESHOLD => Reward { value: sigmoid(s), source: RewardSource::Safety, helpfulness, safety },
+        Some(s) if tagged_unsafe || sigmoid(s) < threshold => Reward { value: sigmoid(s), source: RewardSource::Safety, helpfulness, safety },
         _ => Reward { value: sigmoid(helpfulness), source: RewardSource::Helpfulness, helpfulness, safety },
     }
 }
@@ -144,15 +145,15 @@ mod tests {
         // logit(0.15) = ln(0.15/0.85) = -1.7346
         let (unsafe_score, safe_score) = (-1.8, -1.6);
         // no safety model: helpfulness, always
-        assert_eq!(combine(2.0, None, true).source, RewardSource::Helpfulness);
+        assert_eq!(combine(2.0, None, true, SAFETY_THRESHOLD).source, RewardSource::Helpfulness);
         // safe prompt, safety probability above 0.15: helpfulness
-        let r = combine(2.0, Some(safe_score), false);
+        let r = combine(2.0, Some(safe_score), false, SAFETY_THRESHOLD);
         assert_eq!((r.source, r.value), (RewardSource::Helpfulness, sigmoid(2.0)));
         // safety probability below 0.15: safety, even on an untagged prompt
-        let r = combine(2.0, Some(unsafe_score), false);
+        let r = combine(2.0, Some(unsafe_score), false, SAFETY_THRESHOLD);
         assert_eq!((r.source, r.value), (RewardSource::Safety, sigmoid(unsafe_score)));
         // a prompt tagged unsafe: safety, whatever its value
-        let r = combine(-3.0, Some(4.0), true);
+        let r = combine(-3.0, Some(4.0), true, SAFETY_THRESHOLD);
         assert_eq!((r.source, r.value), (RewardSource::Safety, sigmoid(4.0)));
         assert!((sigmoid(0.0) - 0.5).abs() < 1e-7 && (sigmoid(-1.7346) - 0.15).abs() < 1e-4);
     }

@@ -94,7 +94,7 @@ pub enum MixArg {
     Safety,
 }
 
-fn parse_coef(s: &str) -> std::result::Result<f64, String> {
+pub(crate) fn parse_coef(s: &str) -> std::result::Result<f64, String> {
     let x: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if !(x >= 0.0 && x.is_finite()) {
         return Err(format!("{x} must be a finite number >= 0"));

@@ -62,9 +62,12 @@ pub struct RsArgs {
     /// The (helpfulness) reward model: a LlamaForSequenceClassification with one label
     #[arg(long)]
     pub rm: PathBuf,
-    /// A safety reward model; with it the reward is the safety RM's where the prompt is tagged unsafe or its reward is below 0.15, else the helpfulness RM's
+    /// A safety reward model; with it the reward is the safety RM's where the prompt is tagged unsafe or its reward is below --safety-threshold, else the helpfulness RM's
     #[arg(long)]
     pub safety_rm: Option<PathBuf>,
+    /// The safety reward decides where sigmoid(safety score) is below this (the paper: 0.15; 0 = only on prompts tagged unsafe)
+    #[arg(long, default_value_t = 0.15, value_parser = crate::cmd::evaluate::parse_fraction)]
+    pub safety_threshold: f64,
     /// Prompts, JSON Lines: {"prompt_ids": [...]}, or with a tokenizer {"prompt": "..."} / {"messages": [...]}; optional "unsafe": true
     #[arg(long)]
     pub prompts: PathBuf,
@@ -323,7 +326,7 @@ impl Job for RsJob {
         if longest + a.max_new_tokens as usize > ctx {
             bail!("a prompt of {longest} tokens + {} new tokens exceeds the reward model's context of {ctx}; HINT: lower --max-new-tokens", a.max_new_tokens);
         }
-        let rw = Rewarders { helpfulness: &rm, safety: safety.as_ref(), batch_tokens: DEFAULT_SCORE_TOKENS };
+        let rw = Rewarders { helpfulness: &rm, safety: safety.as_ref(), batch_tokens: DEFAULT_SCORE_TOKENS, safety_threshold: a.safety_threshold as f32 };
         let k = a.k as usize;
         let mode = match a.pool {
             PoolArg::All => PoolMode::All,

@@ -161,6 +161,19 @@ pub struct PipelineArgs {
     /// Reward-model peak learning rate (the paper's 1e-5 is for 7B; a tiny model takes more)
     #[arg(long, default_value_t = 3e-4, value_parser = crate::flags::parse_lr)]
     pub rm_lr: f64,
+    /// Reward-model score centring C·mean((r_c + r_r)²) (Eisenstein et al.'s 0.01): anchors the
+    /// scores at 0 so that the paper's threshold sigmoid(safety) < 0.15 reads a calibrated scale
+    #[arg(long, default_value_t = 0.01, value_parser = crate::cmd::rm::parse_coef)]
+    pub rm_center_coef: f64,
+    /// SFT: system-message demonstrations (`gatt demos`: an instruction as the system message, the
+    /// answer rewritten to obey it) mixed into the SFT data, so the model can follow an
+    /// instruction at the first turn before GAtt carries it to later turns (0 = none)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=100000))]
+    pub gatt_demos: u32,
+    /// Rejection sampling and PPO: the safety RM decides where sigmoid(safety score) is below this
+    /// (the paper's 0.15) or the prompt is tagged unsafe
+    #[arg(long, default_value_t = 0.15, value_parser = crate::cmd::evaluate::parse_fraction)]
+    pub safety_threshold: f64,
     /// Rejection sampling: answers per prompt (K)
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rs_k: u32,

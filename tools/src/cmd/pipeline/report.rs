@@ -251,8 +251,8 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     writeln!(r, "\n## Reward models (the paper's Table 8: accuracy on held-out pairs by rating)\n")?;
     writeln!(
         r,
-        "Both start from the SFT model (score head drawn), the paper's mixtures (helpfulness: all helpfulness pairs + as many safety pairs; safety: all safety pairs + 10% helpfulness), margin loss (Table 27, small), {} epochs, lr {}. Each is measured on the held-out pairs of its own kind.\n",
-        a.rm_epochs, a.rm_lr
+        "Both start from the SFT model (score head drawn), the paper's mixtures (helpfulness: all helpfulness pairs + as many safety pairs; safety: all safety pairs + 10% helpfulness), margin loss (Table 27, small), score centring {}, {} epochs, lr {}. Each is measured on the held-out pairs of its own kind.\n",
+        a.rm_center_coef, a.rm_epochs, a.rm_lr
     )?;
     write!(r, "| reward model | held-out pairs | overall |")?;
     for b in Bucket::ALL {

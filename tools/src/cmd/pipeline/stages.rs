@@ -234,6 +234,20 @@ fn sft(ctx: &Ctx) -> Result<Value> {
     let mut sft_set = train_d.clone();
     sft_set.extend(demos.iter().cloned());
     write_dialogs(&ctx.data("sft.jsonl"), &sft_set)?;
+    let mut sft_files = vec![ctx.data("sft.jsonl")];
+    let gatt_demos = if a.gatt_demos > 0 {
+        let n = crate::cmd::gatt::demos(crate::cmd::gatt::GattDemosArgs {
+            dialogs: vec![ctx.data("instruction_train.jsonl")],
+            inst: crate::cmd::gatt::InstructionFlags { instructions: repo_default("data/gatt/instructions.json"), families: Vec::new() },
+            count: a.gatt_demos as usize,
+            out: ctx.data("gatt_demos.jsonl"),
+            seed: sub_seed(a.seed, "gatt-demos"),
+        })?;
+        sft_files.push(ctx.data("gatt_demos.jsonl"));
+        n
+    } else {
+        0
+    };
     eprintln!(
         "[pipeline] SFT: {} of {total} dialogs have at most {} tokens: {} trained (+ {} safety demonstrations), {} held out for the evaluation",
         n_short,
@@ -246,7 +260,7 @@ fn sft(ctx: &Ctx) -> Result<Value> {
     let val_fraction = (a.samples as f64 / sft_set.len().max(1) as f64).min(0.5);
     crate::cmd::sft::run(SftArgs {
         init: Some(ctx.dir("pretrain").join("final")),
-        data: vec![ctx.data("sft.jsonl")],
+        data: sft_files,
         tokenizer: Some(ctx.tokenizer()),
         val_fraction,
         batch_size: a.batch_size,
@@ -269,7 +283,7 @@ fn sft(ctx: &Ctx) -> Result<Value> {
     let samples: Vec<Value> = std::fs::read_to_string(out.join("samples.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     let ended = samples.iter().filter(|s| s["ended_with_eos"].as_bool() == Some(true)).count();
     Ok(json!({
-        "dialogs": total, "short_dialogs": n_short, "trained_dialogs": train_d.len(), "safety_demonstrations": demos.len(),
+        "dialogs": total, "short_dialogs": n_short, "trained_dialogs": train_d.len(), "safety_demonstrations": demos.len(), "gatt_demonstrations": gatt_demos,
         "eval_prompts": {"instructions": eval_d.len(), "unsafe": safety.held_out.iter().filter(|p| p.unsafe_prompt).count(),
                           "borderline": safety.held_out.iter().filter(|p| !p.unsafe_prompt).count()},
         "rlhf_prompts": {"instructions": n_instr, "safety": safety.train.len()},
@@ -362,7 +376,7 @@ fn reward_models(ctx: &Ctx) -> Result<Value> {
                 tokenizer: Some(ctx.tokenizer()),
                 mix,
                 margin: MarginArg::Small,
-                center_coef: 0.0,
+                center_coef: a.rm_center_coef,
                 max_len: None,
                 batch_size: 8,
                 epochs: a.rm_epochs,
@@ -409,6 +423,7 @@ fn rejection_sampling(ctx: &Ctx) -> Result<Value> {
         policy: model_dir(ctx, "sft"),
         rm: ctx.dir("rm").join("helpful").join("final"),
         safety_rm: Some(ctx.dir("rm").join("safety").join("final")),
+        safety_threshold: a.safety_threshold,
         prompts: ctx.data("rlhf_prompts.jsonl"),
         eval_prompts: None,
         k: a.rs_k,
@@ -489,7 +504,7 @@ fn ppo(ctx: &Ctx) -> Result<Value> {
             clip: 0.2,
             value_clip: 0.2,
             score_transform: TransformFlag::LogitWhiten,
-            safety_threshold: 0.15,
+            safety_threshold: a.safety_threshold,
             missing_eos_penalty: 0.0,
         },
         opt: default_opt(),
