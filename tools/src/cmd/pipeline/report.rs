@@ -178,8 +178,8 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     writeln!(r, "- pretraining tokens: {} train, {} validation (every 20th paragraph)", tk["train_tokens"], tk["val_tokens"])?;
     writeln!(
         r,
-        "- SFT: {} of {} instruction dialogs have at most {} tokens; {} trained on with {} safety demonstrations (refusals of unsafe training prompts), Llama-2-chat format, loss on answers only",
-        sft["short_dialogs"], sft["dialogs"], a.sft_max_tokens, sft["trained_dialogs"], sft["safety_demonstrations"]
+        "- SFT: {} of {} instruction dialogs have at most {} tokens; {} trained on with {} safety demonstrations (refusals of unsafe training prompts) and {} system-message demonstrations (an instruction in the system message, the answer rewritten to obey it), Llama-2-chat format, loss on answers only",
+        sft["short_dialogs"], sft["dialogs"], a.sft_max_tokens, sft["trained_dialogs"], sft["safety_demonstrations"], sft["gatt_demonstrations"].as_u64().unwrap_or(0)
     )?;
     writeln!(
         r,
