@@ -2,7 +2,7 @@
 # The Ghost Attention demonstration of docs/gatt.md, on a tiny model that
 # trains on 2 CPU cores (about an hour in all; steps whose output exists
 # are not redone):
-#  1. `train-tool pipeline --pretrain-steps 300`: BPE vocabulary, pretraining
+#  1. `train-tool pipeline --pretrain-steps 300 --until sft`: BPE vocabulary, pretraining
 #     on Jane Austen, SFT on the short alpaca dialogs (runs/NAME/data/sft.jsonl);
 #  2. single-turn system-message demonstrations (two per SFT dialog, the
 #     checkable families) and an SFT of the pretrained model on the SFT
@@ -22,7 +22,7 @@ R=runs/$NAME
 TH=${THREADS:-2}
 FAM=end_word,max_words,mention,capitals
 INST=data/gatt/instructions.json
-[ -f "$R/sft/final/model.safetensors" ] || "$T" pipeline --name "$NAME" --pretrain-steps 300 --threads "$TH"
+[ -f "$R/sft/final/model.safetensors" ] || "$T" pipeline --name "$NAME" --pretrain-steps 300 --until sft --threads "$TH"
 [ -f "$R/gatt/demos.jsonl" ] || "$T" gatt demos --dialogs "$R/data/sft.jsonl" "$R/data/sft.jsonl" --instructions $INST --families $FAM --out "$R/gatt/demos.jsonl"
 [ -f "$R/p0/final/model.safetensors" ] || "$T" sft --init "$R/pretrain/final" --tokenizer "$R/tokenizer.model" \
     --data "$R/data/sft.jsonl" "$R/gatt/demos.jsonl" --epochs 6 --lr 1e-3 --batch-size 8 --seq-len 256 --val-fraction 0.03 \
