@@ -44,7 +44,8 @@ pub const SAMPLE_BATCH: usize = 16;
 
 /// [`sample_answers`] for a share of a batch: `prompts[j]` is prompt
 /// `at[j]` of the whole batch and draws from that position's stream
-/// (`generate::sample_rng(Rng::derive(seed, tag), at[j], 0)`), so a rank
+/// (`generate::sample_rng(s0, at[j], 0)` with `s0 = Rng::derive(seed,
+/// tag).next_u64()`), so a rank
 /// that samples part of a batch (data parallelism) draws what one process
 /// sampling all of it draws. Answers stop at EOS or after `max_new` tokens
 /// (fewer where the context ends first).
