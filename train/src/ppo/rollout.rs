@@ -81,21 +81,16 @@ pub fn sample_answers_at<B: Backend>(
     Ok(done.into_iter().map(|c| Answer { eos: c.finish == Finish::Eos, ids: c.ids }).collect())
 }
 
-/// Reward-model scores (raw, the score head at each sequence's last token).
+/// Reward-model scores (raw, the score head at each sequence's last token)
+/// of (prompt, answer) pairs, about `batch` sequences per forward: the
+/// pairs joined and scored by [`crate::score::score_sequences`].
 pub fn score_sequences<B: Backend>(be: &B, rm: &Model<B>, pairs: &[(Vec<u32>, Vec<u32>)], batch: usize) -> Result<Vec<f32>> {
     if rm.cfg.head != Head::Score {
         return Err(TrainError::Invalid("a reward model must have a score head (LlamaForSequenceClassification); HINT: make one with `train-tool rm init` and train it with `train-tool rm train`".into()));
     }
-    let mut ws: Option<Workspace<B>> = None;
-    let mut out = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(batch.max(1)) {
-        let p = pack_pairs(chunk.iter().map(|(a, b)| (a.as_slice(), b.as_slice())), rm.cfg.pad_id.unwrap_or(0))?;
-        let w = Workspace::ensure(&mut ws, be, rm, p.b, p.t, false)?;
-        rm.trunk(be, &mut w.acts, &p.tokens, Some(&p.lens), None)?;
-        let last = Model::<B>::last_rows(p.b, p.t, Some(&p.lens))?;
-        out.extend(rm.score_rows(be, &mut w.acts, &last)?);
-    }
-    Ok(out)
+    let seqs: Vec<Vec<u32>> = pairs.iter().map(|(p, a)| [p.as_slice(), a.as_slice()].concat()).collect();
+    let longest = seqs.iter().map(Vec::len).max().unwrap_or(1);
+    crate::score::score_sequences(be, rm, &seqs, batch.max(1) * longest)
 }
 
 /// Per answer token log-probabilities under `model`, and (with `entropy`)
