@@ -234,27 +234,41 @@ fn ppo_at_two_ranks_matches_one_process() {
 fn wrong_launches_are_refused_on_every_rank() {
     let d = tmpdir("refuse");
     let data = shard(&d);
-    // ranks started with different flags (MPMD: one command line per rank)
+    // ranks started with different flags (MPMD: one command line per rank);
+    // each rank's stderr is read from its own file (mpirun --output-filename):
+    // on the shared stderr, mpirun may interleave the ranks' lines mid-line
+    let logs = d.join("logs-config");
     let mut c = Command::new("mpirun");
-    c.args(["--allow-run-as-root", "--oversubscribe", "-np", "1", tool()]).args(pretrain(&data, &d.join("x"), &["--weight-decay", "0.1"]));
+    c.args(["--allow-run-as-root", "--oversubscribe", "--output-filename", logs.to_str().unwrap()]);
+    c.args(["-np", "1", tool()]).args(pretrain(&data, &d.join("x"), &["--weight-decay", "0.1"]));
     c.args([":", "-np", "1", tool()]).args(pretrain(&data, &d.join("x"), &["--weight-decay", "0.2"]));
     let o = c.output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for r in 0..2 {
+        let err = rank_stderr(&logs, r);
         assert!(err.contains(&format!("error: rank {r} of 2: rank 1 resolved another configuration")) && err.contains("HINT"), "rank {r}: {err}");
     }
     // PPO: 15 prompts per iteration do not split over 2 ranks
     let root = d.join("ppo");
     std::fs::create_dir_all(&root).unwrap();
     ppo_setup(&root);
-    let o = mpirun(2, &ppo_args(&root, &root.join("out"), "15")).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    let logs = d.join("logs-ppo");
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--output-filename", logs.to_str().unwrap(), "-np", "2", tool()]);
+    let o = c.args(ppo_args(&root, &root.join("out"), "15")).output().unwrap();
+    assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for r in 0..2 {
+        let err = rank_stderr(&logs, r);
         assert!(err.contains(&format!("error: rank {r} of 2:")) && err.contains("do not split evenly over 2 ranks"), "rank {r}: {err}");
     }
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// What rank `r` wrote to stderr under `mpirun --output-filename logs`
+/// (Open MPI 4: `logs/1/rank.<r>/stderr`).
+fn rank_stderr(logs: &Path, r: usize) -> String {
+    std::fs::read_to_string(logs.join("1").join(format!("rank.{r}")).join("stderr"))
+        .unwrap_or_else(|e| panic!("rank {r}'s stderr under {}: {e}", logs.display()))
 }
 
 /// The ranks (children of `mpirun`) by rank.
