@@ -167,7 +167,16 @@ fn policy(be: &CpuBackend, vocab: usize) -> Model<CpuBackend> {
 }
 
 fn opts(max_tokens: usize, ex: Examples) -> BuildOpts {
-    BuildOpts { max_new: 6, sampling: Sampling { temperature: 1.0, top_k: None, top_p: None }, batch: 4, seed: 9, examples: ex, max_tokens, k: 1 }
+    BuildOpts {
+        max_new: 6,
+        sampling: Sampling { temperature: 1.0, top_k: None, top_p: None },
+        batch: 4,
+        seed: 9,
+        examples: ex,
+        max_tokens,
+        k: 1,
+        by_checks: false,
+    }
 }
 
 #[test]
@@ -335,4 +344,44 @@ fn best_of_k_keeps_the_reward_models_favourite() {
     o.k = 2;
     let e = gatt::build(&be, &model, &tok, &dialogs, &insts, Some(&model), &o).unwrap_err().to_string();
     assert!(e.contains("score head") && e.contains("HINT"), "{e}");
+}
+
+#[test]
+fn choose_prefers_passed_checks_then_the_reward_then_the_first() {
+    // checks first: the only sample passing two checks wins over a higher reward
+    assert_eq!(gatt::choose(&[1, 2, 0, 1], Some(&[5.0, 0.1, 9.0, 5.0])), 1);
+    // among the samples passing the most checks, the reward model's best
+    assert_eq!(gatt::choose(&[1, 0, 1, 1], Some(&[0.5, 9.0, 0.7, 0.6])), 2);
+    // reward ties: the first
+    assert_eq!(gatt::choose(&[0, 0, 0], Some(&[0.3, 0.3, 0.1])), 0);
+    // no reward model: the first of the candidates
+    assert_eq!(gatt::choose(&[0, 1, 0, 1], None), 1);
+    assert_eq!(gatt::choose(&[0, 0], None), 0);
+}
+
+#[test]
+fn best_of_k_by_checks_keeps_answers_that_obey() {
+    let be = CpuBackend::new(1).unwrap();
+    let tok = tok();
+    let model = policy(&be, tok.vocab_size());
+    // one checkable family a random model obeys now and then: at most 5, 10 or 15 words in
+    // answers of 12 random tokens
+    let set = load_instructions(&shipped(), &["max_words".to_string()]).unwrap();
+    let dialogs: Vec<Dialog> = (0..12).map(|_| Dialog { users: users(2), answers: answers(2) }).collect();
+    let insts = set.sample_n(dialogs.len(), 1, "t", false).unwrap();
+    let rate = |st: &gatt::BuildStats| {
+        let r = &st.sampled_adherence["max_words"];
+        r.pass as f64 / r.n as f64
+    };
+    let mut o = opts(400, Examples::Last);
+    o.max_new = 12;
+    let one = rate(&gatt::build(&be, &model, &tok, &dialogs, &insts, None, &o).unwrap().stats);
+    o.k = 6;
+    o.by_checks = true;
+    let best = rate(&gatt::build(&be, &model, &tok, &dialogs, &insts, None, &o).unwrap().stats);
+    assert!(one < 0.9 && best > one, "keeping the obeying sample of 6 raises adherence: {best} vs {one}");
+    // K > 1 with neither a reward model nor the checks is refused
+    o.by_checks = false;
+    let e = gatt::build(&be, &model, &tok, &dialogs, &insts, None, &o).unwrap_err().to_string();
+    assert!(e.contains("HINT"), "{e}");
 }

@@ -122,9 +122,14 @@ pub struct GattBuildArgs {
     /// Reward model (score head) choosing the best of --k samples per turn
     #[arg(long)]
     pub rm: Option<PathBuf>,
-    /// Samples per turn for best-of-K (needs --rm)
+    /// Samples per turn for best-of-K (needs --rm or --by-checks)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub k: u32,
+    /// Best of K: prefer the samples that obey the most of the instruction's checkable constraints
+    /// (then the reward model's best with --rm, then the first); for a policy that does not yet
+    /// follow an instruction it sees on every turn
+    #[arg(long)]
+    pub by_checks: bool,
     /// Dialogs to build
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
@@ -288,8 +293,8 @@ impl Job for BuildJob {
         if a.min_turns > a.max_turns {
             bail!("--min-turns {} is above --max-turns {}", a.min_turns, a.max_turns);
         }
-        if a.k > 1 && a.rm.is_none() {
-            bail!("--k {} needs a reward model; HINT: pass --rm DIR", a.k);
+        if a.k > 1 && a.rm.is_none() && !a.by_checks {
+            bail!("--k {} needs a way to choose; HINT: pass --rm DIR and/or --by-checks", a.k);
         }
         let set = a.inst.load()?;
         let policy = Model::load_frozen(be, &a.policy).with_context(|| format!("loading the policy {}", a.policy.display()))?;
@@ -323,6 +328,7 @@ impl Job for BuildJob {
             },
             max_tokens: a.max_tokens as usize,
             k: a.k as usize,
+            by_checks: a.by_checks,
         };
         let t0 = std::time::Instant::now();
         let built = gatt::build(be, &policy, &tok, &d.dialogs, &insts, rm.as_ref(), &o)?;
@@ -621,6 +627,11 @@ pub struct GattStageArgs {
     /// Leave out evaluation prompts that occur in these files (the training data)
     #[arg(long, num_args = 1..)]
     pub exclude_from: Vec<PathBuf>,
+    /// SFT dialog files mixed into both fine-tunes alike (for example the rejection-sampling pool),
+    /// so that fine-tuning on the GAtt dialogs does not wash out what the policy learned before
+    /// (the paper mixes its GAtt samples into the RS fine-tuning data)
+    #[arg(long, num_args = 1..)]
+    pub mix: Vec<PathBuf>,
     /// Output directory: gatt.jsonl, baseline.jsonl, gatt/ and no-gatt/ (SFT runs), eval/
     #[arg(long)]
     pub out: PathBuf,
@@ -636,6 +647,15 @@ pub struct GattStageArgs {
     /// Training samples per dialog
     #[arg(long, value_enum, default_value_t = ExamplesArg::Prefixes)]
     pub examples: ExamplesArg,
+    /// Reward model for best-of-K (as `gatt build --rm`)
+    #[arg(long)]
+    pub rm: Option<PathBuf>,
+    /// Samples per turn for best-of-K (needs --rm or --by-checks)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub k: u32,
+    /// Best of K by the instruction's checks first (as `gatt build --by-checks`)
+    #[arg(long)]
+    pub by_checks: bool,
     /// Token budget of each sampled answer (building and evaluating)
     #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_new_tokens: u32,
@@ -670,9 +690,11 @@ pub struct GattStageArgs {
 fn stage_sft(init: &Path, tokenizer: &Path, data: &Path, out: &Path, a: &GattStageArgs) -> Result<()> {
     use crate::cmd::sft::{PackingArg, SftArgs};
     use crate::flags::{OptFlags, RunFlags};
+    let mut files = vec![data.to_path_buf()];
+    files.extend(a.mix.iter().cloned());
     crate::cmd::sft::run(SftArgs {
         init: Some(init.to_path_buf()),
-        data: vec![data.to_path_buf()],
+        data: files,
         tokenizer: Some(tokenizer.to_path_buf()),
         val_fraction: 0.05,
         batch_size: a.batch_size,
@@ -726,8 +748,9 @@ pub fn stage(a: GattStageArgs) -> Result<EvalReport> {
         inst: a.inst.clone(),
         out: g.clone(),
         baseline_out: Some(b.clone()),
-        rm: None,
-        k: 1,
+        rm: a.rm.clone(),
+        k: a.k,
+        by_checks: a.by_checks,
         count: a.count,
         min_turns: a.min_turns,
         max_turns: a.max_turns,

@@ -14,6 +14,14 @@
 //!    token of the previous turns, assistant turns included, and one on the
 //!    last answer and its EOS.
 //!
+//! Best of K: each turn samples K answers and keeps one: with
+//! `by_checks`, the answers obeying the most of the instruction's checkable
+//! constraints ([`super::checks`]) are the candidates, else all K; among
+//! the candidates the reward model's best, or without one the first. The
+//! checks stand in for what the paper assumes of its RLHF model, that it
+//! follows an instruction it sees on every turn: a model too small to do so
+//! by itself still yields samples that obey it (where one of the K does).
+//!
 //! Examples per dialog ([`Examples`]): `Last` gives one sample per dialog
 //! (its last turn is learned); `Prefixes` gives one per prefix (turn k of
 //! an n-turn dialog is learned in the sample that ends at turn k), so each
@@ -29,7 +37,7 @@
 //! the dataset's own answers (no re-sampling), the same loss placement.
 //!
 //! Public items: [`Examples`], [`BuildOpts`], [`GattSample`], [`BuildStats`],
-//! [`Built`], [`with_instruction`], [`sampling_context`],
+//! [`Built`], [`with_instruction`], [`sampling_context`], [`choose`],
 //! [`training_messages`], [`examples_of`], [`build`].
 
 use super::dialogs::Dialog;
@@ -66,8 +74,12 @@ pub struct BuildOpts {
     pub examples: Examples,
     /// token budget of a training sample (the SFT `--seq-len` with `--packing whole`)
     pub max_tokens: usize,
-    /// samples per turn, the best kept by the reward model (1 without one)
+    /// samples per turn, the best of them kept (see [`build`]; 1: the one sample)
     pub k: usize,
+    /// choose among the K samples first by how many of the instruction's
+    /// checkable constraints an answer obeys (the reward model, if any,
+    /// breaks ties)
+    pub by_checks: bool,
 }
 
 /// One training sample: messages (system first), its instruction, and
@@ -177,9 +189,26 @@ pub fn examples_of(inst: &Instruction, users: &[String], answers: &[String], ex:
         .collect()
 }
 
+/// Which of K samples to keep (its index): the candidates are the samples
+/// passing the most checks (`passed[x]`; all of them when no check counts),
+/// then the one with the highest reward-model score, then the first.
+pub fn choose(passed: &[usize], scores: Option<&[f32]>) -> usize {
+    let most = passed.iter().copied().max().unwrap_or(0);
+    let mut best: Option<usize> = None;
+    for x in (0..passed.len()).filter(|&x| passed[x] == most) {
+        best = match (best, scores) {
+            (Some(b), Some(s)) if s[b] >= s[x] => Some(b),
+            (Some(b), None) => Some(b),
+            _ => Some(x),
+        };
+    }
+    best.unwrap_or(0)
+}
+
 /// Builds the GAtt samples of `dialogs`, dialog `i` with instruction
-/// `insts[i]` (see the module header). With `rm`, each turn keeps the best
-/// of `o.k` samples by the reward model's score of (sampling prompt, answer).
+/// `insts[i]` (see the module header). Each turn keeps the best of `o.k`
+/// samples: by the instruction's checks with `o.by_checks`, then by the
+/// reward model's score of (sampling prompt, answer) with `rm`, then the first.
 #[allow(clippy::too_many_arguments)]
 pub fn build<B: Backend>(
     be: &B,
@@ -196,8 +225,8 @@ pub fn build<B: Backend>(
     if o.max_new == 0 || o.batch == 0 || o.k == 0 {
         return Err(TrainError::Invalid("max_new, batch and k must be at least 1".into()));
     }
-    if rm.is_none() && o.k > 1 {
-        return Err(TrainError::Invalid("best of K needs a reward model; HINT: pass --rm DIR with --k".into()));
+    if rm.is_none() && !o.by_checks && o.k > 1 {
+        return Err(TrainError::Invalid("best of K needs a reward model or the instruction checks; HINT: pass --rm DIR or --select checks with --k".into()));
     }
     let ctx = rm.map_or(policy.rope_len, |r| r.rope_len.min(policy.rope_len));
     let n = dialogs.len();
@@ -242,33 +271,37 @@ pub fn build<B: Backend>(
         let k = o.k;
         let expanded: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), k)).collect();
         let sampled = generate_answers(be, policy, &expanded, o.max_new, &o.sampling, o.batch, o.seed, &format!("gatt/turn{turn}"))?;
-        let best: Vec<usize> = match rm {
-            None => (0..idx.len()).collect(),
+        // each sample's text (EOS dropped) and how many of its dialog's checks it passes
+        let mut texts = Vec::with_capacity(sampled.len());
+        let mut passed = Vec::with_capacity(sampled.len());
+        for (x, a) in sampled.iter().enumerate() {
+            let ids = if a.eos { &a.ids[..a.ids.len().saturating_sub(1)] } else { &a.ids[..] };
+            let text = tok.decode(ids).map_err(ModelError::from)?.trim().to_string();
+            passed.push(if o.by_checks { insts[idx[x / k]].checks().filter(|(_, c)| super::checks::passes(c, &text)).count() } else { 0 });
+            texts.push(text);
+        }
+        let scores = match rm {
+            None => None,
             Some(r) => {
                 let pairs: Vec<(Vec<u32>, Vec<u32>)> = expanded.iter().cloned().zip(sampled.iter().map(|a| a.ids.clone())).collect();
-                let scores = score_sequences(be, r, &pairs, o.batch)?;
-                (0..idx.len())
-                    .map(|j| {
-                        let s = &scores[j * k..(j + 1) * k];
-                        let b = (0..k).fold(0, |b, x| if s[x] > s[b] { x } else { b });
-                        rm_best += s[b] as f64;
-                        rm_all += s.iter().map(|&x| x as f64).sum::<f64>();
-                        rm_n += 1;
-                        rm_k += k;
-                        j * k + b
-                    })
-                    .collect()
+                Some(score_sequences(be, r, &pairs, o.batch)?)
             }
         };
+        let best: Vec<usize> = (0..idx.len()).map(|j| j * k + choose(&passed[j * k..(j + 1) * k], scores.as_ref().map(|s| &s[j * k..(j + 1) * k]))).collect();
+        if let Some(s) = &scores {
+            for (j, &b) in best.iter().enumerate() {
+                rm_best += s[b] as f64;
+                rm_all += s[j * k..(j + 1) * k].iter().map(|&x| x as f64).sum::<f64>();
+                rm_n += 1;
+                rm_k += k;
+            }
+        }
         for (j, &i) in idx.iter().enumerate() {
             let a = &sampled[best[j]];
-            let mut ids = a.ids.clone();
-            if a.eos {
-                ids.pop();
-            } else {
+            if !a.eos {
                 st.unfinished += 1;
             }
-            let text = tok.decode(&ids).map_err(ModelError::from)?.trim().to_string();
+            let text = texts[best[j]].clone();
             for (fam, c) in insts[i].checks() {
                 let r = st.sampled_adherence.entry(fam.to_string()).or_default();
                 r.n += 1;

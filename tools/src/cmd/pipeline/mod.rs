@@ -69,6 +69,14 @@ fn parse_temps(s: &str) -> std::result::Result<Vec<f32>, String> {
     Ok(v)
 }
 
+fn parse_share(s: &str) -> std::result::Result<f64, String> {
+    let x: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if !(0.0..1.0).contains(&x) {
+        return Err(format!("{x}: a share is in [0, 1)"));
+    }
+    Ok(x)
+}
+
 fn parse_turns(s: &str) -> std::result::Result<Vec<usize>, String> {
     let mut v: Vec<usize> = Vec::new();
     for x in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
@@ -190,8 +198,14 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 1.0, value_parser = crate::flags::parse_temperature)]
     pub rs_temperature: f32,
     /// PPO iterations
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     pub ppo_iterations: u64,
+    /// PPO prompts: the share of unsafe prompts (every safe instruction and borderline prompt is
+    /// kept, a seeded subset of the unsafe training prompts added up to this share). The RS model
+    /// already refuses most unsafe prompts; a large unsafe share makes PPO push refusals onto
+    /// safe prompts too (measured: docs/pipeline.md)
+    #[arg(long, default_value_t = 0.15, value_parser = parse_share)]
+    pub ppo_unsafe_share: f64,
     /// PPO episodes per iteration
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub ppo_prompts_per_iter: u32,
@@ -210,6 +224,14 @@ pub struct PipelineArgs {
     /// GAtt fine-tuning steps (the same with and without GAtt)
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
     pub gatt_steps: u64,
+    /// GAtt building: samples per turn, the one obeying the most of the instruction's checkable
+    /// constraints kept (then the helpfulness RM's best): the tiny model does not follow an
+    /// instruction by itself, which the paper's GAtt assumes of its RLHF model (1 = no choice)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub gatt_k: u32,
+    /// GAtt fine-tuning peak learning rate (the same with and without GAtt)
+    #[arg(long, default_value_t = 5e-4, value_parser = crate::flags::parse_lr)]
+    pub gatt_lr: f64,
     /// GAtt fine-tuning batch size (one dialog per row)
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub gatt_batch_size: u32,
@@ -217,11 +239,15 @@ pub struct PipelineArgs {
     #[arg(long, default_value = "1,2,4", value_parser = parse_turns)]
     pub gatt_turns: std::vec::Vec<usize>,
     /// GAtt evaluation dialogs
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u32).range(1..))]
     pub gatt_eval_dialogs: u32,
     /// Token budget of each GAtt answer (building and evaluating)
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub gatt_max_new_tokens: u32,
+    /// Evaluation: answers per held-out prompt and model, each from its own random stream (more
+    /// answers, smaller standard errors; the prompts are few)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub eval_samples: u32,
     /// Self-BLEU: samples per prompt (the paper: 25)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub self_bleu_samples: u32,

@@ -309,8 +309,8 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     writeln!(r, "## PPO\n")?;
     writeln!(
         r,
-        "{} iterations on top of the RS model, {} episodes each, mini-batches of {}, lr {}, KL beta {}; reward: the helpfulness RM, the safety RM where the prompt is unsafe or its safety score is low (logit, whitened).\n",
-        a.ppo_iterations, a.ppo_prompts_per_iter, a.ppo_minibatch, a.ppo_lr, a.ppo_beta
+        "{} iterations on top of the RS model, {} episodes each, mini-batches of {}, lr {}, KL beta {}; reward: the helpfulness RM, the safety RM where the prompt is unsafe or its safety score is low (logit, whitened). Prompts: {} safe RLHF prompts and {} unsafe ones (`--ppo-unsafe-share` {}).\n",
+        a.ppo_iterations, a.ppo_prompts_per_iter, a.ppo_minibatch, a.ppo_lr, a.ppo_beta, ppo["prompts"]["safe"], ppo["prompts"]["unsafe"], a.ppo_unsafe_share
     )?;
     writeln!(r, "| iteration | mean raw score | KL to the reference |\n|---|---|---|")?;
     let sc = ppo["score_raw"].as_array().cloned().unwrap_or_default();
@@ -326,8 +326,8 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     writeln!(r, "## Evaluation on held-out prompts (judged by the synthetic annotator)\n")?;
     writeln!(
         r,
-        "One answer per held-out prompt per model, temperature {}, top-p 0.9, up to {} tokens, the same random streams for every model. Gold helpfulness: mean over the safe prompts (instructions and borderline); RM reward: the helpfulness RM's raw score, mean over all prompts; win rate: against the SFT model's answers, both orders, ties 1/2 (± standard error over prompts).\n",
-        a.eval_temperature, a.max_new_tokens
+        "{} answers per held-out prompt per model ({} prompts, {} answers), each from its own random stream, temperature {}, top-p 0.9, up to {} tokens, the same streams for every model. Gold helpfulness: mean over the answers to safe prompts (instructions and borderline); RM reward: the helpfulness RM's raw score, mean over all answers; win rate: against the SFT model's answer from the same stream, both orders, ties 1/2. Standard errors treat the answers as independent (answers to one prompt are correlated, so they understate the error somewhat).\n",
+        a.eval_samples, ev["prompts"], ev["answers"], a.eval_temperature, a.max_new_tokens
     )?;
     writeln!(r, "| model | gold helpfulness ± se | RM reward ± se | violation rate (unsafe) | false refusals (safe) | win rate vs SFT ± se | answers ending with EOS |\n|---|---|---|---|---|---|---|")?;
     for s in EVAL_MODELS {
@@ -379,8 +379,8 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     // GAtt
     writeln!(
         r,
-        "## Ghost Attention\n\nFrom the PPO model: {} dialogs built (instruction on every user turn while the model re-samples the answers, kept once as the system message), fine-tuned {} steps with GAtt and, as the baseline, {} steps on the same dialogs without it (`no-gatt`); `policy` is the PPO model itself.\n",
-        a.gatt_count, a.gatt_steps, a.gatt_steps
+        "## Ghost Attention\n\nFrom the PPO model: {} dialogs built (instruction on every user turn while the model re-samples the answers, kept once as the system message), fine-tuned {} steps at lr {} with GAtt and, as the baseline, {} steps on the same dialogs without it (`no-gatt`); both fine-tunes also see the same {} single-turn answers of the final rejection-sampling pool (as the paper mixes GAtt samples into its RS data), so they keep what the policy learned. `policy` is the PPO model itself. The `gatt` model is the pipeline's final model.\n",
+        a.gatt_count, a.gatt_steps, a.gatt_lr, a.gatt_steps, gatt["mixed_rs_answers"]
     )?;
     match std::fs::read_to_string(run.join("gatt/eval/gatt_eval.md")) {
         Ok(md) => writeln!(r, "{}", md.replace("## ", "### ").replace("(gatt_attention.png)", "(gatt/eval/gatt_attention.png)"))?,

@@ -475,13 +475,14 @@ fn ppo(ctx: &Ctx) -> Result<Value> {
     use crate::cmd::ppo::{PpoArgs, PpoMathFlags, TransformFlag};
     let a = &ctx.a;
     let out = ctx.dir("ppo");
+    let (n_safe, n_unsafe) = ppo_prompts(ctx)?;
     crate::cmd::ppo::run(PpoArgs {
         policy: model_dir(ctx, "rs"),
         rm: ctx.dir("rm").join("helpful").join("final"),
         safety_rm: Some(ctx.dir("rm").join("safety").join("final")),
         reference: None,
         value: None,
-        prompts: ctx.data("rlhf_prompts.jsonl"),
+        prompts: ctx.data("ppo_prompts.jsonl"),
         val_prompts: None,
         tokenizer: Some(ctx.tokenizer()),
         iterations: a.ppo_iterations,
@@ -518,13 +519,33 @@ fn ppo(ctx: &Ctx) -> Result<Value> {
     })?;
     let recs = MetricsLog::read(&out.join("metrics.jsonl"))?;
     let pick = |k: &str| -> Vec<Value> { recs.iter().map(|r| r.get(k).cloned().unwrap_or(Value::Null)).collect() };
-    Ok(json!({"iterations": recs.len(), "score_raw": pick("score_raw"), "kl": pick("kl")}))
+    Ok(json!({"iterations": recs.len(), "prompts": {"safe": n_safe, "unsafe": n_unsafe}, "score_raw": pick("score_raw"), "kl": pick("kl")}))
+}
+
+/// PPO's prompts (`data/ppo_prompts.jsonl`): every safe RLHF prompt (instructions and borderline)
+/// and a seeded subset of the unsafe ones, so that they make `--ppo-unsafe-share` of the set.
+/// Returns (safe, unsafe) counts.
+fn ppo_prompts(ctx: &Ctx) -> Result<(usize, usize)> {
+    let all = read_prompts(&ctx.data("rlhf_prompts.jsonl"))?;
+    let (mut unsafe_p, safe): (Vec<EvalPrompt>, Vec<EvalPrompt>) = all.into_iter().partition(|p| p.unsafe_prompt);
+    let share = ctx.a.ppo_unsafe_share;
+    let k = ((share * safe.len() as f64 / (1.0 - share)).round() as usize).min(unsafe_p.len());
+    Rng::derive(ctx.a.seed, "pipeline/ppo-prompts").shuffle(&mut unsafe_p);
+    unsafe_p.truncate(k);
+    let (n_safe, n_unsafe) = (safe.len(), unsafe_p.len());
+    let mut set = safe;
+    set.extend(unsafe_p);
+    Rng::derive(ctx.a.seed, "pipeline/ppo-prompts-order").shuffle(&mut set);
+    write_prompts(&ctx.data("ppo_prompts.jsonl"), &set)?;
+    eprintln!("[pipeline] PPO prompts: {n_safe} safe + {n_unsafe} unsafe (--ppo-unsafe-share {share})");
+    Ok((n_safe, n_unsafe))
 }
 
 /// Stage 8: Ghost Attention from the PPO model.
 fn gatt(ctx: &Ctx) -> Result<Value> {
     use crate::cmd::gatt::{ExamplesArg, GattStageArgs, InstructionFlags};
     let a = &ctx.a;
+    let n_mix = rs_pool_dialogs(ctx, &ctx.data("gatt_mix.jsonl"))?;
     let r = crate::cmd::gatt::stage(GattStageArgs {
         policy: model_dir(ctx, "ppo"),
         tokenizer: Some(ctx.tokenizer()),
@@ -532,16 +553,20 @@ fn gatt(ctx: &Ctx) -> Result<Value> {
         inst: InstructionFlags { instructions: repo_default("data/gatt/instructions.json"), families: Vec::new() },
         prompts: vec![ctx.data("eval_dialogs.jsonl")],
         exclude_from: Vec::new(),
+        mix: vec![ctx.data("gatt_mix.jsonl")],
         out: ctx.dir("gatt"),
         count: a.gatt_count,
         min_turns: 2,
         max_turns: a.gatt_turns.iter().copied().max().unwrap_or(2).max(2) as u32,
         examples: ExamplesArg::Prefixes,
+        rm: (a.gatt_k > 1).then(|| ctx.dir("rm").join("helpful").join("final")),
+        k: a.gatt_k,
+        by_checks: a.gatt_k > 1,
         max_new_tokens: a.gatt_max_new_tokens,
         seq_len: 576,
         batch_size: a.gatt_batch_size,
         steps: a.gatt_steps,
-        lr: 5e-4,
+        lr: a.gatt_lr,
         turns: a.gatt_turns.clone(),
         eval_dialogs: a.gatt_eval_dialogs,
         batch: 16,
@@ -555,7 +580,32 @@ fn gatt(ctx: &Ctx) -> Result<Value> {
             .map(|m| json!(llama2_train::gatt::eval::by_turn(&m.adherence).into_iter().map(|(t, x)| (t.to_string(), x)).collect::<BTreeMap<_, _>>()))
             .unwrap_or(Value::Null)
     };
-    Ok(json!({"turns": r.turns, "baseline": by("no-gatt"), "gatt": by("gatt"), "policy": by("policy")}))
+    Ok(json!({"turns": r.turns, "mixed_rs_answers": n_mix, "baseline": by("no-gatt"), "gatt": by("gatt"), "policy": by("policy")}))
+}
+
+/// The final rejection-sampling pool (the best answer per RLHF prompt over all iterations, the
+/// refusals of unsafe prompts included) as single-turn dialogs at `out`; answers cut by the token
+/// budget (no EOS) are left out. Returns the dialogs written.
+fn rs_pool_dialogs(ctx: &Ctx, out: &Path) -> Result<usize> {
+    let pool = ctx.dir("rs").join(format!("iter-{}", ctx.a.rs_iterations)).join("pool.jsonl");
+    let prompts = read_prompts(&ctx.data("rlhf_prompts.jsonl"))?;
+    let text = std::fs::read_to_string(&pool).with_context(|| format!("reading {}; HINT: run the rs stage first", pool.display()))?;
+    let (mut lines, mut n) = (String::new(), 0);
+    for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(l).with_context(|| format!("{} line {}: not JSON; HINT: rerun with --from rs", pool.display(), i + 1))?;
+        let p = v["prompt_index"].as_u64().and_then(|k| prompts.get(k as usize));
+        let (Some(p), Some(answer)) = (p, v["text"].as_str()) else {
+            bail!("{} line {}: no prompt_index of the RLHF prompts or no text; HINT: rerun with --from rs", pool.display(), i + 1);
+        };
+        if v["finish"].as_str() != Some("eos") || answer.trim().is_empty() {
+            continue;
+        }
+        lines += &json!({"messages": [{"role": "user", "content": p.text}, {"role": "assistant", "content": answer}]}).to_string();
+        lines.push('\n');
+        n += 1;
+    }
+    write_atomic(out, lines.as_bytes())?;
+    Ok(n)
 }
 
 /// The numbers of one model (the `S` of `results.json`) and the details.
@@ -582,7 +632,9 @@ impl Job for EvalJob<'_> {
     type Out = Value;
     fn run<B: Backend>(self, be: &B) -> Result<Value> {
         let (ctx, a) = (self.0, &self.0.a);
-        let prompts = read_prompts(&ctx.data("eval_prompts.jsonl"))?;
+        let once = read_prompts(&ctx.data("eval_prompts.jsonl"))?;
+        // every prompt `eval_samples` times: entry i is answered from the stream `pipeline/eval/<i>`
+        let prompts: Vec<EvalPrompt> = (0..a.eval_samples).flat_map(|_| once.iter().cloned()).collect();
         let tok = Tokenizer::load(ctx.tokenizer())?;
         let rm = crate::cmd::evaluate::load_rm(be, &ctx.dir("rm").join("helpful").join("final"), tok.vocab_size())?;
         let g = GenSettings {
@@ -632,6 +684,8 @@ impl Job for EvalJob<'_> {
             }
         }
         super::report::self_bleu_png(&curves, &dir.join("self_bleu.png"))?;
-        Ok(json!({"prompts": prompts.len(), "generation": g, "temperature": a.eval_temperature, "top_p": TOP_P, "stages": stages, "details": details}))
+        Ok(
+            json!({"prompts": once.len(), "samples_per_prompt": a.eval_samples, "answers": prompts.len(), "generation": g, "temperature": a.eval_temperature, "top_p": TOP_P, "stages": stages, "details": details}),
+        )
     }
 }
