@@ -48,7 +48,7 @@ enum Cmd {
     Gatt(cmd::gatt::GattArgs),
     /// Chat with a model in the terminal (Llama-2-chat format)
     Chat(cmd::chat::ChatArgs),
-    /// The main job: vocabulary, pretraining, SFT and chat samples on the built-in data, with a report
+    /// The main job: the whole Llama 2 recipe on the built-in data (pretraining, SFT, reward models, rejection sampling, PPO, GAtt, evaluation), with a report
     Pipeline(cmd::pipeline::PipelineArgs),
     /// Tokenizer tools: train a BPE vocabulary, encode, decode, info
     Tokenizer(cmd::tokenizer::TokenizerArgs),

@@ -82,6 +82,55 @@ fn results(m: &[(String, Value)]) -> Value {
     })
 }
 
+/// Issue 12's test at the last turn, read from the gatt stage's `last_turn`.
+struct LastTurn {
+    text: String,
+    met: bool,
+    significant: bool,
+}
+
+fn gatt_last_turn(v: &Value) -> LastTurn {
+    let rate = |x: &Value| -> Option<(f64, f64)> {
+        let (p, n) = (x["pass"].as_f64()?, x["n"].as_f64()?);
+        (n > 0.0).then_some((p / n, n))
+    };
+    let (mut parts, mut ahead, mut ahead_sig) = (Vec::new(), false, false);
+    if let Some(fams) = v["families"].as_object() {
+        for (fam, m) in fams {
+            let (Some((g, ng)), Some((b, nb))) = (rate(&m["gatt"]), rate(&m["no-gatt"])) else { continue };
+            if g == 0.0 && b == 0.0 {
+                continue;
+            }
+            let se = (g * (1.0 - g) / ng + b * (1.0 - b) / nb).sqrt();
+            parts.push(format!(
+                "{fam} {:.0}% ({}/{}) vs {:.0}% ({}/{})",
+                100.0 * g,
+                m["gatt"]["pass"],
+                m["gatt"]["n"],
+                100.0 * b,
+                m["no-gatt"]["pass"],
+                m["no-gatt"]["n"]
+            ));
+            if g > b {
+                ahead = true;
+                ahead_sig |= g - b > 2.0 * se;
+            }
+        }
+    }
+    let att = &v["attention"];
+    let (ag, ab) = (att["gatt"]["mean"].as_f64(), att["no-gatt"]["mean"].as_f64());
+    let (sg, sb) = (att["gatt"]["se"].as_f64().unwrap_or(0.0), att["no-gatt"]["se"].as_f64().unwrap_or(0.0));
+    let higher = matches!((ag, ab), (Some(g), Some(b)) if g > b);
+    let higher_sig = matches!((ag, ab), (Some(g), Some(b)) if g - b > 2.0 * (sg * sg + sb * sb).sqrt());
+    if let (Some(g), Some(b)) = (ag, ab) {
+        parts.push(format!("attention {g:.4} ± {sg:.4} vs {b:.4} ± {sb:.4}"));
+    }
+    if parts.is_empty() {
+        parts.push("no family obeyed by either model".into());
+    }
+    LastTurn { text: parts.join("; "), met: ahead && higher, significant: ahead_sig && higher_sig }
+}
+
 /// Writes `report.md` and `results.json`.
 pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     let run = &ctx.run;
@@ -119,6 +168,7 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     };
     let last_turn = gatt["turns"].as_array().and_then(|t| t.last()).map(|t| t.to_string()).unwrap_or_default();
     let (gb, gg) = (gatt["baseline"][&last_turn].as_f64(), gatt["gatt"][&last_turn].as_f64());
+    let lt = gatt_last_turn(&gatt["last_turn"]);
     writeln!(r, "## Did every stage do what it is for?\n")?;
     writeln!(r, "| target (issue 13) | measured | |\n|---|---|---|")?;
     writeln!(
@@ -158,10 +208,11 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     }
     writeln!(
         r,
-        "| GAtt beats its baseline (no GAtt) at the last measured turn ({last_turn}) | {} vs {} | {} |",
+        "| GAtt beats its baseline (no GAtt) at the last measured turn ({last_turn}), for at least one checkable family, with more attention on the system message (issue 12) | {}; every check: {} vs {} | {} |",
+        lt.text,
         pct(&json!(gg)),
         pct(&json!(gb)),
-        yes(matches!((gg, gb), (Some(x), Some(y)) if x > y))
+        if lt.met && !lt.significant { "**met, not significant** (each difference within 2 standard errors)".to_string() } else { yes(lt.met).to_string() }
     )?;
     writeln!(
         r,

@@ -580,7 +580,24 @@ fn gatt(ctx: &Ctx) -> Result<Value> {
             .map(|m| json!(llama2_train::gatt::eval::by_turn(&m.adherence).into_iter().map(|(t, x)| (t.to_string(), x)).collect::<BTreeMap<_, _>>()))
             .unwrap_or(Value::Null)
     };
-    Ok(json!({"turns": r.turns, "mixed_rs_answers": n_mix, "baseline": by("no-gatt"), "gatt": by("gatt"), "policy": by("policy")}))
+    // issue 12's test at the last measured turn: adherence per checkable family and the attention
+    // mass on the system message (on the GAtt model's dialogs, the same tokens for every model)
+    let last = r.turns.last().copied().unwrap_or(0);
+    let mut families = serde_json::Map::new();
+    let mut attention = serde_json::Map::new();
+    for m in r.models.iter().filter(|m| m.label == "gatt" || m.label == "no-gatt") {
+        if let Some(t) = m.adherence.iter().find(|t| t.turn == last) {
+            for (fam, rate) in &t.families {
+                let e = families.entry(fam.clone()).or_insert_with(|| json!({}));
+                e[m.label.as_str()] = json!({"pass": rate.pass, "n": rate.n});
+            }
+        }
+        if let Some(x) = m.attention_shared.iter().find(|x| x.turn == last) {
+            attention.insert(m.label.clone(), json!({"mean": x.mean, "se": x.mean_se, "dialogs": x.dialogs}));
+        }
+    }
+    Ok(json!({"turns": r.turns, "mixed_rs_answers": n_mix, "baseline": by("no-gatt"), "gatt": by("gatt"), "policy": by("policy"),
+              "last_turn": {"turn": last, "families": families, "attention": attention}}))
 }
 
 /// The final rejection-sampling pool (the best answer per RLHF prompt over all iterations, the
