@@ -183,6 +183,9 @@ unsafe fn portable_elem(k: usize, a: *const f32, b: *const f32, c: *mut f32, acc
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use x86::hsum16x4;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
@@ -283,7 +286,7 @@ mod x86 {
     /// AVX-512F.
     #[target_feature(enable = "avx512f,avx512vl")]
     #[inline]
-    unsafe fn hsum16x4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
+    pub(crate) unsafe fn hsum16x4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
         // 128-bit blocks: [a0 a1 b0 b1] + [a2 a3 b2 b3]: lanes i + i+8
         let ab = _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b));
         let cd = _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(c, d), _mm512_shuffle_f32x4::<0b11_10_11_10>(c, d));
