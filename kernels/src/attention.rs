@@ -450,7 +450,9 @@ pub(crate) mod decode {
     fn vector(p: Path, nk: usize, hd: usize, rs: usize, len: usize) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            p == Path::Avx512 && nk > 0 && hd.is_multiple_of(16) && hd <= 16 * MAX_NV && (nk - 1) * rs + hd <= len
+            // the CPU's features are checked here too, so a path asked for
+            // where the CPU lacks it falls back instead of faulting
+            p == Path::Avx512 && nk > 0 && hd.is_multiple_of(16) && hd <= 16 * MAX_NV && (nk - 1) * rs + hd <= len && path() == Path::Avx512
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -465,9 +467,9 @@ pub(crate) mod decode {
         let hd = q.len();
         if vector(p, sc.len(), hd, rs, k.len()) {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `vector` checked AVX-512F+VL (`Path::Avx512` comes from
-            // `path()` or a test that checked it), hd = 16·nv with nv <= 8, and
-            // that rows 0..sc.len() of k (stride rs) hold hd elements
+            // SAFETY: `vector` checked that the CPU has AVX-512F+VL, hd = 16·nv
+            // with nv <= 8, and that rows 0..sc.len() of k (stride rs) hold hd
+            // elements
             unsafe {
                 x86::scores(sc, q, k, rs, scale)
             };
