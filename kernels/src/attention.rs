@@ -19,8 +19,9 @@
 //! and no key past a sequence's last valid position is ever read.
 //!
 //! CPU: blocks of [`Q_BLOCK`] query rows against all visible keys, products
-//! through gemm (a block of one row, as in decoding: dot products and
-//! axpys), rayon over (batch, head, block). Backward is parallel over
+//! through gemm (a block of one row, as in decoding: the `decode` module's
+//! scores and weighted sum, AVX-512 where the CPU has it, else dot products
+//! and axpys), rayon over (batch, head, block). Backward is parallel over
 //! (batch, head) with per-head dK/dV partials summed over the heads of a
 //! group in a fixed order, so results do not depend on the thread count.
 //! Write rule: `out`, `lse`, `dq`, `dk`, `dv` are overwritten.
@@ -148,11 +149,7 @@ fn attention_fwd_impl(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v:
             if qn == 1 {
                 // one query row (decoding): dot products against each key; a
                 // product of shape (1, nk, hd) costs gemm's set-up per call
-                let qr = &q[qbase..qbase + hd];
-                for (j, x) in sc.iter_mut().enumerate() {
-                    let kr = kbase + j * kv_rs as usize;
-                    *x = crate::dot(qr, &k[kr..kr + hd]) * scale;
-                }
+                decode::scores(decode::path(), sc, &q[qbase..qbase + hd], &k[kbase..], kv_rs as usize, scale);
             } else {
                 // SAFETY: S (qn, nk) is local; q rows i0..i1 of head h and k rows
                 // 0..nk of kv head g lie inside q and k (lengths checked above).
@@ -179,11 +176,7 @@ fn attention_fwd_impl(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v:
             if qn == 1 {
                 // SAFETY: out row i0 of head h belongs to this task only
                 let o = unsafe { outp.slice(qbase, hd) };
-                o.fill(0.0);
-                for (j, &pj) in sc.iter().enumerate() {
-                    let vr = kbase + j * kv_rs as usize;
-                    crate::axpy(pj, &v[vr..vr + hd], o);
-                }
+                decode::weighted_sum(decode::path(), o, sc, &v[kbase..], kv_rs as usize);
             } else {
                 // SAFETY: out rows i0..i1 of head h (row stride nh*hd) belong to
                 // this task only; v rows 0..nk of kv head g are in bounds.
@@ -414,4 +407,318 @@ pub fn attention_naive_f64(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> (Ve
         }
     }
     (out, lse)
+}
+
+/// One query row of attention against the `nk` keys it sees (decoding: a
+/// block of one row): the scores `scale · q · k_j` and the weighted sum
+/// `Σ_j p_j v_j`. Two paths, chosen at run time: AVX-512 (head widths that
+/// are multiples of 16 up to 128: the query, or the output, stays in
+/// registers and each key or value row is read once; the sums of four keys
+/// share one reduction tree) and the generic loops ([`crate::dot`],
+/// [`crate::axpy`]), which run everywhere else and are the fallback. Either
+/// path's result for a row depends on that row's query and keys only (the
+/// same instructions in the same order whatever the batch), so a sequence
+/// attends the same way in any batch; the two paths differ by float32
+/// rounding only.
+pub(crate) mod decode {
+    /// Which code computes a decode row.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Path {
+        /// AVX-512F+VL, where the head width allows (else `Generic`)
+        Avx512,
+        /// the generic loops
+        Generic,
+    }
+
+    /// Head widths up to 16·MAX_NV take the AVX-512 path.
+    #[cfg(target_arch = "x86_64")]
+    const MAX_NV: usize = 8;
+
+    /// The path this CPU runs.
+    pub(crate) fn path() -> Path {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
+                return Path::Avx512;
+            }
+        }
+        Path::Generic
+    }
+
+    /// Whether `p` runs the vector code for `nk` rows of width `hd`,
+    /// stride `rs`, inside a buffer of `len` elements.
+    fn vector(p: Path, nk: usize, hd: usize, rs: usize, len: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // the CPU's features are checked here too, so a path asked for
+            // where the CPU lacks it falls back instead of faulting
+            p == Path::Avx512 && nk > 0 && hd.is_multiple_of(16) && hd <= 16 * MAX_NV && (nk - 1) * rs + hd <= len && path() == Path::Avx512
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (p, nk, hd, rs, len);
+            false
+        }
+    }
+
+    /// `sc[j] = scale · (q · k_j)` for the key rows `k[j·rs ..][.. q.len()]`,
+    /// `j < sc.len()` (they must lie inside `k`).
+    pub(crate) fn scores(p: Path, sc: &mut [f32], q: &[f32], k: &[f32], rs: usize, scale: f32) {
+        let hd = q.len();
+        if vector(p, sc.len(), hd, rs, k.len()) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `vector` checked that the CPU has AVX-512F+VL, hd = 16·nv
+            // with nv <= 8, and that rows 0..sc.len() of k (stride rs) hold hd
+            // elements
+            unsafe {
+                x86::scores(sc, q, k, rs, scale)
+            };
+            return;
+        }
+        for (j, x) in sc.iter_mut().enumerate() {
+            let kr = j * rs;
+            *x = crate::dot(q, &k[kr..kr + hd]) * scale;
+        }
+    }
+
+    /// `o = Σ_j p_j v_j` (overwritten) for the value rows
+    /// `v[j·rs ..][.. o.len()]`, `j < p.len()` (they must lie inside `v`).
+    pub(crate) fn weighted_sum(path: Path, o: &mut [f32], p: &[f32], v: &[f32], rs: usize) {
+        let hd = o.len();
+        if vector(path, p.len(), hd, rs, v.len()) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `scores`, for the rows of v
+            unsafe {
+                x86::weighted_sum(o, p, v, rs)
+            };
+            return;
+        }
+        o.fill(0.0);
+        for (j, &pj) in p.iter().enumerate() {
+            let vr = j * rs;
+            crate::axpy(pj, &v[vr..vr + hd], o);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use crate::matmul_rows::hsum16x4;
+        use std::arch::x86_64::*;
+
+        /// # Safety
+        /// AVX-512F and VL; `q.len() = 16·nv`, `1 <= nv <= 8`; rows
+        /// `0..sc.len()` of `k` (stride `rs`) hold `q.len()` elements.
+        pub(super) unsafe fn scores(sc: &mut [f32], q: &[f32], k: &[f32], rs: usize, scale: f32) {
+            let (qp, kp) = (q.as_ptr(), k.as_ptr());
+            match q.len() / 16 {
+                1 => scores_nv::<1>(sc, qp, kp, rs, scale),
+                2 => scores_nv::<2>(sc, qp, kp, rs, scale),
+                3 => scores_nv::<3>(sc, qp, kp, rs, scale),
+                4 => scores_nv::<4>(sc, qp, kp, rs, scale),
+                5 => scores_nv::<5>(sc, qp, kp, rs, scale),
+                6 => scores_nv::<6>(sc, qp, kp, rs, scale),
+                7 => scores_nv::<7>(sc, qp, kp, rs, scale),
+                _ => scores_nv::<8>(sc, qp, kp, rs, scale),
+            }
+        }
+
+        /// # Safety
+        /// As [`scores`], with `o.len() = 16·nv` and `p.len()` rows of `v`.
+        pub(super) unsafe fn weighted_sum(o: &mut [f32], p: &[f32], v: &[f32], rs: usize) {
+            let (op, vp) = (o.as_mut_ptr(), v.as_ptr());
+            match o.len() / 16 {
+                1 => weighted_sum_nv::<1>(op, p, vp, rs),
+                2 => weighted_sum_nv::<2>(op, p, vp, rs),
+                3 => weighted_sum_nv::<3>(op, p, vp, rs),
+                4 => weighted_sum_nv::<4>(op, p, vp, rs),
+                5 => weighted_sum_nv::<5>(op, p, vp, rs),
+                6 => weighted_sum_nv::<6>(op, p, vp, rs),
+                7 => weighted_sum_nv::<7>(op, p, vp, rs),
+                _ => weighted_sum_nv::<8>(op, p, vp, rs),
+            }
+        }
+
+        /// Scores of keys `j..j+4` (lanes past `n` of the four are zero
+        /// vectors, whose sums are not stored): each key's 16-lane products
+        /// summed over the head width in order, then [`hsum16x4`]'s tree
+        /// (lane by lane the same for any of the four), then `· scale`.
+        ///
+        /// # Safety
+        /// As [`scores`]; `j + n <= sc.len()`, `1 <= n <= 4`.
+        #[target_feature(enable = "avx512f,avx512vl")]
+        #[allow(clippy::needless_range_loop)]
+        #[inline]
+        unsafe fn four<const NV: usize>(sc: *mut f32, qv: &[__m512; NV], k: *const f32, rs: usize, scale: __m128, j: usize, n: usize) {
+            let mut a = [_mm512_setzero_ps(); 4];
+            for u in 0..n {
+                let kr = k.add((j + u) * rs);
+                let mut s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
+                for c in 1..NV {
+                    s = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kr.add(16 * c)), s);
+                }
+                a[u] = s;
+            }
+            let r = _mm_mul_ps(hsum16x4(a[0], a[1], a[2], a[3]), scale);
+            if n == 4 {
+                _mm_storeu_ps(sc.add(j), r);
+            } else {
+                let mut t = [0f32; 4];
+                _mm_storeu_ps(t.as_mut_ptr(), r);
+                for u in 0..n {
+                    *sc.add(j + u) = t[u];
+                }
+            }
+        }
+
+        /// # Safety
+        /// As [`scores`] with `q.len() = 16·NV`.
+        #[target_feature(enable = "avx512f,avx512vl")]
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn scores_nv<const NV: usize>(sc: &mut [f32], q: *const f32, k: *const f32, rs: usize, scale: f32) {
+            let mut qv = [_mm512_setzero_ps(); NV];
+            for c in 0..NV {
+                qv[c] = _mm512_loadu_ps(q.add(16 * c));
+            }
+            let (nk, s, scp) = (sc.len(), _mm_set1_ps(scale), sc.as_mut_ptr());
+            let mut j = 0;
+            // eight keys per turn: two independent groups of four in flight
+            while j + 8 <= nk {
+                four::<NV>(scp, &qv, k, rs, s, j, 4);
+                four::<NV>(scp, &qv, k, rs, s, j + 4, 4);
+                j += 8;
+            }
+            while j < nk {
+                let n = (nk - j).min(4);
+                four::<NV>(scp, &qv, k, rs, s, j, n);
+                j += n;
+            }
+        }
+
+        /// `o = Σ_j p_j v_j`: even keys into one set of accumulators, odd
+        /// keys into another (two FMA chains per output vector), then their
+        /// sum.
+        ///
+        /// # Safety
+        /// As [`weighted_sum`] with `o.len() = 16·NV`.
+        #[target_feature(enable = "avx512f,avx512vl")]
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn weighted_sum_nv<const NV: usize>(o: *mut f32, p: &[f32], v: *const f32, rs: usize) {
+            let mut acc = [[_mm512_setzero_ps(); NV]; 2];
+            let nk = p.len();
+            let mut j = 0;
+            while j + 2 <= nk {
+                let (b0, b1) = (_mm512_set1_ps(p[j]), _mm512_set1_ps(p[j + 1]));
+                let (v0, v1) = (v.add(j * rs), v.add((j + 1) * rs));
+                for c in 0..NV {
+                    acc[0][c] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(v0.add(16 * c)), acc[0][c]);
+                    acc[1][c] = _mm512_fmadd_ps(b1, _mm512_loadu_ps(v1.add(16 * c)), acc[1][c]);
+                }
+                j += 2;
+            }
+            if j < nk {
+                let (b0, v0) = (_mm512_set1_ps(p[j]), v.add(j * rs));
+                for c in 0..NV {
+                    acc[0][c] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(v0.add(16 * c)), acc[0][c]);
+                }
+            }
+            for c in 0..NV {
+                _mm512_storeu_ps(o.add(16 * c), _mm512_add_ps(acc[0][c], acc[1][c]));
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// A float32 sum of n terms in any order is within
+        /// `n · 2^-24 · Σ|term|` of the exact sum (Higham, Accuracy and
+        /// Stability, 3.1; FMA only removes roundings): the two paths and
+        /// the float64 reference differ by their orders of summation only.
+        const SUM_ERR_PER_TERM: f64 = 1.0 / (1u64 << 24) as f64;
+
+        fn rnd(s: &mut u64) -> f32 {
+            *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((*s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+
+        /// Both paths (the vector one where this CPU has it) against a
+        /// float64 sum, at head widths that take the vector path (16..128)
+        /// and that do not (8, 24, 136), key counts around the groups of
+        /// four and eight, a row stride wider than the head.
+        #[test]
+        fn decode_paths_match_f64() {
+            let mut seed = 11u64;
+            let mut paths = vec![Path::Generic];
+            if path() == Path::Avx512 {
+                paths.push(Path::Avx512);
+            }
+            let mut vector_runs = 0;
+            for hd in [8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 136] {
+                for nk in [1, 2, 3, 4, 5, 7, 8, 9, 13, 37, 100] {
+                    let rs = hd * 2 + 16;
+                    let q: Vec<f32> = (0..hd).map(|_| rnd(&mut seed)).collect();
+                    let k: Vec<f32> = (0..(nk - 1) * rs + hd).map(|_| rnd(&mut seed)).collect();
+                    let p: Vec<f32> = (0..nk).map(|_| rnd(&mut seed).abs()).collect();
+                    let scale = 1.0 / (hd as f32).sqrt();
+                    for &pa in &paths {
+                        vector_runs += vector(pa, nk, hd, rs, k.len()) as usize;
+                        let mut sc = vec![f32::NAN; nk];
+                        scores(pa, &mut sc, &q, &k, rs, scale);
+                        for (j, &got) in sc.iter().enumerate() {
+                            let terms = (0..hd).map(|d| q[d] as f64 * k[j * rs + d] as f64);
+                            let want: f64 = terms.clone().sum::<f64>() * scale as f64;
+                            let abs: f64 = terms.map(f64::abs).sum::<f64>() * scale as f64;
+                            let tol = (hd + 1) as f64 * SUM_ERR_PER_TERM * abs + 1e-30;
+                            assert!((got as f64 - want).abs() <= tol, "{pa:?} score hd {hd} nk {nk} key {j}: {got} vs {want}");
+                        }
+                        let mut o = vec![f32::NAN; hd];
+                        weighted_sum(pa, &mut o, &p, &k, rs);
+                        for (d, &got) in o.iter().enumerate() {
+                            let terms = (0..nk).map(|j| p[j] as f64 * k[j * rs + d] as f64);
+                            let want: f64 = terms.clone().sum();
+                            let abs: f64 = terms.map(f64::abs).sum();
+                            let tol = nk as f64 * SUM_ERR_PER_TERM * abs + 1e-30;
+                            assert!((got as f64 - want).abs() <= tol, "{pa:?} weighted sum hd {hd} nk {nk} lane {d}: {got} vs {want}");
+                        }
+                    }
+                }
+            }
+            // on an AVX-512 machine the vector code ran (8, 24 and 136 fall back)
+            assert_eq!(vector_runs > 0, paths.len() == 2);
+        }
+
+        /// The vector path against the generic one on the same data: equal
+        /// within the bound above for both (their difference is at most the
+        /// sum of the two errors).
+        #[test]
+        fn decode_vector_path_matches_generic() {
+            if path() != Path::Avx512 {
+                return; // nothing to compare on this CPU: decode_paths_match_f64 covers the generic path
+            }
+            let mut seed = 5u64;
+            for (hd, nk) in [(64, 138), (128, 31), (16, 6)] {
+                let rs = hd * 4;
+                let q: Vec<f32> = (0..hd).map(|_| rnd(&mut seed)).collect();
+                let k: Vec<f32> = (0..(nk - 1) * rs + hd).map(|_| rnd(&mut seed)).collect();
+                let p: Vec<f32> = (0..nk).map(|_| rnd(&mut seed).abs()).collect();
+                let (mut a, mut b) = (vec![0f32; nk], vec![0f32; nk]);
+                scores(Path::Avx512, &mut a, &q, &k, rs, 0.125);
+                scores(Path::Generic, &mut b, &q, &k, rs, 0.125);
+                for j in 0..nk {
+                    let abs: f64 = (0..hd).map(|d| (q[d] as f64 * k[j * rs + d] as f64).abs()).sum::<f64>() * 0.125;
+                    let tol = 2.0 * (hd + 1) as f64 * SUM_ERR_PER_TERM * abs;
+                    assert!(((a[j] - b[j]) as f64).abs() <= tol, "hd {hd} key {j}: {} vs {}", a[j], b[j]);
+                }
+                let (mut oa, mut ob) = (vec![0f32; hd], vec![0f32; hd]);
+                weighted_sum(Path::Avx512, &mut oa, &p, &k, rs);
+                weighted_sum(Path::Generic, &mut ob, &p, &k, rs);
+                for d in 0..hd {
+                    let abs: f64 = (0..nk).map(|j| (p[j] as f64 * k[j * rs + d] as f64).abs()).sum();
+                    let tol = 2.0 * nk as f64 * SUM_ERR_PER_TERM * abs;
+                    assert!(((oa[d] - ob[d]) as f64).abs() <= tol, "hd {hd} lane {d}: {} vs {}", oa[d], ob[d]);
+                }
+            }
+        }
+    }
 }

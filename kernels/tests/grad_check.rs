@@ -248,6 +248,9 @@ fn attention_decode_shapes_match_naive() {
     check_attention(AttnShape { b: 2, tq: 3, tkv: 13, cap: 16, n_head: 4, n_kv_head: 2, hd: 8 }, 6);
     // one query (decoding)
     check_attention(AttnShape { b: 1, tq: 1, tkv: 100, cap: 128, n_head: 2, n_kv_head: 1, hd: 16 }, 7);
+    // one query, head width 64 (the AVX-512 decode path where the CPU has it),
+    // keys not a multiple of 4 or 8 (its tails)
+    check_attention(AttnShape { b: 3, tq: 1, tkv: 37, cap: 40, n_head: 4, n_kv_head: 2, hd: 64 }, 8);
 }
 
 // ---------------------------------------------------------------- swiglu
