@@ -430,8 +430,17 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     // GAtt
     writeln!(
         r,
-        "## Ghost Attention\n\nFrom the PPO model: {} dialogs built (instruction on every user turn while the model re-samples the answers, kept once as the system message), fine-tuned {} steps at lr {} with GAtt and, as the baseline, {} steps on the same dialogs without it (`no-gatt`); both fine-tunes also see the same {} single-turn answers of the final rejection-sampling pool (as the paper mixes GAtt samples into its RS data), so they keep what the policy learned. `policy` is the PPO model itself. The `gatt` model is the pipeline's final model.\n",
-        a.gatt_count, a.gatt_steps, a.gatt_lr, a.gatt_steps, gatt["mixed_rs_answers"]
+        "## Ghost Attention\n\nFrom the PPO model: {} dialogs built (instruction on every user turn while the model re-samples the answers, {}; kept once as the system message), fine-tuned {} steps at lr {} with GAtt and, as the baseline, {} steps on the same dialogs without it (`no-gatt`); both fine-tunes also see the same {} single-turn answers of the final rejection-sampling pool (as the paper mixes GAtt samples into its RS data), so they keep what the policy learned. `policy` is the PPO model itself. The `gatt` model is the pipeline's final model.\n",
+        a.gatt_count,
+        if a.gatt_k > 1 {
+            format!("the best of {} answers per turn: those obeying the most of the instruction's checkable constraints, then the helpfulness RM's best", a.gatt_k)
+        } else {
+            "one answer per turn".to_string()
+        },
+        a.gatt_steps,
+        a.gatt_lr,
+        a.gatt_steps,
+        gatt["mixed_rs_answers"]
     )?;
     match std::fs::read_to_string(run.join("gatt/eval/gatt_eval.md")) {
         Ok(md) => writeln!(r, "{}", md.replace("## ", "### ").replace("(gatt_attention.png)", "(gatt/eval/gatt_attention.png)"))?,
