@@ -17,7 +17,7 @@
 //!   the same dialogs without GAtt, then evaluate the policy, the baseline
 //!   and the GAtt model side by side.
 //!
-//! For the pipeline: [`GattDemosArgs`] + [`demos`], [`GattBuildArgs`] +
+//! [`BestOfFlags`]: best of K per turn (`build` and `stage`). For the pipeline: [`GattDemosArgs`] + [`demos`], [`GattBuildArgs`] +
 //! [`build`] (returns the counts), [`GattEvalArgs`] + [`eval`] (returns
 //! the [`EvalReport`] that `gatt_eval.json` holds), [`GattStageArgs`] +
 //! [`stage`] (all of it; returns the [`EvalReport`], labels `policy`,
@@ -74,6 +74,22 @@ impl InstructionFlags {
     }
 }
 
+/// Best of K samples per turn when building GAtt data.
+#[derive(Args, Clone, Debug)]
+pub struct BestOfFlags {
+    /// Reward model (score head) choosing the best of --k samples per turn
+    #[arg(long)]
+    pub rm: Option<PathBuf>,
+    /// Samples per turn for best-of-K (needs --rm or --by-checks)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub k: u32,
+    /// Best of K: prefer the samples that obey the most of the instruction's checkable constraints
+    /// (then the reward model's best with --rm, then the first); for a policy that does not yet
+    /// follow an instruction it sees on every turn
+    #[arg(long)]
+    pub by_checks: bool,
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct GattDemosArgs {
     /// Dialog datasets whose first (user, answer) pair is used (any SFT format)
@@ -119,17 +135,8 @@ pub struct GattBuildArgs {
     /// Also write the baseline without GAtt: same dialogs and instructions, instruction in turn 1 only, the dataset's answers
     #[arg(long)]
     pub baseline_out: Option<PathBuf>,
-    /// Reward model (score head) choosing the best of --k samples per turn
-    #[arg(long)]
-    pub rm: Option<PathBuf>,
-    /// Samples per turn for best-of-K (needs --rm or --by-checks)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub k: u32,
-    /// Best of K: prefer the samples that obey the most of the instruction's checkable constraints
-    /// (then the reward model's best with --rm, then the first); for a policy that does not yet
-    /// follow an instruction it sees on every turn
-    #[arg(long)]
-    pub by_checks: bool,
+    #[command(flatten)]
+    pub best: BestOfFlags,
     /// Dialogs to build
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
@@ -293,14 +300,14 @@ impl Job for BuildJob {
         if a.min_turns > a.max_turns {
             bail!("--min-turns {} is above --max-turns {}", a.min_turns, a.max_turns);
         }
-        if a.k > 1 && a.rm.is_none() && !a.by_checks {
-            bail!("--k {} needs a way to choose; HINT: pass --rm DIR and/or --by-checks", a.k);
+        if a.best.k > 1 && a.best.rm.is_none() && !a.best.by_checks {
+            bail!("--k {} needs a way to choose; HINT: pass --rm DIR and/or --by-checks", a.best.k);
         }
         let set = a.inst.load()?;
         let policy = Model::load_frozen(be, &a.policy).with_context(|| format!("loading the policy {}", a.policy.display()))?;
         let tok = find_tokenizer(&a.tokenizer, &a.policy)?;
         check_vocab(&tok, &policy, "policy")?;
-        let rm = match &a.rm {
+        let rm = match &a.best.rm {
             Some(dir) => {
                 let r = Model::load_frozen(be, dir).with_context(|| format!("loading the reward model {}", dir.display()))?;
                 check_vocab(&tok, &r, "reward model")?;
@@ -327,8 +334,8 @@ impl Job for BuildJob {
                 ExamplesArg::Prefixes => Examples::Prefixes,
             },
             max_tokens: a.max_tokens as usize,
-            k: a.k as usize,
-            by_checks: a.by_checks,
+            k: a.best.k as usize,
+            by_checks: a.best.by_checks,
         };
         let t0 = std::time::Instant::now();
         let built = gatt::build(be, &policy, &tok, &d.dialogs, &insts, rm.as_ref(), &o)?;
@@ -359,7 +366,7 @@ impl Job for BuildJob {
             eprintln!("gatt build: sampled answers obeying {fam}: {}", pct(r));
         }
         if let (Some(b), Some(all)) = (st.rm_best_mean, st.rm_all_mean) {
-            eprintln!("gatt build: reward of the kept answers {b:.4}, of all {} samples per turn {all:.4}", a.k);
+            eprintln!("gatt build: reward of the kept answers {b:.4}, of all {} samples per turn {all:.4}", a.best.k);
         }
         Ok(st)
     }
@@ -647,15 +654,8 @@ pub struct GattStageArgs {
     /// Training samples per dialog
     #[arg(long, value_enum, default_value_t = ExamplesArg::Prefixes)]
     pub examples: ExamplesArg,
-    /// Reward model for best-of-K (as `gatt build --rm`)
-    #[arg(long)]
-    pub rm: Option<PathBuf>,
-    /// Samples per turn for best-of-K (needs --rm or --by-checks)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub k: u32,
-    /// Best of K by the instruction's checks first (as `gatt build --by-checks`)
-    #[arg(long)]
-    pub by_checks: bool,
+    #[command(flatten)]
+    pub best: BestOfFlags,
     /// Token budget of each sampled answer (building and evaluating)
     #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_new_tokens: u32,
@@ -748,9 +748,7 @@ pub fn stage(a: GattStageArgs) -> Result<EvalReport> {
         inst: a.inst.clone(),
         out: g.clone(),
         baseline_out: Some(b.clone()),
-        rm: a.rm.clone(),
-        k: a.k,
-        by_checks: a.by_checks,
+        best: a.best.clone(),
         count: a.count,
         min_turns: a.min_turns,
         max_turns: a.max_turns,

@@ -543,7 +543,7 @@ fn ppo_prompts(ctx: &Ctx) -> Result<(usize, usize)> {
 
 /// Stage 8: Ghost Attention from the PPO model.
 fn gatt(ctx: &Ctx) -> Result<Value> {
-    use crate::cmd::gatt::{ExamplesArg, GattStageArgs, InstructionFlags};
+    use crate::cmd::gatt::{BestOfFlags, ExamplesArg, GattStageArgs, InstructionFlags};
     let a = &ctx.a;
     let n_mix = rs_pool_dialogs(ctx, &ctx.data("gatt_mix.jsonl"))?;
     let r = crate::cmd::gatt::stage(GattStageArgs {
@@ -559,9 +559,7 @@ fn gatt(ctx: &Ctx) -> Result<Value> {
         min_turns: 2,
         max_turns: a.gatt_turns.iter().copied().max().unwrap_or(2).max(2) as u32,
         examples: ExamplesArg::Prefixes,
-        rm: (a.gatt_k > 1).then(|| ctx.dir("rm").join("helpful").join("final")),
-        k: a.gatt_k,
-        by_checks: a.gatt_k > 1,
+        best: BestOfFlags { rm: (a.gatt_k > 1).then(|| ctx.dir("rm").join("helpful").join("final")), k: a.gatt_k, by_checks: a.gatt_k > 1 },
         max_new_tokens: a.gatt_max_new_tokens,
         seq_len: 576,
         batch_size: a.gatt_batch_size,
