@@ -13,7 +13,7 @@ use llama2_model::tokenizer::Tokenizer;
 use llama2_model::{Config, Model};
 use llama2_runtime::CpuBackend;
 use llama2_train::gatt::{
-    self, build::sampling_context, build::training_messages, build_dialogs, load_instructions, BuildOpts, Dialog, DialogOpts, Examples, InstructionSet,
+    self, build::sampling_context, build::training_messages, build_dialogs, load_instructions, BuildOpts, Check, Dialog, DialogOpts, Examples, InstructionSet,
 };
 use llama2_train::sft::{load_records, LossOn, Packing, SftData};
 use std::path::{Path, PathBuf};
@@ -69,10 +69,20 @@ fn instructions_use_only_the_configured_lists_and_half_are_short() {
     assert_eq!(insts, set.sample_n(n, 42, "test", false).unwrap());
     assert_ne!(insts, set.sample_n(n, 43, "test", false).unwrap());
     // --families keeps only those lists
-    let only = load_instructions(&shipped(), &["mention".into(), "capitals".into()]).unwrap();
+    let only = load_instructions(&shipped(), &["mention".into(), "case".into()]).unwrap();
     for i in only.sample_n(200, 1, "t", false).unwrap() {
-        assert!(i.constraints.iter().all(|c| c.family == "mention" || c.family == "capitals"));
+        assert!(i.constraints.iter().all(|c| c.family == "mention" || c.family == "case"));
     }
+    // the case family: one value per instruction, each mapped to its check, both drawn
+    let case = load_instructions(&shipped(), &["case".into()]).unwrap();
+    let drawn = case.sample_n(400, 2, "t", true).unwrap();
+    for i in &drawn {
+        let c = &i.constraints[0];
+        let want = if c.value == "capital" { Check::Capitals } else { Check::Lowercase };
+        assert_eq!((i.constraints.len(), c.check.as_ref()), (1, Some(&want)), "{i:?}");
+    }
+    let capital = drawn.iter().filter(|i| i.constraints[0].value == "capital").count();
+    assert!((150..=250).contains(&capital), "{capital} of 400 ask for capitals (binomial, sd 10)");
     // checkable-only draws always carry a check
     assert!(set.sample_n(300, 5, "t", true).unwrap().iter().all(|i| i.checks().next().is_some()));
 }
@@ -86,6 +96,7 @@ fn bad_instruction_files_are_refused_with_a_hint() {
         (r#"{"families": [{"name": "a", "check": "max_words", "long": "x {x}", "short": "y {x}", "values": ["many"]}]}"#, "whole number"),
         (r#"{"families": [{"name": "a", "check": "end_word", "long": "x {x}", "short": "y {x}", "values": ["two words"]}]}"#, "one word"),
         (r#"{"max_constraints": 3, "families": [{"name": "a", "long": "x {x}", "short": "y {x}", "values": ["b"]}]}"#, "max_constraints"),
+        (r#"{"families": [{"name": "a", "check": "case", "long": "x {x}", "short": "y {x}", "values": ["upper"]}]}"#, "`capital` or `small`"),
         (r#"{"families": "#, "not a valid"),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
@@ -176,6 +187,7 @@ fn opts(max_tokens: usize, ex: Examples) -> BuildOpts {
         max_tokens,
         k: 1,
         by_checks: false,
+        comply: false,
     }
 }
 
@@ -384,4 +396,37 @@ fn best_of_k_by_checks_keeps_answers_that_obey() {
     o.by_checks = false;
     let e = gatt::build(&be, &model, &tok, &dialogs, &insts, None, &o).unwrap_err().to_string();
     assert!(e.contains("HINT"), "{e}");
+}
+
+#[test]
+fn comply_makes_every_kept_answer_obey_and_is_the_next_turns_context() {
+    let be = CpuBackend::new(1).unwrap();
+    let tok = tok();
+    let model = policy(&be, tok.vocab_size());
+    // every checkable family; a random model obeys almost none of them
+    let set = load_instructions(&shipped(), &["end_word".into(), "max_words".into(), "mention".into(), "case".into()]).unwrap();
+    let dialogs: Vec<Dialog> = (0..8).map(|_| Dialog { users: users(3), answers: answers(3) }).collect();
+    let insts = set.sample_n(dialogs.len(), 3, "t", true).unwrap();
+    let mut o = opts(800, Examples::Prefixes);
+    o.max_new = 10;
+    let plain = gatt::build(&be, &model, &tok, &dialogs, &insts, None, &o).unwrap();
+    o.comply = true;
+    let fixed = gatt::build(&be, &model, &tok, &dialogs, &insts, None, &o).unwrap();
+    // the same samples were drawn: adherence as sampled is the same, and the rewrite counted
+    assert_eq!(plain.stats.sampled_adherence, fixed.stats.sampled_adherence);
+    let broke: usize = plain.gatt.iter().filter(|s| s.instruction.checks().any(|(_, c)| !gatt::checks::passes(c, &s.messages.last().unwrap().content))).count();
+    assert!(broke > 0 && plain.stats.rewritten == 0, "a random model breaks some constraint ({broke} samples)");
+    assert!(fixed.stats.rewritten > 0);
+    for s in &fixed.gatt {
+        // every assistant message of every sample obeys every check (learned or context)
+        for m in s.messages.iter().filter(|m| m.role == Role::Assistant) {
+            for (fam, c) in s.instruction.checks() {
+                assert!(gatt::checks::passes(c, &m.content), "{fam} broken in {:?}", m.content);
+            }
+        }
+        // the instruction stays once, in the system message
+        assert_eq!(s.messages.iter().filter(|m| m.content.contains(&s.instruction.text)).count(), 1);
+    }
+    // the baseline keeps the dataset's answers either way
+    assert_eq!(plain.baseline, fixed.baseline);
 }

@@ -24,6 +24,7 @@ fn checkers_on_hand_cases() {
     let max5 = Check::MaxWords(5);
     let tea = Check::Mention("tea".into());
     let caps = Check::Capitals;
+    let small = Check::Lowercase;
     let cases: &[(&Check, &str, bool)] = &[
         (&end, "So be it, amen.", true),
         (&end, "So be it, AMEN!!", true),
@@ -47,6 +48,11 @@ fn checkers_on_hand_cases() {
         (&caps, "42 !", false), // no letter at all
         (&caps, "ÉTÉ", true),
         (&caps, "", false),
+        (&small, "hello, world 42!", true),
+        (&small, "hello, World", false),
+        (&small, "42 !", false), // no letter at all
+        (&small, "été", true),
+        (&small, "", false),
     ];
     for (c, a, want) in cases {
         assert_eq!(passes(c, a), *want, "{c:?} on {a:?}");
@@ -57,6 +63,11 @@ fn checkers_on_hand_cases() {
     let out = comply("Making crepes is an easy and delicious process for anyone.", &all);
     assert!(all.iter().all(|c| passes(c, &out)), "{out}");
     assert_eq!(out, "TEA, MAKING CREPES IS AMEN.");
+    let out = comply("Making crepes is easy. Try it!", &[&small, &tea]);
+    assert_eq!(out, "tea, making crepes is easy. try it!");
+    assert!(passes(&small, &out) && passes(&tea, &out));
+    // an answer without a letter gets one
+    assert!(passes(&small, &comply("42", &[&small])));
 }
 
 fn inst(checks: &[(&str, Check)]) -> Instruction {
@@ -144,4 +155,26 @@ fn a_random_model_carries_dialogs_and_its_attention_is_a_mass() {
         assert!((0.0..=1.0 + 1e-9).contains(x), "{x}");
     }
     assert_eq!(att.example[0].len(), att.example_tokens.len());
+}
+
+#[test]
+fn adherence_by_value_tells_apart_a_model_that_always_answers_one_way() {
+    let case = |v: &str, c: Check| Instruction {
+        text: format!("Letters: {v}"),
+        short: true,
+        constraints: vec![Constraint { family: "case".into(), value: v.into(), check: Some(c) }],
+    };
+    // a model that always shouts: every "capital" dialog obeys, no "small" one does
+    let trs = vec![
+        transcript(case("capital", Check::Capitals), &["YES"]),
+        transcript(case("capital", Check::Capitals), &["NO"]),
+        transcript(case("small", Check::Lowercase), &["YES"]),
+    ];
+    let t = adherence(&trs, &[1]);
+    assert_eq!((t[0].families["case"].pass, t[0].families["case"].n), (2, 3));
+    assert_eq!((t[0].by_value["case: capital"].pass, t[0].by_value["case: capital"].n), (2, 2));
+    assert_eq!((t[0].by_value["case: small"].pass, t[0].by_value["case: small"].n), (0, 1));
+    // a value-less family is keyed by its name alone
+    let t = adherence(&[transcript(inst(&[("capitals", Check::Capitals)]), &["OK"])], &[1]);
+    assert_eq!(t[0].by_value.keys().collect::<Vec<_>>(), vec!["capitals"]);
 }

@@ -31,13 +31,15 @@ pub fn passes(check: &Check, answer: &str) -> bool {
         Check::MaxWords(n) => ws.len() <= *n,
         Check::Mention(w) => ws.iter().any(|x| x.to_lowercase() == w.to_lowercase()),
         Check::Capitals => answer.chars().any(|c| c.is_alphabetic()) && !answer.chars().any(|c| c.is_lowercase()),
+        Check::Lowercase => answer.chars().any(|c| c.is_alphabetic()) && !answer.chars().any(|c| c.is_uppercase()),
     }
 }
 
 /// `answer` rewritten to obey every check: cut to the word budget (leaving
 /// room for the words added next), the mentioned word put first ("tea, ..."),
-/// the end word appended, everything in capitals last. An empty answer
-/// becomes "Yes."; an answer without letters under capitals gets "Yes." first.
+/// the end word appended, everything in capitals (or in small letters) last.
+/// An empty answer becomes "Yes."; an answer without letters under a case
+/// check gets "Yes." first.
 pub fn comply(answer: &str, checks: &[&Check]) -> String {
     let mut text = answer.trim().to_string();
     if words(&text).is_empty() {
@@ -47,7 +49,8 @@ pub fn comply(answer: &str, checks: &[&Check]) -> String {
     let end = checks.iter().find_map(|c| if let Check::EndWord(w) = c { Some(w.as_str()) } else { None });
     let budget = checks.iter().find_map(|c| if let Check::MaxWords(n) = c { Some(*n) } else { None });
     let caps = checks.iter().any(|c| matches!(c, Check::Capitals));
-    if caps && !text.chars().any(|c| c.is_alphabetic()) {
+    let small = checks.iter().any(|c| matches!(c, Check::Lowercase));
+    if (caps || small) && !text.chars().any(|c| c.is_alphabetic()) {
         // capitals need a letter; put it first so a word budget keeps it
         text = format!("Yes. {text}");
     }
@@ -81,6 +84,8 @@ pub fn comply(answer: &str, checks: &[&Check]) -> String {
     }
     if caps {
         text = text.to_uppercase();
+    } else if small {
+        text = text.to_lowercase();
     }
     text
 }

@@ -91,6 +91,10 @@ pub struct TurnAdherence {
     pub dialogs: usize,
     /// per family: answers that obey the family's constraint
     pub families: BTreeMap<String, Rate>,
+    /// per family and value (`"case: small"`): answers that obey it; a
+    /// model that ignored the instruction and always answered one way
+    /// would obey one value of a family and not the others
+    pub by_value: BTreeMap<String, Rate>,
     /// answers that obey every checkable constraint of their instruction
     pub all: Rate,
 }
@@ -203,16 +207,19 @@ pub fn adherence(transcripts: &[Transcript], turns: &[usize]) -> Vec<TurnAdheren
     turns
         .iter()
         .map(|&turn| {
-            let mut ta = TurnAdherence { turn, dialogs: 0, families: BTreeMap::new(), all: Rate::default() };
+            let mut ta = TurnAdherence { turn, dialogs: 0, families: BTreeMap::new(), by_value: BTreeMap::new(), all: Rate::default() };
             for t in transcripts {
                 let (Some(inst), Some(ans)) = (&t.inst, t.answers.get(turn.wrapping_sub(1))) else { continue };
                 ta.dialogs += 1;
                 let mut all = true;
-                for (fam, check) in inst.checks() {
+                for c in &inst.constraints {
+                    let Some(check) = &c.check else { continue };
                     let ok = passes(check, ans);
-                    let r = ta.families.entry(fam.to_string()).or_default();
-                    r.n += 1;
-                    r.pass += ok as usize;
+                    let value = if c.value.is_empty() { c.family.clone() } else { format!("{}: {}", c.family, c.value) };
+                    for r in [ta.families.entry(c.family.clone()).or_default(), ta.by_value.entry(value).or_default()] {
+                        r.n += 1;
+                        r.pass += ok as usize;
+                    }
                     all &= ok;
                 }
                 ta.all.n += 1;

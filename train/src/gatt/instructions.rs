@@ -14,7 +14,10 @@
 //! ```
 //!
 //! `{x}` is replaced by a value of the family's list (a family without
-//! `{x}` in its templates, such as capitals, takes `"values": [""]`). A
+//! `{x}` in its templates, such as capitals, takes `"values": [""]`). The
+//! `case` check takes the values `capital` and `small` (capitals only, or
+//! no capital letter): one family with two opposite values, so that a model
+//! must read the instruction to obey it, and no instruction asks for both. A
 //! family with `check` can be verified in an answer by a program
 //! ([`Check`], see [`super::checks`]); the paper's families (hobby,
 //! language, public figure) have none. An instruction combines
@@ -43,13 +46,16 @@ pub enum Check {
     Mention(String),
     /// the answer has letters and none of them is lowercase
     Capitals,
+    /// the answer has letters and none of them is uppercase
+    Lowercase,
 }
 
 /// One constraint family of the file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Family {
     pub name: String,
-    /// `end_word`, `max_words`, `mention` or `capitals`; absent: not checkable
+    /// `end_word`, `max_words`, `mention`, `capitals`, `lowercase` or `case`
+    /// (value `capital` or `small`); absent: not checkable
     #[serde(default)]
     pub check: Option<String>,
     /// the full sentence, `{x}` marks the value
@@ -202,7 +208,7 @@ impl InstructionSet {
     pub fn sample_n(&self, n: usize, seed: u64, tag: &str, checkable: bool) -> Result<Vec<Instruction>> {
         if checkable && !self.has_checkable() {
             return Err(TrainError::Invalid(
-                "no family of the instruction list can be checked; HINT: keep at least one of end_word, max_words, mention, capitals".into(),
+                "no family of the instruction list can be checked; HINT: keep at least one of end_word, max_words, mention, capitals, lowercase, case".into(),
             ));
         }
         let mut rng = Rng::derive(seed, tag);
@@ -236,6 +242,12 @@ fn check_of(kind: Option<&str>, value: &str) -> std::result::Result<Option<Check
             _ => return Err(format!("`{value}` must be a whole number >= 1 (max_words)")),
         },
         Some("capitals") => Some(Check::Capitals),
-        Some(other) => return Err(format!("unknown check `{other}` (end_word, max_words, mention, capitals)")),
+        Some("lowercase") => Some(Check::Lowercase),
+        Some("case") => match value.trim() {
+            "capital" => Some(Check::Capitals),
+            "small" => Some(Check::Lowercase),
+            _ => return Err(format!("`{value}` must be `capital` or `small` (case)")),
+        },
+        Some(other) => return Err(format!("unknown check `{other}` (end_word, max_words, mention, capitals, lowercase, case)")),
     })
 }
