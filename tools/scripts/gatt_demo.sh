@@ -20,7 +20,7 @@ T=${TRAIN_TOOL:-target/release/train-tool}
 NAME=${1:-gatt-demo}
 R=runs/$NAME
 TH=${THREADS:-2}
-FAM=end_word,max_words,mention,capitals
+FAM=end_word,max_words,mention,case
 INST=data/gatt/instructions.json
 [ -f "$R/sft/final/model.safetensors" ] || "$T" pipeline --name "$NAME" --pretrain-steps 300 --until sft --threads "$TH"
 [ -f "$R/gatt/demos.jsonl" ] || "$T" gatt demos --dialogs "$R/data/sft.jsonl" "$R/data/sft.jsonl" --instructions $INST --families $FAM --out "$R/gatt/demos.jsonl"

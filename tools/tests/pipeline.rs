@@ -179,6 +179,10 @@ fn pipeline_runs_every_stage_resumes_and_is_deterministic() {
     let o = pipeline(&runs, "other", &["--from", "ppo"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("HINT") && err.contains("`tokenizer` is not done"), "{err}");
+    let o = pipeline(&runs, "fresh", &["--gatt-families", "astrology"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("astrology") && err.contains("HINT"), "{err}");
+    assert!(!runs.join("fresh").exists(), "an unknown family is refused before the run starts");
     let o = pipeline(&runs, "ci", &["--seed", "7"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--seed") && err.contains("HINT"), "{err}");

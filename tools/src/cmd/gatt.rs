@@ -88,6 +88,12 @@ pub struct BestOfFlags {
     /// follow an instruction it sees on every turn
     #[arg(long)]
     pub by_checks: bool,
+    /// Rewrite each kept answer that still breaks one of the instruction's checkable constraints so
+    /// that it obeys (the rewrite of `gatt demos`: cut to the word budget, the word mentioned, the
+    /// end word appended, capitals), before the next turn is sampled: a stand-in for a policy that
+    /// follows an instruction it sees on every turn, which the paper assumes and a tiny model lacks
+    #[arg(long)]
+    pub comply: bool,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -336,6 +342,7 @@ impl Job for BuildJob {
             max_tokens: a.max_tokens as usize,
             k: a.best.k as usize,
             by_checks: a.best.by_checks,
+            comply: a.best.comply,
         };
         let t0 = std::time::Instant::now();
         let built = gatt::build(be, &policy, &tok, &d.dialogs, &insts, rm.as_ref(), &o)?;
@@ -364,6 +371,9 @@ impl Job for BuildJob {
         );
         for (fam, r) in &st.sampled_adherence {
             eprintln!("gatt build: sampled answers obeying {fam}: {}", pct(r));
+        }
+        if a.best.comply {
+            eprintln!("gatt build: {} of {} kept answers rewritten to obey their instruction's checks (--comply)", st.rewritten, st.answers);
         }
         if let (Some(b), Some(all)) = (st.rm_best_mean, st.rm_all_mean) {
             eprintln!("gatt build: reward of the kept answers {b:.4}, of all {} samples per turn {all:.4}", a.best.k);
@@ -579,6 +589,20 @@ pub fn markdown(r: &EvalReport) -> String {
                 let _ = write!(s, " {cell} |");
             }
             s.push('\n');
+        }
+    }
+    // by value at the last turn: a model that ignores the instruction and always answers one way
+    // obeys one value of a family and not the others
+    let mut values: Vec<String> = r.models.iter().flat_map(|m| m.adherence.last().into_iter().flat_map(|t| t.by_value.keys().cloned())).collect();
+    values.sort();
+    values.dedup();
+    if let Some(last) = r.turns.last() {
+        let _ = writeln!(s, "\nBy the constraint's value, at turn {last}:\n\n| constraint: value | model | turn {last} |\n|---|---|---|");
+        for v in &values {
+            for m in &r.models {
+                let cell = m.adherence.last().and_then(|t| t.by_value.get(v)).map(pct).unwrap_or_else(|| "-".into());
+                let _ = writeln!(s, "| {v} | {}{} | {cell} |", m.label, if m.baseline { " (baseline)" } else { "" });
+            }
         }
     }
     let with_att: Vec<&ModelEval> = r.models.iter().filter(|m| !m.attention.is_empty()).collect();

@@ -92,6 +92,18 @@ fn parse_turns(s: &str) -> std::result::Result<Vec<usize>, String> {
     Ok(v)
 }
 
+/// `--gatt-families`: names, comma-separated, or `all` (returned empty: every family of the file).
+fn parse_families(s: &str) -> std::result::Result<Vec<String>, String> {
+    let v: Vec<String> = s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect();
+    if v.is_empty() {
+        return Err("no family given (names from data/gatt/instructions.json, or `all`)".into());
+    }
+    if v.iter().any(|x| x == "all") {
+        return if v.len() == 1 { Ok(Vec::new()) } else { Err("`all` stands alone".into()) };
+    }
+    Ok(v)
+}
+
 #[derive(Args, Clone, Debug, serde::Serialize)]
 pub struct PipelineArgs {
     /// Run name: everything goes to `runs/<name>/`
@@ -218,17 +230,28 @@ pub struct PipelineArgs {
     /// PPO KL penalty beta
     #[arg(long, default_value_t = 0.01, value_parser = crate::cmd::evaluate::parse_fraction)]
     pub ppo_beta: f64,
+    /// GAtt instruction families of data/gatt/instructions.json (system-message demonstrations in
+    /// SFT, GAtt data, evaluation), comma-separated; `all` for every family of the file. The
+    /// default is the one family the tiny model learns to follow: answer in capital or in small
+    /// letters (docs/gatt.md)
+    #[arg(long, default_value = "case", value_parser = parse_families)]
+    pub gatt_families: std::vec::Vec<String>,
     /// GAtt dialogs built
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub gatt_count: u32,
     /// GAtt fine-tuning steps (the same with and without GAtt)
-    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u64).range(1..))]
     pub gatt_steps: u64,
     /// GAtt building: samples per turn, the one obeying the most of the instruction's checkable
     /// constraints kept (then the helpfulness RM's best): the tiny model does not follow an
     /// instruction by itself, which the paper's GAtt assumes of its RLHF model (1 = no choice)
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub gatt_k: u32,
+    /// GAtt building: rewrite each kept answer that still breaks a checkable constraint so that it
+    /// obeys (`gatt build --comply`), a stand-in for a policy that follows an instruction it sees
+    /// on every turn, which the tiny model does not
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub gatt_comply: bool,
     /// GAtt fine-tuning peak learning rate (the same with and without GAtt)
     #[arg(long, default_value_t = 5e-4, value_parser = crate::flags::parse_lr)]
     pub gatt_lr: f64,
@@ -333,6 +356,8 @@ pub fn run(a: PipelineArgs) -> Result<()> {
     if a.pref_temperatures.len() != 2 || a.pref_temperatures[0] == a.pref_temperatures[1] {
         bail!("--pref-temperatures takes two different temperatures (for example 0.7,1.2); HINT: the two answers of a pair come from two variants");
     }
+    // an unknown GAtt family is refused now, not after the stages before GAtt
+    llama2_train::gatt::load_instructions(&repo_default("data/gatt/instructions.json"), &a.gatt_families).context("--gatt-families")?;
     let run = a.runs_dir.join(&a.name);
     std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
     let from = a.from.as_deref().map(|s| STAGES.iter().position(|x| *x == s).unwrap_or(0));

@@ -131,6 +131,21 @@ fn gatt_last_turn(v: &Value) -> LastTurn {
     LastTurn { text: parts.join("; "), met: ahead && higher, significant: ahead_sig && higher_sig }
 }
 
+/// "p/n (x%)" of the answers that obeyed their checks as sampled, summed over the families of
+/// `gatt build`'s `sampled_adherence`.
+fn sampled_share(v: &Value) -> String {
+    let (mut p, mut n) = (0u64, 0u64);
+    for r in v.as_object().into_iter().flat_map(|m| m.values()) {
+        p += r["pass"].as_u64().unwrap_or(0);
+        n += r["n"].as_u64().unwrap_or(0);
+    }
+    if n == 0 {
+        "none".into()
+    } else {
+        format!("{p}/{n}, {:.0}%", 100.0 * p as f64 / n as f64)
+    }
+}
+
 /// Writes `report.md` and `results.json`.
 pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     let run = &ctx.run;
@@ -430,12 +445,24 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     // GAtt
     writeln!(
         r,
-        "## Ghost Attention\n\nFrom the PPO model: {} dialogs built (instruction on every user turn while the model re-samples the answers, {}; kept once as the system message), fine-tuned {} steps at lr {} with GAtt and, as the baseline, {} steps on the same dialogs without it (`no-gatt`); both fine-tunes also see the same {} single-turn answers of the final rejection-sampling pool (as the paper mixes GAtt samples into its RS data), so they keep what the policy learned. `policy` is the PPO model itself. The `gatt` model is the pipeline's final model.\n",
+        "## Ghost Attention\n\nFrom the PPO model: {} dialogs built with instructions of the famil{} {} (instruction on every user turn while the model re-samples the answers, {}{}; kept once as the system message), fine-tuned {} steps at lr {} with GAtt and, as the baseline, {} steps on the same dialogs without it (`no-gatt`: the instruction in turn 1 only, the dataset's answers); both fine-tunes also see the same {} single-turn answers of the final rejection-sampling pool (as the paper mixes GAtt samples into its RS data), so they keep what the policy learned. `policy` is the PPO model itself. The `gatt` model is the pipeline's final model.\n",
         a.gatt_count,
+        if a.gatt_families.len() == 1 { "y" } else { "ies" },
+        if a.gatt_families.is_empty() { "of data/gatt/instructions.json".to_string() } else { a.gatt_families.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ") },
         if a.gatt_k > 1 {
             format!("the best of {} answers per turn: those obeying the most of the instruction's checkable constraints, then the helpfulness RM's best", a.gatt_k)
         } else {
             "one answer per turn".to_string()
+        },
+        if a.gatt_comply {
+            format!(
+                "; then each kept answer that still broke a checkable constraint ({} of {}) was rewritten by a program to obey it (`--gatt-comply`): a stand-in for what the paper assumes of its RLHF model, that it follows an instruction it sees on every turn, which this tiny model does not (it obeyed {} of the kept answers as sampled)",
+                gatt["built"]["rewritten"],
+                gatt["built"]["answers"],
+                sampled_share(&gatt["built"]["sampled_adherence"])
+            )
+        } else {
+            String::new()
         },
         a.gatt_steps,
         a.gatt_lr,

@@ -238,7 +238,7 @@ fn sft(ctx: &Ctx) -> Result<Value> {
     let gatt_demos = if a.gatt_demos > 0 {
         let n = crate::cmd::gatt::demos(crate::cmd::gatt::GattDemosArgs {
             dialogs: vec![ctx.data("instruction_train.jsonl")],
-            inst: crate::cmd::gatt::InstructionFlags { instructions: repo_default("data/gatt/instructions.json"), families: Vec::new() },
+            inst: crate::cmd::gatt::InstructionFlags { instructions: repo_default("data/gatt/instructions.json"), families: a.gatt_families.clone() },
             count: a.gatt_demos as usize,
             out: ctx.data("gatt_demos.jsonl"),
             seed: sub_seed(a.seed, "gatt-demos"),
@@ -550,7 +550,7 @@ fn gatt(ctx: &Ctx) -> Result<Value> {
         policy: model_dir(ctx, "ppo"),
         tokenizer: Some(ctx.tokenizer()),
         dialogs: vec![ctx.data("instruction_train.jsonl")],
-        inst: InstructionFlags { instructions: repo_default("data/gatt/instructions.json"), families: Vec::new() },
+        inst: InstructionFlags { instructions: repo_default("data/gatt/instructions.json"), families: a.gatt_families.clone() },
         prompts: vec![ctx.data("eval_dialogs.jsonl")],
         exclude_from: Vec::new(),
         mix: vec![ctx.data("gatt_mix.jsonl")],
@@ -559,7 +559,12 @@ fn gatt(ctx: &Ctx) -> Result<Value> {
         min_turns: 2,
         max_turns: a.gatt_turns.iter().copied().max().unwrap_or(2).max(2) as u32,
         examples: ExamplesArg::Prefixes,
-        best: BestOfFlags { rm: (a.gatt_k > 1).then(|| ctx.dir("rm").join("helpful").join("final")), k: a.gatt_k, by_checks: a.gatt_k > 1 },
+        best: BestOfFlags {
+            rm: (a.gatt_k > 1).then(|| ctx.dir("rm").join("helpful").join("final")),
+            k: a.gatt_k,
+            by_checks: a.gatt_k > 1,
+            comply: a.gatt_comply,
+        },
         max_new_tokens: a.gatt_max_new_tokens,
         seq_len: 576,
         batch_size: a.gatt_batch_size,
@@ -594,7 +599,10 @@ fn gatt(ctx: &Ctx) -> Result<Value> {
             attention.insert(m.label.clone(), json!({"mean": x.mean, "se": x.mean_se, "dialogs": x.dialogs}));
         }
     }
+    // what the build did: answers kept, rewritten (--gatt-comply), obeyed as sampled
+    let built: Value = std::fs::read_to_string(ctx.dir("gatt").join("build.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
     Ok(json!({"turns": r.turns, "mixed_rs_answers": n_mix, "baseline": by("no-gatt"), "gatt": by("gatt"), "policy": by("policy"),
+              "families": a.gatt_families, "built": {"answers": built["answers"], "rewritten": built["rewritten"], "sampled_adherence": built["sampled_adherence"]},
               "last_turn": {"turn": last, "families": families, "attention": attention}}))
 }
 
