@@ -429,4 +429,17 @@ fn comply_makes_every_kept_answer_obey_and_is_the_next_turns_context() {
     }
     // the baseline keeps the dataset's answers either way
     assert_eq!(plain.baseline, fixed.baseline);
+    // the every-turn control: the same answers, the instruction on every user turn, no system message
+    assert_eq!((fixed.every_turn.len(), fixed.stats.every_turn_too_long), (fixed.gatt.len(), 0));
+    assert!(!fixed.every_turn.is_empty());
+    for (e, g) in fixed.every_turn.iter().zip(&fixed.gatt) {
+        assert_eq!(e.messages.len() + 1, g.messages.len());
+        assert!(e.messages.iter().all(|m| m.role != Role::System));
+        for (em, gm) in e.messages.iter().zip(&g.messages[1..]) {
+            match em.role {
+                Role::User => assert_eq!(em.content, format!("{B_SYS}{}{E_SYS}{}", g.instruction.text, gm.content)),
+                _ => assert_eq!(em, gm),
+            }
+        }
+    }
 }

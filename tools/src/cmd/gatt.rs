@@ -141,6 +141,10 @@ pub struct GattBuildArgs {
     /// Also write the baseline without GAtt: same dialogs and instructions, instruction in turn 1 only, the dataset's answers
     #[arg(long)]
     pub baseline_out: Option<PathBuf>,
+    /// Also write the every-turn control: the GAtt samples with the instruction left on every user
+    /// turn and no system message (the same answers without the ghost trick)
+    #[arg(long)]
+    pub every_turn_out: Option<PathBuf>,
     #[command(flatten)]
     pub best: BestOfFlags,
     /// Dialogs to build
@@ -353,6 +357,10 @@ impl Job for BuildJob {
         write_jsonl(&a.out, built.gatt.iter().map(|s| s.to_json()))?;
         if let Some(p) = &a.baseline_out {
             write_jsonl(p, built.baseline.iter().map(|s| s.to_json()))?;
+        }
+        if let Some(p) = &a.every_turn_out {
+            write_jsonl(p, built.every_turn.iter().map(|s| s.to_json()))?;
+            eprintln!("gatt build: {} every-turn control samples ({} too long) -> {}", st.every_turn_samples, st.every_turn_too_long, p.display());
         }
         let short = insts.iter().filter(|i| i.short).count();
         eprintln!(
@@ -663,9 +671,14 @@ pub struct GattStageArgs {
     /// (the paper mixes its GAtt samples into the RS fine-tuning data)
     #[arg(long, num_args = 1..)]
     pub mix: Vec<PathBuf>,
-    /// Output directory: gatt.jsonl, baseline.jsonl, gatt/ and no-gatt/ (SFT runs), eval/
+    /// Output directory: gatt.jsonl, baseline.jsonl, gatt/ and no-gatt/ (SFT runs), eval/ (with --every-turn: every_turn.jsonl, every-turn/)
     #[arg(long)]
     pub out: PathBuf,
+    /// Also fine-tune and evaluate the every-turn control (`every-turn`): the GAtt samples with
+    /// the instruction left on every user turn, no system message (the same answers without the
+    /// ghost trick; evaluated, like every model, with the instruction in turn 1 only)
+    #[arg(long)]
+    pub every_turn: bool,
     /// Dialogs to build
     #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
@@ -756,7 +769,7 @@ fn stage_sft(init: &Path, tokenizer: &Path, data: &Path, out: &Path, a: &GattSta
 
 /// `gatt stage`: build, fine-tune with and without GAtt, evaluate.
 pub fn stage(a: GattStageArgs) -> Result<EvalReport> {
-    let (g, b) = (a.out.join("gatt.jsonl"), a.out.join("baseline.jsonl"));
+    let (g, b, e) = (a.out.join("gatt.jsonl"), a.out.join("baseline.jsonl"), a.out.join("every_turn.jsonl"));
     let tokenizer = match &a.tokenizer {
         Some(t) => t.clone(),
         None => ["tokenizer.model", "tokenizer.json", "tokenizer.gguf"]
@@ -772,6 +785,7 @@ pub fn stage(a: GattStageArgs) -> Result<EvalReport> {
         inst: a.inst.clone(),
         out: g.clone(),
         baseline_out: Some(b.clone()),
+        every_turn_out: a.every_turn.then(|| e.clone()),
         best: a.best.clone(),
         count: a.count,
         min_turns: a.min_turns,
@@ -789,10 +803,18 @@ pub fn stage(a: GattStageArgs) -> Result<EvalReport> {
     let (gdir, bdir) = (a.out.join("gatt"), a.out.join("no-gatt"));
     stage_sft(&a.policy, &tokenizer, &g, &gdir, &a)?;
     stage_sft(&a.policy, &tokenizer, &b, &bdir, &a)?;
+    let edir = a.out.join("every-turn");
+    if a.every_turn {
+        stage_sft(&a.policy, &tokenizer, &e, &edir, &a)?;
+    }
     let spec = |l: &str, d: &Path| format!("{l}={}", d.display());
+    let mut baselines = vec![spec("policy", &a.policy), spec("no-gatt", &bdir.join("final"))];
+    if a.every_turn {
+        baselines.push(spec("every-turn", &edir.join("final")));
+    }
     eval(GattEvalArgs {
         model: vec![spec("gatt", &gdir.join("final"))],
-        baseline: vec![spec("policy", &a.policy), spec("no-gatt", &bdir.join("final"))],
+        baseline: baselines,
         tokenizer: Some(tokenizer),
         inst: a.inst.clone(),
         prompts: a.prompts.clone(),

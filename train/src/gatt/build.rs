@@ -46,9 +46,16 @@
 //! same dialogs, turns and instructions, the instruction only in turn 1,
 //! the dataset's own answers (no re-sampling), the same loss placement.
 //!
+//! The control of the same answers without the ghost trick
+//! ([`Built::every_turn`]): the GAtt samples with the instruction left on
+//! every user turn (as it was while sampling) and no system message, the
+//! same loss placement. Trained on, it shows what the instruction-once
+//! construction adds to obeying answers alone: at test time the
+//! instruction is in turn 1 only.
+//!
 //! Public items: [`Examples`], [`BuildOpts`], [`GattSample`], [`BuildStats`],
 //! [`Built`], [`with_instruction`], [`sampling_context`], [`choose`],
-//! [`training_messages`], [`examples_of`], [`build`].
+//! [`training_messages`], [`examples_of`], [`every_turn_of`], [`build`].
 
 use super::dialogs::Dialog;
 use super::instructions::Instruction;
@@ -140,6 +147,9 @@ pub struct BuildStats {
     pub baseline_samples: usize,
     /// baseline samples left out because they exceed `max_tokens`
     pub baseline_too_long: usize,
+    pub every_turn_samples: usize,
+    /// every-turn control samples left out because they exceed `max_tokens`
+    pub every_turn_too_long: usize,
     /// per checkable family: kept answers that obey it (how well the policy
     /// followed the instruction it saw on every turn)
     pub sampled_adherence: std::collections::BTreeMap<String, super::eval::Rate>,
@@ -156,6 +166,8 @@ pub struct BuildStats {
 pub struct Built {
     pub gatt: Vec<GattSample>,
     pub baseline: Vec<GattSample>,
+    /// the GAtt samples with the instruction on every user turn (the control)
+    pub every_turn: Vec<GattSample>,
     pub stats: BuildStats,
 }
 
@@ -192,6 +204,18 @@ pub fn training_messages(inst: &str, users: &[String], answers: &[String]) -> Re
         d.push(Message::new(Role::Assistant, a.clone()));
     }
     Ok(d)
+}
+
+/// The every-turn control of a GAtt sample: its system message dropped and
+/// the instruction put on every user message, as while sampling.
+pub fn every_turn_of(g: &GattSample) -> GattSample {
+    let messages = g
+        .messages
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .map(|m| if m.role == Role::User { Message::new(Role::User, with_instruction(&m.content, &g.instruction.text)) } else { m.clone() })
+        .collect();
+    GattSample { messages, instruction: g.instruction.clone(), turns: g.turns }
 }
 
 /// The training samples of one dialog (see [`Examples`]).
@@ -359,8 +383,17 @@ pub fn build<B: Backend>(
             }
         }
     }
+    for g in &out.gatt {
+        let s = every_turn_of(g);
+        if encode_dialog(tok, &s.messages)?.0.len() <= o.max_tokens {
+            out.every_turn.push(s);
+        } else {
+            st.every_turn_too_long += 1;
+        }
+    }
     st.samples = out.gatt.len();
     st.baseline_samples = out.baseline.len();
+    st.every_turn_samples = out.every_turn.len();
     out.stats = st;
     Ok(out)
 }

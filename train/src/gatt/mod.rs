@@ -30,7 +30,7 @@ pub mod eval;
 pub mod instructions;
 pub mod sample;
 
-pub use build::{build, choose, BuildOpts, BuildStats, Built, Examples, GattSample};
+pub use build::{build, choose, every_turn_of, BuildOpts, BuildStats, Built, Examples, GattSample};
 pub use checks::{comply, passes, words};
 pub use dialogs::{build_dialogs, demos, user_prompts, Dialog, DialogOpts, Dialogs};
 pub use eval::{

@@ -252,6 +252,10 @@ pub struct PipelineArgs {
     /// on every turn, which the tiny model does not
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     pub gatt_comply: bool,
+    /// GAtt: also fine-tune and evaluate the every-turn control (the same answers, the instruction
+    /// on every user turn, no system message: what the ghost trick adds to obeying answers)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub gatt_every_turn: bool,
     /// GAtt fine-tuning peak learning rate (the same with and without GAtt)
     #[arg(long, default_value_t = 5e-4, value_parser = crate::flags::parse_lr)]
     pub gatt_lr: f64,

@@ -78,7 +78,7 @@ fn results(m: &[(String, Value)]) -> Value {
         "seconds": seconds,
         "rm": {"helpful": rm_part("helpful"), "safety": rm_part("safety")},
         "stages": get("eval")["results"]["stages"],
-        "gatt": {"baseline": g["baseline"], "gatt": g["gatt"]},
+        "gatt": {"baseline": g["baseline"], "gatt": g["gatt"], "every_turn": g["every_turn"]},
     })
 }
 
@@ -144,6 +144,23 @@ fn sampled_share(v: &Value) -> String {
     } else {
         format!("{p}/{n}, {:.0}%", 100.0 * p as f64 / n as f64)
     }
+}
+
+/// GAtt against the every-turn control at the last turn, per family obeyed by either, with
+/// the attention mass; None when the control was not run.
+fn every_turn_text(v: &Value) -> Option<String> {
+    v["attention"].get("every-turn")?;
+    let mut parts = Vec::new();
+    for (fam, m) in v["families"].as_object()? {
+        let (g, e) = (&m["gatt"], &m["every-turn"]);
+        if g["pass"].as_u64().unwrap_or(0) + e["pass"].as_u64().unwrap_or(0) > 0 {
+            parts.push(format!("{fam} {}/{} vs {}/{}", g["pass"], g["n"], e["pass"], e["n"]));
+        }
+    }
+    let att = &v["attention"];
+    let f = |x: &Value| format!("{:.4} ± {:.4}", x["mean"].as_f64().unwrap_or(f64::NAN), x["se"].as_f64().unwrap_or(f64::NAN));
+    parts.push(format!("attention on the system message {} vs {}", f(&att["gatt"]), f(&att["every-turn"])));
+    Some(parts.join("; "))
 }
 
 /// Writes `report.md` and `results.json`.
@@ -469,6 +486,13 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
         a.gatt_steps,
         gatt["mixed_rs_answers"]
     )?;
+    if let Some(t) = every_turn_text(&gatt["last_turn"]) {
+        writeln!(
+            r,
+            "The every-turn control (`every-turn`) is fine-tuned for the same steps on the GAtt samples with the instruction left on every user turn and no system message: the same obeying answers without the ghost trick. Like every model it is evaluated with the instruction in turn 1 only. At turn {}, GAtt vs the control: {t}.\n",
+            gatt["last_turn"]["turn"]
+        )?;
+    }
     match std::fs::read_to_string(run.join("gatt/eval/gatt_eval.md")) {
         Ok(md) => writeln!(r, "{}", md.replace("## ", "### ").replace("(gatt_attention.png)", "(gatt/eval/gatt_attention.png)"))?,
         Err(_) => writeln!(r, "(gatt/eval/gatt_eval.md is missing)\n")?,

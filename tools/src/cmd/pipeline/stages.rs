@@ -555,6 +555,7 @@ fn gatt(ctx: &Ctx) -> Result<Value> {
         exclude_from: Vec::new(),
         mix: vec![ctx.data("gatt_mix.jsonl")],
         out: ctx.dir("gatt"),
+        every_turn: a.gatt_every_turn,
         count: a.gatt_count,
         min_turns: 2,
         max_turns: a.gatt_turns.iter().copied().max().unwrap_or(2).max(2) as u32,
@@ -588,7 +589,7 @@ fn gatt(ctx: &Ctx) -> Result<Value> {
     let last = r.turns.last().copied().unwrap_or(0);
     let mut families = serde_json::Map::new();
     let mut attention = serde_json::Map::new();
-    for m in r.models.iter().filter(|m| m.label == "gatt" || m.label == "no-gatt") {
+    for m in r.models.iter().filter(|m| ["gatt", "no-gatt", "every-turn"].contains(&m.label.as_str())) {
         if let Some(t) = m.adherence.iter().find(|t| t.turn == last) {
             for (fam, rate) in &t.families {
                 let e = families.entry(fam.clone()).or_insert_with(|| json!({}));
@@ -601,9 +602,11 @@ fn gatt(ctx: &Ctx) -> Result<Value> {
     }
     // what the build did: answers kept, rewritten (--gatt-comply), obeyed as sampled
     let built: Value = std::fs::read_to_string(ctx.dir("gatt").join("build.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
-    Ok(json!({"turns": r.turns, "mixed_rs_answers": n_mix, "baseline": by("no-gatt"), "gatt": by("gatt"), "policy": by("policy"),
+    Ok(
+        json!({"turns": r.turns, "mixed_rs_answers": n_mix, "baseline": by("no-gatt"), "gatt": by("gatt"), "policy": by("policy"), "every_turn": by("every-turn"),
               "families": a.gatt_families, "built": {"answers": built["answers"], "rewritten": built["rewritten"], "sampled_adherence": built["sampled_adherence"]},
-              "last_turn": {"turn": last, "families": families, "attention": attention}}))
+              "last_turn": {"turn": last, "families": families, "attention": attention}}),
+    )
 }
 
 /// The final rejection-sampling pool (the best answer per RLHF prompt over all iterations, the
