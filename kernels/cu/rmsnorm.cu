@@ -5,6 +5,14 @@
 //   rmsnorm_bwd_bf16         dinp (n, c) = r·g − (r³/c)·x·Σ g⊙x, g = w ⊙ dy   (= or += per `accumulate`)
 //                            partial (grid, c) = Σ_{rows of the block} dy ⊙ x·r  (=, f32 scratch)
 //   rmsnorm_bwd_dweight_f32  dweight (c) += Σ_blocks partial, in block order (deterministic)
+//   add_rmsnorm_fwd_bf16     the residual add fused with the next norm (issue 17's fused step):
+//                            res (n, c) = bf16(a + b) (=, the residual stream), then out and
+//                            rstd of rmsnorm_fwd_bf16 on that res (=): one launch, a and b read
+//                            once, res written once and read back by the thread that wrote it
+//                            (no second pass over a, b). The same arithmetic as add_fwd_bf16 then
+//                            rmsnorm_fwd_bf16 (res rounded to bf16 before the sum of squares, the
+//                            same per-thread order and block reduction). Reference: the
+//                            composition (Backend::add_rmsnorm_fwd's default).
 //
 // Layout: one block of RMS_THREADS threads per row (forward) or per strided
 // set of rows (backward); 16-byte accesses of 8 bf16, so the launcher
@@ -35,6 +43,34 @@ rmsnorm_fwd_bf16(bf16* out, float* rstd, const bf16* inp, const bf16* weight, in
 #pragma unroll
         for (int e = 0; e < 8; e++) y.v[e] = to_bf(to_f(w.v[e]) * (to_f(v.v[e]) * r));
         stv(o + i, y);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(RMS_THREADS)
+add_rmsnorm_fwd_bf16(bf16* res, bf16* out, float* rstd, const bf16* a, const bf16* b, const bf16* weight, int n, int c,
+                     float eps) {
+    __shared__ float sh[32];
+    const int row = blockIdx.x;
+    if (row >= n) return;  // uniform over the block
+    const int64_t base = (int64_t)row * c;
+    float ss = 0.f;
+    for (int i = threadIdx.x * 8; i < c; i += blockDim.x * 8) {
+        Pack8 x = ldv(a + base + i), y = ldv(b + base + i), s;
+#pragma unroll
+        for (int e = 0; e < 8; e++) s.v[e] = to_bf(to_f(x.v[e]) + to_f(y.v[e]));
+#pragma unroll
+        for (int e = 0; e < 8; e++) ss += to_f(s.v[e]) * to_f(s.v[e]);
+        stv(res + base + i, s);
+    }
+    ss = block_sum(ss, sh);
+    const float r = rsqrtf(ss / (float)c + eps);
+    if (threadIdx.x == 0) rstd[row] = r;
+    // the same columns as the first loop: each thread reads back its own stores
+    for (int i = threadIdx.x * 8; i < c; i += blockDim.x * 8) {
+        Pack8 v = ldv(res + base + i), w = ldv(weight + i), y;
+#pragma unroll
+        for (int e = 0; e < 8; e++) y.v[e] = to_bf(to_f(w.v[e]) * (to_f(v.v[e]) * r));
+        stv(out + base + i, y);
     }
 }
 

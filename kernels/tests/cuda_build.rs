@@ -243,6 +243,11 @@ fn launcher_block_sizes_match_the_kernel_sources() {
     assert_eq!(define(&v3, "V3_BWD_BQ") as usize, attention::V3_BWD_ROWS);
     assert_eq!(define(&v3, "V3_BWD_WARPS") * 32, attention::V3_BWD_THREADS);
     assert_eq!(define(&v3, "V3_DQ_THREADS"), attention::V3_DQ_THREADS);
+    let a = cu("attention.cu");
+    assert_eq!(define(&a, "SK_CHUNK") as usize, attention::SPLITK_CHUNK);
+    assert_eq!(define(&a, "SK_TILE") as usize, attention::SPLITK_TILE);
+    assert_eq!(define(&a, "SK_ROWS") as usize, attention::SPLITK_ROWS);
+    assert_eq!(define(&a, "SK_WARPS") * 32, attention::SPLITK_THREADS);
     // the tensor-core kernels are bounded at 4 warps, as the launcher uses
     assert!(cu("attention_mma.cu").contains("__launch_bounds__(4 * WARP)"));
     assert_eq!(attention::WARPS, 4);
@@ -260,6 +265,17 @@ fn v3_shared_memory_fits_one_block_of_an_a100_and_two_of_an_h100() {
     }
     assert_eq!(attention::fwd_v3_smem(128), (128 * 136 + 2 * 2 * 64 * 136) * 2);
     assert_eq!(attention::bwd_v3_smem(64), (2 * 64 * 72 + 4 * 32 * 72 + 64 * 40) * 2 + 512 + 16);
+}
+
+#[test]
+fn splitk_shared_memory_fits_two_blocks_of_an_a100_and_an_h100() {
+    // SplitK<HD>::SMEM in the .cu: two K and two V tiles of 64 padded rows, 16 q rows in f32
+    assert_eq!(attention::splitk_smem(64), 2 * 2 * 64 * 72 * 2 + 16 * 64 * 4);
+    assert_eq!(attention::splitk_smem(128), 2 * 2 * 64 * 136 * 2 + 16 * 128 * 4);
+    for hd in attention::HEAD_DIMS {
+        let b = attention::splitk_smem(hd);
+        assert!(2 * b <= 163 * 1024, "hd {hd}: {b} bytes, two blocks do not fit an A100 SM");
+    }
 }
 
 /// cuobjdump (the PyPI package nvidia-cuda-cuobjdump, which

@@ -198,6 +198,28 @@ pub trait Backend: Send + Sync + Sized + 'static {
         c: usize,
         dinp_write: GradWrite,
     ) -> Result<()>;
+    /// The residual add and the RMSNorm after it: `res (n, c) = a + b`, then
+    /// `out (n, c) = res·rstd ⊙ weight` with `rstd (n)` saved (all `=`).
+    /// Default: [`Backend::add`] then [`Backend::rmsnorm_fwd`] (the unfused
+    /// reference; the CPU backend keeps it). CUDA: one kernel
+    /// (`add_rmsnorm_fwd_bf16`), one pass over the row.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm_fwd(
+        &self,
+        res: ViewMut<Self>,
+        out: ViewMut<Self>,
+        rstd: ViewMut<Self>,
+        a: View<Self>,
+        b: View<Self>,
+        weight: View<Self>,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let mut res = res;
+        self.add(res.reborrow(), a, b)?;
+        self.rmsnorm_fwd(out, rstd, res.as_view(), weight, n, c, eps)
+    }
     /// In place on `x (b, t, heads, hd)`; `table (max_t, hd/2, 2)` F32 from
     /// `llama2_kernels::rope::rope_table`
     fn rope_fwd(&self, x: ViewMut<Self>, table: View<Self>, s: RopeShape) -> Result<()>;

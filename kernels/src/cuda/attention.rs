@@ -10,6 +10,10 @@
 //! Backward is three kernels: `delta = rowsum(dout ⊙ out)` into an f32
 //! scratch (b, n_head, t), then dq, then dk/dv (the GQA sum inside).
 //!
+//! Split-K decode ([`attention_fwd_splitk_bf16`]: the forward for few query
+//! rows against a long cache, chunks of [`SPLITK_CHUNK`] keys merged by a
+//! combine kernel; scratch [`AttnSplitKScratch`] of [`splitk_scratch_len`]).
+//!
 //! Each direction takes one argument struct, as flash-attention's
 //! `Flash_fwd_params` / `Flash_bwd_params`: [`AttnFwdParams`] and
 //! [`AttnBwdParams`] name every buffer with its shape and write rule, and
@@ -507,4 +511,117 @@ pub fn attention_bwd_v3_bf16(tg: Target<'_>, p: &AttnBwdParams, sc: &AttnBwdV3Sc
     // SAFETY: dq and dq_acc cover n = b*t*n_head*hd elements (checked), n is a
     // multiple of 8 (hd is 64 or 128) and both are 16-byte aligned.
     unsafe { launch!(tg, Family::AttentionV3, BWD_V3_DQ, nd, [dqp, dqa, n64, scale]) }
+}
+
+// ---- split-K decode (`cu/attention.cu`, "split-K decode"): few query rows
+// against a long cache; the keys split into chunks of SPLITK_CHUNK, one
+// block per (chunk, KV head × row block, batch), then a combine kernel
+
+pub const FWD_SPLITK_D64: &str = "attention_fwd_splitk_d64_bf16";
+pub const FWD_SPLITK_D128: &str = "attention_fwd_splitk_d128_bf16";
+pub const FWD_SPLITK_RAGGED_D64: &str = "attention_fwd_splitk_ragged_d64_bf16";
+pub const FWD_SPLITK_RAGGED_D128: &str = "attention_fwd_splitk_ragged_d128_bf16";
+pub const SPLITK_COMBINE_D64: &str = "attention_splitk_combine_d64_bf16";
+pub const SPLITK_COMBINE_D128: &str = "attention_splitk_combine_d128_bf16";
+pub const SPLITK_COMBINE_RAGGED_D64: &str = "attention_splitk_combine_ragged_d64_bf16";
+pub const SPLITK_COMBINE_RAGGED_D128: &str = "attention_splitk_combine_ragged_d128_bf16";
+
+/// Keys per split-K block (SK_CHUNK in the .cu): a constant, so a row's
+/// chunks, and so its rounding, depend on its own position only (not on the
+/// GPU, the batch or the cache's other sequences).
+pub const SPLITK_CHUNK: usize = 128;
+/// Keys per shared K/V tile (SK_TILE), two tiles per chunk.
+pub const SPLITK_TILE: usize = 64;
+/// Query rows per split-K block (SK_ROWS): 4 warps of up to 4 rows.
+pub const SPLITK_ROWS: usize = 16;
+/// Threads of a split-K block (SK_WARPS warps).
+pub const SPLITK_THREADS: u32 = 128;
+/// Padding of a shared row in bf16 (SK_PAD).
+const SPLITK_PAD: usize = 8;
+
+/// Dynamic shared memory of the split-K kernel (`SplitK<HD>::SMEM`): two
+/// K and two V tiles in bf16, then 16 query rows in f32.
+pub fn splitk_smem(hd: usize) -> usize {
+    2 * 2 * SPLITK_TILE * (hd + SPLITK_PAD) * 2 + SPLITK_ROWS * hd * 4
+}
+
+/// Chunks of a split-K call: over `tkv` keys (dense), or over the whole
+/// cache (`cap`, ragged: each sequence's blocks past its last position
+/// return at once).
+pub fn splitk_chunks(s: &AttnShape, ragged: bool) -> usize {
+    (if ragged { s.cap } else { s.tkv }).div_ceil(SPLITK_CHUNK)
+}
+
+/// Scratch of the split-K forward (f32, not zeroed: a chunk's partial is read
+/// only where the first kernel wrote it): `opart` (b, n_head, tq, chunks, hd),
+/// the unnormalised chunk outputs; `ml` (b, n_head, tq, chunks, 2), each
+/// chunk's max and sum (log2 domain).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnSplitKScratch {
+    pub opart: DPtr<f32>,
+    pub ml: DPtr<f32>,
+}
+
+/// Lengths (elements) of [`AttnSplitKScratch`]'s `opart` and `ml`.
+pub fn splitk_scratch_len(s: &AttnShape, ragged: bool) -> (usize, usize) {
+    let rows = s.b * s.n_head * s.tq * splitk_chunks(s, ragged);
+    (rows * s.hd, rows * 2)
+}
+
+/// Checks of the split-K forward ([`check_fwd`]'s and the scratch's);
+/// returns the two kernels' names and launches.
+pub fn check_fwd_splitk(p: &AttnFwdParams, sc: &AttnSplitKScratch, ragged: bool) -> Result<[(&'static str, LaunchDims); 2]> {
+    const OP: &str = "attention_fwd_splitk";
+    check_fwd(p)?;
+    let s = &p.shape;
+    let (split, combine) = if ragged {
+        (pick(OP, s.hd, FWD_SPLITK_RAGGED_D64, FWD_SPLITK_RAGGED_D128)?, pick(OP, s.hd, SPLITK_COMBINE_RAGGED_D64, SPLITK_COMBINE_RAGGED_D128)?)
+    } else {
+        (pick(OP, s.hd, FWD_SPLITK_D64, FWD_SPLITK_D128)?, pick(OP, s.hd, SPLITK_COMBINE_D64, SPLITK_COMBINE_D128)?)
+    };
+    let (no, nm) = splitk_scratch_len(s, ragged);
+    check_ptr(OP, "opart", sc.opart, no)?;
+    check_align(OP, "opart", sc.opart, 16)?;
+    check_ptr(OP, "ml", sc.ml, nm)?;
+    // partial indices are int64 in the kernel; chunks and row blocks are ints
+    to_i32(OP, "chunks", splitk_chunks(s, ragged))?;
+    let row_blocks = (s.n_head / s.n_kv_head * s.tq).div_ceil(SPLITK_ROWS);
+    let gy = s.n_kv_head * row_blocks;
+    if gy > MAX_GRID_YZ || s.b > MAX_GRID_YZ {
+        return arg_err(OP, format!("KV heads x row blocks {gy} and batch {} must be <= {MAX_GRID_YZ}", s.b));
+    }
+    let grid = (to_u32(OP, "grid.x", splitk_chunks(s, ragged))?, to_u32(OP, "grid.y", gy)?, to_u32(OP, "grid.z", s.b)?);
+    let d_split = LaunchDims { grid, block: SPLITK_THREADS, smem: to_u32(OP, "smem", splitk_smem(s.hd))? };
+    Ok([(split, d_split), (combine, dims(OP, s.tq, s.n_head, s.b)?)])
+}
+
+/// The split-K forward: same contract as [`attention_fwd_bf16`] (and, with
+/// `r`, as [`attention_fwd_ragged_bf16`]), computed in f32 like v1 (no bf16
+/// rounding of P); `sc` is scratch (any contents).
+pub fn attention_fwd_splitk_bf16(tg: Target<'_>, p: &AttnFwdParams, sc: &AttnSplitKScratch, r: Option<RaggedPtrs>) -> Result<()> {
+    let [(split, ds), (combine, dc)] = check_fwd_splitk(p, sc, r.is_some())?;
+    let s = &p.shape;
+    let nch = to_i32(split, "chunks", splitk_chunks(s, r.is_some()))?;
+    let (o, l, qp, kp, vp, op, mp) = (p.out.addr, p.lse.addr, p.q.addr, p.k.addr, p.v.addr, sc.opart.addr, sc.ml.addr);
+    let I32Shape { b, tq, tkv, cap, nh, nkv } = I32Shape::of(split, s)?;
+    match r {
+        None => {
+            // SAFETY: check_fwd_splitk: q covers b*tq*n_head*hd, k/v b*cap*n_kv_head*hd
+            // (rows < tkv <= cap are read, the rest zero-filled without a read),
+            // opart/ml cover b*n_head*tq*chunks rows; blocks past the keys return.
+            unsafe { launch!(tg, Family::Attention, split, ds, [op, mp, qp, kp, vp, b, tq, tkv, cap, nh, nkv, nch])? };
+            // SAFETY: out covers b*tq*n_head*hd, lse b*n_head*tq; a row reads the
+            // chunks < ceil(vis/chunk) <= chunks that the first kernel wrote.
+            unsafe { launch!(tg, Family::Attention, combine, dc, [o, l, op, mp, b, tq, tkv, nh, nch]) }
+        }
+        Some(r) => {
+            check_ragged_ptrs("attention_fwd_splitk_ragged", s, &r)?;
+            let (pp, lp) = (r.pos0.addr, r.len.addr);
+            // SAFETY: as the dense launch; the host checked pos0 + len <= cap, so
+            // the keys read (rows < pos0 + len) are inside k/v.
+            unsafe { launch!(tg, Family::Attention, split, ds, [op, mp, qp, kp, vp, pp, lp, b, tq, cap, nh, nkv, nch])? };
+            // SAFETY: as the dense combine; padding rows read nothing.
+            unsafe { launch!(tg, Family::Attention, combine, dc, [o, l, op, mp, pp, lp, b, tq, nh, nch]) }
+        }
+    }
 }

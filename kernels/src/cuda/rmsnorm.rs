@@ -1,5 +1,7 @@
 //! Launchers of `cu/rmsnorm.cu`. CPU counterparts: `crate::rmsnorm`
-//! (`rmsnorm_fwd_cpu`, `rmsnorm_bwd_cpu`).
+//! (`rmsnorm_fwd_cpu`, `rmsnorm_bwd_cpu`); the fused residual add + norm
+//! ([`add_rmsnorm_fwd_bf16`]) is checked against the unfused composition
+//! (`crate::elementwise` add, then `rmsnorm_fwd_cpu`).
 //!
 //! The kernels read rows as 16-byte words of 8 bf16: `c % 8 == 0` and the
 //! bf16 buffers 16-byte aligned. Backward keeps a row of weight-gradient
@@ -11,6 +13,7 @@ use crate::{arg_err, GradWrite, Result};
 pub const FWD: &str = "rmsnorm_fwd_bf16";
 pub const BWD: &str = "rmsnorm_bwd_bf16";
 pub const BWD_DWEIGHT: &str = "rmsnorm_bwd_dweight_f32";
+pub const ADD_FWD: &str = "add_rmsnorm_fwd_bf16";
 
 /// Threads per block (RMS_THREADS in the .cu).
 pub const THREADS: u32 = 256;
@@ -62,6 +65,54 @@ pub fn rmsnorm_fwd_bf16(tg: Target<'_>, out: DPtr<Bf16>, rstd: DPtr<f32>, inp: D
     // SAFETY: check_fwd: every buffer covers n rows of c (16-byte aligned,
     // c % 8 == 0); one block per row, rows >= n return.
     unsafe { launch!(tg, Family::Rmsnorm, FWD, dims, [o, r, i, w, n, c, eps]) }
+}
+
+/// Checks of the fused residual add + forward; returns its launch
+/// dimensions (one block per row, as [`check_fwd`]).
+#[allow(clippy::too_many_arguments)]
+pub fn check_add_fwd(
+    res: DPtr<Bf16>,
+    out: DPtr<Bf16>,
+    rstd: DPtr<f32>,
+    a: DPtr<Bf16>,
+    b: DPtr<Bf16>,
+    weight: DPtr<Bf16>,
+    n: usize,
+    c: usize,
+) -> Result<LaunchDims> {
+    check_row(ADD_FWD, n, c)?;
+    for (name, p) in [("res", res), ("out", out), ("a", a), ("b", b)] {
+        check_ptr(ADD_FWD, name, p, n * c)?;
+        check_align(ADD_FWD, name, p, 16)?;
+    }
+    check_ptr(ADD_FWD, "weight", weight, c)?;
+    check_align(ADD_FWD, "weight", weight, 16)?;
+    check_ptr(ADD_FWD, "rstd", rstd, n)?;
+    Ok(LaunchDims { grid: (to_u32(ADD_FWD, "grid", n)?, 1, 1), block: THREADS, smem: 0 })
+}
+
+/// `res (n, c) = a + b` (rounded to bf16), then `out (n, c) = rmsnorm(res) ⊙
+/// weight` and `rstd (n)`, in one launch (all `=`): the residual add and
+/// the RMSNorm that follows it.
+#[allow(clippy::too_many_arguments)]
+pub fn add_rmsnorm_fwd_bf16(
+    tg: Target<'_>,
+    res: DPtr<Bf16>,
+    out: DPtr<Bf16>,
+    rstd: DPtr<f32>,
+    a: DPtr<Bf16>,
+    b: DPtr<Bf16>,
+    weight: DPtr<Bf16>,
+    n: usize,
+    c: usize,
+    eps: f32,
+) -> Result<()> {
+    let dims = check_add_fwd(res, out, rstd, a, b, weight, n, c)?;
+    let (rs, o, r, ap, bp, w) = (res.addr, out.addr, rstd.addr, a.addr, b.addr, weight.addr);
+    let (n, c) = (to_i32(ADD_FWD, "n", n)?, to_i32(ADD_FWD, "c", c)?);
+    // SAFETY: check_add_fwd: res, out, a, b cover n rows of c (16-byte aligned,
+    // c % 8 == 0), weight c, rstd n; one block per row, rows >= n return.
+    unsafe { launch!(tg, Family::Rmsnorm, ADD_FWD, dims, [rs, o, r, ap, bp, w, n, c, eps]) }
 }
 
 /// Checks of the backward; `partial` holds `bwd_blocks(n) * c` f32.

@@ -6,6 +6,15 @@
 //!          per layer: h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))), n1 = rmsnorm1(x)
 //!                     x = h + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                n2 = rmsnorm2(h)
 //!          hidden = rmsnorm_f(x)
+//! ```
+//!
+//! Each residual add and the RMSNorm that reads its sum are one call,
+//! `Backend::add_rmsnorm_fwd` (h and n2; x and the next layer's n1, or the
+//! final norm after the last layer): one fused kernel on CUDA, the unfused
+//! add + rmsnorm on the CPU (the trait's default, so CPU results are
+//! unchanged). Only the first layer's n1 is a plain `rmsnorm_fwd`.
+//!
+//! ```text
 //! LM head:    logits = lm_head(hidden)            (LlamaForCausalLM)
 //! score head: score  = score(hidden[rows])        (LlamaForSequenceClassification, 1 label)
 //! ```
@@ -183,7 +192,10 @@ impl<B: Backend> Model<B> {
         for l in 0..cfg.n_layers {
             let s = if ls == 1 { 0 } else { l }; // storage slot of this layer
             let res_in: View<B> = if l == 0 { v(&a.emb) } else { v(&a.res_out).part(if ls == 1 { 0 } else { l - 1 }, ls)? };
-            be.rmsnorm_fwd(vm(&mut a.ln1).part(s, ls)?, vm(&mut a.rstd1).part(s, ls)?, res_in, self.p(P::Ln1, l), n, c, eps)?;
+            if l == 0 {
+                // later layers' ln1 comes from the previous layer's fused residual add
+                be.rmsnorm_fwd(vm(&mut a.ln1).part(s, ls)?, vm(&mut a.rstd1).part(s, ls)?, res_in, self.p(P::Ln1, l), n, c, eps)?;
+            }
             linear(be, inv, vm(&mut a.q).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wq, l), (n, qd, c))?;
             linear(be, inv, vm(&mut a.k).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wk, l), (n, kvd, c))?;
             linear(be, inv, vm(&mut a.v).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wv, l), (n, kvd, c))?;
@@ -254,16 +266,49 @@ impl<B: Backend> Model<B> {
                 }
             }
             linear(be, inv, vm(&mut a.scratch), v(&a.att).part(s, ls)?, self.p(P::Wo, l), (n, c, qd))?;
-            be.add(vm(&mut a.res_mid).part(s, ls)?, res_in, v(&a.scratch))?;
-            be.rmsnorm_fwd(vm(&mut a.ln2).part(s, ls)?, vm(&mut a.rstd2).part(s, ls)?, v(&a.res_mid).part(s, ls)?, self.p(P::Ln2, l), n, c, eps)?;
+            be.add_rmsnorm_fwd(
+                vm(&mut a.res_mid).part(s, ls)?,
+                vm(&mut a.ln2).part(s, ls)?,
+                vm(&mut a.rstd2).part(s, ls)?,
+                res_in,
+                v(&a.scratch),
+                self.p(P::Ln2, l),
+                n,
+                c,
+                eps,
+            )?;
             linear(be, inv, vm(&mut a.gate).part(s, ls)?, v(&a.ln2).part(s, ls)?, self.p(P::Wgate, l), (n, inter, c))?;
             linear(be, inv, vm(&mut a.up).part(s, ls)?, v(&a.ln2).part(s, ls)?, self.p(P::Wup, l), (n, inter, c))?;
             be.swiglu_fwd(vm(&mut a.h).part(s, ls)?, v(&a.gate).part(s, ls)?, v(&a.up).part(s, ls)?)?;
             linear(be, inv, vm(&mut a.scratch), v(&a.h).part(s, ls)?, self.p(P::Wdown, l), (n, c, inter))?;
-            be.add(vm(&mut a.res_out).part(s, ls)?, v(&a.res_mid).part(s, ls)?, v(&a.scratch))?;
+            // the residual add with the norm that reads it: the next layer's ln1, or the final norm
+            if l + 1 < cfg.n_layers {
+                let s1 = if ls == 1 { 0 } else { l + 1 };
+                be.add_rmsnorm_fwd(
+                    vm(&mut a.res_out).part(s, ls)?,
+                    vm(&mut a.ln1).part(s1, ls)?,
+                    vm(&mut a.rstd1).part(s1, ls)?,
+                    v(&a.res_mid).part(s, ls)?,
+                    v(&a.scratch),
+                    self.p(P::Ln1, l + 1),
+                    n,
+                    c,
+                    eps,
+                )?;
+            } else {
+                be.add_rmsnorm_fwd(
+                    vm(&mut a.res_out).part(s, ls)?,
+                    vm(&mut a.lnf),
+                    vm(&mut a.rstdf),
+                    v(&a.res_mid).part(s, ls)?,
+                    v(&a.scratch),
+                    self.p(P::Lnf, 0),
+                    n,
+                    c,
+                    eps,
+                )?;
+            }
         }
-        let last = if ls == 1 { 0 } else { cfg.n_layers - 1 };
-        be.rmsnorm_fwd(vm(&mut a.lnf), vm(&mut a.rstdf), v(&a.res_out).part(last, ls)?, self.p(P::Lnf, 0), n, c, eps)?;
         if let Some(kc) = cache {
             for (sq, len) in kc.lens.iter_mut().take(b).enumerate() {
                 *len += lens.map_or(t, |l| l[sq] as usize);

@@ -12,7 +12,8 @@
 //! the window is converted through a stream-ordered temporary (correct,
 //! slower; the model uses the native kinds).
 //!
-//! Public items: [`CudaBackend`], [`CudaBuf`], [`AttnImpl`].
+//! Public items: [`CudaBackend`], [`CudaBuf`], [`AttnImpl`], [`MMA_MIN_TQ`],
+//! [`SPLITK_MIN_TKV`].
 
 use super::gemm::{Blas, OutType};
 use crate::backend::*;
@@ -53,14 +54,17 @@ impl Buffer for CudaBuf {
 ///
 /// `Auto` is a fixed rule by shape, not a measurement: v3 for tq >=
 /// `MMA_MIN_TQ` (the kernels written to be the fastest: ldmatrix,
-/// cp.async stages, one backward pass), v1 below (decoding: a 128-row
-/// tensor-core block would idle most of its rows). No GPU has timed the
-/// three yet; gpu-check checks all three and its bench times them, so the
-/// first GPU run shows whether the rule holds. `LLAMA2_ATTN=simple|mma|v3|auto`
-/// overrides it at start.
+/// cp.async stages, one backward pass); below (decoding: a 128-row
+/// tensor-core block would idle most of its rows) the split-K decode
+/// forward when the call reads at least `SPLITK_MIN_TKV` cached keys, v1
+/// otherwise. The rule looks at tq and tkv only (never the batch or the
+/// GPU), so a sequence decoded alone or in a batch runs the same kernels.
+/// No GPU has timed any of them yet; gpu-check checks all of them and its
+/// bench times them, so the first GPU run shows whether the rule holds.
+/// `LLAMA2_ATTN=simple|mma|v3|splitk|auto` overrides it at start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttnImpl {
-    /// v3 for tq >= MMA_MIN_TQ, the warp-per-row v1 below
+    /// v3 for tq >= MMA_MIN_TQ; below, split-K for tkv >= SPLITK_MIN_TKV, else v1
     Auto,
     /// the warp-per-row f32 kernels (v1, the reference GPU path)
     Simple,
@@ -68,27 +72,39 @@ pub enum AttnImpl {
     Mma,
     /// the v3 tensor-core kernels at every shape, ragged batches included
     V3,
+    /// the split-K decode forward at every shape, ragged included (a
+    /// forward only: the backward runs v1)
+    SplitK,
 }
 
 /// Below this many query rows (decoding) `Auto` uses the warp-per-row kernel.
 pub const MMA_MIN_TQ: usize = 16;
 
+/// From this many keys per call (`tkv`; a ragged call's cache length `cap`)
+/// `Auto` runs a decoding forward (tq < `MMA_MIN_TQ`) on split-K: 4 chunks
+/// of `SPLITK_CHUNK` keys, so at least 4x the blocks of v1's grid, against
+/// one extra launch (the combine) and the partials' round trip (1/8 of the
+/// K/V bytes at 16 rows per KV head). A fixed rule, not a measurement.
+pub const SPLITK_MIN_TKV: usize = 4 * kc::attention::SPLITK_CHUNK;
+
 impl AttnImpl {
-    /// The kernels a call with `tq` query rows runs under this choice
-    /// (never `Auto`).
-    pub fn resolve(self, tq: usize) -> AttnImpl {
+    /// The kernels a call with `tq` query rows against `tkv` keys runs
+    /// under this choice (never `Auto`; `SplitK` only for forwards).
+    pub fn resolve(self, tq: usize, tkv: usize) -> AttnImpl {
         match self {
             AttnImpl::Auto if tq >= MMA_MIN_TQ => AttnImpl::V3,
+            AttnImpl::Auto if tkv >= SPLITK_MIN_TKV => AttnImpl::SplitK,
             AttnImpl::Auto => AttnImpl::Simple,
             x => x,
         }
     }
-    /// `LLAMA2_ATTN` (simple, mma, v3, auto); unset or anything else: `Auto`.
+    /// `LLAMA2_ATTN` (simple, mma, v3, splitk, auto); unset or anything else: `Auto`.
     pub fn from_env() -> AttnImpl {
         match std::env::var("LLAMA2_ATTN").as_deref() {
             Ok("simple") => AttnImpl::Simple,
             Ok("mma") => AttnImpl::Mma,
             Ok("v3") => AttnImpl::V3,
+            Ok("splitk") => AttnImpl::SplitK,
             _ => AttnImpl::Auto,
         }
     }
@@ -381,6 +397,47 @@ impl Backend for CudaBackend {
         self.finish_f32(dw)
     }
 
+    fn add_rmsnorm_fwd(
+        &self,
+        res: ViewMut<Self>,
+        out: ViewMut<Self>,
+        rstd: ViewMut<Self>,
+        a: View<Self>,
+        b: View<Self>,
+        weight: View<Self>,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const OP: &str = "add_rmsnorm_fwd";
+        check_len(OP, "res", res.len, n * c)?;
+        check_len(OP, "out", out.len, n * c)?;
+        check_len(OP, "rstd", rstd.len, n)?;
+        check_len(OP, "a", a.len, n * c)?;
+        check_len(OP, "b", b.len, n * c)?;
+        check_len(OP, "weight", weight.len, c)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if res.buf.kind != BufKind::Act {
+            // the residual stream is an Act buffer in the model; anything else
+            // takes the unfused path, which converts
+            let mut res = res;
+            self.add(res.reborrow(), a, b)?;
+            return self.rmsnorm_fwd(out, rstd, res.as_view(), weight, n, c, eps);
+        }
+        let (ap, _t1) = self.in_bf16(a)?;
+        let (bp, _t2) = self.in_bf16(b)?;
+        let (w, _t3) = self.in_bf16(weight)?;
+        let rs = self.out_bf16(res, false)?;
+        let o = self.out_bf16(out, false)?;
+        let r = self.out_f32(rstd, false)?;
+        kc::rmsnorm::add_rmsnorm_fwd_bf16(self.target(), rs.ptr, o.ptr, r.ptr, ap, bp, w, n, c, eps)?;
+        self.finish_bf16(rs)?;
+        self.finish_bf16(o)?;
+        self.finish_f32(r)
+    }
+
     fn rope_fwd(&self, x: ViewMut<Self>, table: View<Self>, s: RopeShape) -> Result<()> {
         check_len("rope_fwd", "x", x.len, s.b * s.t * s.heads * s.hd)?;
         let (tb, _t) = self.in_f32(table)?;
@@ -411,9 +468,14 @@ impl Backend for CudaBackend {
         let o = self.out_bf16(out, false)?;
         let l = self.out_f32(lse, false)?;
         let p = kc::attention::AttnFwdParams { out: o.ptr, lse: l.ptr, q: qp, k: kp, v: vp, shape: s };
-        match self.attn_for(s.tq) {
+        match self.attn_for(s.tq, s.tkv) {
             AttnImpl::V3 => kc::attention::attention_fwd_v3_bf16(self.target(), &p)?,
             AttnImpl::Mma => kc::attention::attention_fwd_mma_bf16(self.target(), &p)?,
+            AttnImpl::SplitK => {
+                let (op, ml) = self.splitk_scratch(&s, false)?;
+                let sc = kc::attention::AttnSplitKScratch { opart: self.dp_f32(&op, 0, op.len()), ml: self.dp_f32(&ml, 0, ml.len()) };
+                kc::attention::attention_fwd_splitk_bf16(self.target(), &p, &sc, None)?
+            }
             _ => kc::attention::attention_fwd_bf16(self.target(), &p)?,
         }
         self.finish_bf16(o)?;
@@ -454,7 +516,7 @@ impl Backend for CudaBackend {
         let dv = self.out_bf16(dv, false)?;
         let dl = self.dp_f32(&delta, 0, nd);
         let p = kc::attention::AttnBwdParams { dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, delta: dl, dout: dop, q: qp, k: kp, v: vp, out: op, lse: lp, shape: s };
-        match self.attn_for(s.tq) {
+        match self.attn_for(s.tq, s.tkv) {
             AttnImpl::V3 => {
                 let (acc, sync) = self.v3_scratch(&s)?;
                 let sc = kc::attention::AttnBwdV3Scratch { dq_acc: self.dp_f32(&acc, 0, acc.len()), sync: DPtr::new(addr(&sync, &self.stream), sync.len()) };
@@ -728,8 +790,13 @@ impl Backend for CudaBackend {
         let l = self.out_f32(lse, false)?;
         let p = kc::attention::AttnFwdParams { out: o.ptr, lse: l.ptr, q: qp, k: kp, v: vp, shape: s };
         let rg = self.ragged_ptrs(&rp, &rl, s.b);
-        match self.attn_for(s.tq) {
+        match self.attn_for(s.tq, s.tkv) {
             AttnImpl::V3 => kc::attention::attention_fwd_v3_ragged_bf16(self.target(), &p, rg)?,
+            AttnImpl::SplitK => {
+                let (op, ml) = self.splitk_scratch(&s, true)?;
+                let sc = kc::attention::AttnSplitKScratch { opart: self.dp_f32(&op, 0, op.len()), ml: self.dp_f32(&ml, 0, ml.len()) };
+                kc::attention::attention_fwd_splitk_bf16(self.target(), &p, &sc, Some(rg))?
+            }
             // v2 has no ragged form
             _ => kc::attention::attention_fwd_ragged_bf16(self.target(), &p, rg)?,
         }
@@ -778,7 +845,7 @@ impl Backend for CudaBackend {
         let dl = self.dp_f32(&delta, 0, nd);
         let p = kc::attention::AttnBwdParams { dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, delta: dl, dout: dop, q: qp, k: kp, v: vp, out: op, lse: lp, shape: s };
         let rg = self.ragged_ptrs(&rp, &rl, s.b);
-        match self.attn_for(s.tq) {
+        match self.attn_for(s.tq, s.tkv) {
             AttnImpl::V3 => {
                 let (acc, sync) = self.v3_scratch(&s)?;
                 let sc = kc::attention::AttnBwdV3Scratch { dq_acc: self.dp_f32(&acc, 0, acc.len()), sync: DPtr::new(addr(&sync, &self.stream), sync.len()) };

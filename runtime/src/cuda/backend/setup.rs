@@ -80,9 +80,16 @@ impl CudaBackend {
         self.attn.lock().map(|g| *g).unwrap_or(AttnImpl::Auto)
     }
 
-    /// The attention kernels a call with `tq` query rows runs.
-    pub(super) fn attn_for(&self, tq: usize) -> AttnImpl {
-        self.attention_impl().resolve(tq)
+    /// The attention kernels a call with `tq` query rows against `tkv` keys runs.
+    pub(super) fn attn_for(&self, tq: usize, tkv: usize) -> AttnImpl {
+        self.attention_impl().resolve(tq, tkv)
+    }
+
+    /// The scratch of the split-K forward (`opart`, `ml`; uninitialised:
+    /// the kernels read only what they wrote).
+    pub(super) fn splitk_scratch(&self, s: &AttnShape, ragged: bool) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+        let (no, nm) = kc::attention::splitk_scratch_len(s, ragged);
+        Ok((self.tmp_f32(no)?, self.tmp_f32(nm)?))
     }
 
     /// The zeroed scratch of the v3 backward ([`kc::attention::AttnBwdV3Scratch`]).

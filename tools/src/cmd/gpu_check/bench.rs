@@ -221,12 +221,18 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
     });
     b.section("decode", |b| {
         let gpu = b.gpu;
-        // decode: one query against 4096 cached keys, batch 8
+        // decode: one query against 4096 cached keys, batch 8; what the backend
+        // runs there (Auto: split-K) and v1 beside it (the path before split-K)
         let s = AttnShape { b: 8, tq: 1, tkv: 4096, cap: 4096, n_head: nh, n_kv_head: nh, hd };
         let (q, k, vv) = (b.buf(8 * nh * hd, BufKind::Act)?, b.buf(8 * 4096 * nh * hd, BufKind::Act)?, b.buf(8 * 4096 * nh * hd, BufKind::Act)?);
         let (mut o, mut l) = (gpu.alloc(8 * nh * hd, BufKind::Act)?, gpu.alloc(8 * nh, BufKind::F32)?);
-        let ms = b.time(true, |g| g.attention_fwd(vm(&mut o), vm(&mut l), v(&q), v(&k), v(&vv), s))?;
-        b.record("attention_decode_b8_t4096_d128", ms, Some((2 * 8 * 4096 * nh * hd * 2) as f64), None);
+        let attn0 = gpu.attention_impl();
+        for (imp, suffix) in [(AttnImpl::Auto, ""), (AttnImpl::Simple, "_v1")] {
+            gpu.set_attention_impl(imp);
+            let ms = b.time(true, |g| g.attention_fwd(vm(&mut o), vm(&mut l), v(&q), v(&k), v(&vv), s))?;
+            b.record(&format!("attention_decode_b8_t4096_d128{suffix}"), ms, Some((2 * 8 * 4096 * nh * hd * 2) as f64), None);
+        }
+        gpu.set_attention_impl(attn0);
         Ok(())
     });
     std::fs::write(path, serde_json::Value::Array(b.out).to_string()).with_context(|| format!("writing {}", path.display()))?;

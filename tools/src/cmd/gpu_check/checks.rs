@@ -66,6 +66,14 @@ const BF: Rule = Rule::Elem { rtol: RTOL_BF16, atol: ATOL_BF16 };
 const ATTN_IMPLS: [AttnImpl; 3] = [AttnImpl::Simple, AttnImpl::Mma, AttnImpl::V3];
 /// The kernels with a ragged form (v2 has none).
 const RAGGED_IMPLS: [AttnImpl; 2] = [AttnImpl::Simple, AttnImpl::V3];
+/// Forwards against a cache: every version and the split-K decode kernels.
+pub(super) const DECODE_IMPLS: [AttnImpl; 4] = [AttnImpl::Simple, AttnImpl::Mma, AttnImpl::V3, AttnImpl::SplitK];
+/// Ragged forwards against a cache: the ragged kernels and split-K.
+const RAGGED_DECODE_IMPLS: [AttnImpl; 3] = [AttnImpl::Simple, AttnImpl::V3, AttnImpl::SplitK];
+/// Long caches on the CPU layer: v1 (the reference GPU path) and split-K only,
+/// so the simulated check stays quick (the tensor-core kernels' decode rows
+/// run at tkv <= 1000).
+const LONG_DECODE_IMPLS: [AttnImpl; 2] = [AttnImpl::Simple, AttnImpl::SplitK];
 const F32: Rule = Rule::Elem { rtol: RTOL_F32, atol: ATOL_F32 };
 
 /// What gpu-check needs of the device under test beyond [`Backend`].
@@ -286,6 +294,7 @@ impl<G: Dut> Checker<G> {
                 continue;
             }
             self.guard("rmsnorm", |s| s.rmsnorm(n, c));
+            self.guard("add_rmsnorm", |s| s.add_rmsnorm(n, c));
         }
         for (b, t, heads, hd, pos0) in [(3, 97, 4, 64, 0), (1, 97, 8, 128, 5), (2, 1024, 32, 128, 0)] {
             if quick && t > 97 {
@@ -334,7 +343,22 @@ impl<G: Dut> Checker<G> {
         }
         // decoding (one query) and a prefill chunk against a cache
         for (tq, tkv, cap, hd) in [(1, 97, 128, 128), (1, 1000, 1024, 128), (1, 33, 40, 64), (37, 100, 128, 128), (70, 70, 96, 64)] {
-            self.guard("attention decode", |s| s.attention_decode(AttnShape { b: 2, tq, tkv, cap, n_head: 16, n_kv_head: 8, hd }));
+            self.guard("attention decode", |s| s.attention_decode(AttnShape { b: 2, tq, tkv, cap, n_head: 16, n_kv_head: 8, hd }, &DECODE_IMPLS));
+        }
+        // split-K over long caches: many chunks, a last chunk with one tile empty
+        // (700 = 5·128 + 60), GQA groups of 8 over several query rows (24 rows: two
+        // row blocks), MQA; v1 beside it as the unsplit GPU path
+        for (b, tq, tkv, cap, nh, nkv, hd) in [(2, 1, 2000, 2048, 16, 8, 64), (2, 3, 700, 768, 32, 4, 128), (1, 1, 300, 320, 16, 1, 64)] {
+            self.guard("attention decode", |s| s.attention_decode(AttnShape { b, tq, tkv, cap, n_head: nh, n_kv_head: nkv, hd }, &LONG_DECODE_IMPLS));
+        }
+        if !quick {
+            // T = 4096: the decode the split-K rule is for (one sequence, 32 heads of 128, GQA 8)
+            self.guard("attention decode", |s| {
+                s.attention_decode(AttnShape { b: 1, tq: 1, tkv: 4096, cap: 4096, n_head: 32, n_kv_head: 8, hd: 128 }, &DECODE_IMPLS)
+            });
+            self.guard("attention decode", |s| {
+                s.attention_decode(AttnShape { b: 4, tq: 4, tkv: 4000, cap: 4096, n_head: 32, n_kv_head: 8, hd: 128 }, &DECODE_IMPLS)
+            });
         }
         Ok(())
     }
@@ -488,6 +512,53 @@ impl<G: Dut> Checker<G> {
             self.cmp(format!("rmsnorm_bwd n={n} c={c} {write:?}: dinp"), &g, &r, Rule::FlashAttn { factor: FA_BWD });
             let (g, r) = (get(&self.gpu, &gdw)?, get(&self.cpu, &cdw)?);
             self.cmp(format!("rmsnorm_bwd n={n} c={c} {write:?}: dweight (+=)"), &g, &r, Rule::MaxRel { tol: F32_SUM });
+        }
+        Ok(())
+    }
+
+    /// The residual add fused with the next RMSNorm (`add_rmsnorm_fwd`)
+    /// against the unfused CPU path (the trait's default there: add, then
+    /// rmsnorm_fwd). `res` and `out` per element as bf16 results; `rstd`
+    /// against the CPU norm of bf16(res), the value the kernel normalises
+    /// (the CPU's f32 sum is not bf16-exact, and its rounding moves rstd by
+    /// far more than RTOL_F32). On the CPU layer also: the fused kernel equals
+    /// the device's own add + rmsnorm bit for bit (the same arithmetic; the
+    /// layer compiles both without FMA contraction, so this holds there; on a
+    /// GPU nvcc may contract the two kernels differently).
+    pub(super) fn add_rmsnorm(&mut self, n: usize, c: usize) -> anyhow::Result<()> {
+        let eps = 1e-5;
+        let tag = format!("add_rmsnorm_fwd n={n} c={c}");
+        let (a, bb) = (self.randn(n * c, 1.0), self.randn(n * c, 1.0));
+        let w: Vec<f32> = (0..c).map(|_| bfr(1.0 + 0.1 * self.rng.normal())).collect();
+        let (ca, cb, cw) = (put(&self.cpu, &a, BufKind::Act)?, put(&self.cpu, &bb, BufKind::Act)?, put(&self.cpu, &w, BufKind::Param)?);
+        let (ga, gb, gw) = (put(&self.gpu, &a, BufKind::Act)?, put(&self.gpu, &bb, BufKind::Act)?, put(&self.gpu, &w, BufKind::Param)?);
+        let (mut cres, mut co, mut cr) =
+            (put(&self.cpu, &vec![0.0; n * c], BufKind::Act)?, put(&self.cpu, &vec![0.0; n * c], BufKind::Act)?, put(&self.cpu, &vec![0.0; n], BufKind::F32)?);
+        let (mut gres, mut go, mut gr) =
+            (nan_buf(&self.gpu, n * c, BufKind::Act)?, nan_buf(&self.gpu, n * c, BufKind::Act)?, nan_buf(&self.gpu, n, BufKind::F32)?);
+        self.cpu.add_rmsnorm_fwd(vm(&mut cres), vm(&mut co), vm(&mut cr), v(&ca), v(&cb), v(&cw), n, c, eps)?;
+        self.gpu.add_rmsnorm_fwd(vm(&mut gres), vm(&mut go), vm(&mut gr), v(&ga), v(&gb), v(&gw), n, c, eps)?;
+        let (g, r) = (get(&self.gpu, &gres)?, get(&self.cpu, &cres)?);
+        self.cmp(format!("{tag}: res"), &g, &r, BF);
+        let (g, r) = (get(&self.gpu, &go)?, get(&self.cpu, &co)?);
+        self.cmp(format!("{tag}: out"), &g, &r, BF);
+        // rstd: the CPU norm of the residual rounded where the kernel stores it
+        let res_bf: Vec<f32> = get(&self.cpu, &cres)?.iter().map(|&x| bfr(x)).collect();
+        let cx = put(&self.cpu, &res_bf, BufKind::Act)?;
+        let (mut co2, mut cr2) = (put(&self.cpu, &vec![0.0; n * c], BufKind::Act)?, put(&self.cpu, &vec![0.0; n], BufKind::F32)?);
+        self.cpu.rmsnorm_fwd(vm(&mut co2), vm(&mut cr2), v(&cx), v(&cw), n, c, eps)?;
+        let (g, r) = (get(&self.gpu, &gr)?, get(&self.cpu, &cr2)?);
+        self.cmp(format!("{tag}: rstd"), &g, &r, F32);
+        if self.shapes == Shapes::Sim {
+            let (mut ures, mut uo, mut ur) =
+                (nan_buf(&self.gpu, n * c, BufKind::Act)?, nan_buf(&self.gpu, n * c, BufKind::Act)?, nan_buf(&self.gpu, n, BufKind::F32)?);
+            self.gpu.add(vm(&mut ures), v(&ga), v(&gb))?;
+            self.gpu.rmsnorm_fwd(vm(&mut uo), vm(&mut ur), v(&ures), v(&gw), n, c, eps)?;
+            let exact = Rule::Elem { rtol: 0.0, atol: 0.0 };
+            for (name, f, u) in [("res", &gres, &ures), ("out", &go, &uo), ("rstd", &gr, &ur)] {
+                let (x, y) = (get(&self.gpu, f)?, get(&self.gpu, u)?);
+                self.cmp(format!("{tag}: {name} = the device's add + rmsnorm_fwd (bit-exact)"), &x, &y, exact);
+            }
         }
         Ok(())
     }
@@ -805,7 +876,13 @@ impl<G: Dut> Checker<G> {
         }
         self.gpu.set_attention_impl(self.attn0);
         // decode and prefill against a cache with one length per sequence
-        for (tq, pos0, len, cap) in [(1usize, [96u32, 40, 3], [1u32, 1, 0], 128usize), (9, [0, 30, 50], [9, 4, 2], 64), (40, [0, 30, 70], [40, 17, 3], 128)] {
+        // (the last: several split-K chunks, a sequence whose last row opens chunk 1)
+        for (tq, pos0, len, cap) in [
+            (1usize, [96u32, 40, 3], [1u32, 1, 0], 128usize),
+            (9, [0, 30, 50], [9, 4, 2], 64),
+            (40, [0, 30, 70], [40, 17, 3], 128),
+            (2, [450, 127, 0], [2, 2, 1], 512),
+        ] {
             let s = AttnShape { b, tq, tkv: cap, cap, n_head: nh, n_kv_head: nkv, hd };
             let r = Ragged { pos0: &pos0, len: &len };
             let tag = format!("attention ragged cache tq={tq} pos0={pos0:?} len={len:?} cap={cap} hd={hd}");
@@ -826,7 +903,7 @@ impl<G: Dut> Checker<G> {
             self.cpu.attention_fwd_ragged(vm(&mut co), vm(&mut cl), v(&cq), v(&ck), v(&cv), s, r)?;
             let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
             let naive_p = attention_naive_bf16p_ragged(&q, &k, &vv, s, Some((&pos0, &len)));
-            for imp in RAGGED_IMPLS {
+            for imp in RAGGED_DECODE_IMPLS {
                 self.gpu.set_attention_impl(imp);
                 let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
                 let mut gl = nan_buf(&self.gpu, b * nh * tq, BufKind::F32)?;
@@ -843,7 +920,10 @@ impl<G: Dut> Checker<G> {
         Ok(())
     }
 
-    pub(super) fn attention_decode(&mut self, s: AttnShape) -> anyhow::Result<()> {
+    /// A forward against a cache (`tq` new rows at positions `tkv − tq ..`)
+    /// on each kernel version of `impls`; cache rows past `tkv` hold garbage
+    /// (1e4 keys, NaN values) that must not be read.
+    pub(super) fn attention_decode(&mut self, s: AttnShape, impls: &[AttnImpl]) -> anyhow::Result<()> {
         let AttnShape { b, tq, tkv, cap, n_head: nh, n_kv_head: nkv, hd } = s;
         let tag = format!("attention decode b={b} tq={tq} tkv={tkv} cap={cap} hd={hd} h={nh} kv={nkv}");
         let q = self.randn(b * tq * nh * hd, 1.0);
@@ -864,7 +944,7 @@ impl<G: Dut> Checker<G> {
         self.cpu.attention_fwd(vm(&mut co), vm(&mut cl), v(&cq), v(&ck), v(&cv), s)?;
         let (out_ref, lse_ref) = (get(&self.cpu, &co)?, get(&self.cpu, &cl)?);
         let naive_p = attention_naive_bf16p(&q, &k, &vv, s);
-        for imp in ATTN_IMPLS {
+        for &imp in impls {
             self.gpu.set_attention_impl(imp);
             let mut go = nan_buf(&self.gpu, q.len(), BufKind::Act)?;
             let mut gl = nan_buf(&self.gpu, b * nh * tq, BufKind::F32)?;

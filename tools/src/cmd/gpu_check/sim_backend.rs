@@ -107,8 +107,17 @@ impl SimBackend {
         self.attn.lock().map(|g| *g).unwrap_or(AttnImpl::Auto)
     }
     /// The attention kernels a call with `tq` query rows runs (as the CUDA backend).
-    fn attn_for(&self, tq: usize) -> AttnImpl {
-        self.attention_impl().resolve(tq)
+    fn attn_for(&self, tq: usize, tkv: usize) -> AttnImpl {
+        self.attention_impl().resolve(tq, tkv)
+    }
+
+    /// The split-K forward's scratch (NaN-filled, as an uninitialised device
+    /// allocation) and its pointers.
+    fn splitk_scratch(&self, s: &AttnShape, ragged: bool) -> Result<(SimMem, SimMem, kc::attention::AttnSplitKScratch)> {
+        let (no, nm) = kc::attention::splitk_scratch_len(s, ragged);
+        let (op, ml) = (self.tmp(4 * no)?, self.tmp(4 * nm)?);
+        let sc = kc::attention::AttnSplitKScratch { opart: dp_f32(&op, 0, no), ml: dp_f32(&ml, 0, nm) };
+        Ok((op, ml, sc))
     }
 
     /// The zeroed scratch of the v3 backward, and its pointers.
@@ -444,6 +453,45 @@ impl Backend for SimBackend {
         self.finish_f32(dw)
     }
 
+    fn add_rmsnorm_fwd(
+        &self,
+        res: ViewMut<Self>,
+        out: ViewMut<Self>,
+        rstd: ViewMut<Self>,
+        a: View<Self>,
+        b: View<Self>,
+        weight: View<Self>,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const OP: &str = "add_rmsnorm_fwd";
+        check_len(OP, "res", res.len, n * c)?;
+        check_len(OP, "out", out.len, n * c)?;
+        check_len(OP, "rstd", rstd.len, n)?;
+        check_len(OP, "a", a.len, n * c)?;
+        check_len(OP, "b", b.len, n * c)?;
+        check_len(OP, "weight", weight.len, c)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if res.buf.kind != BufKind::Act {
+            let mut res = res;
+            self.add(res.reborrow(), a, b)?;
+            return self.rmsnorm_fwd(out, rstd, res.as_view(), weight, n, c, eps);
+        }
+        let (ap, _t1) = self.in_bf16(a)?;
+        let (bp, _t2) = self.in_bf16(b)?;
+        let (w, _t3) = self.in_bf16(weight)?;
+        let rs = self.out_bf16(res, false)?;
+        let o = self.out_bf16(out, false)?;
+        let r = self.out_f32(rstd, false)?;
+        kc::rmsnorm::add_rmsnorm_fwd_bf16(self.target(), rs.ptr, o.ptr, r.ptr, ap, bp, w, n, c, eps)?;
+        self.finish_bf16(rs)?;
+        self.finish_bf16(o)?;
+        self.finish_f32(r)
+    }
+
     fn rope_fwd(&self, x: ViewMut<Self>, table: View<Self>, s: RopeShape) -> Result<()> {
         check_len("rope_fwd", "x", x.len, s.b * s.t * s.heads * s.hd)?;
         let (tb, _t) = self.in_f32(table)?;
@@ -474,9 +522,13 @@ impl Backend for SimBackend {
         let o = self.out_bf16(out, false)?;
         let l = self.out_f32(lse, false)?;
         let p = kc::attention::AttnFwdParams { out: o.ptr, lse: l.ptr, q: qp, k: kp, v: vp, shape: s };
-        match self.attn_for(s.tq) {
+        match self.attn_for(s.tq, s.tkv) {
             AttnImpl::V3 => kc::attention::attention_fwd_v3_bf16(self.target(), &p)?,
             AttnImpl::Mma => kc::attention::attention_fwd_mma_bf16(self.target(), &p)?,
+            AttnImpl::SplitK => {
+                let (_op, _ml, sc) = self.splitk_scratch(&s, false)?;
+                kc::attention::attention_fwd_splitk_bf16(self.target(), &p, &sc, None)?
+            }
             _ => kc::attention::attention_fwd_bf16(self.target(), &p)?,
         }
         self.finish_bf16(o)?;
@@ -528,7 +580,7 @@ impl Backend for SimBackend {
             lse: lp,
             shape: s,
         };
-        match self.attn_for(s.tq) {
+        match self.attn_for(s.tq, s.tkv) {
             AttnImpl::V3 => {
                 let (_acc, _sync, sc) = self.v3_scratch(&s)?;
                 kc::attention::attention_bwd_v3_bf16(self.target(), &p, &sc, None)?;
@@ -793,8 +845,12 @@ impl Backend for SimBackend {
         let l = self.out_f32(lse, false)?;
         let p = kc::attention::AttnFwdParams { out: o.ptr, lse: l.ptr, q: qp, k: kp, v: vp, shape: s };
         let rg = ragged_ptrs(&rp, &rl, s.b);
-        match self.attn_for(s.tq) {
+        match self.attn_for(s.tq, s.tkv) {
             AttnImpl::V3 => kc::attention::attention_fwd_v3_ragged_bf16(self.target(), &p, rg)?,
+            AttnImpl::SplitK => {
+                let (_op, _ml, sc) = self.splitk_scratch(&s, true)?;
+                kc::attention::attention_fwd_splitk_bf16(self.target(), &p, &sc, Some(rg))?
+            }
             _ => kc::attention::attention_fwd_ragged_bf16(self.target(), &p, rg)?,
         }
         self.finish_bf16(o)?;
@@ -853,7 +909,7 @@ impl Backend for SimBackend {
             shape: s,
         };
         let rg = ragged_ptrs(&rp, &rl, s.b);
-        match self.attn_for(s.tq) {
+        match self.attn_for(s.tq, s.tkv) {
             AttnImpl::V3 => {
                 let (_acc, _sync, sc) = self.v3_scratch(&s)?;
                 kc::attention::attention_bwd_v3_bf16(self.target(), &p, &sc, Some(rg))?;

@@ -4,13 +4,13 @@
 //! in a copy of each of four kernels (an index, a barrier, a fragment
 //! layout, a missing cp.async wait) makes its rows fail.
 
-use super::checks::{Checker, Shapes};
+use super::checks::{Checker, Shapes, DECODE_IMPLS};
 use super::compare::Row;
 use super::sim_backend::SimBackend;
 use llama2_runtime::kernels::attention::AttnShape;
 use llama2_runtime::kernels::cuda::sim::{Plant, Schedule, SimConfig};
 use llama2_runtime::kernels::cuda::ENTRY_POINTS;
-use llama2_runtime::CpuBackend;
+use llama2_runtime::{AttnImpl, CpuBackend};
 
 /// The seed of gpu-check's default run.
 const SEED: u64 = 20240520;
@@ -52,6 +52,11 @@ fn every_kernel_row_passes_on_the_cpu_layer() {
         "hd=128",
         "decode b=2 tq=1 tkv=1000",
         "tq=37 tkv=100",
+        "tkv=2000 cap=2048 hd=64 h=16 kv=8 SplitK: out",
+        "tq=3 tkv=700 cap=768 hd=128 h=32 kv=4 SplitK: lse",
+        "pos0=[450, 127, 0] len=[2, 2, 1] cap=512 hd=128 SplitK: out",
+        "add_rmsnorm_fwd n=97 c=4096: rstd",
+        "= the device's add + rmsnorm_fwd (bit-exact)",
     ] {
         assert!(rows.iter().any(|r| r.name.contains(want)), "no row with `{want}`");
     }
@@ -138,9 +143,12 @@ fn the_shipped_kernels_do_not_depend_on_the_schedule() {
     c.guard("rmsnorm", |s| s.rmsnorm(600, 256));
     c.guard("cross_entropy", |s| s.cross_entropy(9, 1000));
     c.guard("attention", |s| s.attention(AttnShape::causal(1, 70, 4, 2, 64)));
-    c.guard("attention decode", |s| s.attention_decode(AttnShape { b: 1, tq: 3, tkv: 70, cap: 80, n_head: 4, n_kv_head: 2, hd: 128 }));
+    c.guard("attention decode", |s| s.attention_decode(AttnShape { b: 1, tq: 3, tkv: 70, cap: 80, n_head: 4, n_kv_head: 2, hd: 128 }, &DECODE_IMPLS));
+    // split-K over 3 chunks (the combine reads what three blocks wrote), 2 rows per KV head
+    c.guard("attention decode", |s| s.attention_decode(AttnShape { b: 1, tq: 1, tkv: 300, cap: 320, n_head: 4, n_kv_head: 2, hd: 64 }, &[AttnImpl::SplitK]));
+    c.guard("add_rmsnorm", |s| s.add_rmsnorm(70, 512));
     let rows = c.rows();
-    assert_eq!(rows.len(), 33, "rmsnorm 6, cross-entropy 6, attention 15 (v1, v2, v3), decode 6");
+    assert_eq!(rows.len(), 43, "rmsnorm 6, cross-entropy 6, attention 15 (v1, v2, v3), decode 8 (and split-K), split-K 2, add_rmsnorm 6 (3 + 3 bit-exact)");
     let bad: Vec<String> = rows.iter().filter(|r| !r.ok).map(|r| format!("{} {}", r.name, r.first_bad)).collect();
     assert!(bad.is_empty(), "{bad:?}");
 }
