@@ -240,7 +240,8 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     }
     writeln!(
         r,
-        "| GAtt beats its baseline (no GAtt) at the last measured turn ({last_turn}), for at least one checkable family, with more attention on the system message (issue 12) | {}; every check: {} vs {} | {} |",
+        "| GAtt beats its baseline (no GAtt) at the last measured turn ({last_turn}), for at least one checkable family, with more attention on the system message (issue 12){} | {}; every check: {} vs {} | {} |",
+        if a.gatt_comply { "; the GAtt answers that broke the instruction were rewritten by a program to obey it, a stand-in for a policy that follows instructions (see Ghost Attention)" } else { "" },
         lt.text,
         pct(&json!(gg)),
         pct(&json!(gb)),
