@@ -90,7 +90,7 @@ pub struct BestOfFlags {
     pub by_checks: bool,
     /// Rewrite each kept answer that still breaks one of the instruction's checkable constraints so
     /// that it obeys (the rewrite of `gatt demos`: cut to the word budget, the word mentioned, the
-    /// end word appended, capitals), before the next turn is sampled: a stand-in for a policy that
+    /// end word appended, capital or small letters), before the next turn is sampled: a stand-in for a policy that
     /// follows an instruction it sees on every turn, which the paper assumes and a tiny model lacks
     #[arg(long)]
     pub comply: bool,

@@ -463,7 +463,7 @@ pub(crate) fn write(ctx: &Ctx) -> Result<()> {
     // GAtt
     writeln!(
         r,
-        "## Ghost Attention\n\nFrom the PPO model: {} dialogs built with instructions of the famil{} {} (instruction on every user turn while the model re-samples the answers, {}{}; kept once as the system message), fine-tuned {} steps at lr {} with GAtt and, as the baseline, {} steps on the same dialogs without it (`no-gatt`: the instruction in turn 1 only, the dataset's answers); both fine-tunes also see the same {} single-turn answers of the final rejection-sampling pool (as the paper mixes GAtt samples into its RS data), so they keep what the policy learned. `policy` is the PPO model itself. The `gatt` model is the pipeline's final model.\n",
+        "## Ghost Attention\n\nFrom the PPO model: {} dialogs built with instructions of the famil{} {} (instruction on every user turn while the model re-samples the answers, {}{}; kept once as the system message), fine-tuned {} steps at lr {} with GAtt and, as the baseline, {} steps on the same dialogs without it (`no-gatt`: the instruction in turn 1 only, the dataset's answers); every fine-tune also sees the same {} single-turn answers of the final rejection-sampling pool (as the paper mixes GAtt samples into its RS data), so they keep what the policy learned. `policy` is the PPO model itself. The `gatt` model is the pipeline's final model.\n",
         a.gatt_count,
         if a.gatt_families.len() == 1 { "y" } else { "ies" },
         if a.gatt_families.is_empty() { "of data/gatt/instructions.json".to_string() } else { a.gatt_families.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ") },
