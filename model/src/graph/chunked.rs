@@ -102,7 +102,9 @@ impl<B: Backend> Model<B> {
             };
             be.cross_entropy(vm(&mut a.logits).sub(0, m * vocab)?, vm(&mut a.losses).sub(0, m)?, &targets[r0..r0 + m], vocab, g)?;
             be.download(v(&a.losses).sub(0, m)?, &mut host[..m])?;
-            sum += host[..m].iter().map(|&x| x as f64).sum::<f64>();
+            for &x in &host[..m] {
+                sum += x as f64; // row by row, in the order Model::loss sums
+            }
             if let Some((gacts, grads)) = back.as_mut() {
                 let dlogits = v(&a.logits).sub(0, m * vocab)?;
                 // dW (V, C) += dlogits^T (V, m) · lnf[r0:r1] (m, C)
