@@ -169,15 +169,15 @@ fn bad_chunks_are_refused_with_a_hint() {
     let mut acts = Acts::new(&be, &cfg, B, T, true, LogitRows::Chunked(4)).unwrap();
     let mb = batch(4);
     m.trunk(&be, &mut acts, &mb.inputs, None, None).unwrap();
-    let e = m.loss(&be, &mut acts, &mb.targets, CeGrad::None).err().expect("loss on chunked acts is refused").to_string();
+    let e = m.loss(&be, &mut acts, &mb.targets, CeGrad::None).expect_err("loss on chunked acts is refused").to_string();
     assert!(e.contains("lm_loss_chunked") && e.contains("HINT:"), "{e}");
-    let e = m.lm_head(&be, &mut acts, None).err().expect("lm_head on chunked acts is refused").to_string();
+    let e = m.lm_head(&be, &mut acts, None).expect_err("lm_head on chunked acts is refused").to_string();
     assert!(e.contains("HINT:"), "{e}");
     // a gradient without buffers, and the full-logits backward on chunked acts
-    let e = m.lm_loss_chunked(&be, &mut acts, &mb.targets, CeGrad::Uniform(1.0), None).err().expect("grad without buffers").to_string();
+    let e = m.lm_loss_chunked(&be, &mut acts, &mb.targets, CeGrad::Uniform(1.0), None).expect_err("grad without buffers").to_string();
     assert!(e.contains("no gradient buffers"), "{e}");
     let mut gacts = GradActs::new(&be, &cfg, B, T).unwrap();
     let mut grads = be.alloc(m.layout.total, BufKind::F32).unwrap();
-    let e = m.backward(&be, &acts, &mut gacts, &mut grads, &mb.inputs).err().expect("HeadGrad::Logits on chunked acts").to_string();
+    let e = m.backward(&be, &acts, &mut gacts, &mut grads, &mb.inputs).expect_err("HeadGrad::Logits on chunked acts").to_string();
     assert!(e.contains("HeadGrad::Hidden"), "{e}");
 }
