@@ -15,7 +15,8 @@
 //! - [`params`]: the parameter arena with one named field per tensor
 //! - [`model::Model`], [`model::KvCache`]: parameters on a backend, load/save
 //! - [`acts`]: activations and activation gradients
-//! - forward ([`forward`]), backward ([`backward`])
+//! - forward ([`forward`]), backward ([`backward`]), the LM head and loss
+//!   in row chunks ([`chunked`])
 //! - [`chat`]: chat formats with loss masks: Llama-2-chat built in, or the
 //!   model's own Jinja template ([`template`])
 //! - [`generate`]: sampling and generation with the KV cache
@@ -33,7 +34,7 @@ pub mod text;
 
 // the modules by their short names (the paths every crate uses)
 pub use formats::{atomic, gguf, llama2c, shards, weights};
-pub use graph::{acts, attn_probe, backward, forward, generate, model, params};
+pub use graph::{acts, attn_probe, backward, chunked, forward, generate, model, params};
 pub use text::{chat, template, tokenizer};
 
 pub use acts::{Acts, GradActs, LogitRows};

@@ -58,6 +58,26 @@ pub fn parse_pos(s: &str) -> std::result::Result<f64, String> {
     Ok(x)
 }
 
+/// How a language-modelling run computes its LM head and loss (`pretrain`,
+/// `sft`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct LmHeadFlags {
+    /// Compute the LM head and cross-entropy in chunks of this many rows, so the (batch-size x seq-len, vocab) logits are never stored, only (ROWS, vocab); 1..=batch-size x seq-len, 0: off (every row at once, the default)
+    #[arg(long, default_value_t = 0, value_name = "ROWS")]
+    pub logit_chunk: u32,
+}
+
+impl LmHeadFlags {
+    /// The chunk in rows (0: off), checked against a micro-batch of `b x t`.
+    pub fn logit_chunk(&self, b: usize, t: usize) -> Result<usize> {
+        let r = self.logit_chunk as usize;
+        if r > b * t {
+            anyhow::bail!("--logit-chunk {r} is more than the {b} x {t} = {} rows of a micro-batch; HINT: use at most {} (--batch-size x --seq-len), or 0 to turn chunking off", b * t, b * t);
+        }
+        Ok(r)
+    }
+}
+
 /// AdamW hyper-parameters (defaults: the paper's).
 #[derive(Args, Clone, Debug)]
 pub struct OptFlags {

@@ -4,6 +4,7 @@
 //!   bit-identical weights and optimizer moments (CPU).
 //! - A training process killed with SIGKILL at random moments, including
 //!   during a save, always leaves its newest complete checkpoint loadable.
+//! - `--logit-chunk` trains like the default path; bad values are refused.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -125,4 +126,35 @@ fn sigkill_at_random_moments_leaves_a_loadable_checkpoint() {
     }
     assert!(mid_save > 0, "no kill landed inside a save; the test did not exercise what it is for");
     eprintln!("{mid_save} of 10 kills interrupted a save; every newest checkpoint loaded");
+}
+
+/// `--logit-chunk`: a bad value is refused before the run starts; a chunked
+/// run trains like the default one (the same data stream and the same
+/// gradients up to the order of the lm_head sums: see
+/// train/tests/logit_chunk.rs) and records the chunk in its configuration.
+#[test]
+fn logit_chunk_trains_like_the_default_and_bad_values_are_refused() {
+    /// 4 AdamW steps from the same weights on the same batches: the
+    /// reordered f32 sums (~1e-7 relative per gradient) move the final loss
+    /// by far less than 1e-4 relative; a wrong gradient (a dropped chunk, a
+    /// wrong scale) changes the trajectory by much more at lr 1e-3.
+    const LOSS_RTOL: f64 = 1e-4;
+    let d = tmpdir("chunk");
+    let data = shard(&d);
+    let bad = d.join("bad");
+    let o = pretrain_b(&data, &bad, "2", "4", &["--logit-chunk", "65"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--logit-chunk 65") && err.contains("HINT"), "{err}");
+    assert!(!bad.join("metrics.jsonl").exists(), "a refused run must not start");
+    let (a, b) = (d.join("a"), d.join("b"));
+    ok(pretrain_b(&data, &a, "2", "4", &[]));
+    ok(pretrain_b(&data, &b, "2", "4", &["--logit-chunk", "24"])); // 24 does not divide 2 x 32 = 64
+    let last = |dir: &Path| {
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        s["last_loss"].as_f64().unwrap()
+    };
+    let (la, lb) = (last(&a), last(&b));
+    assert!((la - lb).abs() <= LOSS_RTOL * la.abs(), "last loss {lb} chunked vs {la}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(b.join("config.run.json")).unwrap()).unwrap();
+    assert_eq!(cfg["logit_chunk"].as_u64(), Some(24), "{cfg}");
 }

@@ -7,6 +7,11 @@
 //! (targets < 0 are ignored: the SFT prompt mask), so K micro-batches give
 //! the same update as one batch K times larger.
 //!
+//! With a logit chunk ([`LmTrainer::with_logit_chunk`]) the LM head and
+//! the loss run in row chunks ([`Model::lm_loss_chunked`]): the
+//! activations hold a `(chunk, V)` scratch, never the `(b*t, V)` logits.
+//! Off (0) by default; the default path is the one it always was.
+//!
 //! Public items: [`LmTrainer`], [`MicroBatch`], [`StepStats`] (re-exported
 //! from the trainer).
 
@@ -14,6 +19,7 @@ use crate::error::{Result, TrainError};
 use crate::optim::{AdamW, AdamWConfig};
 pub use crate::trainer::StepStats;
 use crate::trainer::{train_step, Objective, Part, Sums};
+use llama2_model::backward::HeadGrad;
 use llama2_model::{Acts, GradActs, LogitRows, Model};
 use llama2_runtime::{vm, Backend, BufKind, CeGrad};
 
@@ -33,18 +39,34 @@ pub struct LmTrainer<B: Backend> {
     pub opt: AdamW<B>,
     pub b: usize,
     pub t: usize,
+    /// rows per chunk of the LM head and loss (0: all rows at once)
+    pub logit_chunk: usize,
 }
 
 impl<B: Backend> LmTrainer<B> {
     pub fn new(be: &B, model: Model<B>, b: usize, t: usize, opt: AdamWConfig) -> Result<Self> {
+        Self::with_logit_chunk(be, model, b, t, opt, 0)
+    }
+
+    /// [`LmTrainer::new`] with the LM head and loss in chunks of
+    /// `logit_chunk` rows (`1..=b*t`; 0: off, every row at once).
+    pub fn with_logit_chunk(be: &B, model: Model<B>, b: usize, t: usize, opt: AdamWConfig, logit_chunk: usize) -> Result<Self> {
         if b == 0 || t == 0 {
             return Err(TrainError::Invalid("batch size and sequence length must be positive".into()));
         }
-        let acts = Acts::new(be, &model.cfg, b, t, true, LogitRows::All)?;
+        if logit_chunk > b * t {
+            return Err(TrainError::Invalid(format!(
+                "--logit-chunk {logit_chunk} is more than the {b} x {t} = {} rows of a micro-batch; HINT: use at most {} (or 0: no chunking)",
+                b * t,
+                b * t
+            )));
+        }
+        let rows = if logit_chunk == 0 { LogitRows::All } else { LogitRows::Chunked(logit_chunk) };
+        let acts = Acts::new(be, &model.cfg, b, t, true, rows)?;
         let gacts = GradActs::new(be, &model.cfg, b, t)?;
         let grads = be.alloc(model.layout.total, BufKind::F32)?;
         let opt = AdamW::new(be, &model.layout, opt)?;
-        Ok(LmTrainer { model, acts, gacts, grads, opt, b, t })
+        Ok(LmTrainer { model, acts, gacts, grads, opt, b, t, logit_chunk })
     }
 
     /// Forward + backward of all micro-batches into zeroed gradients;
@@ -90,16 +112,28 @@ impl<B: Backend> Objective<B> for LmTrainer<B> {
 
     fn forward_backward(&mut self, be: &B, mb: &MicroBatch, total: usize) -> Result<Sums> {
         self.check(mb)?;
+        let grad = CeGrad::Uniform(1.0 / total as f32);
+        if self.logit_chunk > 0 {
+            self.model.trunk(be, &mut self.acts, &mb.inputs, None, None)?;
+            let (loss, count) = self.model.lm_loss_chunked(be, &mut self.acts, &mb.targets, grad, Some((&mut self.gacts, &mut self.grads)))?;
+            self.model.backward_from(be, &self.acts, &mut self.gacts, &mut self.grads, &mb.inputs, None, HeadGrad::Hidden)?;
+            return Ok(Sums { loss, count, tokens: mb.inputs.len(), metrics: Vec::new() });
+        }
         self.model.forward(be, &mut self.acts, &mb.inputs, None)?;
-        let (loss, count) = self.model.loss(be, &mut self.acts, &mb.targets, CeGrad::Uniform(1.0 / total as f32))?;
+        let (loss, count) = self.model.loss(be, &mut self.acts, &mb.targets, grad)?;
         self.model.backward(be, &self.acts, &mut self.gacts, &mut self.grads, &mb.inputs)?;
         Ok(Sums { loss, count, tokens: mb.inputs.len(), metrics: Vec::new() })
     }
 
     fn evaluate(&mut self, be: &B, mb: &MicroBatch) -> Result<Sums> {
         self.check(mb)?;
-        self.model.forward(be, &mut self.acts, &mb.inputs, None)?;
-        let (loss, count) = self.model.loss(be, &mut self.acts, &mb.targets, CeGrad::None)?;
+        let (loss, count) = if self.logit_chunk > 0 {
+            self.model.trunk(be, &mut self.acts, &mb.inputs, None, None)?;
+            self.model.lm_loss_chunked(be, &mut self.acts, &mb.targets, CeGrad::None, None)?
+        } else {
+            self.model.forward(be, &mut self.acts, &mb.inputs, None)?;
+            self.model.loss(be, &mut self.acts, &mb.targets, CeGrad::None)?
+        };
         Ok(Sums { loss, count, tokens: mb.inputs.len(), metrics: Vec::new() })
     }
 }

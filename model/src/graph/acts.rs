@@ -11,8 +11,8 @@
 //! [`LogitRows`].
 
 use crate::config::{Config, Head};
-use crate::error::Result;
-use llama2_runtime::{Backend, BufKind};
+use crate::error::{ModelError, Result};
+use llama2_runtime::{Backend, BufKind, Buffer};
 
 /// Which rows get logits (LM head).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +21,13 @@ pub enum LogitRows {
     All,
     /// the last (valid) position of each sequence: `(b, V)` (generation)
     Last,
+    /// every position, `R` rows at a time (training): only an `(R, V)`
+    /// scratch is stored, never `(b*t, V)`; the logits, the loss and the
+    /// head's gradient come from [`Model::lm_loss_chunked`] (the plain
+    /// `lm_head`/`loss` refuse these activations). `R` in `1..=b*t`.
+    ///
+    /// [`Model::lm_loss_chunked`]: crate::model::Model::lm_loss_chunked
+    Chunked(usize),
 }
 
 /// Activations kept by forward. `N = b*t`, `S` = stored layers (L or 1).
@@ -43,8 +50,8 @@ pub struct ActTensors<T> {
     pub lnf: T,     // (N, C)        final norm output: the trunk's hidden states
     pub rstdf: T,   // (N)           F32
     pub head_in: T, // (M, C)        hidden states of the rows a head reads (LM: b rows for LogitRows::Last; score: up to N)
-    pub logits: T,  // (N or b, V)   logits; overwritten by dlogits (LM head only)
-    pub losses: T,  // (N)           F32 per-position loss
+    pub logits: T,  // (N, b or R, V) logits (R: a chunk's scratch); overwritten by dlogits (LM head only)
+    pub losses: T,  // (N or R)      F32 per-position loss
     pub entropy: T, // (N)           F32 per-position entropy of the softmax (LM head only)
     pub scores: T,  // (N)           F32 score head outputs of the rows read (score head only)
     pub scratch: T, // (N, C)        o_proj / down_proj output before the residual add
@@ -69,15 +76,23 @@ impl<B: Backend> Acts<B> {
     /// head, row scores for a score head (no vocabulary-sized buffer).
     pub fn new(be: &B, cfg: &Config, b: usize, t: usize, training: bool, rows: LogitRows) -> Result<Self> {
         let n = b * t;
+        if let LogitRows::Chunked(r) = rows {
+            if r == 0 || r > n {
+                return Err(ModelError::Invalid(format!(
+                    "logit chunk of {r} rows for a batch of {b} x {t} = {n} rows; HINT: use 1..={n} rows per chunk, or turn chunking off (0)"
+                )));
+            }
+        }
         let s = if training { cfg.n_layers } else { 1 };
         let (c, q, kv, i, v) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate, cfg.vocab_size);
         let lm = cfg.head == Head::Lm;
         let nl = match rows {
             LogitRows::All => n,
             LogitRows::Last => b,
+            LogitRows::Chunked(r) => r,
         };
         let head_rows = match (lm, rows) {
-            (true, LogitRows::All) => 0,
+            (true, LogitRows::All | LogitRows::Chunked(_)) => 0,
             (true, LogitRows::Last) => b,
             (false, _) => n,
         };
@@ -111,12 +126,26 @@ impl<B: Backend> Acts<B> {
         Ok(Acts { b, t, layers: s, training, rows, a })
     }
 
-    /// Number of rows that have logits.
+    /// Number of rows that have logits (with `LogitRows::Chunked`: every
+    /// row, a chunk at a time).
     pub fn logit_rows(&self) -> usize {
         match self.rows {
-            LogitRows::All => self.b * self.t,
+            LogitRows::All | LogitRows::Chunked(_) => self.b * self.t,
             LogitRows::Last => self.b,
         }
+    }
+
+    /// Elements allocated for these activations, over every buffer (the
+    /// memory a run holds: times 4 bytes for f32 buffers, 2 for bf16).
+    pub fn elements(&self) -> usize {
+        let a = &self.a;
+        [
+            &a.emb, &a.ln1, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.res_mid, &a.ln2, &a.rstd2, &a.gate, &a.up, &a.h, &a.res_out, &a.lnf, &a.rstdf,
+            &a.head_in, &a.logits, &a.losses, &a.entropy, &a.scores, &a.scratch,
+        ]
+        .iter()
+        .map(|x| x.len())
+        .sum()
     }
 
     /// Bytes of activation memory if every element is stored in f32.

@@ -3,7 +3,10 @@
 //! gradient ([`HeadGrad`]): the dlogits that
 //! [`Model::loss`](crate::model::Model::loss) left in `acts.a.logits` (LM
 //! head), or d(loss)/d(score) of the rows that
-//! [`Model::score_rows`](crate::model::Model::score_rows) read (score head).
+//! [`Model::score_rows`](crate::model::Model::score_rows) read (score head),
+//! or d(loss)/d(final hidden) that
+//! [`Model::lm_loss_chunked`](crate::model::Model::lm_loss_chunked) left in
+//! `gacts.g.dln` (the LM head in row chunks).
 //! Ragged batches ([`Lens`]) give padding rows zero gradients.
 //!
 //! Write rules: every parameter gradient is accumulated (`+=`) into `grads`
@@ -26,6 +29,10 @@ use llama2_runtime::{v, vm, AttnShape, Backend, Gemm, GradWrite, RopeShape, Tran
 pub enum HeadGrad<'a> {
     /// the LM head: dlogits are in `acts.a.logits` (all rows)
     Logits,
+    /// d(loss)/d(final hidden states) is already in `gacts.g.dln` (all
+    /// `b*t` rows) and the head's parameter gradient in `grads`: left there
+    /// by [`Model::lm_loss_chunked`] (the LM head in row chunks)
+    Hidden,
     /// the score head: `dscore[i]` = d(loss)/d(score of row `at[i]`), for
     /// the rows the last [`Model::score_rows`] call read
     Score { at: &'a [u32], dscore: &'a [f32] },
@@ -48,8 +55,11 @@ impl<B: Backend> Model<B> {
         let n = b * t;
         let (c, nh, nkv, hd) = (cfg.hidden, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let (qd, kvd, inter, vocab) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate, cfg.vocab_size);
-        if ls != cfg.n_layers || (cfg.head == Head::Lm && acts.rows != LogitRows::All) {
-            return Err(ModelError::Invalid("backward needs training activations (all layers, all logit rows)".into()));
+        let logits_needed = matches!(head, HeadGrad::Logits) && cfg.head == Head::Lm;
+        if ls != cfg.n_layers || (logits_needed && acts.rows != LogitRows::All) {
+            return Err(ModelError::Invalid(
+                "backward needs training activations (all layers, and all logit rows from HeadGrad::Logits); HINT: activations with LogitRows::Chunked start backward from HeadGrad::Hidden after Model::lm_loss_chunked".into(),
+            ));
         }
         if gacts.b != b || gacts.t != t || tokens.len() != n || grads.len() != self.layout.total {
             return Err(ModelError::Invalid(format!(
@@ -95,6 +105,8 @@ impl<B: Backend> Model<B> {
                 be.zero(vm(&mut g.dln))?;
                 be.scatter_add_rows(vm(&mut g.dln), v(&g.dhead_in).sub(0, m * c)?, at, c)?;
             }
+            // d(hidden) is in g.dln already (Model::lm_loss_chunked)
+            (HeadGrad::Hidden, _) => {}
             _ => return Err(ModelError::Invalid(format!("backward: the head gradient does not match the model's {:?} head", cfg.head))),
         }
         // final norm

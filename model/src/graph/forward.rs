@@ -81,8 +81,16 @@ impl Rows {
     }
 }
 
+/// The error of an op that needs every row's logits stored, called on
+/// activations made with `LogitRows::Chunked`.
+fn chunked_refused(op: &str) -> ModelError {
+    ModelError::Invalid(format!(
+        "{op}: these activations keep one chunk of logits (LogitRows::Chunked), not every row; HINT: use Model::lm_loss_chunked, or make the activations with LogitRows::All"
+    ))
+}
+
 /// A Linear layer's forward: `y (m, n) = x (m, k) · W^T`, W stored `(n, k)`.
-fn linear<B: Backend>(be: &B, rows: Rows, y: ViewMut<B>, x: View<B>, w: View<B>, (m, n, k): (usize, usize, usize)) -> Result<()> {
+pub(crate) fn linear<B: Backend>(be: &B, rows: Rows, y: ViewMut<B>, x: View<B>, w: View<B>, (m, n, k): (usize, usize, usize)) -> Result<()> {
     match rows {
         Rows::Invariant => be.matmul_rows(y, x, w, m, n, k)?,
         Rows::Any => be.matmul(y, x, w, Gemm { m, n, k, ta: Trans::N, tb: Trans::T, write: GradWrite::Overwrite })?,
@@ -350,6 +358,7 @@ impl<B: Backend> Model<B> {
                 be.gather_rows(vm(&mut a.head_in), v(&a.lnf), &rows, c)?;
                 linear(be, inv, vm(&mut a.logits), v(&a.head_in), self.p(self.head_id(), 0), (b, vocab, c))?;
             }
+            LogitRows::Chunked(_) => return Err(chunked_refused("lm_head")),
         }
         Ok(())
     }
@@ -384,6 +393,9 @@ impl<B: Backend> Model<B> {
     /// [`Model::backward`] (`CeGrad::Uniform(1/count)` for the mean loss,
     /// `CeGrad::PerRow` for one weight per row).
     pub fn loss(&self, be: &B, acts: &mut Acts<B>, targets: &[i32], grad: CeGrad) -> Result<(f64, usize)> {
+        if let LogitRows::Chunked(_) = acts.rows {
+            return Err(chunked_refused("loss"));
+        }
         let rows = acts.logit_rows();
         if targets.len() != rows {
             return Err(ModelError::Invalid(format!("loss: {} targets for {rows} rows of logits", targets.len())));
@@ -402,6 +414,9 @@ impl<B: Backend> Model<B> {
     /// pass; the logits stay as they are (a later [`Model::loss`] with a
     /// gradient can still use them).
     pub fn token_logprobs(&self, be: &B, acts: &mut Acts<B>, targets: &[i32], entropy: bool) -> Result<TokenStats> {
+        if let LogitRows::Chunked(_) = acts.rows {
+            return Err(chunked_refused("token_logprobs"));
+        }
         let rows = acts.logit_rows();
         if targets.len() != rows {
             return Err(ModelError::Invalid(format!("token_logprobs: {} targets for {rows} rows of logits", targets.len())));

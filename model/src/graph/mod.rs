@@ -5,6 +5,7 @@
 pub mod acts;
 pub mod attn_probe;
 pub mod backward;
+pub mod chunked;
 pub mod forward;
 pub mod generate;
 pub mod model;

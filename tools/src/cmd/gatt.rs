@@ -726,7 +726,7 @@ pub struct GattStageArgs {
 
 fn stage_sft(init: &Path, tokenizer: &Path, data: &Path, out: &Path, a: &GattStageArgs) -> Result<()> {
     use crate::cmd::sft::{PackingArg, SftArgs};
-    use crate::flags::{OptFlags, RunFlags};
+    use crate::flags::{LmHeadFlags, OptFlags, RunFlags};
     let mut files = vec![data.to_path_buf()];
     files.extend(a.mix.iter().cloned());
     crate::cmd::sft::run(SftArgs {
@@ -763,6 +763,7 @@ fn stage_sft(init: &Path, tokenizer: &Path, data: &Path, out: &Path, a: &GattSta
             carbon_intensity: 0.385,
             peak_tflops: None,
         },
+        head: LmHeadFlags::default(),
         dev: a.dev.clone(),
     })
 }

@@ -4,7 +4,7 @@
 
 use crate::cmd::train_common::{lm_job, LmPlan};
 use crate::device::{dispatch_dist, DeviceOpts, DistJob};
-use crate::flags::{OptFlags, RunFlags};
+use crate::flags::{LmHeadFlags, OptFlags, RunFlags};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use llama2_model::{Config, Model};
@@ -56,6 +56,8 @@ pub struct PretrainArgs {
     #[command(flatten)]
     pub run: RunFlags,
     #[command(flatten)]
+    pub head: LmHeadFlags,
+    #[command(flatten)]
     pub dev: DeviceOpts,
 }
 
@@ -92,7 +94,7 @@ impl DistJob for PretrainJob {
             .unwrap_or_default();
             Ok(LmPlan { train: Box::new(train), val, resolved: r })
         };
-        lm_job(be, comm, "pretrain", &a.run, &a.opt, (b, t), fresh, plan)?;
+        lm_job(be, comm, "pretrain", &a.run, &a.opt, &a.head, (b, t), fresh, plan)?;
         Ok(())
     }
 }

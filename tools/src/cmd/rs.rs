@@ -25,7 +25,7 @@
 use crate::cmd::sft::{find_tokenizer, save_tokenizer};
 use crate::cmd::train_common::{lm_job, LmPlan};
 use crate::device::{dispatch, DeviceOpts, Job};
-use crate::flags::{parse_lr, parse_temperature, parse_top_p, parse_unit, OptFlags, RunFlags};
+use crate::flags::{parse_lr, parse_temperature, parse_top_p, parse_unit, LmHeadFlags, OptFlags, RunFlags};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use llama2_model::generate::{BatchOptions, BatchStats, Sampling};
@@ -465,7 +465,7 @@ impl Job for RsJob {
                     .unwrap_or_default();
                     Ok(LmPlan { train: Box::new(train), val: None, resolved: r })
                 };
-                let done = lm_job(be, &llama2_runtime::comm::Single, &format!("rs-sft-{it}"), &run, &a.opt, (b, t), fresh, plan)?;
+                let done = lm_job(be, &llama2_runtime::comm::Single, &format!("rs-sft-{it}"), &run, &a.opt, &LmHeadFlags::default(), (b, t), fresh, plan)?;
                 if done.final_dir.is_none() {
                     bail!("the fine-tuning of iteration {it} stopped early");
                 }

@@ -4,7 +4,7 @@
 
 use crate::cmd::train_common::{lm_job, LmPlan};
 use crate::device::{dispatch_dist, DeviceOpts, DistJob};
-use crate::flags::{OptFlags, RunFlags};
+use crate::flags::{LmHeadFlags, OptFlags, RunFlags};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use llama2_model::generate::Sampling;
@@ -87,6 +87,8 @@ pub struct SftArgs {
     #[command(flatten)]
     pub run: RunFlags,
     #[command(flatten)]
+    pub head: LmHeadFlags,
+    #[command(flatten)]
     pub dev: DeviceOpts,
 }
 
@@ -164,7 +166,7 @@ impl DistJob for SftJob {
             kept = Some((tok, held));
             Ok(LmPlan { train: Box::new(train), val, resolved: r })
         };
-        let done = lm_job(be, comm, "sft", &a.run, &a.opt, (b, t), fresh, plan)?;
+        let done = lm_job(be, comm, "sft", &a.run, &a.opt, &a.head, (b, t), fresh, plan)?;
         let (Some(final_dir), Some((tok, held))) = (done.final_dir, kept) else { return Ok(()) };
         if comm.rank() != 0 {
             return Ok(());

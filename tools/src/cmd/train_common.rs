@@ -6,7 +6,7 @@
 //! [`lm_job`]; the reward-model trainer uses [`finish`] the same way.
 
 use crate::device::Refused;
-use crate::flags::{OptFlags, RunFlags};
+use crate::flags::{LmHeadFlags, OptFlags, RunFlags};
 use anyhow::{Context, Result};
 use llama2_model::weights::SaveDtype;
 use llama2_model::Model;
@@ -42,7 +42,8 @@ pub struct LmDone<B: Backend> {
 /// Every rank of a data-parallel launch runs it (`comm`): the ranks start
 /// from rank 0's weights, refuse to start unless they resolved the same
 /// configuration, and rank 0 alone prints, writes the metrics, the final
-/// model, the summary and the plot.
+/// model, the summary and the plot. `head` chooses the chunked LM head
+/// and loss (`--logit-chunk`; off by default).
 #[allow(clippy::too_many_arguments)]
 pub fn lm_job<B: Backend>(
     be: &B,
@@ -50,18 +51,23 @@ pub fn lm_job<B: Backend>(
     label: &str,
     run: &RunFlags,
     opt: &OptFlags,
+    head: &LmHeadFlags,
     (b, t): (usize, usize),
     fresh: impl FnOnce() -> Result<Model<B>>,
     plan: impl FnOnce(&Model<B>, Option<&Path>) -> Result<LmPlan>,
 ) -> Result<LmDone<B>> {
     let out = run.out.clone();
     let lead = comm.rank() == 0;
+    let logit_chunk = head.logit_chunk(b, t).map_err(|e| Refused(e.to_string()))?;
     let begun = begin(be, run.resume.as_deref(), run.seed, || -> Result<_> { Ok(vec![("model".to_string(), fresh()?)]) })
         .with_context(|| format!("starting the run in {}", out.display()))?;
     let from = begun.from.clone();
     let (mut model, moments, state, resumed) = begun.single()?;
     let mut p = plan(&model, from.as_deref())?;
     p.resolved.world_size = comm.world();
+    if logit_chunk > 0 {
+        p.resolved.job_args.insert("logit_chunk".into(), json!(logit_chunk));
+    }
     if resumed {
         // every rank reads the same checkpoint: a refusal is reached together
         p.resolved.check_resume(&state.config).map_err(|e| Refused(e.to_string()))?;
@@ -70,7 +76,7 @@ pub fn lm_job<B: Backend>(
     if comm.world() > 1 {
         comm.broadcast(be, vm(&mut model.params), 0)?;
     }
-    let mut tr = LmTrainer::new(be, model, b, t, opt.adamw())?;
+    let mut tr = LmTrainer::with_logit_chunk(be, model, b, t, opt.adamw(), logit_chunk)?;
     let mut dist = Dist::new(comm, run.zero == 1);
     dist.shard_optimizers(be, &mut tr)?;
     if let Some(m) = &moments {

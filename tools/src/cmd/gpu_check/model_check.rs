@@ -2,7 +2,10 @@
 //! (2 layers, C = 256, 4 heads of 64, 2 KV heads, vocabulary 512) on the GPU
 //! against the same step on the CPU (the loss and every parameter
 //! gradient), then TRAIN_STEPS steps of training on each whose loss curves
-//! must agree step by step.
+//! must agree step by step. The step is also run on the checked backend
+//! with the LM head and loss in row chunks (`LmTrainer::with_logit_chunk`,
+//! LOGIT_CHUNK rows) against the same unchunked CPU step: the fused path
+//! against the unfused reference.
 //!
 //! Both models start from the same weights, rounded to bf16 on the host, so
 //! the CPU (f32) and the GPU (bf16 working copy of the same values) compute
@@ -26,6 +29,9 @@ const GRAD_REL_L2: f64 = 4.0 * BF16_EPS;
 /// Relative error of the mean loss: logits are stored in bf16 (one rounding,
 /// <= BF16_EPS/2 relative each) and averaged over B·T rows.
 const LOSS_REL: f64 = BF16_EPS;
+/// Rows per chunk of the chunked-head step: 96 does not divide B·T = 256,
+/// so the last chunk (64 rows) is short.
+const LOGIT_CHUNK: usize = 96;
 /// Steps of the training run compared.
 const TRAIN_STEPS: usize = 200;
 /// Loss-curve agreement, on means over windows of CURVE_WINDOW steps:
@@ -125,6 +131,20 @@ pub fn compare<C: Backend, G: Backend>(c: &C, g: &G, seed: u64, part: Part, reco
             }
             let e = rel_l2(&gg[off..off + len], &gc[off..off + len]);
             record(format!("train step: gradient {id:?} ({len}), relative L2"), e, GRAD_REL_L2);
+        }
+        // the same step with the LM head + loss in chunks, against the unchunked CPU step
+        // (the chunking only reorders the lm_head gradient's sums: the same tolerances)
+        let mut ch_tr = LmTrainer::with_logit_chunk(g, Model::from_host(g, cfg.clone(), &host)?, b, t, opt, LOGIT_CHUNK)?;
+        let (lk, _) = ch_tr.accumulate(g, std::slice::from_ref(&mb))?;
+        record(format!("train step, LM head in chunks of {LOGIT_CHUNK} rows: loss {lk:.5} vs cpu {lc:.5}"), (lk - lc).abs(), LOSS_REL * lc.abs());
+        g.download(v(&ch_tr.grads), &mut gg)?;
+        for id in ParamId::ALL {
+            let (off, len) = (*lay.offset.get(id), *lay.size.get(id));
+            if len == 0 {
+                continue;
+            }
+            let e = rel_l2(&gg[off..off + len], &gc[off..off + len]);
+            record(format!("train step, LM head in chunks: gradient {id:?} ({len}), relative L2"), e, GRAD_REL_L2);
         }
     }
     if part == Part::Step {

@@ -7,7 +7,7 @@ use crate::cmd::evaluate::load_policy;
 use crate::cmd::pretrain::PretrainArgs;
 use crate::cmd::sft::SftArgs;
 use crate::device::{dispatch, Job};
-use crate::flags::{OptFlags, RunFlags};
+use crate::flags::{LmHeadFlags, OptFlags, RunFlags};
 use anyhow::{bail, Context, Result};
 use llama2_model::chat::{encode_dialog, Role};
 use llama2_model::generate::Sampling;
@@ -177,6 +177,7 @@ fn pretrain(ctx: &Ctx) -> Result<Value> {
         min_lr_ratio: 0.1,
         opt: default_opt(),
         run: RunFlags { val_batches: (steps / 8).clamp(1, 20) as u32, ..run_flags(&out, steps, (steps / 8).max(1), a.seed) },
+        head: LmHeadFlags::default(),
         dev: a.dev.clone(),
     })?;
     tok.save_spm_model(out.join("final").join("tokenizer.model"))?;
@@ -276,6 +277,7 @@ fn sft(ctx: &Ctx) -> Result<Value> {
         sample_top_p: 0.9,
         opt: default_opt(),
         run: run_flags(&out, 0, 0, a.seed),
+        head: LmHeadFlags::default(),
         dev: a.dev.clone(),
     })?;
     let recs = MetricsLog::read(&out.join("metrics.jsonl"))?;
