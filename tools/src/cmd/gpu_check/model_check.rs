@@ -124,28 +124,24 @@ pub fn compare<C: Backend, G: Backend>(c: &C, g: &G, seed: u64, part: Part, reco
         let mut gg = vec![0f32; lay.total];
         c.download(v(&cpu_tr.grads), &mut gc)?;
         g.download(v(&gpu_tr.grads), &mut gg)?;
-        for id in ParamId::ALL {
-            let (off, len) = (*lay.offset.get(id), *lay.size.get(id));
-            if len == 0 {
-                continue;
+        // every parameter's gradient against the CPU step's, one row each
+        let grad_rows = |what: &str, gg: &[f32], record: &mut dyn FnMut(String, f64, f64)| {
+            for id in ParamId::ALL {
+                let (off, len) = (*lay.offset.get(id), *lay.size.get(id));
+                if len > 0 {
+                    let e = rel_l2(&gg[off..off + len], &gc[off..off + len]);
+                    record(format!("{what}: gradient {id:?} ({len}), relative L2"), e, GRAD_REL_L2);
+                }
             }
-            let e = rel_l2(&gg[off..off + len], &gc[off..off + len]);
-            record(format!("train step: gradient {id:?} ({len}), relative L2"), e, GRAD_REL_L2);
-        }
+        };
+        grad_rows("train step", &gg, record);
         // the same step with the LM head + loss in chunks, against the unchunked CPU step
         // (the chunking only reorders the lm_head gradient's sums: the same tolerances)
         let mut ch_tr = LmTrainer::with_logit_chunk(g, Model::from_host(g, cfg.clone(), &host)?, b, t, opt, LOGIT_CHUNK)?;
         let (lk, _) = ch_tr.accumulate(g, std::slice::from_ref(&mb))?;
         record(format!("train step, LM head in chunks of {LOGIT_CHUNK} rows: loss {lk:.5} vs cpu {lc:.5}"), (lk - lc).abs(), LOSS_REL * lc.abs());
         g.download(v(&ch_tr.grads), &mut gg)?;
-        for id in ParamId::ALL {
-            let (off, len) = (*lay.offset.get(id), *lay.size.get(id));
-            if len == 0 {
-                continue;
-            }
-            let e = rel_l2(&gg[off..off + len], &gc[off..off + len]);
-            record(format!("train step, LM head in chunks: gradient {id:?} ({len}), relative L2"), e, GRAD_REL_L2);
-        }
+        grad_rows("train step, LM head in chunks", &gg, record);
     }
     if part == Part::Step {
         return Ok(());
