@@ -41,4 +41,4 @@ pub use acts::{Acts, GradActs, LogitRows};
 pub use config::Config;
 pub use error::{ModelError, Result};
 pub use model::{KvCache, Model};
-pub use params::{ParamId, ParamLayout, ParamTensors};
+pub use params::{ParamId, ParamLayout, ParamTensors, ARENA_ORDER};

@@ -133,6 +133,63 @@ pub fn vm<T: Buffer>(buf: &mut T) -> ViewMut<'_, T::Be> {
     ViewMut::of(buf)
 }
 
+/// Shapes of the attention block's input projections
+/// ([`Backend::qkv_fwd`], [`Backend::qkv_bwd`]): `n = b*t` rows of width
+/// `c` in, `q (n, n_head*hd)`, `k, v (n, n_kv_head*hd)` out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QkvShape {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub hd: usize,
+    /// position of row 0 of every sequence (dense batches; a ragged call
+    /// takes its positions from its [`Ragged`])
+    pub pos0: usize,
+}
+
+impl QkvShape {
+    pub fn rows(&self) -> usize {
+        self.b * self.t
+    }
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.hd
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_head * self.hd
+    }
+    /// Rows of the stacked weight `[Wq; Wk; Wv]`: `q_dim + 2 kv_dim`.
+    pub fn width(&self) -> usize {
+        self.q_dim() + 2 * self.kv_dim()
+    }
+    pub fn rope_q(&self) -> RopeShape {
+        RopeShape { b: self.b, t: self.t, heads: self.n_head, hd: self.hd, pos0: self.pos0 }
+    }
+    pub fn rope_k(&self) -> RopeShape {
+        RopeShape { b: self.b, t: self.t, heads: self.n_kv_head, hd: self.hd, pos0: self.pos0 }
+    }
+}
+
+/// `y (m, n) = x (m, k) · W^T` (W stored `(n, k)`, `=`): through
+/// [`Backend::matmul_rows`] when `invariant` (inference), else
+/// [`Backend::matmul`] (training).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_fwd<B: Backend>(be: &B, y: ViewMut<B>, x: View<B>, w: View<B>, m: usize, n: usize, k: usize, invariant: bool) -> Result<()> {
+    if invariant {
+        be.matmul_rows(y, x, w, m, n, k)
+    } else {
+        be.matmul(y, x, w, Gemm { m, n, k, ta: Trans::N, tb: Trans::T, write: GradWrite::Overwrite })
+    }
+}
+
+fn check_op_len(op: &'static str, what: &str, have: usize, want: usize) -> Result<()> {
+    if have != want {
+        return Err(RtError::Op { op, msg: format!("{what} holds {have} elements, the shape needs {want}") });
+    }
+    Ok(())
+}
+
 /// The op set of the Llama model. All shapes are row-major; `n` is a number
 /// of rows (`b * t`), `c` the model width.
 pub trait Backend: Send + Sync + Sized + 'static {
@@ -271,6 +328,171 @@ pub trait Backend: Send + Sync + Sized + 'static {
         s: AttnShape,
         r: Ragged,
     ) -> Result<()>;
+    /// The attention block's input projections with RoPE (all `=`):
+    /// `q = x·Wq^T`, `k = x·Wk^T`, `v = x·Wv^T`, then RoPE on `q` and `k`
+    /// (dense at `s.pos0`, or per `r`: padding rows un-rotated). `x (n, c)`;
+    /// `w` holds one layer's `[Wq; Wk; Wv]` stacked by rows,
+    /// `(q_dim + 2 kv_dim, c)` (the parameter arena keeps them adjacent);
+    /// `invariant`: the inference product ([`Backend::matmul_rows`]).
+    /// `scratch`: `(n, q_dim + 2 kv_dim)` on a backend whose
+    /// [`Backend::fuses_projections`] is true (any length otherwise; it is
+    /// not touched). Default: three products and the RoPE ops, the unfused
+    /// reference (the CPU keeps it). CUDA: one GEMM into `scratch`, then one
+    /// kernel that rotates q and k and splits the rows into q, k, v.
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_fwd(
+        &self,
+        q: ViewMut<Self>,
+        k: ViewMut<Self>,
+        v: ViewMut<Self>,
+        scratch: ViewMut<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        table: View<Self>,
+        s: QkvShape,
+        r: Option<Ragged>,
+        invariant: bool,
+    ) -> Result<()> {
+        let _ = scratch;
+        const OP: &str = "qkv_fwd";
+        let (n, c, qd, kvd) = (s.rows(), s.c, s.q_dim(), s.kv_dim());
+        check_op_len(OP, "w", w.len, s.width() * c)?;
+        let (mut q, mut k) = (q, k);
+        linear_fwd(self, q.reborrow(), x, w.sub(0, qd * c)?, n, qd, c, invariant)?;
+        linear_fwd(self, k.reborrow(), x, w.sub(qd * c, kvd * c)?, n, kvd, c, invariant)?;
+        linear_fwd(self, v, x, w.sub((qd + kvd) * c, kvd * c)?, n, kvd, c, invariant)?;
+        match r {
+            None => {
+                self.rope_fwd(q, table, s.rope_q())?;
+                self.rope_fwd(k, table, s.rope_k())
+            }
+            Some(r) => {
+                self.rope_fwd_ragged(q, table, s.rope_q(), r)?;
+                self.rope_fwd_ragged(k, table, s.rope_k(), r)
+            }
+        }
+    }
+    /// Backward of [`Backend::qkv_fwd`] (training shapes: `s.pos0` 0, a
+    /// ragged batch's positions 0): from `dq, dk` (of the rotated q, k) and
+    /// `dv`, `dx (n, c) = dq'·Wq + dk'·Wk + dv·Wv` (`=`) and
+    /// `dw (q_dim + 2 kv_dim, c) += [dq'; dk'; dv]^T · x` (`+=`, a parameter
+    /// gradient laid out like `w`), where `dq', dk'` are `dq, dk` through the
+    /// RoPE backward. `dq, dk` are workspace: their contents afterwards are
+    /// unspecified. `scratch` as in [`Backend::qkv_fwd`]. Default: the RoPE
+    /// backward in place, three input-gradient and three weight-gradient
+    /// products (the unfused reference). CUDA: one kernel packs the rotated
+    /// gradients into `scratch (n, q_dim + 2 kv_dim)`, then one GEMM each.
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_bwd(
+        &self,
+        dx: ViewMut<Self>,
+        dw: ViewMut<Self>,
+        dq: ViewMut<Self>,
+        dk: ViewMut<Self>,
+        dv: View<Self>,
+        scratch: ViewMut<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        table: View<Self>,
+        s: QkvShape,
+        r: Option<Ragged>,
+    ) -> Result<()> {
+        let _ = scratch;
+        const OP: &str = "qkv_bwd";
+        let (n, c, qd, kvd) = (s.rows(), s.c, s.q_dim(), s.kv_dim());
+        check_op_len(OP, "w", w.len, s.width() * c)?;
+        check_op_len(OP, "dw", dw.len, s.width() * c)?;
+        let (mut dx, mut dw, mut dq, mut dk) = (dx, dw, dq, dk);
+        match r {
+            None => {
+                self.rope_bwd(dq.reborrow(), table, s.rope_q())?;
+                self.rope_bwd(dk.reborrow(), table, s.rope_k())?;
+            }
+            Some(r) => {
+                self.rope_bwd_ragged(dq.reborrow(), table, s.rope_q(), r)?;
+                self.rope_bwd_ragged(dk.reborrow(), table, s.rope_k(), r)?;
+            }
+        }
+        let gx = |m: usize, nn: usize, k: usize, write: GradWrite| Gemm { m, n: nn, k, ta: Trans::N, tb: Trans::N, write };
+        let gw = |m: usize, nn: usize, k: usize| Gemm { m, n: nn, k, ta: Trans::T, tb: Trans::N, write: GradWrite::Accumulate };
+        let parts = [(0, qd), (qd * c, kvd), ((qd + kvd) * c, kvd)];
+        let grads = [dq.as_view(), dk.as_view(), dv];
+        for (i, (&(off, rows), g)) in parts.iter().zip(grads).enumerate() {
+            let write = if i == 0 { GradWrite::Overwrite } else { GradWrite::Accumulate };
+            self.matmul(dx.reborrow(), g, w.sub(off, rows * c)?, gx(n, c, rows, write))?;
+        }
+        for (&(off, rows), g) in parts.iter().zip([dq.as_view(), dk.as_view(), dv]) {
+            self.matmul(dw.reborrow().sub(off, rows * c)?, g, x, gw(rows, c, n))?;
+        }
+        Ok(())
+    }
+    /// The MLP's input projections and activation (all `=`):
+    /// `gate (n, i) = x·Wgate^T`, `up (n, i) = x·Wup^T`,
+    /// `h (n, i) = silu(gate) ⊙ up`. `w` holds one layer's `[Wgate; Wup]`
+    /// stacked by rows, `(2i, c)`; `scratch (n, 2i)` when
+    /// [`Backend::fuses_projections`] (else untouched). Default: two products
+    /// and [`Backend::swiglu_fwd`] (the unfused reference). CUDA: one GEMM
+    /// into `scratch`, then one kernel writes gate, up and h.
+    #[allow(clippy::too_many_arguments)]
+    fn mlp_in_fwd(
+        &self,
+        gate: ViewMut<Self>,
+        up: ViewMut<Self>,
+        h: ViewMut<Self>,
+        scratch: ViewMut<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        (n, i, c): (usize, usize, usize),
+        invariant: bool,
+    ) -> Result<()> {
+        let _ = scratch;
+        check_op_len("mlp_in_fwd", "w", w.len, 2 * i * c)?;
+        let (mut gate, mut up) = (gate, up);
+        linear_fwd(self, gate.reborrow(), x, w.sub(0, i * c)?, n, i, c, invariant)?;
+        linear_fwd(self, up.reborrow(), x, w.sub(i * c, i * c)?, n, i, c, invariant)?;
+        self.swiglu_fwd(h, gate.as_view(), up.as_view())
+    }
+    /// Backward of [`Backend::mlp_in_fwd`]: from `dh (n, i)`,
+    /// `dx (n, c) = dgate·Wgate + dup·Wup` (`=`) and
+    /// `dw (2i, c) += [dgate; dup]^T · x` (`+=`). `dgate, dup (n, i)` are
+    /// workspace (contents afterwards unspecified); `scratch` as in
+    /// [`Backend::mlp_in_fwd`]. Default: [`Backend::swiglu_bwd`], two
+    /// input-gradient and two weight-gradient products. CUDA: one kernel
+    /// writes `[dgate | dup]` rows into `scratch (n, 2i)`, then one GEMM each.
+    #[allow(clippy::too_many_arguments)]
+    fn mlp_in_bwd(
+        &self,
+        dx: ViewMut<Self>,
+        dw: ViewMut<Self>,
+        dgate: ViewMut<Self>,
+        dup: ViewMut<Self>,
+        scratch: ViewMut<Self>,
+        dh: View<Self>,
+        gate: View<Self>,
+        up: View<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        (n, i, c): (usize, usize, usize),
+    ) -> Result<()> {
+        let _ = scratch;
+        check_op_len("mlp_in_bwd", "w", w.len, 2 * i * c)?;
+        check_op_len("mlp_in_bwd", "dw", dw.len, 2 * i * c)?;
+        let (mut dx, mut dw, mut dgate, mut dup) = (dx, dw, dgate, dup);
+        self.swiglu_bwd(dgate.reborrow(), dup.reborrow(), dh, gate, up)?;
+        let gx = |write: GradWrite| Gemm { m: n, n: c, k: i, ta: Trans::N, tb: Trans::N, write };
+        let gw = Gemm { m: i, n: c, k: n, ta: Trans::T, tb: Trans::N, write: GradWrite::Accumulate };
+        self.matmul(dx.reborrow(), dgate.as_view(), w.sub(0, i * c)?, gx(GradWrite::Overwrite))?;
+        self.matmul(dx.reborrow(), dup.as_view(), w.sub(i * c, i * c)?, gx(GradWrite::Accumulate))?;
+        self.matmul(dw.reborrow().sub(0, i * c)?, dgate.as_view(), x, gw)?;
+        self.matmul(dw.reborrow().sub(i * c, i * c)?, dup.as_view(), x, gw)
+    }
+    /// Do [`Backend::qkv_fwd`], [`Backend::mlp_in_fwd`] and their backwards
+    /// run their projections as one product each, through a scratch the
+    /// caller provides? The model sizes its scratch buffers by it
+    /// (`max(q_dim + 2 kv_dim, 2i)` per row, or nothing). Default: false.
+    fn fuses_projections(&self) -> bool {
+        false
+    }
     /// `out = silu(gate) ⊙ up` (same lengths)
     fn swiglu_fwd(&self, out: ViewMut<Self>, gate: View<Self>, up: View<Self>) -> Result<()>;
     /// `dgate, dup` overwritten

@@ -164,6 +164,8 @@ fn write_optimizer_shard<B: Backend>(be: &B, dir: &Path, opt: &AdamW<B>, total: 
     for (k, x) in [("adam_step", opt.step as usize), ("offset", off), ("len", len), ("total", total), ("rank", rank), ("world", world)] {
         meta.insert(k.to_string(), x.to_string());
     }
+    // offsets are arena offsets: name the arena order they index
+    meta.insert("arena".to_string(), llama2_model::ARENA_ORDER.to_string());
     save_safetensors(&dir.join(shard_file(rank, world)), &tensors, SaveDtype::F32, Some(meta))?;
     Ok(())
 }
@@ -432,6 +434,14 @@ fn load_shards(dir: &Path, total: usize) -> Result<Moments> {
         let (off, len, tot) = (meta_of(&ck, &path, "offset")? as usize, meta_of(&ck, &path, "len")? as usize, meta_of(&ck, &path, "total")? as usize);
         if tot != total || off != next || off + len > total {
             return Err(bad(&path, format!("shard [{off}, {off}+{len}) of {tot} does not continue at {next} of this model's {total} parameters")));
+        }
+        let arena = ck.metadata(0)?.get("arena").cloned().unwrap_or_else(|| "the stacked order (written before the arena was named)".into());
+        if arena != llama2_model::ARENA_ORDER {
+            return Err(TrainError::BadFile {
+                path: path.clone(),
+                msg: format!("the shard indexes the parameter arena in {arena}; this build lays it out as {}", llama2_model::ARENA_ORDER),
+                hint: "resume it with the build that wrote it, or restart from its model weights (model.safetensors) with fresh optimizer state".into(),
+            });
         }
         let s = meta_of(&ck, &path, "adam_step")?;
         if *step.get_or_insert(s) != s {

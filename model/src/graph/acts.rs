@@ -55,6 +55,7 @@ pub struct ActTensors<T> {
     pub entropy: T, // (N)           F32 per-position entropy of the softmax (LM head only)
     pub scores: T,  // (N)           F32 score head outputs of the rows read (score head only)
     pub scratch: T, // (N, C)        o_proj / down_proj output before the residual add
+    pub proj: T,    // (N, P)        a fused projection's output ([q|k|v] or [gate|up] rows), on a backend that fuses them (else empty)
 }
 
 /// The activations of one forward shape.
@@ -122,6 +123,7 @@ impl<B: Backend> Acts<B> {
             entropy: f32b(if lm { nl } else { 0 })?,
             scores: f32b(if lm { 0 } else { n })?,
             scratch: act(n * c)?,
+            proj: act(proj_len(be, cfg, n))?,
         };
         Ok(Acts { b, t, layers: s, training, rows, a })
     }
@@ -141,7 +143,7 @@ impl<B: Backend> Acts<B> {
         let a = &self.a;
         [
             &a.emb, &a.ln1, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.res_mid, &a.ln2, &a.rstd2, &a.gate, &a.up, &a.h, &a.res_out, &a.lnf, &a.rstdf,
-            &a.head_in, &a.logits, &a.losses, &a.entropy, &a.scores, &a.scratch,
+            &a.head_in, &a.logits, &a.losses, &a.entropy, &a.scores, &a.scratch, &a.proj,
         ]
         .iter()
         .map(|x| x.len())
@@ -162,6 +164,17 @@ impl<B: Backend> Acts<B> {
     }
 }
 
+/// Elements of the scratch a fused projection writes (`Backend::qkv_fwd`,
+/// `Backend::mlp_in_fwd` and their backwards): `n` rows of the wider of
+/// `[q|k|v]` and `[gate|up]` where the backend fuses them, none elsewhere.
+fn proj_len<B: Backend>(be: &B, cfg: &Config, n: usize) -> usize {
+    if be.fuses_projections() {
+        n * (cfg.q_dim() + 2 * cfg.kv_dim()).max(2 * cfg.intermediate)
+    } else {
+        0
+    }
+}
+
 /// Activation gradients of one layer, reused by every layer in backward.
 pub struct GradActTensors<T> {
     pub dres: T,     // (N, C)      gradient of the residual stream (accumulated)
@@ -175,6 +188,7 @@ pub struct GradActTensors<T> {
     pub dh: T,       // (N, I)
     pub dhead_in: T, // (N, C)   gradient of the rows a score head read (score head only)
     pub dscores: T,  // (N)      d(loss)/d(score) of those rows (score head only)
+    pub dproj: T,    // (N, P)   a fused projection's packed gradient (as `ActTensors::proj`)
 }
 
 /// Activation gradients for batches of `b x t`.
@@ -205,6 +219,7 @@ impl<B: Backend> GradActs<B> {
                 dh: act(n * i)?,
                 dhead_in: act(if score { n * c } else { 0 })?,
                 dscores: act(if score { n } else { 0 })?,
+                dproj: act(proj_len(be, cfg, n))?,
             },
         })
     }

@@ -20,9 +20,9 @@ use crate::acts::{Acts, GradActs, LogitRows};
 use crate::config::Head;
 use crate::error::{ModelError, Result};
 use crate::forward::{Lens, RowPlan};
-use crate::model::{param_view_mut, Model};
+use crate::model::{param_span_mut, param_view_mut, Model};
 use crate::params::ParamId as P;
-use llama2_runtime::{v, vm, AttnShape, Backend, Gemm, GradWrite, RopeShape, Trans, View};
+use llama2_runtime::{v, vm, AttnShape, Backend, Gemm, GradWrite, QkvShape, Trans, View};
 
 /// Where backward starts.
 #[derive(Clone, Copy, Debug)]
@@ -54,7 +54,7 @@ impl<B: Backend> Model<B> {
         let (b, t, ls) = (acts.b, acts.t, acts.layers);
         let n = b * t;
         let (c, nh, nkv, hd) = (cfg.hidden, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        let (qd, kvd, inter, vocab) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate, cfg.vocab_size);
+        let (qd, inter, vocab) = (cfg.q_dim(), cfg.intermediate, cfg.vocab_size);
         let logits_needed = matches!(head, HeadGrad::Logits) && cfg.head == Head::Lm;
         if ls != cfg.n_layers || (logits_needed && acts.rows != LogitRows::All) {
             return Err(ModelError::Invalid(
@@ -80,8 +80,7 @@ impl<B: Backend> Model<B> {
         let dw = |m: usize, nn: usize, k: usize| Gemm { m, n: nn, k, ta: Trans::T, tb: Trans::N, write: GradWrite::Accumulate };
         let ow = GradWrite::Overwrite;
         let acc = GradWrite::Accumulate;
-        let rope_q = RopeShape { b, t, heads: nh, hd, pos0: 0 };
-        let rope_k = RopeShape { b, t, heads: nkv, hd, pos0: 0 };
+        let qkv = QkvShape { b, t, c, n_head: nh, n_kv_head: nkv, hd, pos0: 0 };
         let shape = AttnShape::causal(b, t, nh, nkv, hd);
         let a = &acts.a;
         let g = &mut gacts.g;
@@ -118,11 +117,19 @@ impl<B: Backend> Model<B> {
             // MLP: res_out = res_mid + down(silu(gate(n2)) * up(n2))
             be.matmul(vm(&mut g.dh), v(&g.dres), self.p(P::Wdown, l), dx(n, inter, c, ow))?;
             be.matmul(param_view_mut::<B>(grads, lay, P::Wdown, l), v(&g.dres), v(&a.h).part(l, ls)?, dw(c, inter, n))?;
-            be.swiglu_bwd(vm(&mut g.dgate), vm(&mut g.dup), v(&g.dh), v(&a.gate).part(l, ls)?, v(&a.up).part(l, ls)?)?;
-            be.matmul(vm(&mut g.dln), v(&g.dgate), self.p(P::Wgate, l), dx(n, c, inter, ow))?;
-            be.matmul(vm(&mut g.dln), v(&g.dup), self.p(P::Wup, l), dx(n, c, inter, acc))?;
-            be.matmul(param_view_mut::<B>(grads, lay, P::Wgate, l), v(&g.dgate), v(&a.ln2).part(l, ls)?, dw(inter, c, n))?;
-            be.matmul(param_view_mut::<B>(grads, lay, P::Wup, l), v(&g.dup), v(&a.ln2).part(l, ls)?, dw(inter, c, n))?;
+            be.mlp_in_bwd(
+                vm(&mut g.dln),
+                param_span_mut::<B>(grads, lay, P::Wgate, P::Wup, l)?,
+                vm(&mut g.dgate),
+                vm(&mut g.dup),
+                vm(&mut g.dproj),
+                v(&g.dh),
+                v(&a.gate).part(l, ls)?,
+                v(&a.up).part(l, ls)?,
+                v(&a.ln2).part(l, ls)?,
+                self.p_span(P::Wgate, P::Wup, l)?,
+                (n, inter, c),
+            )?;
             be.rmsnorm_bwd(
                 vm(&mut g.dres),
                 param_view_mut::<B>(grads, lay, P::Ln2, l),
@@ -151,8 +158,6 @@ impl<B: Backend> Model<B> {
                         v(&a.lse).part(l, ls)?,
                         shape,
                     )?;
-                    be.rope_bwd(vm(&mut g.dq), v(&self.rope), rope_q)?;
-                    be.rope_bwd(vm(&mut g.dk), v(&self.rope), rope_k)?;
                 }
                 Some(r) => {
                     be.attention_bwd_ragged(
@@ -168,16 +173,22 @@ impl<B: Backend> Model<B> {
                         shape,
                         r,
                     )?;
-                    be.rope_bwd_ragged(vm(&mut g.dq), v(&self.rope), rope_q, r)?;
-                    be.rope_bwd_ragged(vm(&mut g.dk), v(&self.rope), rope_k, r)?;
                 }
             }
-            be.matmul(vm(&mut g.dln), v(&g.dq), self.p(P::Wq, l), dx(n, c, qd, ow))?;
-            be.matmul(vm(&mut g.dln), v(&g.dk), self.p(P::Wk, l), dx(n, c, kvd, acc))?;
-            be.matmul(vm(&mut g.dln), v(&g.dv), self.p(P::Wv, l), dx(n, c, kvd, acc))?;
-            be.matmul(param_view_mut::<B>(grads, lay, P::Wq, l), v(&g.dq), v(&a.ln1).part(l, ls)?, dw(qd, c, n))?;
-            be.matmul(param_view_mut::<B>(grads, lay, P::Wk, l), v(&g.dk), v(&a.ln1).part(l, ls)?, dw(kvd, c, n))?;
-            be.matmul(param_view_mut::<B>(grads, lay, P::Wv, l), v(&g.dv), v(&a.ln1).part(l, ls)?, dw(kvd, c, n))?;
+            // RoPE backward, q, k, v input and weight gradients: one GEMM each where the backend fuses them
+            be.qkv_bwd(
+                vm(&mut g.dln),
+                param_span_mut::<B>(grads, lay, P::Wq, P::Wv, l)?,
+                vm(&mut g.dq),
+                vm(&mut g.dk),
+                v(&g.dv),
+                vm(&mut g.dproj),
+                v(&a.ln1).part(l, ls)?,
+                self.p_span(P::Wq, P::Wv, l)?,
+                v(&self.rope),
+                qkv,
+                rg,
+            )?;
             be.rmsnorm_bwd(
                 vm(&mut g.dres),
                 param_view_mut::<B>(grads, lay, P::Ln1, l),

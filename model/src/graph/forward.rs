@@ -8,6 +8,12 @@
 //!          hidden = rmsnorm_f(x)
 //! ```
 //!
+//! The attention block's q, k, v projections with RoPE are one call,
+//! `Backend::qkv_fwd`, and the MLP's gate and up projections with SwiGLU
+//! another, `Backend::mlp_in_fwd`: each one GEMM over the layer's adjacent
+//! weights (`[Wq; Wk; Wv]`, `[Wgate; Wup]`, see `params`) on CUDA, the
+//! unfused products on the CPU (the trait's defaults).
+//!
 //! Each residual add and the RMSNorm that reads its sum are one call,
 //! `Backend::add_rmsnorm_fwd` (h and n2; x and the next layer's n1, or the
 //! final norm after the last layer): one fused kernel on CUDA, the unfused
@@ -46,7 +52,7 @@ use crate::config::Head;
 use crate::error::{ModelError, Result};
 use crate::model::{KvCache, Model};
 use crate::params::ParamId as P;
-use llama2_runtime::{v, vm, AttnShape, Backend, CeGrad, Gemm, GradWrite, Ragged, RopeShape, Trans, View, ViewMut};
+use llama2_runtime::{v, vm, AttnShape, Backend, CeGrad, Gemm, GradWrite, QkvShape, Ragged, Trans, View, ViewMut};
 
 /// Valid tokens per sequence of a right-padded batch (`None`: every row of
 /// every sequence is valid).
@@ -192,8 +198,7 @@ impl<B: Backend> Model<B> {
         let rg = plan.ragged();
         let pos0 = plan.pos0;
         let inv = Rows::of(acts.training);
-        let rope_q = RopeShape { b, t, heads: nh, hd, pos0 };
-        let rope_k = RopeShape { b, t, heads: nkv, hd, pos0 };
+        let qkv = QkvShape { b, t, c, n_head: nh, n_kv_head: nkv, hd, pos0 };
         let a = &mut acts.a;
 
         be.embedding_fwd(vm(&mut a.emb), tokens, self.p(P::Embed, 0), vocab, c)?;
@@ -204,19 +209,19 @@ impl<B: Backend> Model<B> {
                 // later layers' ln1 comes from the previous layer's fused residual add
                 be.rmsnorm_fwd(vm(&mut a.ln1).part(s, ls)?, vm(&mut a.rstd1).part(s, ls)?, res_in, self.p(P::Ln1, l), n, c, eps)?;
             }
-            linear(be, inv, vm(&mut a.q).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wq, l), (n, qd, c))?;
-            linear(be, inv, vm(&mut a.k).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wk, l), (n, kvd, c))?;
-            linear(be, inv, vm(&mut a.v).part(s, ls)?, v(&a.ln1).part(s, ls)?, self.p(P::Wv, l), (n, kvd, c))?;
-            match rg {
-                None => {
-                    be.rope_fwd(vm(&mut a.q).part(s, ls)?, v(&self.rope), rope_q)?;
-                    be.rope_fwd(vm(&mut a.k).part(s, ls)?, v(&self.rope), rope_k)?;
-                }
-                Some(r) => {
-                    be.rope_fwd_ragged(vm(&mut a.q).part(s, ls)?, v(&self.rope), rope_q, r)?;
-                    be.rope_fwd_ragged(vm(&mut a.k).part(s, ls)?, v(&self.rope), rope_k, r)?;
-                }
-            }
+            // q, k, v and RoPE: one fused GEMM where the backend has it
+            be.qkv_fwd(
+                vm(&mut a.q).part(s, ls)?,
+                vm(&mut a.k).part(s, ls)?,
+                vm(&mut a.v).part(s, ls)?,
+                vm(&mut a.proj),
+                v(&a.ln1).part(s, ls)?,
+                self.p_span(P::Wq, P::Wv, l)?,
+                v(&self.rope),
+                qkv,
+                rg,
+                inv == Rows::Invariant,
+            )?;
             match (cache.as_deref_mut(), rg) {
                 (None, None) => {
                     let shape = AttnShape::causal(b, t, nh, nkv, hd);
@@ -285,9 +290,16 @@ impl<B: Backend> Model<B> {
                 c,
                 eps,
             )?;
-            linear(be, inv, vm(&mut a.gate).part(s, ls)?, v(&a.ln2).part(s, ls)?, self.p(P::Wgate, l), (n, inter, c))?;
-            linear(be, inv, vm(&mut a.up).part(s, ls)?, v(&a.ln2).part(s, ls)?, self.p(P::Wup, l), (n, inter, c))?;
-            be.swiglu_fwd(vm(&mut a.h).part(s, ls)?, v(&a.gate).part(s, ls)?, v(&a.up).part(s, ls)?)?;
+            be.mlp_in_fwd(
+                vm(&mut a.gate).part(s, ls)?,
+                vm(&mut a.up).part(s, ls)?,
+                vm(&mut a.h).part(s, ls)?,
+                vm(&mut a.proj),
+                v(&a.ln2).part(s, ls)?,
+                self.p_span(P::Wgate, P::Wup, l)?,
+                (n, inter, c),
+                inv == Rows::Invariant,
+            )?;
             linear(be, inv, vm(&mut a.scratch), v(&a.h).part(s, ls)?, self.p(P::Wdown, l), (n, c, inter))?;
             // the residual add with the norm that reads it: the next layer's ln1, or the final norm
             if l + 1 < cfg.n_layers {

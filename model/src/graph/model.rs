@@ -4,7 +4,8 @@
 //!
 //! Loading a GGUF file instead goes through [`Model::load_path`].
 //!
-//! Public items: [`Model`], [`KvCache`], [`param_view`], [`param_view_mut`].
+//! Public items: [`Model`], [`KvCache`], [`param_view`], [`param_view_mut`],
+//! [`param_span_mut`].
 
 use crate::config::Config;
 use crate::error::{ModelError, Result};
@@ -37,6 +38,17 @@ pub fn param_view<'a, B: Backend>(buf: &'a B::Buf, lay: &ParamLayout, id: ParamI
 pub fn param_view_mut<'a, B: Backend>(buf: &'a mut B::Buf, lay: &ParamLayout, id: ParamId, l: usize) -> ViewMut<'a, B> {
     let (off, len) = lay.range(id, l);
     ViewMut { buf, off, len }
+}
+
+/// Exclusive window of layer `l`'s tensors `first ..= last` of one
+/// [`ParamId::group`] (gradients of a fused product; see [`Model::p_span`]).
+pub fn param_span_mut<'a, B: Backend>(buf: &'a mut B::Buf, lay: &ParamLayout, first: ParamId, last: ParamId, l: usize) -> Result<ViewMut<'a, B>> {
+    let (off, len) = span_of(lay, first, last, l)?;
+    Ok(ViewMut { buf, off, len })
+}
+
+fn span_of(lay: &ParamLayout, first: ParamId, last: ParamId, l: usize) -> Result<(usize, usize)> {
+    lay.span(first, last, l).ok_or_else(|| ModelError::Invalid(format!("{first:?} ..= {last:?} of layer {l} are not one window of the parameter arena")))
 }
 
 /// Keys and values of past positions for incremental decoding, with one
@@ -97,17 +109,22 @@ impl<B: Backend> Model<B> {
     pub fn init_random(be: &B, cfg: Config, seed: u64) -> Result<Self> {
         let layout = ParamLayout::new(&cfg);
         use rayon::prelude::*;
-        let mut host = vec![0f32; layout.total];
+        // drawn in the stacked order (each tensor whole, in ParamId::ALL order),
+        // so a seed gives the weights it gave before the arena interleaved
+        // wq|wk|wv and wgate|wup (the same split: matrices, then the gains)
+        let mut stacked = vec![0f32; layout.total];
         const INIT_STD: f32 = 0.02; // transformers' initializer_range default
                                     // one seeded stream per chunk: the same weights on any thread count,
                                     // and a 1B-parameter model in seconds instead of a minute
         const CHUNK: usize = 1 << 20;
-        host.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, xs)| {
+        stacked.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, xs)| {
             let mut rng = Rng::derive(seed, &format!("init/{ci}"));
             for (j, x) in xs.iter_mut().enumerate() {
                 *x = if ci * CHUNK + j < layout.n_decay { rng.normal() * INIT_STD } else { 1.0 };
             }
         });
+        let mut host = vec![0f32; layout.total];
+        layout.from_stacked(&cfg, &stacked, &mut host)?;
         Self::from_host(be, cfg, &host)
     }
 
@@ -187,6 +204,14 @@ impl<B: Backend> Model<B> {
     /// Window of parameter `id` of layer `l`.
     pub fn p(&self, id: ParamId, l: usize) -> View<'_, B> {
         param_view::<B>(&self.params, &self.layout, id, l)
+    }
+
+    /// Layer `l`'s tensors `first ..= last` of one [`ParamId::group`] as one
+    /// window: `(Wq, Wv)` gives `[Wq; Wk; Wv] (q_dim + 2 kv_dim, C)`,
+    /// `(Wgate, Wup)` gives `[Wgate; Wup] (2I, C)`.
+    pub fn p_span(&self, first: ParamId, last: ParamId, l: usize) -> Result<View<'_, B>> {
+        let (off, len) = span_of(&self.layout, first, last, l)?;
+        Ok(View { buf: &self.params, off, len })
     }
 
     /// The output head's weight: `lm_head`, or the embedding when tied.

@@ -2,17 +2,29 @@
 //! tensor (llm.c `ParameterTensors`). The same struct holds sizes, offsets,
 //! and (in the train crate) gradients and AdamW moments.
 //!
-//! Per-layer tensors are stacked over layers: `wq (L, q_dim, C)` holds
-//! transformers' `model.layers.{l}.self_attn.q_proj.weight` at layer l.
+//! Per-layer tensors hold one slice per layer: `wq` holds transformers'
+//! `model.layers.{l}.self_attn.q_proj.weight` at layer l.
 //!
 //! Arena order: every matrix first (the weight-decay group), then the 1-D
 //! RMSNorm gains (no weight decay), so AdamW runs as two contiguous calls.
+//! Within that, tensors in [`ParamId::ALL`] order, each stacked over layers
+//! `(L, rows, C)`, except the tensors one product reads together
+//! ([`ParamId::group`]): layer l's `wq, wk, wv` are adjacent, one
+//! `(q_dim + 2 kv_dim, C)` matrix, before layer l+1's; likewise `wgate,
+//! wup` as one `(2I, C)`. So the attention block's input projections (and
+//! the MLP's) can run as one GEMM on a window of the arena
+//! ([`ParamLayout::span`]). [`ARENA_ORDER`] names this order.
 //!
 //! Public items: [`ParamTensors`], [`ParamId`], [`ParamLayout`].
 
 use crate::config::{Config, Head};
 use crate::error::{ModelError, Result};
 use crate::weights::{Checkpoint, HostTensor, HostWeights};
+
+/// The arena order's name, recorded with anything stored by arena offset
+/// (the optimizer shards of a data-parallel checkpoint), so that files of
+/// another order are refused instead of misread.
+pub const ARENA_ORDER: &str = "llama2-arena-2 (wq|wk|wv and wgate|wup adjacent per layer)";
 
 /// One field per parameter tensor.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -82,6 +94,24 @@ impl ParamId {
         }
     }
 
+    /// The tensors stored interleaved by layer with this one (so one product
+    /// reads them as one matrix): `[Wq, Wk, Wv]` and `[Wgate, Wup]`; a
+    /// tensor of its own otherwise. Members are consecutive in [`Self::ALL`].
+    pub fn group(self) -> &'static [ParamId] {
+        match self {
+            ParamId::Wq | ParamId::Wk | ParamId::Wv => &[ParamId::Wq, ParamId::Wk, ParamId::Wv],
+            ParamId::Wgate | ParamId::Wup => &[ParamId::Wgate, ParamId::Wup],
+            ParamId::Embed => &[ParamId::Embed],
+            ParamId::LmHead => &[ParamId::LmHead],
+            ParamId::Score => &[ParamId::Score],
+            ParamId::Wo => &[ParamId::Wo],
+            ParamId::Wdown => &[ParamId::Wdown],
+            ParamId::Ln1 => &[ParamId::Ln1],
+            ParamId::Ln2 => &[ParamId::Ln2],
+            ParamId::Lnf => &[ParamId::Lnf],
+        }
+    }
+
     /// Gets weight decay (2-D tensors)?
     pub fn decays(self) -> bool {
         !matches!(self, ParamId::Ln1 | ParamId::Ln2 | ParamId::Lnf)
@@ -135,6 +165,24 @@ impl ParamId {
     }
 }
 
+fn set<T>(t: &mut ParamTensors<T>, id: ParamId, x: T) {
+    *match id {
+        ParamId::Embed => &mut t.embed,
+        ParamId::LmHead => &mut t.lm_head,
+        ParamId::Score => &mut t.score,
+        ParamId::Wq => &mut t.wq,
+        ParamId::Wk => &mut t.wk,
+        ParamId::Wv => &mut t.wv,
+        ParamId::Wo => &mut t.wo,
+        ParamId::Wgate => &mut t.wgate,
+        ParamId::Wup => &mut t.wup,
+        ParamId::Wdown => &mut t.wdown,
+        ParamId::Ln1 => &mut t.ln1,
+        ParamId::Ln2 => &mut t.ln2,
+        ParamId::Lnf => &mut t.lnf,
+    } = x;
+}
+
 impl<T> ParamTensors<T> {
     pub fn get(&self, id: ParamId) -> &T {
         match id {
@@ -177,8 +225,12 @@ impl<T> ParamTensors<T> {
 /// Sizes and offsets of every tensor in the arena.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamLayout {
+    /// elements of each tensor, over all its layers
     pub size: ParamTensors<usize>,
-    pub offset: ParamTensors<usize>,
+    /// first element of each tensor (of its layer 0 slice)
+    offset: ParamTensors<usize>,
+    /// elements from one layer's slice of a tensor to the next layer's
+    stride: ParamTensors<usize>,
     /// total number of elements
     pub total: usize,
     /// elements `[0, n_decay)` get weight decay, `[n_decay, total)` do not
@@ -188,38 +240,79 @@ pub struct ParamLayout {
 
 impl ParamLayout {
     pub fn new(c: &Config) -> Self {
-        let size = ParamTensors::from_fn(|id| {
-            let one: usize = id.hf_shape(c).iter().product();
-            if !id.present(c) {
-                0
-            } else if id.per_layer() {
-                one * c.n_layers
-            } else {
-                one
+        // elements of one layer's slice (the whole tensor if not per layer)
+        let one = ParamTensors::from_fn(|id| if id.present(c) { id.hf_shape(c).iter().product::<usize>() } else { 0 });
+        let size = ParamTensors::from_fn(|id| if id.per_layer() { one.get(id) * c.n_layers } else { *one.get(id) });
+        let mut offset = ParamTensors::from_fn(|_| 0);
+        let mut stride = ParamTensors::from_fn(|_| 0);
+        let (mut off, mut n_decay) = (0, 0);
+        let mut i = 0;
+        while i < ParamId::ALL.len() {
+            let group = ParamId::ALL[i].group();
+            // one layer of the group: its members' slices, in order
+            let per_layer: usize = group.iter().map(|&g| *one.get(g)).sum();
+            let mut inner = 0;
+            for &g in group {
+                set(&mut offset, g, off + inner);
+                set(&mut stride, g, per_layer);
+                inner += *one.get(g);
             }
-        });
-        let mut off = 0;
-        let mut n_decay = 0;
-        let offset = ParamTensors::from_fn(|id| {
-            let o = off;
-            off += *size.get(id);
-            if id.decays() {
+            let layers = if ParamId::ALL[i].per_layer() { c.n_layers } else { 1 };
+            off += per_layer * layers;
+            if ParamId::ALL[i].decays() {
                 n_decay = off;
             }
-            o
-        });
-        ParamLayout { size, offset, total: off, n_decay, n_layers: c.n_layers }
+            i += group.len();
+        }
+        ParamLayout { size, offset, stride, total: off, n_decay, n_layers: c.n_layers }
     }
 
     /// `(offset, len)` of tensor `id`, of layer `l` for per-layer tensors.
     pub fn range(&self, id: ParamId, l: usize) -> (usize, usize) {
         let (o, s) = (*self.offset.get(id), *self.size.get(id));
         if id.per_layer() {
-            let one = s / self.n_layers;
-            (o + l * one, one)
+            (o + l * *self.stride.get(id), s / self.n_layers)
         } else {
             (o, s)
         }
+    }
+
+    /// `(offset, len)` of layer `l`'s slices of the tensors `first ..= last`
+    /// of one [`ParamId::group`], adjacent in the arena (`Wq ..= Wv`: the
+    /// `(q_dim + 2 kv_dim, C)` matrix `[Wq; Wk; Wv]`). None if they are not
+    /// one window.
+    pub fn span(&self, first: ParamId, last: ParamId, l: usize) -> Option<(usize, usize)> {
+        let group = first.group();
+        let (a, b) = (group.iter().position(|&g| g == first)?, group.iter().position(|&g| g == last)?);
+        if a > b {
+            return None;
+        }
+        let (o, _) = self.range(first, l);
+        let mut end = o;
+        for &g in &group[a..=b] {
+            let (go, gn) = self.range(g, l);
+            if go != end {
+                return None;
+            }
+            end = go + gn;
+        }
+        Some((o, end - o))
+    }
+
+    /// Copies an arena-sized vector in the stacked order (every tensor
+    /// whole, `(L, rows, C)`, in [`ParamId::ALL`] order: the arena order
+    /// before [`ARENA_ORDER`]) into this layout's order.
+    pub fn from_stacked(&self, c: &Config, stacked: &[f32], dst: &mut [f32]) -> Result<()> {
+        if stacked.len() != self.total || dst.len() != self.total {
+            return Err(ModelError::Invalid(format!("{} and {} values for a layout of {}", stacked.len(), dst.len(), self.total)));
+        }
+        let mut at = 0;
+        for (id, l, _) in self.hf_tensors(c) {
+            let (o, n) = self.range(id, l);
+            dst[o..o + n].copy_from_slice(&stacked[at..at + n]);
+            at += n;
+        }
+        Ok(())
     }
 
     /// Every HF tensor: (id, layer, name).

@@ -121,12 +121,14 @@ pub fn init_from_lm<B: Backend>(be: &B, lm: &Model<B>, seed: u64) -> Result<Mode
         if !id.present(&cfg) || id == ParamId::Score {
             continue;
         }
-        let (so, sn) = (*lm.layout.offset.get(id), *lm.layout.size.get(id));
-        let (o, n) = (*lay.offset.get(id), *lay.size.get(id));
-        if sn != n {
-            return Err(TrainError::Invalid(format!("{id:?}: {sn} values in the LM, {n} in the reward model")));
+        let layers = if id.per_layer() { cfg.n_layers } else { 1 };
+        for l in 0..layers {
+            let ((so, sn), (o, n)) = (lm.layout.range(id, l), lay.range(id, l));
+            if sn != n {
+                return Err(TrainError::Invalid(format!("{id:?}: {sn} values in the LM, {n} in the reward model")));
+            }
+            host[o..o + n].copy_from_slice(&src[so..so + n]);
         }
-        host[o..o + n].copy_from_slice(&src[so..so + n]);
     }
     let std = 1.0 / ((cfg.hidden + 1) as f64).sqrt();
     let mut rng = Rng::derive(seed, "rm/score");
