@@ -243,3 +243,23 @@ fn flags_out_of_range_are_rejected_not_clamped() {
     // a batch larger than the data
     assert_mentions(&fails(&["eval-loss", "--model", m, "--data", s, "--batch-size", "64", "--seq-len", "8", "--threads", "1"]), &["data.bin", "HINT"]);
 }
+
+/// `info --logit-chunk`: the training estimate shrinks by exactly the
+/// logits (and their loss and entropy) of the rows not stored, and a chunk
+/// longer than the batch is refused with a hint.
+#[test]
+fn info_logit_chunk() {
+    let json = |extra: &[&str]| -> serde_json::Value {
+        let o = tool().args(["info", "--preset", "ref-small", "--batch-size", "4", "--seq-len", "256", "--json"]).args(extra).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (full, chunked) = (json(&[]), json(&["--logit-chunk", "128"]));
+    let gib = |v: &serde_json::Value| v["activations_gib"]["cpu_f32"].as_f64().unwrap() * (1u64 << 30) as f64;
+    let vocab = 32000.0; // ref-small
+    let saved = (4.0 * 256.0 - 128.0) * (vocab + 2.0) * 4.0;
+    assert!((gib(&full) - gib(&chunked) - saved).abs() < 1.0, "{} - {} vs {saved}", gib(&full), gib(&chunked));
+    assert_eq!(chunked["logit_chunk"], 128);
+    let err = fails(&["info", "--preset", "ref-small", "--batch-size", "1", "--seq-len", "8", "--logit-chunk", "9"]);
+    assert_mentions(&err, &["--logit-chunk 9", "HINT"]);
+}

@@ -150,17 +150,40 @@ impl<B: Backend> Acts<B> {
         .sum()
     }
 
-    /// Bytes of activation memory if every element is stored in f32.
-    pub fn bytes_f32(cfg: &Config, b: usize, t: usize, training: bool) -> usize {
+    /// Bytes of activation memory if every element is stored in f32: what
+    /// [`Acts::new`] allocates for this shape, plus what [`GradActs::new`]
+    /// allocates when `training` (backward's buffers). `fused`: the
+    /// backend runs fused projections (`Backend::fuses_projections`, the
+    /// CUDA backend), which adds their scratch. A bf16 backend stores the
+    /// same elements in half the bytes (its f32 buffers, rstd, lse and the
+    /// losses, are a small share).
+    pub fn bytes_f32(cfg: &Config, b: usize, t: usize, training: bool, rows: LogitRows, fused: bool) -> usize {
         let n = b * t;
         let s = if training { cfg.n_layers } else { 1 };
         let (c, q, kv, i, v) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate, cfg.vocab_size);
         let per_layer = n * (4 * c + 2 * q + 2 * kv + 3 * i + 2) + b * cfg.n_heads * t;
-        let head = match cfg.head {
-            Head::Lm => n * (v + 2),
-            Head::Score => n * (c + 1),
+        let head = match (cfg.head, rows) {
+            (Head::Lm, LogitRows::All) => n * (v + 2),
+            (Head::Lm, LogitRows::Last) => b * (v + 2 + c),
+            (Head::Lm, LogitRows::Chunked(r)) => r * (v + 2),
+            (Head::Score, _) => n * (c + 1),
         };
-        4 * (s * per_layer + n * (3 * c + 1) + head)
+        let proj = if fused { n * (q + 2 * kv).max(2 * i) } else { 0 };
+        let grads = if training {
+            let score = if cfg.head == Head::Score { n * (c + 1) } else { 0 };
+            n * (2 * c + 2 * q + 2 * kv + 3 * i) + score + proj
+        } else {
+            0
+        };
+        4 * (s * per_layer + n * (3 * c + 1) + head + proj + grads)
+    }
+}
+
+impl<B: Backend> GradActs<B> {
+    /// Elements allocated for these gradients, over every buffer.
+    pub fn elements(&self) -> usize {
+        let g = &self.g;
+        [&g.dres, &g.dln, &g.dq, &g.dk, &g.dv, &g.datt, &g.dgate, &g.dup, &g.dh, &g.dhead_in, &g.dscores, &g.dproj].iter().map(|x| x.len()).sum()
     }
 }
 

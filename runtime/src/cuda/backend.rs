@@ -119,6 +119,8 @@ pub struct CudaBackend {
     attn: std::sync::Mutex<AttnImpl>,
     /// how device memory is allocated, in words
     allocator: String,
+    /// pinned host memory the per-step index uploads go through
+    staging: std::sync::Mutex<super::staging::Staging>,
 }
 
 #[track_caller]

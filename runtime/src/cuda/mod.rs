@@ -9,6 +9,8 @@ mod backend;
 #[cfg(feature = "cuda")]
 pub mod gemm;
 #[cfg(feature = "cuda")]
+mod staging;
+#[cfg(feature = "cuda")]
 pub use backend::{AttnImpl, CudaBackend, CudaBuf};
 
 /// Number of CUDA devices; `Ok(0)` where there is no NVIDIA driver (never

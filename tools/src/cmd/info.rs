@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use llama2_model::{Acts, Config};
+use llama2_model::{Acts, Config, LogitRows};
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -25,23 +25,29 @@ pub struct InfoArgs {
     /// Data-parallel ranks for the per-rank training memory (ZeRO-1: AdamW state sharded)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub world_size: u32,
+    /// The LM head and cross-entropy in chunks of this many rows for the
+    /// training estimate (as `pretrain`/`sft --logit-chunk`; 0: every row's
+    /// logits stored at once)
+    #[arg(long, value_name = "ROWS", default_value_t = 0)]
+    pub logit_chunk: usize,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
 }
 
-/// Training bytes per rank at `world` ranks with ZeRO-1, `p` parameters
-/// and `acts` activation bytes: (CPU f32, CUDA as built here, CUDA with
-/// the fp32 master sharded too).
+/// Training bytes per rank at `world` ranks with ZeRO-1, `p` parameters,
+/// `acts` activation bytes on the CPU and `acts_cuda` (counted in f32) on
+/// CUDA: (CPU f32, CUDA as built here, CUDA with the fp32 master sharded
+/// too).
 /// - CPU: weights 4p, gradients 4p (whole on every rank: ZeRO-1 shards the
 ///   optimizer state, not the gradients), AdamW m + v 8p / N;
 /// - CUDA: bf16 weights 2p + fp32 master 4p (whole in this build), fp32
 ///   gradients 4p, m + v 8p / N; the target shards the master too
 ///   (4p / N), not done yet (docs/distributed.md).
-pub fn per_rank_training_bytes(p: f64, acts: f64, world: f64) -> (f64, f64, f64) {
+pub fn per_rank_training_bytes(p: f64, acts: f64, acts_cuda: f64, world: f64) -> (f64, f64, f64) {
     let cpu = 8.0 * p + 8.0 * p / world + acts;
-    let cuda = 10.0 * p + 8.0 * p / world + acts / 2.0;
-    let cuda_master_sharded = 6.0 * p + 12.0 * p / world + acts / 2.0;
+    let cuda = 10.0 * p + 8.0 * p / world + acts_cuda / 2.0;
+    let cuda_master_sharded = 6.0 * p + 12.0 * p / world + acts_cuda / 2.0;
     (cpu, cuda, cuda_master_sharded)
 }
 
@@ -65,14 +71,21 @@ pub fn run(a: InfoArgs) -> Result<()> {
                                                        // inference: weights + KV cache of one sequence + one position's activations
     let infer_f32 = 4.0 * (p + kv);
     let infer_bf16 = 2.0 * (p + kv);
-    // training on CPU: f32 params, grads, m, v; activations of b x t, f32
-    let acts = Acts::<llama2_runtime::CpuBackend>::bytes_f32(&c, b, t, true) as f64;
+    if a.logit_chunk > b * t {
+        bail!("--logit-chunk {} is more than the {} rows of a batch of {b} x {t}; HINT: use 1..={} rows, or 0 for no chunking", a.logit_chunk, b * t, b * t);
+    }
+    let rows = if a.logit_chunk == 0 { LogitRows::All } else { LogitRows::Chunked(a.logit_chunk) };
+    // training on CPU: f32 params, grads, m, v; activations (forward's and
+    // backward's) of b x t, f32
+    let acts = Acts::<llama2_runtime::CpuBackend>::bytes_f32(&c, b, t, true, rows, false) as f64;
     let train_cpu = 16.0 * p + acts;
-    // training on CUDA: bf16 + f32 master params, f32 grads, m, v; bf16 activations
-    let train_cuda = 18.0 * p + acts / 2.0;
+    // training on CUDA: bf16 + f32 master params, f32 grads, m, v; bf16
+    // activations, with the fused projections' scratch
+    let acts_cuda = Acts::<llama2_runtime::CpuBackend>::bytes_f32(&c, b, t, true, rows, true) as f64;
+    let train_cuda = 18.0 * p + acts_cuda / 2.0;
     let flops = c.train_flops_per_token(t);
     let n = a.world_size as f64;
-    let (rank_cpu, rank_cuda, rank_cuda_full) = per_rank_training_bytes(p, acts, n);
+    let (rank_cpu, rank_cuda, rank_cuda_full) = per_rank_training_bytes(p, acts, acts_cuda, n);
     if a.json {
         println!(
             "{}",
@@ -80,7 +93,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
                 "config": c.to_hf_json(), "n_params": c.n_params(),
                 "inference_gib": {"f32": gib(infer_f32), "bf16": gib(infer_bf16)},
                 "training_gib": {"cpu_f32": gib(train_cpu), "cuda_mixed": gib(train_cuda)},
-                "batch_size": b, "seq_len": t, "train_flops_per_token": flops,
+                "batch_size": b, "seq_len": t, "logit_chunk": a.logit_chunk, "train_flops_per_token": flops,
+                "activations_gib": {"cpu_f32": gib(acts), "cuda_bf16": gib(acts_cuda / 2.0)},
                 "world_size": a.world_size,
                 "training_per_rank_gib": {"cpu_f32": gib(rank_cpu), "cuda_mixed": gib(rank_cuda), "cuda_master_sharded": gib(rank_cuda_full)},
             })
@@ -99,7 +113,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("tied embeddings     {}", c.tie_embeddings);
     println!("parameters          {} ({:.3} B)", c.n_params(), p / 1e9);
     println!("inference memory    {:.3} GiB f32, {:.3} GiB bf16 (weights + KV cache of one {t}-token sequence)", gib(infer_f32), gib(infer_bf16));
-    println!("training memory     {:.3} GiB on CPU (f32), {:.3} GiB on CUDA (mixed) at batch {b} x {t}", gib(train_cpu), gib(train_cuda));
+    let chunk = if a.logit_chunk == 0 { String::new() } else { format!(", logits in chunks of {} rows", a.logit_chunk) };
+    println!("training memory     {:.3} GiB on CPU (f32), {:.3} GiB on CUDA (mixed) at batch {b} x {t}{chunk}", gib(train_cpu), gib(train_cuda));
+    println!("  of it activations {:.3} GiB on CPU, {:.3} GiB on CUDA", gib(acts), gib(acts_cuda / 2.0));
     println!("train FLOPs/token   {:.3e}", flops);
     if a.world_size > 1 {
         println!(

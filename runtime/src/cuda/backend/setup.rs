@@ -29,7 +29,8 @@ impl CudaBackend {
         let blas = Blas::new(&stream)?;
         // LLAMA2_ATTN=simple|mma|v3|auto overrides the kernel choice
         let attn = AttnImpl::from_env();
-        Ok(CudaBackend { ctx, stream, ks, blas, attn: std::sync::Mutex::new(attn), allocator })
+        let staging = super::super::staging::Staging::new(&ctx).map_err(|e| cu_err("creating the pinned upload ring", e))?;
+        Ok(CudaBackend { ctx, stream, ks, blas, attn: std::sync::Mutex::new(attn), allocator, staging: std::sync::Mutex::new(staging) })
     }
 
     /// cudarc allocates with `cuMemAllocAsync` from the device's default
@@ -186,11 +187,23 @@ impl CudaBackend {
         self.finish_bf16(o)
     }
 
-    pub(super) fn upload_idx<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, x: &[T]) -> Result<CudaSlice<T>> {
+    /// Host indices, targets or coefficients to a new device buffer,
+    /// through the pinned staging ring (queued without waiting for the
+    /// stream, see `cuda::staging`). An empty `x` gives one zero.
+    pub(super) fn upload_idx<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + bytemuck::Pod>(&self, x: &[T]) -> Result<CudaSlice<T>> {
         if x.is_empty() {
             return self.stream.alloc_zeros::<T>(1).map_err(|e| cu_err("index upload", e));
         }
-        self.stream.clone_htod(x).map_err(|e| cu_err("index upload", e))
+        // SAFETY: every element is written by the copy below before any
+        // kernel reads it (stream order).
+        let dst = unsafe { self.stream.alloc::<T>(x.len()) }.map_err(|e| cu_err("index upload", e))?;
+        let dptr = addr(&dst, &self.stream);
+        let mut ring = self.staging.lock().map_err(|_| RtError::Op { op: "index upload", msg: "the staging ring's lock is poisoned".into() })?;
+        // SAFETY: dst is this context's device memory of x.len() elements,
+        // alive until the copy has run (it is freed in stream order, after
+        // the kernels that read it); the stream is the backend's own.
+        unsafe { ring.upload(&self.stream, dptr, bytemuck::cast_slice(x)) }.map_err(|e| cu_err("index upload", e))?;
+        Ok(dst)
     }
 
     pub(super) fn dp_bf16(&self, s: &CudaSlice<u16>, off: usize, len: usize) -> DPtr<Bf16> {
