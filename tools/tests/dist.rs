@@ -160,6 +160,31 @@ fn resume_changes_world_size_and_continues_the_same_run() {
     assert!(b.join("ckpt-000010/optimizer-shard-00001-of-00002.safetensors").is_file());
     ok(single(&pretrain(&data, &b, &["--grad-accum", "2", "--save-every", "5", "--resume", b.to_str().unwrap()])));
     assert!(std::fs::read(b.join("final/model.safetensors")).unwrap() == want, "2 ranks then 1 rank differs from the straight run");
+    // a shard that indexes another arena order (one saved before the arena
+    // was named) is refused with a hint, not read into the wrong parameters
+    let old = d.join("old-arena");
+    std::fs::create_dir_all(&old).unwrap();
+    for e in std::fs::read_dir(b.join("ckpt-000010")).unwrap().flatten() {
+        std::fs::copy(e.path(), old.join(e.file_name())).unwrap();
+    }
+    for r in 0..2 {
+        let path = old.join(format!("optimizer-shard-0000{r}-of-00002.safetensors"));
+        let ck = llama2_model::weights::Checkpoint::open(&path).unwrap();
+        let mut meta: std::collections::BTreeMap<String, String> = ck.metadata(0).unwrap().into_iter().collect();
+        assert_eq!(meta.remove("arena").as_deref(), Some(llama2_model::ARENA_ORDER));
+        let mut w = llama2_model::weights::HostWeights::new();
+        for name in ["m", "v"] {
+            let len: usize = meta["len"].parse().unwrap();
+            let mut data = vec![0f32; len];
+            ck.read_into(name, &[len], &mut data).unwrap();
+            w.insert(name.to_string(), llama2_model::weights::HostTensor::new(vec![len], data));
+        }
+        drop(ck);
+        llama2_model::weights::save_safetensors(&path, &w, SaveDtype::F32, Some(meta)).unwrap();
+    }
+    let o = single(&pretrain(&data, &d.join("e"), &["--grad-accum", "2", "--resume", old.to_str().unwrap()])).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("arena") && err.contains("HINT"), "{err}");
     // another global batch is refused
     let o = mpirun(2, &pretrain(&data, &d.join("c"), &["--grad-accum", "2", "--resume", b.join("ckpt-000010").to_str().unwrap()])).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
