@@ -190,6 +190,148 @@ fn check_op_len(op: &'static str, what: &str, have: usize, want: usize) -> Resul
     Ok(())
 }
 
+/// The unfused compositions the fused ops' defaults run: the reference a
+/// fusing backend is checked against, and its fallback. Each is exactly
+/// the sequence of ops the model ran before the op existed.
+pub mod unfused {
+    use super::*;
+
+    /// The unfused composition behind [`Backend::qkv_fwd`]'s default (also
+    /// the fallback of a backend that overrides it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_fwd<B: Backend>(
+        be: &B,
+        q: ViewMut<B>,
+        k: ViewMut<B>,
+        v: ViewMut<B>,
+        scratch: ViewMut<B>,
+        x: View<B>,
+        w: View<B>,
+        table: View<B>,
+        s: QkvShape,
+        r: Option<Ragged>,
+        invariant: bool,
+    ) -> Result<()> {
+        let _ = scratch;
+        const OP: &str = "qkv_fwd";
+        let (n, c, qd, kvd) = (s.rows(), s.c, s.q_dim(), s.kv_dim());
+        check_op_len(OP, "w", w.len, s.width() * c)?;
+        let (mut q, mut k) = (q, k);
+        linear_fwd(be, q.reborrow(), x, w.sub(0, qd * c)?, n, qd, c, invariant)?;
+        linear_fwd(be, k.reborrow(), x, w.sub(qd * c, kvd * c)?, n, kvd, c, invariant)?;
+        linear_fwd(be, v, x, w.sub((qd + kvd) * c, kvd * c)?, n, kvd, c, invariant)?;
+        match r {
+            None => {
+                be.rope_fwd(q, table, s.rope_q())?;
+                be.rope_fwd(k, table, s.rope_k())
+            }
+            Some(r) => {
+                be.rope_fwd_ragged(q, table, s.rope_q(), r)?;
+                be.rope_fwd_ragged(k, table, s.rope_k(), r)
+            }
+        }
+    }
+
+    /// The unfused composition behind [`Backend::qkv_bwd`]'s default (also
+    /// the fallback of a backend that overrides it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_bwd<B: Backend>(
+        be: &B,
+        dx: ViewMut<B>,
+        dw: ViewMut<B>,
+        dq: ViewMut<B>,
+        dk: ViewMut<B>,
+        dv: View<B>,
+        scratch: ViewMut<B>,
+        x: View<B>,
+        w: View<B>,
+        table: View<B>,
+        s: QkvShape,
+        r: Option<Ragged>,
+    ) -> Result<()> {
+        let _ = scratch;
+        const OP: &str = "qkv_bwd";
+        let (n, c, qd, kvd) = (s.rows(), s.c, s.q_dim(), s.kv_dim());
+        check_op_len(OP, "w", w.len, s.width() * c)?;
+        check_op_len(OP, "dw", dw.len, s.width() * c)?;
+        let (mut dx, mut dw, mut dq, mut dk) = (dx, dw, dq, dk);
+        match r {
+            None => {
+                be.rope_bwd(dq.reborrow(), table, s.rope_q())?;
+                be.rope_bwd(dk.reborrow(), table, s.rope_k())?;
+            }
+            Some(r) => {
+                be.rope_bwd_ragged(dq.reborrow(), table, s.rope_q(), r)?;
+                be.rope_bwd_ragged(dk.reborrow(), table, s.rope_k(), r)?;
+            }
+        }
+        let gx = |m: usize, nn: usize, k: usize, write: GradWrite| Gemm { m, n: nn, k, ta: Trans::N, tb: Trans::N, write };
+        let gw = |m: usize, nn: usize, k: usize| Gemm { m, n: nn, k, ta: Trans::T, tb: Trans::N, write: GradWrite::Accumulate };
+        let parts = [(0, qd), (qd * c, kvd), ((qd + kvd) * c, kvd)];
+        let grads = [dq.as_view(), dk.as_view(), dv];
+        for (i, (&(off, rows), g)) in parts.iter().zip(grads).enumerate() {
+            let write = if i == 0 { GradWrite::Overwrite } else { GradWrite::Accumulate };
+            be.matmul(dx.reborrow(), g, w.sub(off, rows * c)?, gx(n, c, rows, write))?;
+        }
+        for (&(off, rows), g) in parts.iter().zip([dq.as_view(), dk.as_view(), dv]) {
+            be.matmul(dw.reborrow().sub(off, rows * c)?, g, x, gw(rows, c, n))?;
+        }
+        Ok(())
+    }
+
+    /// The unfused composition behind [`Backend::mlp_in_fwd`]'s default (also
+    /// the fallback of a backend that overrides it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mlp_in_fwd<B: Backend>(
+        be: &B,
+        gate: ViewMut<B>,
+        up: ViewMut<B>,
+        h: ViewMut<B>,
+        scratch: ViewMut<B>,
+        x: View<B>,
+        w: View<B>,
+        (n, i, c): (usize, usize, usize),
+        invariant: bool,
+    ) -> Result<()> {
+        let _ = scratch;
+        check_op_len("mlp_in_fwd", "w", w.len, 2 * i * c)?;
+        let (mut gate, mut up) = (gate, up);
+        linear_fwd(be, gate.reborrow(), x, w.sub(0, i * c)?, n, i, c, invariant)?;
+        linear_fwd(be, up.reborrow(), x, w.sub(i * c, i * c)?, n, i, c, invariant)?;
+        be.swiglu_fwd(h, gate.as_view(), up.as_view())
+    }
+
+    /// The unfused composition behind [`Backend::mlp_in_bwd`]'s default (also
+    /// the fallback of a backend that overrides it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mlp_in_bwd<B: Backend>(
+        be: &B,
+        dx: ViewMut<B>,
+        dw: ViewMut<B>,
+        dgate: ViewMut<B>,
+        dup: ViewMut<B>,
+        scratch: ViewMut<B>,
+        dh: View<B>,
+        gate: View<B>,
+        up: View<B>,
+        x: View<B>,
+        w: View<B>,
+        (n, i, c): (usize, usize, usize),
+    ) -> Result<()> {
+        let _ = scratch;
+        check_op_len("mlp_in_bwd", "w", w.len, 2 * i * c)?;
+        check_op_len("mlp_in_bwd", "dw", dw.len, 2 * i * c)?;
+        let (mut dx, mut dw, mut dgate, mut dup) = (dx, dw, dgate, dup);
+        be.swiglu_bwd(dgate.reborrow(), dup.reborrow(), dh, gate, up)?;
+        let gx = |write: GradWrite| Gemm { m: n, n: c, k: i, ta: Trans::N, tb: Trans::N, write };
+        let gw = Gemm { m: i, n: c, k: n, ta: Trans::T, tb: Trans::N, write: GradWrite::Accumulate };
+        be.matmul(dx.reborrow(), dgate.as_view(), w.sub(0, i * c)?, gx(GradWrite::Overwrite))?;
+        be.matmul(dx.reborrow(), dup.as_view(), w.sub(i * c, i * c)?, gx(GradWrite::Accumulate))?;
+        be.matmul(dw.reborrow().sub(0, i * c)?, dgate.as_view(), x, gw)?;
+        be.matmul(dw.reborrow().sub(i * c, i * c)?, dup.as_view(), x, gw)
+    }
+}
+
 /// The op set of the Llama model. All shapes are row-major; `n` is a number
 /// of rows (`b * t`), `c` the model width.
 pub trait Backend: Send + Sync + Sized + 'static {
@@ -353,24 +495,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         r: Option<Ragged>,
         invariant: bool,
     ) -> Result<()> {
-        let _ = scratch;
-        const OP: &str = "qkv_fwd";
-        let (n, c, qd, kvd) = (s.rows(), s.c, s.q_dim(), s.kv_dim());
-        check_op_len(OP, "w", w.len, s.width() * c)?;
-        let (mut q, mut k) = (q, k);
-        linear_fwd(self, q.reborrow(), x, w.sub(0, qd * c)?, n, qd, c, invariant)?;
-        linear_fwd(self, k.reborrow(), x, w.sub(qd * c, kvd * c)?, n, kvd, c, invariant)?;
-        linear_fwd(self, v, x, w.sub((qd + kvd) * c, kvd * c)?, n, kvd, c, invariant)?;
-        match r {
-            None => {
-                self.rope_fwd(q, table, s.rope_q())?;
-                self.rope_fwd(k, table, s.rope_k())
-            }
-            Some(r) => {
-                self.rope_fwd_ragged(q, table, s.rope_q(), r)?;
-                self.rope_fwd_ragged(k, table, s.rope_k(), r)
-            }
-        }
+        unfused::qkv_fwd(self, q, k, v, scratch, x, w, table, s, r, invariant)
     }
     /// Backward of [`Backend::qkv_fwd`] (training shapes: `s.pos0` 0, a
     /// ragged batch's positions 0): from `dq, dk` (of the rotated q, k) and
@@ -397,34 +522,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         s: QkvShape,
         r: Option<Ragged>,
     ) -> Result<()> {
-        let _ = scratch;
-        const OP: &str = "qkv_bwd";
-        let (n, c, qd, kvd) = (s.rows(), s.c, s.q_dim(), s.kv_dim());
-        check_op_len(OP, "w", w.len, s.width() * c)?;
-        check_op_len(OP, "dw", dw.len, s.width() * c)?;
-        let (mut dx, mut dw, mut dq, mut dk) = (dx, dw, dq, dk);
-        match r {
-            None => {
-                self.rope_bwd(dq.reborrow(), table, s.rope_q())?;
-                self.rope_bwd(dk.reborrow(), table, s.rope_k())?;
-            }
-            Some(r) => {
-                self.rope_bwd_ragged(dq.reborrow(), table, s.rope_q(), r)?;
-                self.rope_bwd_ragged(dk.reborrow(), table, s.rope_k(), r)?;
-            }
-        }
-        let gx = |m: usize, nn: usize, k: usize, write: GradWrite| Gemm { m, n: nn, k, ta: Trans::N, tb: Trans::N, write };
-        let gw = |m: usize, nn: usize, k: usize| Gemm { m, n: nn, k, ta: Trans::T, tb: Trans::N, write: GradWrite::Accumulate };
-        let parts = [(0, qd), (qd * c, kvd), ((qd + kvd) * c, kvd)];
-        let grads = [dq.as_view(), dk.as_view(), dv];
-        for (i, (&(off, rows), g)) in parts.iter().zip(grads).enumerate() {
-            let write = if i == 0 { GradWrite::Overwrite } else { GradWrite::Accumulate };
-            self.matmul(dx.reborrow(), g, w.sub(off, rows * c)?, gx(n, c, rows, write))?;
-        }
-        for (&(off, rows), g) in parts.iter().zip([dq.as_view(), dk.as_view(), dv]) {
-            self.matmul(dw.reborrow().sub(off, rows * c)?, g, x, gw(rows, c, n))?;
-        }
-        Ok(())
+        unfused::qkv_bwd(self, dx, dw, dq, dk, dv, scratch, x, w, table, s, r)
     }
     /// The MLP's input projections and activation (all `=`):
     /// `gate (n, i) = x·Wgate^T`, `up (n, i) = x·Wup^T`,
@@ -445,12 +543,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         (n, i, c): (usize, usize, usize),
         invariant: bool,
     ) -> Result<()> {
-        let _ = scratch;
-        check_op_len("mlp_in_fwd", "w", w.len, 2 * i * c)?;
-        let (mut gate, mut up) = (gate, up);
-        linear_fwd(self, gate.reborrow(), x, w.sub(0, i * c)?, n, i, c, invariant)?;
-        linear_fwd(self, up.reborrow(), x, w.sub(i * c, i * c)?, n, i, c, invariant)?;
-        self.swiglu_fwd(h, gate.as_view(), up.as_view())
+        unfused::mlp_in_fwd(self, gate, up, h, scratch, x, w, (n, i, c), invariant)
     }
     /// Backward of [`Backend::mlp_in_fwd`]: from `dh (n, i)`,
     /// `dx (n, c) = dgate·Wgate + dup·Wup` (`=`) and
@@ -474,17 +567,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         w: View<Self>,
         (n, i, c): (usize, usize, usize),
     ) -> Result<()> {
-        let _ = scratch;
-        check_op_len("mlp_in_bwd", "w", w.len, 2 * i * c)?;
-        check_op_len("mlp_in_bwd", "dw", dw.len, 2 * i * c)?;
-        let (mut dx, mut dw, mut dgate, mut dup) = (dx, dw, dgate, dup);
-        self.swiglu_bwd(dgate.reborrow(), dup.reborrow(), dh, gate, up)?;
-        let gx = |write: GradWrite| Gemm { m: n, n: c, k: i, ta: Trans::N, tb: Trans::N, write };
-        let gw = Gemm { m: i, n: c, k: n, ta: Trans::T, tb: Trans::N, write: GradWrite::Accumulate };
-        self.matmul(dx.reborrow(), dgate.as_view(), w.sub(0, i * c)?, gx(GradWrite::Overwrite))?;
-        self.matmul(dx.reborrow(), dup.as_view(), w.sub(i * c, i * c)?, gx(GradWrite::Accumulate))?;
-        self.matmul(dw.reborrow().sub(0, i * c)?, dgate.as_view(), x, gw)?;
-        self.matmul(dw.reborrow().sub(i * c, i * c)?, dup.as_view(), x, gw)
+        unfused::mlp_in_bwd(self, dx, dw, dgate, dup, scratch, dh, gate, up, x, w, (n, i, c))
     }
     /// Do [`Backend::qkv_fwd`], [`Backend::mlp_in_fwd`] and their backwards
     /// run their projections as one product each, through a scratch the
