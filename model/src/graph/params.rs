@@ -299,6 +299,19 @@ impl ParamLayout {
         Some((o, end - o))
     }
 
+    /// Tensor `id`'s elements over all its layers (layer 0's slice, then
+    /// layer 1's, ...) from an arena-sized vector: one tensor of
+    /// parameters, gradients or moments, wherever the arena keeps its layers.
+    pub fn gather(&self, id: ParamId, arena: &[f32]) -> Vec<f32> {
+        let layers = if id.per_layer() { self.n_layers } else { 1 };
+        let mut out = Vec::with_capacity(*self.size.get(id));
+        for l in 0..layers {
+            let (o, n) = self.range(id, l);
+            out.extend_from_slice(&arena[o..o + n]);
+        }
+        out
+    }
+
     /// Copies an arena-sized vector in the stacked order (every tensor
     /// whole, `(L, rows, C)`, in [`ParamId::ALL`] order: the arena order
     /// before [`ARENA_ORDER`]) into this layout's order.

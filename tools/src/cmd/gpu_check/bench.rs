@@ -155,6 +155,54 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
         drop((gt, up, dh, h, dg));
         Ok(())
     });
+    b.section("fused projections", |b| {
+        let gpu = b.gpu;
+        // a 7B block's input projections at B*T = 16384: [q|k|v] (MHA: 3 x 4096
+        // rows) with RoPE, and [gate|up] (2 x 11008 rows) with SwiGLU, forward
+        // and backward, as the backend runs them (fused: one GEMM each and one
+        // split/pack kernel) and as the unfused composition (three or two
+        // GEMMs and the separate kernels) on the same buffers
+        let (b_, t) = (4usize, 4096usize);
+        let qd = nh * hd;
+        let s = QkvShape { b: b_, t, c, n_head: nh, n_kv_head: nh, hd, pos0: 0 };
+        let wd = s.width();
+        let mut tb = gpu.alloc(t * hd, BufKind::F32)?;
+        gpu.upload(vm(&mut tb), &rope_table(t, hd, 10000.0))?;
+        let x = b.buf(bt * c, BufKind::Act)?;
+        let w = b.buf(wd * c, BufKind::Param)?;
+        let mut scratch = gpu.alloc(bt * wd.max(2 * ffn), BufKind::Act)?;
+        let (mut q, mut k, mut vv) = (gpu.alloc(bt * qd, BufKind::Act)?, gpu.alloc(bt * qd, BufKind::Act)?, gpu.alloc(bt * qd, BufKind::Act)?);
+        let flops = 2.0 * (bt * wd * c) as f64;
+        let ms = b.time(false, |g| g.qkv_fwd(vm(&mut q), vm(&mut k), vm(&mut vv), vm(&mut scratch), v(&x), v(&w), v(&tb), s, None, false))?;
+        b.record("qkv_fwd_7b", ms, None, Some(flops));
+        let ms = b.time(false, |g| unfused::qkv_fwd(g, vm(&mut q), vm(&mut k), vm(&mut vv), vm(&mut scratch), v(&x), v(&w), v(&tb), s, None, false))?;
+        b.record("qkv_fwd_7b_unfused", ms, None, Some(flops));
+        let (mut dx, mut dw) = (gpu.alloc(bt * c, BufKind::Act)?, gpu.alloc(wd * c, BufKind::F32)?);
+        let ms = b.time(false, |g| g.qkv_bwd(vm(&mut dx), vm(&mut dw), vm(&mut q), vm(&mut k), v(&vv), vm(&mut scratch), v(&x), v(&w), v(&tb), s, None))?;
+        b.record("qkv_bwd_7b", ms, None, Some(2.0 * flops));
+        let ms = b.time(false, |g| unfused::qkv_bwd(g, vm(&mut dx), vm(&mut dw), vm(&mut q), vm(&mut k), v(&vv), vm(&mut scratch), v(&x), v(&w), v(&tb), s, None))?;
+        b.record("qkv_bwd_7b_unfused", ms, None, Some(2.0 * flops));
+        drop((w, q, k, vv, dw));
+        let w = b.buf(2 * ffn * c, BufKind::Param)?;
+        let (mut gt, mut up, mut h) = (gpu.alloc(bt * ffn, BufKind::Act)?, gpu.alloc(bt * ffn, BufKind::Act)?, gpu.alloc(bt * ffn, BufKind::Act)?);
+        let flops = 2.0 * (bt * 2 * ffn * c) as f64;
+        let ms = b.time(false, |g| g.mlp_in_fwd(vm(&mut gt), vm(&mut up), vm(&mut h), vm(&mut scratch), v(&x), v(&w), (bt, ffn, c), false))?;
+        b.record("mlp_in_fwd_7b", ms, None, Some(flops));
+        let ms = b.time(false, |g| unfused::mlp_in_fwd(g, vm(&mut gt), vm(&mut up), vm(&mut h), vm(&mut scratch), v(&x), v(&w), (bt, ffn, c), false))?;
+        b.record("mlp_in_fwd_7b_unfused", ms, None, Some(flops));
+        let dh = b.buf(bt * ffn, BufKind::Act)?;
+        let mut dw = gpu.alloc(2 * ffn * c, BufKind::F32)?;
+        let (mut dg, mut du) = (gpu.alloc(bt * ffn, BufKind::Act)?, gpu.alloc(bt * ffn, BufKind::Act)?);
+        let ms = b.time(false, |g| {
+            g.mlp_in_bwd(vm(&mut dx), vm(&mut dw), vm(&mut dg), vm(&mut du), vm(&mut scratch), v(&dh), v(&gt), v(&up), v(&x), v(&w), (bt, ffn, c))
+        })?;
+        b.record("mlp_in_bwd_7b", ms, None, Some(2.0 * flops));
+        let ms = b.time(false, |g| {
+            unfused::mlp_in_bwd(g, vm(&mut dx), vm(&mut dw), vm(&mut dg), vm(&mut du), vm(&mut scratch), v(&dh), v(&gt), v(&up), v(&x), v(&w), (bt, ffn, c))
+        })?;
+        b.record("mlp_in_bwd_7b_unfused", ms, None, Some(2.0 * flops));
+        Ok(())
+    });
     b.section("embedding", |b| {
         let gpu = b.gpu;
         // embedding forward (B*T tokens of 4096) and backward

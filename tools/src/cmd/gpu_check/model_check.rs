@@ -127,9 +127,9 @@ pub fn compare<C: Backend, G: Backend>(c: &C, g: &G, seed: u64, part: Part, reco
         // every parameter's gradient against the CPU step's, one row each
         let grad_rows = |what: &str, gg: &[f32], record: &mut dyn FnMut(String, f64, f64)| {
             for id in ParamId::ALL {
-                let (off, len) = (*lay.offset.get(id), *lay.size.get(id));
+                let len = *lay.size.get(id);
                 if len > 0 {
-                    let e = rel_l2(&gg[off..off + len], &gc[off..off + len]);
+                    let e = rel_l2(&lay.gather(id, gg), &lay.gather(id, &gc));
                     record(format!("{what}: gradient {id:?} ({len}), relative L2"), e, GRAD_REL_L2);
                 }
             }

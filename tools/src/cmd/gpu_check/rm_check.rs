@@ -91,11 +91,11 @@ pub fn compare<C: Backend, G: Backend>(c: &C, g: &G, seed: u64, record: &mut dyn
         c.download(v(&tc.grads), &mut gc)?;
         g.download(v(&tg.grads), &mut gg)?;
         for id in ParamId::ALL {
-            let (off, n) = (*lay.offset.get(id), *lay.size.get(id));
+            let n = *lay.size.get(id);
             if n == 0 {
                 continue;
             }
-            record(format!("reward model, {kind}: gradient {id:?} ({n}), relative L2"), rel_l2(&gg[off..off + n], &gc[off..off + n]), REL_L2);
+            record(format!("reward model, {kind}: gradient {id:?} ({n}), relative L2"), rel_l2(&lay.gather(id, &gg), &lay.gather(id, &gc)), REL_L2);
         }
     }
     Ok(())
