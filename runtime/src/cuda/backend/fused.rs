@@ -15,24 +15,21 @@
 //! stacked weight's gradient (`+=`, f32).
 //!
 //! A scratch that is not a bf16 (Act) window of at least `n·width` elements
-//! (a caller that did not size it by [`Backend::fuses_projections`]) is
-//! replaced by a new buffer: the same kernels, one allocation more.
+//! (a caller that did not size it by [`Backend::fuses_projections`]) takes
+//! the unfused composition instead ([`unfused`], the trait's default).
 
 use super::*;
 
 /// A ragged batch's positions and lengths on the device (i32 each).
 type DevRagged = (CudaSlice<i32>, CudaSlice<i32>);
 
-impl CudaBackend {
-    /// The first `len` elements of the caller's `scratch` when it is a bf16
-    /// (Act) window that long, else a new Act buffer held in `own`.
-    pub(super) fn proj_scratch<'a>(&self, scratch: ViewMut<'a, Self>, len: usize, own: &'a mut Option<CudaBuf>) -> Result<ViewMut<'a, Self>> {
-        if scratch.buf.kind == BufKind::Act && scratch.len >= len {
-            return scratch.sub(0, len);
-        }
-        Ok(ViewMut::of(own.insert(self.alloc(len, BufKind::Act)?)))
-    }
+/// Whether the caller's scratch holds the fused product: an Act (bf16)
+/// window of at least `len` elements.
+fn fits(scratch: &ViewMut<CudaBackend>, len: usize) -> bool {
+    scratch.buf.kind == BufKind::Act && scratch.len >= len
+}
 
+impl CudaBackend {
     /// A ragged batch's positions and lengths checked against the table
     /// (as the unfused ragged RoPE) and uploaded; `None` for a dense batch.
     fn proj_ragged(&self, op: &'static str, r: Option<Ragged>, table: &View<Self>, s: &QkvShape) -> Result<(Option<DevRagged>, usize)> {
@@ -70,9 +67,11 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
+        if !fits(&scratch, n * wd) {
+            return unfused::qkv_fwd(self, q, k, v, scratch, x, w, table, s, r, invariant);
+        }
         let (rg, max_pos) = self.proj_ragged(OP, r, &table, &s)?;
-        let mut own = None;
-        let mut sc = self.proj_scratch(scratch, n * wd, &mut own)?;
+        let mut sc = scratch.sub(0, n * wd)?;
         linear_fwd(self, sc.reborrow(), x, w, n, wd, c, invariant)?;
         let (pk, _t1) = self.in_bf16(sc.as_view())?;
         let (tb, _t2) = self.in_f32(table)?;
@@ -117,9 +116,11 @@ impl CudaBackend {
             // no rows: dx is empty and dW gains nothing (as the unfused products)
             return Ok(());
         }
+        if !fits(&scratch, n * wd) {
+            return unfused::qkv_bwd(self, dx, dw, dq, dk, dv, scratch, x, w, table, s, r);
+        }
         let (rg, max_pos) = self.proj_ragged(OP, r, &table, &s)?;
-        let mut own = None;
-        let mut sc = self.proj_scratch(scratch, n * wd, &mut own)?;
+        let mut sc = scratch.sub(0, n * wd)?;
         {
             let (dqp, _t1) = self.in_bf16(dq.as_view())?;
             let (dkp, _t2) = self.in_bf16(dk.as_view())?;
@@ -157,8 +158,10 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let mut own = None;
-        let mut sc = self.proj_scratch(scratch, n * 2 * i, &mut own)?;
+        if !fits(&scratch, n * 2 * i) {
+            return unfused::mlp_in_fwd(self, gate, up, h, scratch, x, w, (n, i, c), invariant);
+        }
+        let mut sc = scratch.sub(0, n * 2 * i)?;
         linear_fwd(self, sc.reborrow(), x, w, n, 2 * i, c, invariant)?;
         let (pk, _t1) = self.in_bf16(sc.as_view())?;
         let go = self.out_bf16(gate, false)?;
@@ -199,8 +202,10 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let mut own = None;
-        let mut sc = self.proj_scratch(scratch, n * 2 * i, &mut own)?;
+        if !fits(&scratch, n * 2 * i) {
+            return unfused::mlp_in_bwd(self, dx, dw, dgate, dup, scratch, dh, gate, up, x, w, (n, i, c));
+        }
+        let mut sc = scratch.sub(0, n * 2 * i)?;
         {
             let (d, _t1) = self.in_bf16(dh)?;
             let (g, _t2) = self.in_bf16(gate)?;

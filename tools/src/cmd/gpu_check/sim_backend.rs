@@ -13,7 +13,8 @@
 //! it is not our kernel and has no CPU layer) and timing. The fused
 //! projections (`qkv_fwd`, `mlp_in_fwd` and their backwards, in `fused.rs`)
 //! run their products on a host stand-in instead, so that their own kernels
-//! run end to end.
+//! run end to end (their unfused fallback, a scratch too short, does not run
+//! here: its products are `matmul`).
 //!
 //! Why one file of ~900 lines: it is one `impl Backend` (a trait impl
 //! cannot be split across files) kept op for op beside the CUDA backend's.
@@ -599,7 +600,7 @@ impl Backend for SimBackend {
     }
 
     // The fused projections, as the CUDA backend's (`fused.rs`; the
-    // products on a host stand-in, the same product whether `invariant` or not).
+    // products on a host stand-in, the same whether `invariant` or not).
     fn qkv_fwd(
         &self,
         q: ViewMut<Self>,
@@ -611,9 +612,9 @@ impl Backend for SimBackend {
         table: View<Self>,
         s: QkvShape,
         r: Option<Ragged>,
-        _invariant: bool,
+        invariant: bool,
     ) -> Result<()> {
-        self.fused_qkv_fwd(q, k, v, scratch, x, w, table, s, r)
+        self.fused_qkv_fwd(q, k, v, scratch, x, w, table, s, r, invariant)
     }
 
     fn qkv_bwd(
@@ -642,9 +643,9 @@ impl Backend for SimBackend {
         x: View<Self>,
         w: View<Self>,
         shape: (usize, usize, usize),
-        _invariant: bool,
+        invariant: bool,
     ) -> Result<()> {
-        self.fused_mlp_in_fwd(gate, up, h, scratch, x, w, shape)
+        self.fused_mlp_in_fwd(gate, up, h, scratch, x, w, shape, invariant)
     }
 
     fn mlp_in_bwd(

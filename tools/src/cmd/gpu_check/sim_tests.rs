@@ -63,7 +63,8 @@ fn every_kernel_row_passes_on_the_cpu_layer() {
         "qkv b=2 t=1 c=256 hd=128 h=8 kv=2 pos0=50 invariant fwd: q",
         "pos0=[0, 5, 0] len=[24, 14, 3] bwd: dx",
         "pos0=[40, 3, 0] len=[1, 1, 0] invariant fwd: k = the device's rope on its product (bit-exact)",
-        "with a short scratch = with the scratch (bit-exact)",
+        "qkv b=2 t=37 c=256 hd=64 h=4 kv=4 pos0=0 fwd: a short scratch takes the unfused ops",
+        "mlp_in n=74 i=352 c=256 fwd: a short scratch takes the unfused ops",
         "mlp_in n=74 i=352 c=256 fwd: h = the device's product / swiglu_fwd (bit-exact)",
         "mlp_in n=37 i=100 c=64 bwd: packed gradient = the device's swiglu_bwd (bit-exact)",
     ] {

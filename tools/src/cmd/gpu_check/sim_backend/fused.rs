@@ -1,6 +1,7 @@
 //! The fused projections on the CPU layer, as `runtime/src/cuda/backend/fused.rs`
-//! does them on a GPU (the same checks, scratch rule, launchers and
-//! order), with one difference: the products. The CUDA backend runs them on
+//! does them on a GPU (the same checks, launchers and order; a scratch too
+//! short takes the unfused composition, whose products the layer refuses),
+//! with one difference: the products. The CUDA backend runs them on
 //! cuBLASLt, which has no CPU layer (the layer's `matmul` is refused); here
 //! they are a host stand-in ([`SimBackend::standin_gemm`]: the CPU's GEMM on
 //! the bf16 values cuBLASLt reads, stored as cuBLASLt stores them), so that
@@ -46,15 +47,6 @@ impl SimBackend {
         Ok(out)
     }
 
-    /// As the CUDA backend's `proj_scratch`: the caller's Act window when it
-    /// holds `len` elements, else a new buffer held in `own`.
-    fn proj_scratch<'a>(&self, scratch: ViewMut<'a, Self>, len: usize, own: &'a mut Option<SimBuf>) -> Result<ViewMut<'a, Self>> {
-        if scratch.buf.kind == BufKind::Act && scratch.len >= len {
-            return scratch.sub(0, len);
-        }
-        Ok(ViewMut::of(own.insert(self.alloc(len, BufKind::Act)?)))
-    }
-
     fn proj_ragged(&self, op: &'static str, r: Option<Ragged>, table: &View<Self>, s: &QkvShape) -> Result<(Option<(SimMem, SimMem)>, usize)> {
         let max_pos = table.len / s.hd.max(1);
         match r {
@@ -84,6 +76,7 @@ impl SimBackend {
         table: View<Self>,
         s: QkvShape,
         r: Option<Ragged>,
+        invariant: bool,
     ) -> Result<()> {
         const OP: &str = "qkv_fwd";
         let (n, c, wd) = (s.rows(), s.c, s.width());
@@ -95,9 +88,11 @@ impl SimBackend {
         if n == 0 {
             return Ok(());
         }
+        if !fits(&scratch, n * wd) {
+            return unfused::qkv_fwd(self, q, k, v, scratch, x, w, table, s, r, invariant);
+        }
         let (rg, max_pos) = self.proj_ragged(OP, r, &table, &s)?;
-        let mut own = None;
-        let mut sc = self.proj_scratch(scratch, n * wd, &mut own)?;
+        let mut sc = scratch.sub(0, n * wd)?;
         self.proj_fwd_product(sc.reborrow(), x, w, (n, wd, c))?;
         let (pk, _t1) = self.in_bf16(sc.as_view())?;
         let (tb, _t2) = self.in_f32(table)?;
@@ -141,9 +136,11 @@ impl SimBackend {
         if n == 0 {
             return Ok(());
         }
+        if !fits(&scratch, n * wd) {
+            return unfused::qkv_bwd(self, dx, dw, dq, dk, dv, scratch, x, w, table, s, r);
+        }
         let (rg, max_pos) = self.proj_ragged(OP, r, &table, &s)?;
-        let mut own = None;
-        let mut sc = self.proj_scratch(scratch, n * wd, &mut own)?;
+        let mut sc = scratch.sub(0, n * wd)?;
         {
             let (dqp, _t1) = self.in_bf16(dq.as_view())?;
             let (dkp, _t2) = self.in_bf16(dk.as_view())?;
@@ -170,6 +167,7 @@ impl SimBackend {
         x: View<Self>,
         w: View<Self>,
         (n, i, c): (usize, usize, usize),
+        invariant: bool,
     ) -> Result<()> {
         const OP: &str = "mlp_in_fwd";
         check_len(OP, "gate", gate.len, n * i)?;
@@ -180,8 +178,10 @@ impl SimBackend {
         if n == 0 {
             return Ok(());
         }
-        let mut own = None;
-        let mut sc = self.proj_scratch(scratch, n * 2 * i, &mut own)?;
+        if !fits(&scratch, n * 2 * i) {
+            return unfused::mlp_in_fwd(self, gate, up, h, scratch, x, w, (n, i, c), invariant);
+        }
+        let mut sc = scratch.sub(0, n * 2 * i)?;
         self.proj_fwd_product(sc.reborrow(), x, w, (n, 2 * i, c))?;
         let (pk, _t1) = self.in_bf16(sc.as_view())?;
         let go = self.out_bf16(gate, false)?;
@@ -221,8 +221,10 @@ impl SimBackend {
         if n == 0 {
             return Ok(());
         }
-        let mut own = None;
-        let mut sc = self.proj_scratch(scratch, n * 2 * i, &mut own)?;
+        if !fits(&scratch, n * 2 * i) {
+            return unfused::mlp_in_bwd(self, dx, dw, dgate, dup, scratch, dh, gate, up, x, w, (n, i, c));
+        }
+        let mut sc = scratch.sub(0, n * 2 * i)?;
         {
             let (d, _t1) = self.in_bf16(dh)?;
             let (g, _t2) = self.in_bf16(gate)?;
@@ -246,6 +248,11 @@ impl SimBackend {
         self.standin_gemm(dx, g, w, Gemm { m: n, n: c, k: wd, ta: Trans::N, tb: Trans::N, write: GradWrite::Overwrite })?;
         self.standin_gemm(dw, g, x, Gemm { m: wd, n: c, k: n, ta: Trans::T, tb: Trans::N, write: GradWrite::Accumulate })
     }
+}
+
+/// As the CUDA backend's: an Act window of at least `len` elements.
+fn fits(scratch: &ViewMut<SimBackend>, len: usize) -> bool {
+    scratch.buf.kind == BufKind::Act && scratch.len >= len
 }
 
 fn kshape(s: &QkvShape) -> kc::rope::QkvRopeShape {
