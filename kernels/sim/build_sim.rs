@@ -56,6 +56,13 @@ pub const PLANTS: &[(&str, &str, &str, &str, &str)] = &[
         "        // PLANTED: the wait for this tile's cp.async group is gone\n",
         "a missing cp.async wait: the v3 forward reads a K/V tile before its copies have landed",
     ),
+    (
+        "qkv_sin_sign",
+        "rope",
+        "                const float c = t[e / 2].v[(e % 2) * 2], s = t[e / 2].v[(e % 2) * 2 + 1];\n",
+        "                const float c = t[e / 2].v[(e % 2) * 2], s = -t[e / 2].v[(e % 2) * 2 + 1];  // PLANTED: sin negated\n",
+        "a sign bug: the fused QKV split and pack (16-byte path) rotate by the negated angle",
+    ),
 ];
 
 struct Kernel {

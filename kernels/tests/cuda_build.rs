@@ -188,6 +188,45 @@ fn other_launchers_reject_bad_arguments() {
 }
 
 #[test]
+fn fused_projection_launchers_reject_bad_arguments() {
+    // QKV split/pack: 20 rows of 8 query and 2 KV heads of 64, at positions 5..15
+    let s = rope::QkvRopeShape { b: 2, t: 10, n_head: 8, n_kv_head: 2, hd: 64, pos0: 5 };
+    let n = s.rows();
+    assert_eq!((s.q_dim(), s.kv_dim(), s.width()), (512, 128, 768));
+    let ptrs = |pk: usize, q: usize, kv: usize| rope::QkvPtrs { packed: p(A, pk), q: p(A, q), k: p(A, kv), v: p(A, kv) };
+    let ok = ptrs(n * 768, n * 512, n * 128);
+    for k in [rope::QKV_SPLIT, rope::QKV_PACK_BWD] {
+        let d = rope::check_qkv(k, &ok, p(A, 15 * 64), s, None).expect("valid");
+        // 8 pairs a thread at hd 64: 20 rows x 12 heads x 32 pairs / 8 = 960 items, 4 blocks of 256
+        assert_eq!((d.grid, d.block, d.smem), ((4, 1, 1), 256, 0));
+        assert!(is_shape(rope::check_qkv(k, &ptrs(n * 768 - 1, n * 512, n * 128), p(A, 15 * 64), s, None).unwrap_err()), "packed short");
+        assert!(is_shape(rope::check_qkv(k, &ptrs(n * 768, n * 512, n * 128 - 1), p(A, 15 * 64), s, None).unwrap_err()), "k, v short");
+        assert!(is_shape(rope::check_qkv(k, &ok, p(A, 14 * 64), s, None).unwrap_err()), "table short of pos0 + t");
+        let odd = rope::QkvRopeShape { hd: 63, ..s };
+        assert!(is_arg(rope::check_qkv(k, &ok, p(A, 1 << 16), odd, None).unwrap_err()), "odd head dim");
+    }
+    // a head dim that is not a multiple of 16: one pair a thread (20 x 12 x 3 = 720 items, 3 blocks)
+    let s6 = rope::QkvRopeShape { hd: 6, ..s };
+    let d = rope::check_qkv(rope::QKV_SPLIT, &ptrs(n * 72, n * 48, n * 12), p(A, 15 * 6), s6, None).expect("hd 6");
+    assert_eq!(d.grid, (3, 1, 1));
+    // ragged: the table covers the host-checked max_pos; pos0 and len hold b entries
+    let r = rope::RaggedPtrs { pos0: p(A, 2), len: p(A, 2) };
+    rope::check_qkv(rope::QKV_SPLIT_RAGGED, &ok, p(A, 100 * 64), s, Some((r, 100))).expect("valid ragged");
+    assert!(is_shape(rope::check_qkv(rope::QKV_SPLIT_RAGGED, &ok, p(A, 99 * 64), s, Some((r, 100))).unwrap_err()), "table short of max_pos");
+    let r1 = rope::RaggedPtrs { pos0: p(A, 2), len: p(A, 1) };
+    assert!(is_shape(rope::check_qkv(rope::QKV_PACK_BWD_RAGGED, &ok, p(A, 100 * 64), s, Some((r1, 100))).unwrap_err()), "len short of b");
+    // gate/up split and pack: gu (n, 2i), the others (n, i); an element-wise grid over n·i
+    let (n, i) = (20, 100);
+    let parts = |g: usize| [("gate", p(A, g)), ("up", p(A, n * i)), ("h", p(A, n * i))];
+    let d = swiglu::check_split(swiglu::SPLIT_FWD, p(A, 2 * n * i), parts(n * i), n, i).expect("valid");
+    assert_eq!((d.grid, d.block), ((1, 1, 1), 256));
+    assert!(is_shape(swiglu::check_split(swiglu::SPLIT_FWD, p(A, 2 * n * i - 1), parts(n * i), n, i).unwrap_err()), "gu short");
+    assert!(is_shape(swiglu::check_split(swiglu::BWD_PACK, p(A, 2 * n * i), parts(n * i - 1), n, i).unwrap_err()), "a part short");
+    let big = [("gate", p(A, 1 << 30)), ("up", p(A, 1 << 30)), ("h", p(A, 1 << 30))];
+    assert!(is_arg(swiglu::check_split(swiglu::SPLIT_FWD, p(A, 1 << 31), big, 1, 1 << 30).unwrap_err()), "2i past the kernel's int");
+}
+
+#[test]
 fn group_rows_builds_the_csr() {
     let (u, o, r) = embedding::group_rows(&[5, 2, 5, 7, 2, 5]);
     assert_eq!(u, vec![2, 5, 7]);

@@ -120,7 +120,7 @@ pub const RACE_SCHEDULES: [(Schedule, BlockOrder); 5] = [
     (Schedule::Random(0x5EED_0002), BlockOrder::Shuffled(0x5EED_0002)),
 ];
 
-/// Bugs planted in copies of four kernels (tests only): build.rs compiles
+/// Bugs planted in copies of five kernels (tests only): build.rs compiles
 /// the copy of the family's `.cu` with one exact edit under the names
 /// `planted:<tag>:<kernel>`; with a plant set, the device launches those
 /// instead of the family's kernels. The shipped `.cu` files are untouched.
@@ -134,10 +134,13 @@ pub enum Plant {
     MmaFragment,
     /// the v3 forward reads a K/V tile without waiting for its cp.async group
     CpAsyncWait,
+    /// the fused QKV split/pack rotates by the negated angle (a sign bug; the
+    /// 16-byte path, hd % 16 == 0)
+    QkvSinSign,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 4] = [Plant::GqaIndex, Plant::CeBarrier, Plant::MmaFragment, Plant::CpAsyncWait];
+    pub const ALL: [Plant; 5] = [Plant::GqaIndex, Plant::CeBarrier, Plant::MmaFragment, Plant::CpAsyncWait, Plant::QkvSinSign];
     /// The tag in the planted kernels' names (build_sim.rs, PLANTS).
     pub fn tag(self) -> &'static str {
         match self {
@@ -145,6 +148,7 @@ impl Plant {
             Plant::CeBarrier => "ce_barrier",
             Plant::MmaFragment => "mma_fragment",
             Plant::CpAsyncWait => "cp_async_wait",
+            Plant::QkvSinSign => "qkv_sin_sign",
         }
     }
     /// The family whose kernels the plant replaces.
@@ -154,6 +158,7 @@ impl Plant {
             Plant::CeBarrier => Family::CrossEntropy,
             Plant::MmaFragment => Family::AttentionMma,
             Plant::CpAsyncWait => Family::AttentionV3,
+            Plant::QkvSinSign => Family::Rope,
         }
     }
 }

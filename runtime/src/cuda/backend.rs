@@ -24,6 +24,7 @@ use llama2_kernels::cuda::{self as kc, cross_entropy::CeMode, Bf16, DPtr, Kernel
 use llama2_kernels::{check_len, check_min_len};
 use std::sync::Arc;
 
+mod fused;
 mod setup;
 
 /// Storage of a device buffer by kind.
@@ -530,6 +531,76 @@ impl Backend for CudaBackend {
         self.finish_bf16(dq)?;
         self.finish_bf16(dk)?;
         self.finish_bf16(dv)
+    }
+
+    // The fused projections: one product and one split kernel forward, one
+    // pack kernel and two products backward (`fused.rs`).
+    fn qkv_fwd(
+        &self,
+        q: ViewMut<Self>,
+        k: ViewMut<Self>,
+        v: ViewMut<Self>,
+        scratch: ViewMut<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        table: View<Self>,
+        s: QkvShape,
+        r: Option<Ragged>,
+        invariant: bool,
+    ) -> Result<()> {
+        self.fused_qkv_fwd(q, k, v, scratch, x, w, table, s, r, invariant)
+    }
+
+    fn qkv_bwd(
+        &self,
+        dx: ViewMut<Self>,
+        dw: ViewMut<Self>,
+        dq: ViewMut<Self>,
+        dk: ViewMut<Self>,
+        dv: View<Self>,
+        scratch: ViewMut<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        table: View<Self>,
+        s: QkvShape,
+        r: Option<Ragged>,
+    ) -> Result<()> {
+        self.fused_qkv_bwd(dx, dw, dq, dk, dv, scratch, x, w, table, s, r)
+    }
+
+    fn mlp_in_fwd(
+        &self,
+        gate: ViewMut<Self>,
+        up: ViewMut<Self>,
+        h: ViewMut<Self>,
+        scratch: ViewMut<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        shape: (usize, usize, usize),
+        invariant: bool,
+    ) -> Result<()> {
+        self.fused_mlp_in_fwd(gate, up, h, scratch, x, w, shape, invariant)
+    }
+
+    fn mlp_in_bwd(
+        &self,
+        dx: ViewMut<Self>,
+        dw: ViewMut<Self>,
+        dgate: ViewMut<Self>,
+        dup: ViewMut<Self>,
+        scratch: ViewMut<Self>,
+        dh: View<Self>,
+        gate: View<Self>,
+        up: View<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        shape: (usize, usize, usize),
+    ) -> Result<()> {
+        self.fused_mlp_in_bwd(dx, dw, dgate, dup, scratch, dh, gate, up, x, w, shape)
+    }
+
+    fn fuses_projections(&self) -> bool {
+        true
     }
 
     fn swiglu_fwd(&self, out: ViewMut<Self>, gate: View<Self>, up: View<Self>) -> Result<()> {

@@ -20,10 +20,11 @@
 //!   per element with RTOL_F32/ATOL_F32, or relative to the tensor's max
 //!   for reductions over many rows (F32_SUM).
 //!
-//! Why one file of ~880 lines: it is the table of kernel rows, one method
+//! Why one file of ~1000 lines: it is the table of kernel rows, one method
 //! per op in one `Checker`, read top to bottom as the list of what
 //! gpu-check covers; the comparison rules and naive references are already
-//! their own modules.
+//! their own modules, and the fused projections' rows (which build their
+//! naive references from several CPU ops) are in `checks/proj.rs`.
 
 use super::compare::{compare, Row, Rule, F32_FLOOR};
 use super::reference::{
@@ -33,6 +34,8 @@ use llama2_runtime::kernels::attention::AttnShape;
 use llama2_runtime::kernels::rope::rope_table;
 use llama2_runtime::rng::Rng;
 use llama2_runtime::*;
+
+mod proj;
 
 /// bf16 machine epsilon: the spacing of bf16 numbers at 1.0 (8 bits of mantissa).
 const BF16_EPS: f64 = 1.0 / 128.0;
@@ -306,6 +309,7 @@ impl<G: Dut> Checker<G> {
         if !quick {
             self.guard("swiglu", |s| s.swiglu(4096 * 11008));
         }
+        self.fused_projections(quick);
         self.guard("cross_entropy", |s| s.cross_entropy(97, 97));
         let rows = if quick { 37 } else { 1024 };
         self.guard("cross_entropy", |s| s.cross_entropy(rows, 32000));
@@ -361,6 +365,37 @@ impl<G: Dut> Checker<G> {
             });
         }
         Ok(())
+    }
+
+    /// The fused projections (`checks/proj.rs`): QKV with RoPE (MHA, GQA,
+    /// MQA, a head dim of 6 that takes the kernels' one-pair path, decode at
+    /// pos0 > 0 on the inference product, ragged prefill with padding rows and
+    /// ragged decode) and gate/up with SwiGLU (i % 8 == 0 and not).
+    fn fused_projections(&mut self, quick: bool) {
+        let qkv = |b, t, c, nh, nkv, hd, pos0| QkvShape { b, t, c, n_head: nh, n_kv_head: nkv, hd, pos0 };
+        // (shape, invariant, backward too, also with a short scratch)
+        for (s, inv, bwd, fb) in [
+            (qkv(2, 37, 256, 4, 4, 64, 0), false, true, true),
+            (qkv(3, 20, 256, 8, 2, 128, 0), false, true, false),
+            (qkv(2, 9, 192, 8, 1, 64, 0), false, true, false),
+            (qkv(1, 5, 40, 3, 1, 6, 2), false, true, false),
+            (qkv(2, 1, 256, 8, 2, 128, 50), true, false, false),
+        ] {
+            self.guard("qkv", |c| c.qkv(s, None, inv, bwd, fb));
+        }
+        // ragged: a prefill with padding rows (one sequence at an offset) and a decode step
+        let (p0, l0) = ([0u32, 5, 0], [24u32, 14, 3]);
+        self.guard("qkv ragged", |c| c.qkv(qkv(3, 24, 256, 4, 2, 64, 0), Some((&p0, &l0)), false, true, false));
+        let (p1, l1) = ([40u32, 3, 0], [1u32, 1, 0]);
+        self.guard("qkv ragged", |c| c.qkv(qkv(3, 1, 256, 8, 2, 128, 0), Some((&p1, &l1)), true, false, false));
+        self.guard("mlp_in", |c| c.mlp_in(74, 352, 256, true));
+        self.guard("mlp_in", |c| c.mlp_in(37, 100, 64, false));
+        if !quick {
+            // Llama-2 widths (7B's c and i, GQA 8 as 70B), 512 rows; decode on MHA at pos0 1000
+            self.guard("qkv", |c| c.qkv(qkv(2, 256, 4096, 32, 8, 128, 0), None, false, true, false));
+            self.guard("qkv", |c| c.qkv(qkv(4, 1, 4096, 32, 32, 128, 1000), None, true, false, false));
+            self.guard("mlp_in", |c| c.mlp_in(512, 11008, 4096, false));
+        }
     }
 
     pub(super) fn elementwise(&mut self) -> anyhow::Result<()> {

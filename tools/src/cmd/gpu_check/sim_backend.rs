@@ -10,7 +10,11 @@
 //! op, the same temporaries for windows of another kind, the same
 //! Param-copy refresh), with device memory from the layer (`SimMem`) and
 //! copies instead of driver memcpys. Not here: cuBLASLt (matmul is refused:
-//! it is not our kernel and has no CPU layer) and timing.
+//! it is not our kernel and has no CPU layer) and timing. The fused
+//! projections (`qkv_fwd`, `mlp_in_fwd` and their backwards, in `fused.rs`)
+//! run their products on a host stand-in instead, so that their own kernels
+//! run end to end (their unfused fallback, a scratch too short, does not run
+//! here: its products are `matmul`).
 //!
 //! Why one file of ~900 lines: it is one `impl Backend` (a trait impl
 //! cannot be split across files) kept op for op beside the CUDA backend's.
@@ -21,6 +25,8 @@ use llama2_runtime::kernels::cuda::sim::{SimConfig, SimDevice, SimMem};
 use llama2_runtime::kernels::cuda::{self as kc, cross_entropy::CeMode, Bf16, DPtr, Target};
 use llama2_runtime::kernels::{check_len, check_min_len};
 use llama2_runtime::*;
+
+mod fused;
 
 /// Storage of a buffer by kind (as the CUDA backend's `Store`).
 enum Store {
@@ -591,6 +597,76 @@ impl Backend for SimBackend {
         self.finish_bf16(dq)?;
         self.finish_bf16(dk)?;
         self.finish_bf16(dv)
+    }
+
+    // The fused projections, as the CUDA backend's (`fused.rs`; the
+    // products on a host stand-in, the same whether `invariant` or not).
+    fn qkv_fwd(
+        &self,
+        q: ViewMut<Self>,
+        k: ViewMut<Self>,
+        v: ViewMut<Self>,
+        scratch: ViewMut<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        table: View<Self>,
+        s: QkvShape,
+        r: Option<Ragged>,
+        invariant: bool,
+    ) -> Result<()> {
+        self.fused_qkv_fwd(q, k, v, scratch, x, w, table, s, r, invariant)
+    }
+
+    fn qkv_bwd(
+        &self,
+        dx: ViewMut<Self>,
+        dw: ViewMut<Self>,
+        dq: ViewMut<Self>,
+        dk: ViewMut<Self>,
+        dv: View<Self>,
+        scratch: ViewMut<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        table: View<Self>,
+        s: QkvShape,
+        r: Option<Ragged>,
+    ) -> Result<()> {
+        self.fused_qkv_bwd(dx, dw, dq, dk, dv, scratch, x, w, table, s, r)
+    }
+
+    fn mlp_in_fwd(
+        &self,
+        gate: ViewMut<Self>,
+        up: ViewMut<Self>,
+        h: ViewMut<Self>,
+        scratch: ViewMut<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        shape: (usize, usize, usize),
+        invariant: bool,
+    ) -> Result<()> {
+        self.fused_mlp_in_fwd(gate, up, h, scratch, x, w, shape, invariant)
+    }
+
+    fn mlp_in_bwd(
+        &self,
+        dx: ViewMut<Self>,
+        dw: ViewMut<Self>,
+        dgate: ViewMut<Self>,
+        dup: ViewMut<Self>,
+        scratch: ViewMut<Self>,
+        dh: View<Self>,
+        gate: View<Self>,
+        up: View<Self>,
+        x: View<Self>,
+        w: View<Self>,
+        shape: (usize, usize, usize),
+    ) -> Result<()> {
+        self.fused_mlp_in_bwd(dx, dw, dgate, dup, scratch, dh, gate, up, x, w, shape)
+    }
+
+    fn fuses_projections(&self) -> bool {
+        true
     }
 
     fn swiglu_fwd(&self, out: ViewMut<Self>, gate: View<Self>, up: View<Self>) -> Result<()> {

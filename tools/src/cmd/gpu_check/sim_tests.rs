@@ -1,8 +1,8 @@
 //! gpu-check on the CPU layer as cargo tests (feature `cuda-sim`): every
 //! kernel row passes with every CUDA kernel run from its own `.cu` source on
 //! the CPU, every kernel the launchers name is launched, and a bug planted
-//! in a copy of each of four kernels (an index, a barrier, a fragment
-//! layout, a missing cp.async wait) makes its rows fail.
+//! in a copy of each of five kernels (an index, a barrier, a fragment
+//! layout, a missing cp.async wait, a sign) makes its rows fail.
 
 use super::checks::{Checker, Shapes, DECODE_IMPLS};
 use super::compare::Row;
@@ -10,7 +10,7 @@ use super::sim_backend::SimBackend;
 use llama2_runtime::kernels::attention::AttnShape;
 use llama2_runtime::kernels::cuda::sim::{Plant, Schedule, SimConfig};
 use llama2_runtime::kernels::cuda::ENTRY_POINTS;
-use llama2_runtime::{AttnImpl, CpuBackend};
+use llama2_runtime::{AttnImpl, CpuBackend, QkvShape};
 
 /// The seed of gpu-check's default run.
 const SEED: u64 = 20240520;
@@ -57,6 +57,16 @@ fn every_kernel_row_passes_on_the_cpu_layer() {
         "pos0=[450, 127, 0] len=[2, 2, 1] cap=512 hd=128 SplitK: out",
         "add_rmsnorm_fwd n=97 c=4096: rstd",
         "= the device's add + rmsnorm_fwd (bit-exact)",
+        "qkv b=3 t=20 c=256 hd=128 h=8 kv=2 pos0=0 bwd: dw[k] (+=)",
+        "kv=1 pos0=0 fwd: k = the device's rope on its product (bit-exact)",
+        "hd=6 h=3 kv=1 pos0=2 bwd: packed gradient = the device's rope_bwd (bit-exact)",
+        "qkv b=2 t=1 c=256 hd=128 h=8 kv=2 pos0=50 invariant fwd: q",
+        "pos0=[0, 5, 0] len=[24, 14, 3] bwd: dx",
+        "pos0=[40, 3, 0] len=[1, 1, 0] invariant fwd: k = the device's rope on its product (bit-exact)",
+        "qkv b=2 t=37 c=256 hd=64 h=4 kv=4 pos0=0 fwd: a short scratch takes the unfused ops",
+        "mlp_in n=74 i=352 c=256 fwd: a short scratch takes the unfused ops",
+        "mlp_in n=74 i=352 c=256 fwd: h = the device's product / swiglu_fwd (bit-exact)",
+        "mlp_in n=37 i=100 c=64 bwd: packed gradient = the device's swiglu_bwd (bit-exact)",
     ] {
         assert!(rows.iter().any(|r| r.name.contains(want)), "no row with `{want}`");
     }
@@ -120,6 +130,22 @@ fn a_planted_missing_cp_async_wait_fails_the_v3_forward_rows() {
     let bad = failed(c.rows());
     assert!(bad.contains(&"attention b=2 t=97 hd=64 h=4 kv=2 fwd V3: out"), "{bad:?}");
     assert!(bad.iter().all(|n| n.contains("fwd V3")), "only the planted kernel's rows fail: {bad:?}");
+}
+
+#[test]
+fn a_planted_sin_sign_bug_fails_the_fused_qkv_rows() {
+    // the fused split and pack rotate by the negated angle: q and k (and the
+    // gradients through them) are wrong, v and its weight gradient are not
+    let mut c = checker(SimConfig { plant: Some(Plant::QkvSinSign), ..SimConfig::default() });
+    let s = QkvShape { b: 2, t: 9, c: 64, n_head: 4, n_kv_head: 2, hd: 64, pos0: 3 };
+    c.guard("qkv", |s2| s2.qkv(s, None, false, true, false));
+    let bad = failed(c.rows());
+    let tag = "qkv b=2 t=9 c=64 hd=64 h=4 kv=2 pos0=3";
+    for want in ["fwd: q", "fwd: k", "fwd: q = the device's rope on its product (bit-exact)", "bwd: dx", "bwd: dw[q] (+=)", "bwd: dw[k] (+=)"] {
+        assert!(bad.contains(&format!("{tag} {want}").as_str()), "`{want}` passed: {bad:?}");
+    }
+    assert!(bad.iter().all(|n| !n.contains(": v") && !n.contains("dw[v]")), "the v rows do not rotate: {bad:?}");
+    assert!(c.gpu().device().launch_counts().contains_key("planted:qkv_sin_sign:qkv_split_rope_bf16"));
 }
 
 #[test]
