@@ -180,7 +180,8 @@ pub fn run(gpu: &CudaBackend, path: &std::path::Path) -> anyhow::Result<()> {
         let (mut dx, mut dw) = (gpu.alloc(bt * c, BufKind::Act)?, gpu.alloc(wd * c, BufKind::F32)?);
         let ms = b.time(false, |g| g.qkv_bwd(vm(&mut dx), vm(&mut dw), vm(&mut q), vm(&mut k), v(&vv), vm(&mut scratch), v(&x), v(&w), v(&tb), s, None))?;
         b.record("qkv_bwd_7b", ms, None, Some(2.0 * flops));
-        let ms = b.time(false, |g| unfused::qkv_bwd(g, vm(&mut dx), vm(&mut dw), vm(&mut q), vm(&mut k), v(&vv), vm(&mut scratch), v(&x), v(&w), v(&tb), s, None))?;
+        let ms =
+            b.time(false, |g| unfused::qkv_bwd(g, vm(&mut dx), vm(&mut dw), vm(&mut q), vm(&mut k), v(&vv), vm(&mut scratch), v(&x), v(&w), v(&tb), s, None))?;
         b.record("qkv_bwd_7b_unfused", ms, None, Some(2.0 * flops));
         drop((w, q, k, vv, dw));
         let w = b.buf(2 * ffn * c, BufKind::Param)?;
