@@ -40,6 +40,12 @@ CHECK_PREFIX = {
     "attention_fwd_t4096_d128_kv32_v1": "attention b=1 t=4096 hd=128 h=16 kv=8 fwd Simple",
     "attention_bwd_t4096_d128_kv32_v1": "attention b=1 t=4096 hd=128 h=16 kv=8 bwd Simple",
     "attention_decode_b8_t4096_d128": "attention decode",
+    # the fused projections: every qkv / mlp_in row (all shapes) stands for
+    # the timed 7B shape
+    "qkv_fwd_7b": "qkv ",
+    "qkv_bwd_7b": "qkv ",
+    "mlp_in_fwd_7b": "mlp_in ",
+    "mlp_in_bwd_7b": "mlp_in ",
 }
 
 
@@ -114,6 +120,12 @@ def main():
         tag = " FAIL" if bad else ""
         be = f" ({p['backend']})" if p and p.get("backend") else ""
         print(f"{key:<34} {err:9.2e} {100 * used:5.0f}% {r['ms']:9.3f} {pms:9.3f} {ratio:6.2f} {rate:>16} {frac:>10}{tag}{be}")
+    # what a fusion gains: the backend's op against its unfused composition,
+    # timed in the same run on the same buffers
+    for r in ours:
+        u = ours_by.get(r["key"] + "_unfused")
+        if u:
+            print(f"fusion {r['key']:<27} fused {r['ms']:9.3f} ms, unfused {u['ms']:9.3f} ms: {u['ms'] / r['ms']:5.2f}x")
     if copy_gbs:
         pc = peer_by.get("copy_1GiB")
         ptxt = f", torch {pc and 2 * 4 * (1 << 28) / (pc['ms'] * 1e-3) / 1e9:.0f} GB/s" if pc else ""
