@@ -52,7 +52,7 @@ use crate::config::Head;
 use crate::error::{ModelError, Result};
 use crate::model::{KvCache, Model};
 use crate::params::ParamId as P;
-use llama2_runtime::{v, vm, AttnShape, Backend, CeGrad, Gemm, GradWrite, QkvShape, Ragged, Trans, View, ViewMut};
+use llama2_runtime::{linear_fwd, v, vm, AttnShape, Backend, CeGrad, QkvShape, Ragged, View, ViewMut};
 
 /// Valid tokens per sequence of a right-padded batch (`None`: every row of
 /// every sequence is valid).
@@ -96,12 +96,10 @@ fn chunked_refused(op: &str) -> ModelError {
 }
 
 /// A Linear layer's forward: `y (m, n) = x (m, k) · W^T`, W stored `(n, k)`.
+/// (`llama2_runtime::linear_fwd`, the product the fused ops' unfused
+/// compositions use too.)
 pub(crate) fn linear<B: Backend>(be: &B, rows: Rows, y: ViewMut<B>, x: View<B>, w: View<B>, (m, n, k): (usize, usize, usize)) -> Result<()> {
-    match rows {
-        Rows::Invariant => be.matmul_rows(y, x, w, m, n, k)?,
-        Rows::Any => be.matmul(y, x, w, Gemm { m, n, k, ta: Trans::N, tb: Trans::T, write: GradWrite::Overwrite })?,
-    }
-    Ok(())
+    Ok(linear_fwd(be, y, x, w, m, n, k, rows == Rows::Invariant)?)
 }
 
 /// Where the rows of one trunk call sit: `None` for a dense batch at one
